@@ -1,0 +1,81 @@
+//! The metrics agents send: one definition each, used by the agent to emit,
+//! by the collector for `# HELP` lines, and by tests to hold `docs/metrics.md` true.
+
+use crate::wire::MetricKind;
+
+/// Definition of one agent metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// Base unit: `seconds`, `ratio`, `bytes`, or `""` for plain numbers.
+    pub unit: &'static str,
+    /// Label names the agent sets (identity labels come on top).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! defs {
+    ($($id:ident: $name:literal, $kind:ident, $unit:literal, [$($l:literal),*], $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $id: MetricDef = MetricDef {
+                name: $name, kind: MetricKind::$kind, unit: $unit, labels: &[$($l),*], help: $help,
+            };
+        )*
+        /// Every metric an agent may send.
+        pub const AGENT_METRICS: &[MetricDef] = &[$($id),*];
+    };
+}
+
+defs! {
+    PROBE_SUCCESS: "tierwatch_probe_success", Gauge, "", ["probe", "target"],
+        "1 if the last probe of the target succeeded, 0 if it failed.";
+    PROBE_DURATION: "tierwatch_probe_duration_seconds", Gauge, "seconds", ["probe", "target"],
+        "Wall-clock time the last probe took.";
+    ICMP_SENT: "tierwatch_icmp_packets_sent", Gauge, "", ["target"],
+        "Echo requests sent in the last ICMP round.";
+    ICMP_RECEIVED: "tierwatch_icmp_packets_received", Gauge, "", ["target"],
+        "Echo replies received in time in the last ICMP round.";
+    ICMP_LOSS: "tierwatch_icmp_loss_ratio", Gauge, "ratio", ["target"],
+        "Share of echo requests of the last round that got no reply in time (0..1).";
+    ICMP_RTT: "tierwatch_icmp_rtt_seconds", Gauge, "seconds", ["target", "quantile"],
+        "Round-trip time of the last ICMP round: quantile 0 is the minimum, 0.5 the median, 0.9 the 90th percentile, 1 the maximum.";
+    ICMP_RTT_MEAN: "tierwatch_icmp_rtt_mean_seconds", Gauge, "seconds", ["target"],
+        "Mean round-trip time of the last ICMP round.";
+    ICMP_RTT_STDDEV: "tierwatch_icmp_rtt_stddev_seconds", Gauge, "seconds", ["target"],
+        "Standard deviation of the round-trip times of the last ICMP round.";
+    ICMP_JITTER: "tierwatch_icmp_jitter_seconds", Gauge, "seconds", ["target"],
+        "Mean absolute difference of consecutive round-trip times in the last ICMP round.";
+    TCP_CONNECT: "tierwatch_tcp_connect_seconds", Gauge, "seconds", ["target"],
+        "Time to complete the TCP handshake of the last probe (only when it succeeded).";
+    TCP_RESULT: "tierwatch_tcp_connect_result", Gauge, "", ["target", "result"],
+        "1 for the outcome of the last TCP connect (ok, refused, timeout, unreachable, error), 0 for the others.";
+}
+
+/// Looks up a definition by metric name.
+pub fn find(name: &str) -> Option<&'static MetricDef> {
+    AGENT_METRICS.iter().find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{check_label_name, check_metric_name};
+
+    #[test]
+    fn definitions_are_valid_and_unique() {
+        let mut names = std::collections::HashSet::new();
+        for d in AGENT_METRICS {
+            check_metric_name(d.name, 128).unwrap();
+            assert!(names.insert(d.name), "{} defined twice", d.name);
+            assert_eq!(d.kind == MetricKind::Counter, d.name.ends_with("_total"), "{}", d.name);
+            if !d.unit.is_empty() && d.unit != "ratio" {
+                assert!(d.name.contains(d.unit), "{} lacks its unit {}", d.name, d.unit);
+            }
+            for l in d.labels {
+                check_label_name(l, 128).unwrap();
+            }
+        }
+    }
+}

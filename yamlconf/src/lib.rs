@@ -1,0 +1,202 @@
+//! Typed YAML configuration: parse straight into `serde` structs, then run a
+//! semantic validation that reports every problem at once. Every problem
+//! names the file, line, column and key path (`nodes[2].parent`).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod locate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use locate::locate;
+use serde::de::DeserializeOwned;
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Key path such as `targets[3].port`; empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+                if let Some(col) = p.column {
+                    write!(f, ":{col}")?;
+                }
+            }
+            if p.path.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(file: &Path, problem: Problem) -> Self {
+        ConfigError { file: file.to_path_buf(), problems: vec![problem] }
+    }
+}
+
+/// Semantic problems found after parsing, collected rather than returned one at a time.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    /// Records that the value at `path` is wrong because of `message`.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push((path.into(), message.into()));
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Turns the recorded problems into an error located in `text`, or `Ok` when none.
+    pub fn into_result(self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let problems = self
+            .0
+            .into_iter()
+            .map(|(path, message)| {
+                let (line, column) = match locate(text, &path) {
+                    Some((l, c)) => (Some(l), Some(c)),
+                    None => (None, None),
+                };
+                Problem { line, column, path, message }
+            })
+            .collect();
+        Err(ConfigError { file: file.to_path_buf(), problems })
+    }
+}
+
+/// Parses YAML `text` (read from `file`, named in errors) into `T`.
+pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError::single(file, problem_from_yaml(&e)))
+}
+
+/// Reads and parses `file`; returns the value and the text (for locating later problems).
+pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError::single(
+            file,
+            Problem { line: None, column: None, path: String::new(), message: format!("cannot read: {e}") },
+        )
+    })?;
+    let value = parse(file, &text)?;
+    Ok((value, text))
+}
+
+fn problem_from_yaml(e: &serde_yaml::Error) -> Problem {
+    let mut message = e.to_string();
+    let (line, column) = match e.location() {
+        Some(loc) => {
+            // serde_yaml appends " at line L column C"; the location goes in front instead.
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_string();
+            }
+            (Some(loc.line()), Some(loc.column()))
+        }
+        None => (None, None),
+    };
+    // serde_yaml prefixes the key path as "a.b[1].c: message".
+    let mut path = String::new();
+    if let Some((head, rest)) = message.split_once(": ") {
+        let looks_like_path = !head.is_empty()
+            && head.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+        if looks_like_path {
+            path = head.to_string();
+            message = rest.to_string();
+        }
+    }
+    Problem { line, column, path, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Conf {
+        name: String,
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        id: String,
+        port: u16,
+    }
+
+    #[test]
+    fn parse_error_names_line_column_and_path() {
+        let text = "name: x\nitems:\n  - id: a\n    port: 80\n  - id: b\n    port: 99999\n";
+        let err = parse::<Conf>(Path::new("agent.yaml"), text).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!(p.path, "items[1].port");
+        assert_eq!(p.line, Some(6));
+        assert!(err.to_string().starts_with("agent.yaml:6:"), "{err}");
+        assert!(err.to_string().contains("items[1].port: invalid value"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = "name: x\nitems:\n  - id: a\n    prot: 80\n";
+        let err = parse::<Conf>(Path::new("c.yaml"), text).unwrap_err();
+        let s = err.to_string();
+        assert!(s.starts_with("c.yaml:4:"), "{s}");
+        assert!(s.contains("items[0]") && s.contains("unknown field `prot`"), "{s}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_locations() {
+        let text = "name: x\nitems:\n  - id: a\n    port: 80\n  - id: a\n    port: 0\n";
+        let mut p = Problems::default();
+        p.push("items[1].id", "duplicate id \"a\"");
+        p.push("items[1].port", "port 0 is not allowed");
+        let err = p.into_result(Path::new("c.yaml"), text).unwrap_err();
+        let s = err.to_string();
+        assert_eq!(
+            s,
+            "c.yaml:5:5: items[1].id: duplicate id \"a\"\nc.yaml:6:5: items[1].port: port 0 is not allowed"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error() {
+        let err = load::<Conf>(Path::new("/nonexistent/x.yaml")).unwrap_err();
+        assert!(err.to_string().contains("cannot read"));
+    }
+}
