@@ -1,1 +1,124 @@
-fn main(){}
+//! `tierwatch-collector`: run, check a config, or manage the PKI.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tierwatch_collector::config::Config;
+use tierwatch_collector::{pki, server};
+use tierwatch_protocol::NodeId;
+use tierwatch_runtime::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "tierwatch-collector", version, about = "tierwatch central collector: mTLS ingest, Prometheus exposition")]
+struct Cli {
+    /// Configuration file to run with.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file (and the topology it names), print every problem.
+    CheckConfig {
+        /// The collector configuration file.
+        file: PathBuf,
+    },
+    /// Manage the certificate authority that signs agent and collector certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA (ca.crt, ca.key) in DIR.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Common name of the CA.
+        #[arg(long, default_value = "tierwatch CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate and key for a node (ID.crt, ID.key), signed by the CA in DIR.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Node id (goes in CN and SAN DNS:ID).
+        #[arg(long, value_name = "ID")]
+        node: String,
+        /// Issue a server certificate (for the collector's ingest port) instead of a client one.
+        #[arg(long)]
+        server: bool,
+        /// Extra DNS names or IP addresses agents use to reach the collector (with --server).
+        #[arg(long, value_name = "NAME_OR_IP", requires = "server")]
+        san: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: OK ({} nodes in {}, ingest on {}, http on {})",
+                file.display(),
+                config.topology.nodes().len(),
+                config.topology_file.display(),
+                config.ingest.listen,
+                config.http.listen
+            );
+            Ok(())
+        }
+        Some(Command::Pki(PkiCommand::Init { dir, name, days, force })) => {
+            let cert = pki::init(&dir, &name, days, force)?;
+            println!("CA written: {} (key {}, mode 0600)", cert.display(), dir.join(pki::CA_KEY).display());
+            Ok(())
+        }
+        Some(Command::Pki(PkiCommand::Issue { dir, node, server, san, days, force })) => {
+            let id = NodeId::new(&node).with_context(|| format!("--node {node:?}"))?;
+            let usage = if server { pki::Usage::Server { sans: san } } else { pki::Usage::Client };
+            let issued = pki::issue(&dir, &id, &usage, days, force)?;
+            println!("certificate: {}\nkey:         {} (mode 0600)", issued.cert.display(), issued.key.display());
+            Ok(())
+        }
+        None => {
+            let Some(file) = cli.config else {
+                anyhow::bail!("--config FILE is required to run the collector (see --help)");
+            };
+            let config = Config::load(&file)?;
+            logging::init(cli.log_format, &config.log_level);
+            run(config)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
+        let file = config.file.clone();
+        let running = server::start(config, token)
+            .await
+            .with_context(|| format!("starting the collector from {}", file.display()))?;
+        running.wait().await;
+        Ok(())
+    })
+}

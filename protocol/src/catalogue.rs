@@ -53,6 +53,20 @@ defs! {
         "1 for the outcome of the last TCP connect (ok, refused, timeout, unreachable, error), 0 for the others.";
 }
 
+/// Collector-derived per-node metric: 1 if the node pushed recently.
+pub const NODE_UP: &str = "tierwatch_node_up";
+/// Collector-derived per-node metric: time of the last accepted push.
+pub const NODE_LAST_PUSH: &str = "tierwatch_node_last_push_timestamp_seconds";
+/// Collector-derived per-node metric: display name and agent version as labels.
+pub const NODE_INFO: &str = "tierwatch_node_info";
+/// Prefix of the collector's own metrics.
+pub const COLLECTOR_PREFIX: &str = "tierwatch_collector_";
+
+/// True for names only the collector may produce; an agent sending one is refused.
+pub fn is_collector_owned(name: &str) -> bool {
+    name.starts_with(COLLECTOR_PREFIX) || [NODE_UP, NODE_LAST_PUSH, NODE_INFO].contains(&name)
+}
+
 /// Looks up a definition by metric name.
 pub fn find(name: &str) -> Option<&'static MetricDef> {
     AGENT_METRICS.iter().find(|d| d.name == name)

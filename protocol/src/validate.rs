@@ -249,6 +249,9 @@ pub fn check_metric_name(name: &str, max_len: usize) -> Result<(), String> {
     if !name.starts_with(METRIC_PREFIX) || name.len() == METRIC_PREFIX.len() {
         return Err(format!("metric name {name:?} must start with {METRIC_PREFIX}"));
     }
+    if crate::catalogue::is_collector_owned(name) {
+        return Err(format!("metric name {name:?} is reserved for the collector"));
+    }
     Ok(())
 }
 
@@ -371,11 +374,13 @@ mod tests {
             series("tierwatch_y", MetricKind::Gauge, &[], &[(NOW, f64::NAN), (NOW, 2.0), (NOW + 3_600_000, 1.0)]),
             series("up", MetricKind::Gauge, &[], &[(NOW, 1.0)]),
             series("tierwatch_c", MetricKind::Counter, &[], &[(NOW, 1.0)]),
+            series("tierwatch_node_up", MetricKind::Gauge, &[], &[(NOW, 1.0)]),
         ]);
         let r = validate(&mut b, NOW, &Limits::default()).unwrap();
         assert_eq!(r.accepted_points, 2);
         let msgs: Vec<String> = r.rejected.iter().map(|r| r.to_string()).collect();
-        assert_eq!(msgs.len(), 5, "{msgs:#?}");
+        assert_eq!(msgs.len(), 6, "{msgs:#?}");
+        assert!(msgs[5].contains("reserved for the collector"));
         assert!(msgs[0].starts_with("series 1 (tierwatch_x{node=\"evil\"})") && msgs[0].contains("identity label"));
         assert!(msgs[1].starts_with("series 2 (tierwatch_y) point 0") && msgs[1].contains("not finite"));
         assert!(msgs[2].starts_with("series 2 (tierwatch_y) point 2") && msgs[2].contains("future"));

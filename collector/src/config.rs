@@ -1,0 +1,161 @@
+//! `collector.yaml`: listeners, TLS material, topology file, limits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tierwatch_protocol::Limits;
+use tierwatch_runtime::duration;
+use tierwatch_yamlconf::{ConfigError, Problems};
+
+use crate::topology::Topology;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Log filter when `RUST_LOG` is unset (`info`, `debug`, `tierwatch_collector=debug`, ...).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Path of `topology.yaml`, relative to this file.
+    pub topology: PathBuf,
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub http: RawHttp,
+    /// When a node that has not pushed for this long is reported down.
+    #[serde(default = "default_node_down_after", with = "duration::serde")]
+    pub node_down_after: Duration,
+    /// Series not refreshed for this long disappear from `/metrics`.
+    #[serde(default = "default_stale_after", with = "duration::serde")]
+    pub stale_after: Duration,
+}
+
+/// The mTLS ingest listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    #[serde(default = "default_ingest_listen")]
+    pub listen: SocketAddr,
+    /// CA that signs agent certificates (PEM).
+    pub ca: PathBuf,
+    /// The collector's own certificate chain (PEM), with serverAuth.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Largest request body accepted; larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long a client may take for the TLS handshake.
+    #[serde(default = "default_handshake_timeout", with = "duration::serde")]
+    pub handshake_timeout: Duration,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The plain HTTP listener: status, API, `/metrics`, health.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp { listen: default_http_listen() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_node_down_after() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_ingest_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9400))
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The validated configuration, paths resolved, topology loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub log_level: String,
+    pub ingest: RawIngest,
+    pub http: RawHttp,
+    pub node_down_after: Duration,
+    pub stale_after: Duration,
+    pub topology_file: PathBuf,
+    pub topology: Topology,
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+impl Config {
+    /// Loads `file` and the topology it names; every problem is reported at once.
+    pub fn load(file: &Path) -> Result<Config, LoadError> {
+        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let mut problems = Problems::default();
+        let mut ingest = raw.ingest.clone();
+        for (key, path) in [("ingest.ca", &mut ingest.ca), ("ingest.cert", &mut ingest.cert), ("ingest.key", &mut ingest.key)] {
+            *path = resolve(path);
+            if !path.is_file() {
+                problems.push(key, format!("file {} does not exist", path.display()));
+            }
+        }
+        if ingest.max_body_bytes < 1024 {
+            problems.push("ingest.max_body_bytes", "must be at least 1024");
+        }
+        if raw.node_down_after < Duration::from_secs(1) {
+            problems.push("node_down_after", "must be at least 1s");
+        }
+        if raw.stale_after < Duration::from_secs(1) {
+            problems.push("stale_after", "must be at least 1s");
+        }
+        if ingest.listen == raw.http.listen {
+            problems.push("http.listen", "must differ from ingest.listen");
+        }
+        if let Err(e) = tracing_subscriber_filter_ok(&raw.log_level) {
+            problems.push("log_level", e);
+        }
+        let topology_file = resolve(&raw.topology);
+        problems.into_result(file, &text)?;
+        let topology = Topology::load(&topology_file)?;
+        Ok(Config {
+            file: file.to_path_buf(),
+            log_level: raw.log_level,
+            ingest,
+            http: raw.http,
+            node_down_after: raw.node_down_after,
+            stale_after: raw.stale_after,
+            topology_file,
+            topology,
+        })
+    }
+}
+
+fn tracing_subscriber_filter_ok(level: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("{level:?} is not a log filter (e.g. info, debug, tierwatch_collector=debug): {e}"))
+}

@@ -1,0 +1,115 @@
+//! The plain HTTP listener (`:9400`): `/metrics`, health, and the JSON API.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::exposition;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Shared state of the HTTP handlers.
+pub struct Http {
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub stale_after: Duration,
+    pub node_down_after: Duration,
+    /// Set once every listener is bound.
+    pub ready: AtomicBool,
+}
+
+/// The router of the HTTP listener.
+pub fn router(state: Arc<Http>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/nodes", get(nodes))
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/healthz        liveness\n/readyz         readiness\n"
+}
+
+async fn metrics(State(s): State<Arc<Http>>) -> Response {
+    let body = exposition::render(
+        &s.store,
+        &s.metrics,
+        tierwatch_protocol::now_ms(),
+        s.stale_after.as_millis() as i64,
+        s.node_down_after.as_millis() as i64,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn readyz(State(s): State<Arc<Http>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+/// A node as `/api/v1/nodes` reports it.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub name: String,
+    pub tier: &'static str,
+    pub parent: Option<String>,
+    pub province: Option<String>,
+    /// `up` (pushed within node_down_after), `down` (pushed before, not since), `unknown` (never pushed).
+    pub status: &'static str,
+    /// RFC 3339 time of the last accepted push.
+    pub last_seen: Option<String>,
+    pub last_seen_age_seconds: Option<f64>,
+    pub agent_version: Option<String>,
+    pub last_sequence: Option<u64>,
+    pub series: usize,
+}
+
+/// Snapshot of every node's status at `now_ms`.
+pub fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
+    let stale_before = now_ms - s.stale_after.as_millis() as i64;
+    let down_after = s.node_down_after.as_millis() as i64;
+    let mut out = Vec::new();
+    s.store.for_each_node(stale_before, |node, st| {
+        let status = match st.last_push_ms {
+            None => "unknown",
+            Some(t) if now_ms - t <= down_after => "up",
+            Some(_) => "down",
+        };
+        out.push(NodeStatus {
+            id: node.id.to_string(),
+            name: node.name.clone(),
+            tier: node.tier.as_str(),
+            parent: node.parent.as_ref().map(|p| p.to_string()),
+            province: node.province.as_ref().map(|p| p.to_string()),
+            status,
+            last_seen: st.last_push_ms.and_then(rfc3339),
+            last_seen_age_seconds: st.last_push_ms.map(|t| (now_ms - t) as f64 / 1000.0),
+            agent_version: st.last_push_ms.map(|_| st.agent_version.clone()),
+            last_sequence: st.last_push_ms.map(|_| st.last_sequence),
+            series: st.series.len(),
+        });
+    });
+    out
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+async fn nodes(State(s): State<Arc<Http>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "nodes": node_statuses(&s, tierwatch_protocol::now_ms()) }))
+}

@@ -1,0 +1,165 @@
+//! What the collector knows now: per node, its last push and the latest
+//! value of each series. One mutex per node, so pushes from different
+//! nodes never wait on each other; the node set is fixed by the topology.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tierwatch_protocol::{Batch, Label, MetricKind, NodeId};
+
+use crate::topology::{Node, Topology};
+
+/// Identity of a series within one node: metric name and sorted labels.
+pub type SeriesKey = (String, Vec<Label>);
+
+/// The latest value of a series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesValue {
+    pub kind: MetricKind,
+    pub value: f64,
+    /// When the agent measured it.
+    pub timestamp_ms: i64,
+    /// When the collector last received a point for it (collector clock).
+    pub refreshed_ms: i64,
+}
+
+/// The push history and series of one node.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// Collector clock at the last accepted push.
+    pub last_push_ms: Option<i64>,
+    pub agent_version: String,
+    pub boot_id: Vec<u8>,
+    pub last_sequence: u64,
+    pub config_hash: Vec<u8>,
+    pub batches: u64,
+    pub series: HashMap<SeriesKey, SeriesValue>,
+}
+
+/// The collector's current state.
+pub struct Store {
+    topology: Arc<Topology>,
+    nodes: HashMap<NodeId, Mutex<NodeState>>,
+}
+
+impl Store {
+    /// An empty store for every node of `topology`.
+    pub fn new(topology: Arc<Topology>) -> Self {
+        let nodes = topology.nodes().iter().map(|n| (n.id.clone(), Mutex::new(NodeState::default()))).collect();
+        Store { topology, nodes }
+    }
+
+    /// The topology the store was built for.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn lock(&self, id: &NodeId) -> Option<MutexGuard<'_, NodeState>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.nodes.get(id).map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Stores a validated batch from `node` received at `now_ms`. A point
+    /// older than the stored one (a replayed backlog) does not replace it.
+    /// Returns false when the node is not in the topology.
+    pub fn ingest(&self, node: &NodeId, batch: Batch, now_ms: i64) -> bool {
+        let Some(mut state) = self.lock(node) else { return false };
+        state.last_push_ms = Some(now_ms);
+        state.agent_version = batch.agent_version;
+        state.boot_id = batch.boot_id;
+        state.last_sequence = batch.sequence;
+        state.config_hash = batch.config_hash;
+        state.batches += 1;
+        for s in batch.series {
+            let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
+            let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);
+            let value = SeriesValue { kind, value: newest.value, timestamp_ms: newest.timestamp_ms, refreshed_ms: now_ms };
+            match state.series.entry((s.name, s.labels)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if e.get().timestamp_ms <= value.timestamp_ms {
+                        e.insert(value);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value);
+                }
+            }
+        }
+        true
+    }
+
+    /// Calls `f` for each node in topology order with its state locked;
+    /// series not refreshed since `stale_before_ms` are dropped first.
+    pub fn for_each_node(&self, stale_before_ms: i64, mut f: impl FnMut(&Node, &NodeState)) {
+        for node in self.topology.nodes() {
+            if let Some(mut state) = self.lock(&node.id) {
+                state.series.retain(|_, v| v.refreshed_ms >= stale_before_ms);
+                f(node, &state);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use tierwatch_protocol::{Point, Series};
+
+    fn store() -> Store {
+        let t = Topology::parse(
+            Path::new("t.yaml"),
+            "nodes:\n  - id: p\n    tier: province\n    name: P\n  - id: c\n    tier: commune\n    name: C\n    parent: p\n",
+        )
+        .unwrap();
+        Store::new(Arc::new(t))
+    }
+
+    fn batch(seq: u64, ts: i64, v: f64) -> Batch {
+        Batch {
+            version: 1,
+            node_id: "c".into(),
+            sequence: seq,
+            boot_id: vec![1; 16],
+            series: vec![Series {
+                name: "tierwatch_a".into(),
+                kind: MetricKind::Gauge as i32,
+                labels: vec![Label::new("target", "gw")],
+                points: vec![Point { timestamp_ms: ts, value: v }],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn value(s: &Store) -> Option<f64> {
+        let mut out = None;
+        s.for_each_node(0, |n, st| {
+            if n.id.as_str() == "c" {
+                out = st.series.values().next().map(|v| v.value);
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn newest_point_wins_and_backfill_does_not_regress() {
+        let s = store();
+        let c = NodeId::new("c").unwrap();
+        assert!(s.ingest(&c, batch(1, 2000, 1.0), 10));
+        assert!(s.ingest(&c, batch(2, 1000, 5.0), 11));
+        assert_eq!(value(&s), Some(1.0));
+        assert!(s.ingest(&c, batch(3, 3000, 7.0), 12));
+        assert_eq!(value(&s), Some(7.0));
+        assert!(!s.ingest(&NodeId::new("nobody").unwrap(), batch(1, 1, 1.0), 1));
+    }
+
+    #[test]
+    fn stale_series_are_dropped() {
+        let s = store();
+        let c = NodeId::new("c").unwrap();
+        s.ingest(&c, batch(1, 2000, 1.0), 100);
+        let mut n = 0;
+        s.for_each_node(101, |_, st| n += st.series.len());
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,9 @@
+//! Process plumbing shared by `tierwatch-agent` and `tierwatch-collector`:
+//! logging, shutdown on signals, TLS material, durations in config.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod duration;
+pub mod logging;
+pub mod shutdown;
+pub mod tls;

@@ -1,0 +1,42 @@
+//! Shutdown on SIGTERM or SIGINT through a cancellation token, and a bounded drain.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Returns a token cancelled when the process receives SIGTERM or SIGINT.
+pub fn on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = t.cancelled() => return,
+        };
+        tracing::info!(signal = which, "shutting down");
+        t.cancel();
+    });
+    Ok(token)
+}
+
+/// Closes `tracker` and waits for its tasks, at most `grace`; logs when the deadline passes.
+pub async fn drain(tracker: &TaskTracker, grace: Duration) {
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, tasks = tracker.len(), "drain deadline passed; exiting with work in flight");
+    }
+}
+
+/// Runs `fut` until it finishes or `token` is cancelled.
+pub async fn until_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        out = fut => Some(out),
+        _ = token.cancelled() => None,
+    }
+}
