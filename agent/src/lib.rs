@@ -1,1 +1,14 @@
+//! The tierwatch agent: probes WAN links and services on a schedule and
+//! pushes what it measures to the collector over mutually authenticated TLS.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
+pub mod batcher;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod outbox;
+pub mod probe;
+pub mod push;
+pub mod run;
+pub mod scheduler;

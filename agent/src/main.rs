@@ -1,1 +1,106 @@
-fn main(){}
+//! `tierwatch-agent`: run, check a config, or run one probe for debugging.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tierwatch_agent::config::Config;
+use tierwatch_agent::probe::{self, Icmp};
+use tierwatch_agent::run;
+use tierwatch_runtime::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "tierwatch-agent", version, about = "tierwatch node agent: probes WAN links and services, pushes to the collector")]
+struct Cli {
+    /// Configuration file to run with.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file, print every problem.
+    CheckConfig {
+        /// The agent configuration file.
+        file: PathBuf,
+    },
+    /// Run one probe of one target and print the result.
+    Probe {
+        /// The agent configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Name of the target (as in `targets[].name`).
+        target: String,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let c = Config::load(&file)?;
+            println!("{}: OK (node {}, {} targets, {} collector endpoints)", file.display(), c.node, c.targets.len(), c.endpoints.len());
+            Ok(())
+        }
+        Some(Command::Probe { config, target }) => {
+            let c = Config::load(&config)?;
+            logging::init(cli.log_format, "warn");
+            let Some(t) = c.target(&target).cloned() else {
+                let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
+                anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
+            };
+            let outcome = runtime()?.block_on(async move {
+                let icmp = if matches!(t.spec, tierwatch_agent::config::ProbeSpec::Icmp { .. }) { Icmp::open() } else { Icmp::Unavailable("not needed".into()) };
+                probe::run(&t, &icmp).await
+            });
+            print_outcome(&outcome);
+            if !outcome.success {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        None => {
+            let Some(file) = cli.config else {
+                anyhow::bail!("--config FILE is required to run the agent (see --help)");
+            };
+            let config = Config::load(&file)?;
+            logging::init(cli.log_format, &config.log_level);
+            runtime()?.block_on(async move {
+                let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
+                let file = config.file.clone();
+                let running = run::start(config, token).await.with_context(|| format!("starting the agent from {}", file.display()))?;
+                running.wait().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn print_outcome(o: &probe::Outcome) {
+    println!("probe {} of target {}: {}", o.kind.as_str(), o.target, if o.success { "SUCCESS" } else { "FAILURE" });
+    for line in &o.detail {
+        println!("  {line}");
+    }
+    if let Some(e) = &o.error {
+        println!("  error: {e}");
+    }
+    println!("  took {:.3} ms", o.duration.as_secs_f64() * 1000.0);
+    println!("metrics:");
+    for s in &o.series {
+        let value = s.points.first().map(|p| p.value).unwrap_or(f64::NAN);
+        println!("  {} {}", s.display_name(), value);
+    }
+}

@@ -1,0 +1,471 @@
+//! `agent.yaml`: who this node is, where the collector is, what to probe.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tierwatch_protocol::NodeId;
+use tierwatch_runtime::duration;
+use tierwatch_yamlconf::{ConfigError, Problems};
+
+/// Probe kinds an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Icmp,
+    Tcp,
+}
+
+impl ProbeKind {
+    /// The `probe` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// This node's id; must match its certificate and `topology.yaml`.
+    pub node: String,
+    /// Log filter when `RUST_LOG` is unset.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    pub collector: CollectorSpec,
+    /// Local health and `/metrics` endpoint; `null` turns it off.
+    #[serde(default = "default_health")]
+    pub health: Option<HealthSpec>,
+    /// Defaults for every target.
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+}
+
+/// How to reach the collector.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSpec {
+    /// `https://host:port` of each collector; the first reachable one is used.
+    pub endpoints: Vec<String>,
+    /// TLS name to verify instead of the endpoint's host (when connecting by address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// CA certificate that signed the collector's certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), from `tierwatch-collector pki issue`.
+    pub cert: PathBuf,
+    /// This node's key (PEM).
+    pub key: PathBuf,
+    /// How often measured data is pushed.
+    #[serde(default = "default_push_interval", with = "duration::serde")]
+    pub push_interval: Duration,
+    /// Time limit for one push, connect to acknowledgement.
+    #[serde(default = "default_push_timeout", with = "duration::serde")]
+    pub timeout: Duration,
+    /// Batches kept in memory while the collector is unreachable; the oldest are dropped beyond.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_batches: usize,
+}
+
+/// The local health endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub listen: SocketAddr,
+}
+
+/// Defaults applied to targets that do not set their own.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default = "default_interval", with = "duration::serde")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "duration::serde")]
+    pub timeout: Duration,
+    /// Up to this much random delay is added to each round, so agents do not probe in lockstep.
+    #[serde(default = "default_jitter", with = "duration::serde")]
+    pub jitter: Duration,
+    /// Echo requests per ICMP round.
+    #[serde(default = "default_count")]
+    pub icmp_count: u32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults { interval: default_interval(), timeout: default_timeout(), jitter: default_jitter(), icmp_count: default_count() }
+    }
+}
+
+/// One target as written. Fields that do not apply to its probe kind are refused.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The `target` label: short, stable, unique.
+    pub name: String,
+    pub probe: ProbeKind,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port (tcp).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default, with = "opt_duration")]
+    pub interval: Option<Duration>,
+    /// For icmp, how long to wait for each reply; for tcp, for the handshake.
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Echo requests per round (icmp).
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Gap between echo requests of a round (icmp); default spreads them over half the interval, at most 1s apart.
+    #[serde(default, with = "opt_duration")]
+    pub spacing: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = <Option<String> as serde::Deserialize>::deserialize(d)?;
+        s.map(|s| tierwatch_runtime::duration::parse(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&tierwatch_runtime::duration::format(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_health() -> Option<HealthSpec> {
+    Some(HealthSpec { listen: SocketAddr::from(([127, 0, 0, 1], 9401)) })
+}
+fn default_push_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_push_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_queued() -> usize {
+    8640 // a day of pushes every 10 s
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_jitter() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_count() -> u32 {
+    20
+}
+
+/// A collector endpoint, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// What one probe does, resolved from the target and the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeSpec {
+    Icmp { count: u32, spacing: Duration },
+    Tcp { port: u16 },
+}
+
+/// A validated target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub host: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub jitter: Duration,
+    pub spec: ProbeSpec,
+}
+
+impl Target {
+    /// The probe kind.
+    pub fn kind(&self) -> ProbeKind {
+        match self.spec {
+            ProbeSpec::Icmp { .. } => ProbeKind::Icmp,
+            ProbeSpec::Tcp { .. } => ProbeKind::Tcp,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node: NodeId,
+    pub log_level: String,
+    pub endpoints: Vec<Endpoint>,
+    pub server_name: Option<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub push_interval: Duration,
+    pub push_timeout: Duration,
+    pub max_queued_batches: usize,
+    pub health: Option<SocketAddr>,
+    pub targets: Vec<Target>,
+    /// SHA-256 of the effective configuration, sent with every batch.
+    pub hash: [u8; 32],
+}
+
+/// Parses `https://host:port` (IPv6 in brackets).
+pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?} must start with https:// (pushes are always mutually authenticated TLS)"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') {
+        return Err(format!("{url:?}: give only scheme, host and port; the push path is fixed"));
+    }
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, p) = r.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+        (h.to_string(), p.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    let port = match port {
+        None => 7443,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("{url:?}: bad port {p:?}"))?,
+    };
+    Ok(Endpoint { url: url.to_string(), host, port })
+}
+
+impl Config {
+    /// Loads and validates `file`, reporting every problem at once.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
+        Self::from_raw(raw, file, &text)
+    }
+
+    /// Parses and validates config text (`file` names it in errors, and anchors relative paths).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = tierwatch_yamlconf::parse::<RawConfig>(file, text)?;
+        Self::from_raw(raw, file, text)
+    }
+
+    fn from_raw(raw: RawConfig, file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let node = NodeId::new(&raw.node).map_err(|e| p.push("node", e.to_string())).ok();
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
+            p.push("log_level", format!("{:?} is not a log filter: {e}", raw.log_level));
+        }
+        let c = &raw.collector;
+        let mut endpoints = Vec::new();
+        if c.endpoints.is_empty() {
+            p.push("collector.endpoints", "list at least one collector endpoint (https://host:7443)");
+        }
+        for (i, e) in c.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(ep) => endpoints.push(ep),
+                Err(msg) => p.push(format!("collector.endpoints[{i}]"), msg),
+            }
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |q: &Path| if q.is_absolute() { q.to_path_buf() } else { base.join(q) };
+        let (ca, cert, key) = (resolve(&c.ca), resolve(&c.cert), resolve(&c.key));
+        for (k, path) in [("collector.ca", &ca), ("collector.cert", &cert), ("collector.key", &key)] {
+            if !path.is_file() {
+                p.push(k, format!("file {} does not exist", path.display()));
+            }
+        }
+        if c.push_interval < Duration::from_millis(100) {
+            p.push("collector.push_interval", "must be at least 100ms");
+        }
+        if c.timeout < Duration::from_millis(100) {
+            p.push("collector.timeout", "must be at least 100ms");
+        }
+        if c.max_queued_batches == 0 {
+            p.push("collector.max_queued_batches", "must be at least 1");
+        }
+        let d = &raw.defaults;
+        if d.interval < Duration::from_millis(100) {
+            p.push("defaults.interval", "must be at least 100ms");
+        }
+        let mut targets = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in raw.targets.iter().enumerate() {
+            let at = |k: &str| format!("targets[{i}].{k}");
+            let name_ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !name_ok {
+                p.push(at("name"), format!("{:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'", t.name));
+            } else if !names.insert(t.name.clone()) {
+                p.push(at("name"), format!("duplicate target name {:?}", t.name));
+            }
+            if t.host.trim().is_empty() || t.host.contains(char::is_whitespace) {
+                p.push(at("host"), format!("{:?} is not a host name or address", t.host));
+            }
+            let interval = t.interval.unwrap_or(d.interval);
+            let timeout = t.timeout.unwrap_or(d.timeout);
+            if interval < Duration::from_millis(100) {
+                p.push(at("interval"), "must be at least 100ms");
+            }
+            if timeout.is_zero() || timeout > interval {
+                p.push(at("timeout"), format!("must be above 0 and at most the interval ({})", duration::format(interval)));
+            }
+            let spec = match t.probe {
+                ProbeKind::Icmp => {
+                    if t.port.is_some() {
+                        p.push(at("port"), "icmp probes have no port");
+                    }
+                    let count = t.count.unwrap_or(d.icmp_count);
+                    if !(1..=1000).contains(&count) {
+                        p.push(at("count"), "must be 1..=1000");
+                    }
+                    let spread = interval / 2 / count.max(1);
+                    let spacing = t.spacing.unwrap_or(spread.min(Duration::from_secs(1)));
+                    if spacing * count.saturating_sub(1) + timeout > interval {
+                        p.push(
+                            at("spacing"),
+                            format!(
+                                "{} requests {} apart plus the {} timeout do not fit in the {} interval",
+                                count,
+                                duration::format(spacing),
+                                duration::format(timeout),
+                                duration::format(interval)
+                            ),
+                        );
+                    }
+                    ProbeSpec::Icmp { count, spacing }
+                }
+                ProbeKind::Tcp => {
+                    for (k, set) in [("count", t.count.is_some()), ("spacing", t.spacing.is_some())] {
+                        if set {
+                            p.push(at(k), "only icmp probes take this");
+                        }
+                    }
+                    match t.port {
+                        Some(port) if port != 0 => ProbeSpec::Tcp { port },
+                        _ => {
+                            p.push(at("port"), "tcp probes need a port (1-65535)");
+                            ProbeSpec::Tcp { port: 0 }
+                        }
+                    }
+                }
+            };
+            targets.push(Target { name: t.name.clone(), host: t.host.clone(), interval, timeout, jitter: d.jitter.min(interval / 2), spec });
+        }
+        p.into_result(file, text)?;
+        let json = serde_json::to_vec(&raw).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &json);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        Ok(Config {
+            file: file.to_path_buf(),
+            node: match node {
+                Some(n) => n,
+                None => unreachable!("a bad node id is recorded as a problem and returned above"),
+            },
+            log_level: raw.log_level,
+            endpoints,
+            server_name: raw.collector.server_name,
+            ca,
+            cert,
+            key,
+            push_interval: raw.collector.push_interval,
+            push_timeout: raw.collector.timeout,
+            max_queued_batches: raw.collector.max_queued_batches,
+            health: raw.health.map(|h| h.listen),
+            targets,
+            hash,
+        })
+    }
+
+    /// Looks a target up by name.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pki(dir: &Path) {
+        for f in ["ca.crt", "n.crt", "n.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+    }
+
+    const GOOD: &str = "\
+node: nui-cam
+collector:
+  endpoints: [\"https://collector.example:7443\"]
+  ca: ca.crt
+  cert: n.crt
+  key: n.key
+targets:
+  - name: gw
+    probe: icmp
+    host: 10.1.0.1
+  - name: portal
+    probe: tcp
+    host: portal.example
+    port: 443
+    interval: 1m
+";
+
+    #[test]
+    fn good_config_resolves_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let c = Config::parse(&dir.path().join("agent.yaml"), GOOD).unwrap();
+        assert_eq!(c.node.as_str(), "nui-cam");
+        assert_eq!(c.endpoints[0].port, 7443);
+        assert_eq!(c.targets[0].spec, ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750) });
+        assert_eq!(c.targets[1].interval, Duration::from_secs(60));
+        assert_eq!(c.ca, dir.path().join("ca.crt"));
+        assert_eq!(c.health, Some(SocketAddr::from(([127, 0, 0, 1], 9401))));
+    }
+
+    #[test]
+    fn every_problem_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let text = GOOD.replace("port: 443", "count: 3").replace("https://collector.example:7443", "http://x");
+        let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("agent.yaml:3:3: collector.endpoints[0]: \"http://x\" must start with https://"), "{err}");
+        assert!(err.contains("agent.yaml:14:5: targets[1].count: only icmp probes take this"), "{err}");
+        assert!(err.contains("targets[1].port: tcp probes need a port"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_carry_line_and_key() {
+        let text = GOOD.replace("port: 443", "port: https");
+        let err = Config::parse(Path::new("agent.yaml"), &text).unwrap_err().to_string();
+        assert!(err.starts_with("agent.yaml:14:11: targets[1].port: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(parse_endpoint("https://[::1]:7443").unwrap().host, "::1");
+        assert_eq!(parse_endpoint("https://c.example").unwrap().port, 7443);
+        assert!(parse_endpoint("https://c:0").is_err());
+        assert!(parse_endpoint("https://c:7443/x").is_err());
+    }
+}
