@@ -132,7 +132,7 @@ impl Config {
         if raw.stale_after < Duration::from_secs(1) {
             problems.push("stale_after", "must be at least 1s");
         }
-        if ingest.listen == raw.http.listen {
+        if ingest.listen == raw.http.listen && ingest.listen.port() != 0 {
             problems.push("http.listen", "must differ from ingest.listen");
         }
         if let Err(e) = tracing_subscriber_filter_ok(&raw.log_level) {

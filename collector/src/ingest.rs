@@ -157,7 +157,7 @@ async fn process(
         tracing::warn!(peer = %peer, node = %node, "push refused: node is not in the topology");
         return (
             Some(BatchResult::UnknownNode),
-            refuse(StatusCode::FORBIDDEN, format!("node {node:?} is not in topology.yaml")),
+            refuse(StatusCode::FORBIDDEN, format!("node {:?} is not in topology.yaml", node.as_str())),
         );
     }
     let declared = req

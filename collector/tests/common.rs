@@ -1,0 +1,134 @@
+//! Helpers for the collector's loopback integration tests: a throw-away PKI,
+//! a collector on ephemeral ports, and minimal HTTP(S) clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tierwatch_collector::config::Config;
+use tierwatch_collector::pki::{self, Usage};
+use tierwatch_collector::server::{self, Running};
+use tierwatch_protocol::NodeId;
+use tierwatch_runtime::tls::{load_certs, load_key, load_roots, provider};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub const TOPOLOGY: &str = "\
+nodes:
+  - id: an-giang
+    tier: province
+    name: Trung tâm Dữ liệu tỉnh An Giang
+  - id: nui-cam
+    tier: commune
+    name: Xã Núi Cấm
+    parent: an-giang
+  - id: giang-thanh
+    tier: commune
+    name: Xã Giang Thành
+    parent: an-giang
+";
+
+/// A collector with its PKI in a temporary directory.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub pki: PathBuf,
+    pub collector: Option<Running>,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Lab {
+    /// PKI for the collector, `nui-cam`, `giang-thanh`, `ghost` (not in the
+    /// topology), and a second CA with its own `nui-cam`; then starts the collector.
+    pub async fn start() -> Lab {
+        Self::start_with("").await
+    }
+
+    /// As [`Lab::start`], with extra YAML appended to `ingest:`.
+    pub async fn start_with(ingest_extra: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        pki::init(&pki_dir, "test CA", 30, false).unwrap();
+        pki::issue(&pki_dir, &id("collector"), &Usage::Server { sans: vec!["127.0.0.1".into(), "localhost".into()] }, 30, false).unwrap();
+        for n in ["nui-cam", "giang-thanh", "ghost"] {
+            pki::issue(&pki_dir, &id(n), &Usage::Client, 30, false).unwrap();
+        }
+        let evil = dir.path().join("evil");
+        pki::init(&evil, "evil CA", 30, false).unwrap();
+        pki::issue(&evil, &id("nui-cam"), &Usage::Client, 30, false).unwrap();
+        std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY).unwrap();
+        let conf = format!(
+            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\n"
+        );
+        std::fs::write(dir.path().join("collector.yaml"), conf).unwrap();
+        let config = Config::load(&dir.path().join("collector.yaml")).unwrap();
+        let running = server::start(config, CancellationToken::new()).await.unwrap();
+        Lab { ingest: running.ingest_addr, http: running.http_addr, collector: Some(running), pki: pki_dir, dir }
+    }
+
+    /// TLS client config presenting `node`'s certificate from the PKI at `pki_dir`, trusting our CA.
+    pub fn client(&self, pki_dir: &Path, node: &str) -> Arc<ClientConfig> {
+        let c = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(load_roots(&self.pki.join("ca.crt")).unwrap())
+            .with_client_auth_cert(
+                load_certs(&pki_dir.join(format!("{node}.crt"))).unwrap(),
+                load_key(&pki_dir.join(format!("{node}.key"))).unwrap(),
+            )
+            .unwrap();
+        Arc::new(c)
+    }
+
+    /// POSTs `body` to the push endpoint with `client`; Err when TLS or HTTP fails.
+    pub async fn push(&self, client: Arc<ClientConfig>, body: Vec<u8>) -> Result<(StatusCode, Bytes), String> {
+        let tcp = TcpStream::connect(self.ingest).await.map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(client)
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::post(tierwatch_protocol::PUSH_PATH).header("host", "collector").body(Full::new(Bytes::from(body))).unwrap();
+        let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// GETs `path` from the HTTP listener.
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let tcp = TcpStream::connect(self.http).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path).header("host", "collector").body(Full::new(Bytes::new())).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Stops the collector and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(c) = self.collector.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+pub fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// Whether a tool is on PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
