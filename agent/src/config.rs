@@ -461,6 +461,17 @@ targets:
         assert!(err.starts_with("agent.yaml:14:11: targets[1].port: invalid type"), "{err}");
     }
 
+    /// The shipped example parses; its only problems are the certificate
+    /// files, which exist only on a real node.
+    #[test]
+    fn shipped_example_is_valid() {
+        let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml"));
+        let err = Config::load(file).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["collector.ca", "collector.cert", "collector.key"], "{err}");
+        assert!(err.problems.iter().all(|p| p.message.contains("does not exist")));
+    }
+
     #[test]
     fn endpoints_parse() {
         assert_eq!(parse_endpoint("https://[::1]:7443").unwrap().host, "::1");

@@ -159,3 +159,21 @@ fn tracing_subscriber_filter_ok(level: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("{level:?} is not a log filter (e.g. info, debug, tierwatch_collector=debug): {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example parses; its only problems are the TLS files,
+    /// which exist only on a real collector. The topology loads in full.
+    #[test]
+    fn shipped_example_is_valid() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
+        let LoadError::Config(err) = Config::load(&dir.join("collector.yaml")).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key"], "{err}");
+        let t = Topology::load(&dir.join("topology.yaml")).unwrap();
+        assert_eq!(t.get_str("nui-cam").map(|n| n.name.as_str()), Some("Xã Núi Cấm"));
+        assert!(t.nodes().len() >= 5);
+    }
+}

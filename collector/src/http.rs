@@ -75,6 +75,16 @@ pub struct NodeStatus {
     pub agent_version: Option<String>,
     pub last_sequence: Option<u64>,
     pub series: usize,
+    /// The last result of each probe the node runs.
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// The last result of one probe of a node.
+#[derive(Debug, Serialize)]
+pub struct ProbeStatus {
+    pub probe: String,
+    pub target: String,
+    pub success: bool,
 }
 
 /// Snapshot of every node's status at `now_ms`.
@@ -100,9 +110,24 @@ pub fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
             agent_version: st.last_push_ms.map(|_| st.agent_version.clone()),
             last_sequence: st.last_push_ms.map(|_| st.last_sequence),
             series: st.series.len(),
+            probes: probe_statuses(st),
         });
     });
     out
+}
+
+fn probe_statuses(st: &crate::store::NodeState) -> Vec<ProbeStatus> {
+    let mut probes: Vec<ProbeStatus> = st
+        .series
+        .iter()
+        .filter(|((name, _), _)| name == tierwatch_protocol::catalogue::PROBE_SUCCESS.name)
+        .map(|((_, labels), v)| {
+            let get = |n: &str| labels.iter().find(|l| l.name == n).map(|l| l.value.clone()).unwrap_or_default();
+            ProbeStatus { probe: get("probe"), target: get("target"), success: v.value >= 1.0 }
+        })
+        .collect();
+    probes.sort_by(|a, b| a.target.cmp(&b.target));
+    probes
 }
 
 fn rfc3339(ms: i64) -> Option<String> {

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod topology;

@@ -29,6 +29,12 @@ enum Command {
         /// The collector configuration file.
         file: PathBuf,
     },
+    /// Print the node table of a running collector.
+    Status {
+        /// Base URL of the collector's HTTP listener.
+        #[arg(long, default_value = "http://127.0.0.1:9400")]
+        url: String,
+    },
     /// Manage the certificate authority that signs agent and collector certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -85,6 +91,12 @@ fn main() -> anyhow::Result<()> {
                 config.ingest.listen,
                 config.http.listen
             );
+            Ok(())
+        }
+        Some(Command::Status { url }) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let nodes = rt.block_on(tierwatch_collector::status::fetch(&url))?;
+            print!("{}", tierwatch_collector::status::render(&nodes));
             Ok(())
         }
         Some(Command::Pki(PkiCommand::Init { dir, name, days, force })) => {
