@@ -114,31 +114,17 @@ pub struct TargetSpec {
     /// TCP port (tcp).
     #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "duration::serde_opt")]
     pub interval: Option<Duration>,
     /// For icmp, how long to wait for each reply; for tcp, for the handshake.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "duration::serde_opt")]
     pub timeout: Option<Duration>,
     /// Echo requests per round (icmp).
     #[serde(default)]
     pub count: Option<u32>,
     /// Gap between echo requests of a round (icmp); default spreads them over half the interval, at most 1s apart.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "duration::serde_opt")]
     pub spacing: Option<Duration>,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = <Option<String> as serde::Deserialize>::deserialize(d)?;
-        s.map(|s| tierwatch_runtime::duration::parse(&s).map_err(serde::de::Error::custom)).transpose()
-    }
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&tierwatch_runtime::duration::format(*d)),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 fn default_log_level() -> String {

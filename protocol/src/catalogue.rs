@@ -39,8 +39,14 @@ defs! {
         "Echo replies received in time in the last ICMP round.";
     ICMP_LOSS: "tierwatch_icmp_loss_ratio", Gauge, "ratio", ["target"],
         "Share of echo requests of the last round that got no reply in time (0..1).";
-    ICMP_RTT: "tierwatch_icmp_rtt_seconds", Gauge, "seconds", ["target", "quantile"],
-        "Round-trip time of the last ICMP round: quantile 0 is the minimum, 0.5 the median, 0.9 the 90th percentile, 1 the maximum.";
+    ICMP_RTT_MIN: "tierwatch_icmp_rtt_min_seconds", Gauge, "seconds", ["target"],
+        "Shortest round-trip time of the last ICMP round.";
+    ICMP_RTT_MEDIAN: "tierwatch_icmp_rtt_median_seconds", Gauge, "seconds", ["target"],
+        "Median round-trip time of the last ICMP round.";
+    ICMP_RTT_P90: "tierwatch_icmp_rtt_p90_seconds", Gauge, "seconds", ["target"],
+        "90th percentile of the round-trip times of the last ICMP round.";
+    ICMP_RTT_MAX: "tierwatch_icmp_rtt_max_seconds", Gauge, "seconds", ["target"],
+        "Longest round-trip time of the last ICMP round.";
     ICMP_RTT_MEAN: "tierwatch_icmp_rtt_mean_seconds", Gauge, "seconds", ["target"],
         "Mean round-trip time of the last ICMP round.";
     ICMP_RTT_STDDEV: "tierwatch_icmp_rtt_stddev_seconds", Gauge, "seconds", ["target"],

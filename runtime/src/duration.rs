@@ -54,13 +54,27 @@ pub fn format(d: Duration) -> String {
 }
 
 /// `#[serde(with = "tierwatch_runtime::duration::serde")]` for `Duration` fields.
+/// Parsing happens inside the visitor, so serde_yaml locates a bad value at
+/// its own line, column and key path, not at the enclosing mapping.
 pub mod serde {
+    use std::fmt;
     use std::time::Duration;
+
+    struct Visitor;
+
+    impl ::serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 250ms, 30s, 5m, 1h, 7d")
+        }
+        fn visit_str<E: ::serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse(v).map_err(E::custom)
+        }
+    }
 
     /// Deserializes from a string such as `30s`.
     pub fn deserialize<'de, D: ::serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = <String as ::serde::Deserialize>::deserialize(d)?;
-        super::parse(&s).map_err(::serde::de::Error::custom)
+        d.deserialize_str(Visitor)
     }
 
     /// Serializes as a string such as `30s`.
@@ -69,10 +83,68 @@ pub mod serde {
     }
 }
 
+/// `#[serde(default, with = "tierwatch_runtime::duration::serde_opt")]` for `Option<Duration>` fields.
+pub mod serde_opt {
+    use std::fmt;
+    use std::time::Duration;
+
+    struct Visitor;
+
+    impl<'de> ::serde::de::Visitor<'de> for Visitor {
+        type Value = Option<Duration>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 250ms, 30s, 5m, 1h, 7d, or null")
+        }
+        fn visit_none<E: ::serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: ::serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: ::serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            super::serde::deserialize(d).map(Some)
+        }
+    }
+
+    /// Deserializes `null` or a duration string.
+    pub fn deserialize<'de, D: ::serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_option(Visitor)
+    }
+
+    /// Serializes as a duration string or `null`.
+    pub fn serialize<S: ::serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&super::format(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[derive(Debug, ::serde::Deserialize)]
+    #[allow(dead_code)]
+    struct T {
+        #[serde(with = "super::serde")]
+        every: Duration,
+        #[serde(default, with = "super::serde_opt")]
+        maybe: Option<Duration>,
+    }
+
+    #[test]
+    fn bad_value_is_located_at_the_value() {
+        let err = serde_yaml::from_str::<T>("every: 1s\nmaybe: soon\n").unwrap_err();
+        let loc = err.location().unwrap();
+        assert_eq!((loc.line(), loc.column()), (2, 8), "{err}");
+        assert!(err.to_string().starts_with("maybe: invalid duration"), "{err}");
+        let ok = serde_yaml::from_str::<T>("every: 1m\n").unwrap();
+        assert_eq!((ok.every, ok.maybe), (Duration::from_secs(60), None));
+        let ok = serde_yaml::from_str::<T>("every: 1m\nmaybe: 5s\n").unwrap();
+        assert_eq!(ok.maybe, Some(Duration::from_secs(5)));
+    }
 
     #[test]
     fn parses_units() {

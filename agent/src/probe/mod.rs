@@ -136,9 +136,10 @@ async fn icmp_round(out: &mut Outcome, icmp: &Icmp, ip: IpAddr, count: u32, spac
             push(&catalogue::ICMP_RTT_MEAN, s.mean.as_secs_f64());
             push(&catalogue::ICMP_RTT_STDDEV, s.stddev.as_secs_f64());
             push(&catalogue::ICMP_JITTER, s.jitter.as_secs_f64());
-            for (q, v) in [("0", s.min), ("0.5", s.median), ("0.9", s.p90), ("1", s.max)] {
-                out.series.push(series(&catalogue::ICMP_RTT, &[("target", name), ("quantile", q)], v.as_secs_f64(), ts));
-            }
+            push(&catalogue::ICMP_RTT_MIN, s.min.as_secs_f64());
+            push(&catalogue::ICMP_RTT_MEDIAN, s.median.as_secs_f64());
+            push(&catalogue::ICMP_RTT_P90, s.p90.as_secs_f64());
+            push(&catalogue::ICMP_RTT_MAX, s.max.as_secs_f64());
             out.success = true;
         }
         None => {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# README command 2: installs what the tests need (Debian packages), builds the
+# workspace once, and runs the whole test suite. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, by the command each provides.
+declare -A wanted=(
+  [promtool]=prometheus    # promtool check metrics on the collector's /metrics
+  [ip]=iproute2            # network namespaces (lab tests)
+  [kill]=procps
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Packages that ship a daemon (prometheus) must not start one here.
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "NOTE: not root: tests that need network namespaces or raw sockets skip and say so."
+fi
+
+# One build of the binaries in the test profile; the whole-system tests run them.
+cargo build --locked --workspace --bins
+cargo test --locked --workspace --no-fail-fast
