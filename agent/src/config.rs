@@ -98,7 +98,12 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { interval: default_interval(), timeout: default_timeout(), jitter: default_jitter(), icmp_count: default_count() }
+        Defaults {
+            interval: default_interval(),
+            timeout: default_timeout(),
+            jitter: default_jitter(),
+            icmp_count: default_count(),
+        }
     }
 }
 
@@ -312,7 +317,10 @@ impl Config {
                 p.push(at("interval"), "must be at least 100ms");
             }
             if timeout.is_zero() || timeout > interval {
-                p.push(at("timeout"), format!("must be above 0 and at most the interval ({})", duration::format(interval)));
+                p.push(
+                    at("timeout"),
+                    format!("must be above 0 and at most the interval ({})", duration::format(interval)),
+                );
             }
             let spec = match t.probe {
                 ProbeKind::Icmp => {
@@ -354,7 +362,14 @@ impl Config {
                     }
                 }
             };
-            targets.push(Target { name: t.name.clone(), host: t.host.clone(), interval, timeout, jitter: d.jitter.min(interval / 2), spec });
+            targets.push(Target {
+                name: t.name.clone(),
+                host: t.host.clone(),
+                interval,
+                timeout,
+                jitter: d.jitter.min(interval / 2),
+                spec,
+            });
         }
         p.into_result(file, text)?;
         let json = serde_json::to_vec(&raw).unwrap_or_default();

@@ -10,7 +10,11 @@ use tierwatch_agent::run;
 use tierwatch_runtime::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tierwatch-agent", version, about = "tierwatch node agent: probes WAN links and services, pushes to the collector")]
+#[command(
+    name = "tierwatch-agent",
+    version,
+    about = "tierwatch node agent: probes WAN links and services, pushes to the collector"
+)]
 struct Cli {
     /// Configuration file to run with.
     #[arg(long, value_name = "FILE")]
@@ -52,7 +56,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::CheckConfig { file }) => {
             let c = Config::load(&file)?;
-            println!("{}: OK (node {}, {} targets, {} collector endpoints)", file.display(), c.node, c.targets.len(), c.endpoints.len());
+            println!(
+                "{}: OK (node {}, {} targets, {} collector endpoints)",
+                file.display(),
+                c.node,
+                c.targets.len(),
+                c.endpoints.len()
+            );
             Ok(())
         }
         Some(Command::Probe { config, target }) => {
@@ -63,7 +73,11 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
             };
             let outcome = runtime()?.block_on(async move {
-                let icmp = if matches!(t.spec, tierwatch_agent::config::ProbeSpec::Icmp { .. }) { Icmp::open() } else { Icmp::Unavailable("not needed".into()) };
+                let icmp = if matches!(t.spec, tierwatch_agent::config::ProbeSpec::Icmp { .. }) {
+                    Icmp::open()
+                } else {
+                    Icmp::Unavailable("not needed".into())
+                };
                 probe::run(&t, &icmp).await
             });
             print_outcome(&outcome);
@@ -81,7 +95,9 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(async move {
                 let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
                 let file = config.file.clone();
-                let running = run::start(config, token).await.with_context(|| format!("starting the agent from {}", file.display()))?;
+                let running = run::start(config, token)
+                    .await
+                    .with_context(|| format!("starting the agent from {}", file.display()))?;
                 running.wait().await;
                 Ok(())
             })

@@ -33,7 +33,10 @@ impl Metrics {
             &["probe", "result"],
         )?;
         let pushes = IntCounterVec::new(
-            Opts::new("tierwatch_agent_pushes_total", "Push attempts to the collector, by outcome (ok, failed, refused)."),
+            Opts::new(
+                "tierwatch_agent_pushes_total",
+                "Push attempts to the collector, by outcome (ok, failed, refused).",
+            ),
             &["result"],
         )?;
         let queued_batches = IntGauge::new("tierwatch_agent_queued_batches", "Sealed batches waiting to be pushed.")?;
@@ -45,7 +48,10 @@ impl Metrics {
             "tierwatch_agent_last_push_success_timestamp_seconds",
             "Unix time of the last push the collector acknowledged.",
         )?;
-        let build_info = IntGaugeVec::new(Opts::new("tierwatch_agent_build_info", "Always 1; the agent's version as a label."), &["version"])?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("tierwatch_agent_build_info", "Always 1; the agent's version as a label."),
+            &["version"],
+        )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [&probes, &pushes] {
             registry.register(Box::new(c.clone()))?;

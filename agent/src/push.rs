@@ -95,7 +95,8 @@ impl Pusher {
         let name = self.server_name.clone().unwrap_or_else(|| ep.host.clone());
         let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("TLS server name {name:?}: {e}"))?;
         let tls = self.connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP: {e}"))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP: {e}"))?;
         // The connection task ends when the sender is dropped or the peer closes.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -130,7 +131,8 @@ impl Pusher {
         }
         let reason = String::from_utf8_lossy(&body).trim().to_string();
         // 408 and 429 say "later", and 5xx is the collector's fault: retry those.
-        if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::TOO_MANY_REQUESTS {
+        if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::TOO_MANY_REQUESTS
+        {
             Ok(Err((status, reason)))
         } else {
             Err(format!("{status}: {reason}"))

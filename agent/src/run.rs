@@ -69,7 +69,12 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-            let state = Arc::new(Health { node: config.node.to_string(), icmp: icmp_state, metrics: metrics.clone(), outbox: outbox.clone() });
+            let state = Arc::new(Health {
+                node: config.node.to_string(),
+                icmp: icmp_state,
+                metrics: metrics.clone(),
+                outbox: outbox.clone(),
+            });
             let t = token.clone();
             tracker.spawn(async move {
                 let server = axum::serve(listener, health::router(state)).with_graceful_shutdown(t.cancelled_owned());
@@ -92,9 +97,17 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     rand::thread_rng().fill(&mut boot_id);
     let stamp = Stamp { node_id: config.node.to_string(), boot_id, config_hash: config.hash };
     let batcher_token = CancellationToken::new();
-    let batcher = tokio::spawn(batcher::run(stamp, config.push_interval, rx, outbox.clone(), metrics.clone(), batcher_token.clone()));
+    let batcher = tokio::spawn(batcher::run(
+        stamp,
+        config.push_interval,
+        rx,
+        outbox.clone(),
+        metrics.clone(),
+        batcher_token.clone(),
+    ));
     let pusher_token = CancellationToken::new();
-    let pusher = tokio::spawn(push_loop(Pusher::new(&config, tls), outbox.clone(), metrics.clone(), pusher_token.clone()));
+    let pusher =
+        tokio::spawn(push_loop(Pusher::new(&config, tls), outbox.clone(), metrics.clone(), pusher_token.clone()));
 
     tracing::info!(
         node = %config.node,

@@ -36,13 +36,23 @@ impl Schedule {
         }
         let at = self.next;
         self.next += self.interval;
-        let jitter = if self.jitter.is_zero() { Duration::ZERO } else { Duration::from_secs_f64(rng.gen_range(0.0..self.jitter.as_secs_f64())) };
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(rng.gen_range(0.0..self.jitter.as_secs_f64()))
+        };
         at.max(now) + jitter
     }
 }
 
 /// Spawns one task per target on `tracker`; outcomes go to `results`.
-pub fn spawn(targets: &[Target], icmp: Icmp, results: mpsc::Sender<Outcome>, token: &CancellationToken, tracker: &TaskTracker) {
+pub fn spawn(
+    targets: &[Target],
+    icmp: Icmp,
+    results: mpsc::Sender<Outcome>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     for target in targets.iter().cloned() {
         let (icmp, results, token) = (icmp.clone(), results.clone(), token.clone());
         tracker.spawn(async move {
@@ -76,7 +86,8 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let t0 = Instant::now();
         let interval = Duration::from_secs(30);
-        let phases: Vec<Duration> = (0..100).map(|_| Schedule::new(t0, interval, Duration::ZERO, &mut rng).next - t0).collect();
+        let phases: Vec<Duration> =
+            (0..100).map(|_| Schedule::new(t0, interval, Duration::ZERO, &mut rng).next - t0).collect();
         let early = phases.iter().filter(|p| **p < interval / 2).count();
         assert!((30..=70).contains(&early), "phases not spread: {early} of 100 in the first half");
         assert!(phases.iter().all(|p| *p < interval));

@@ -117,7 +117,9 @@ impl Config {
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
         let mut problems = Problems::default();
         let mut ingest = raw.ingest.clone();
-        for (key, path) in [("ingest.ca", &mut ingest.ca), ("ingest.cert", &mut ingest.cert), ("ingest.key", &mut ingest.key)] {
+        for (key, path) in
+            [("ingest.ca", &mut ingest.ca), ("ingest.cert", &mut ingest.cert), ("ingest.key", &mut ingest.key)]
+        {
             *path = resolve(path);
             if !path.is_file() {
                 problems.push(key, format!("file {} does not exist", path.display()));

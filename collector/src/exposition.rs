@@ -69,16 +69,36 @@ pub fn render(store: &Store, metrics: &Metrics, now_ms: i64, stale_after_ms: i64
     store.for_each_node(now_ms - stale_after_ms, |node, state| {
         let id = identity(node);
         let up = state.last_push_ms.is_some_and(|t| now_ms - t <= down_after_ms);
-        fams.push(NODE_UP, MetricKind::Gauge, "1 if the node pushed within node_down_after, else 0 (from the collector's view).", id.clone(), if up { 1.0 } else { 0.0 });
+        fams.push(
+            NODE_UP,
+            MetricKind::Gauge,
+            "1 if the node pushed within node_down_after, else 0 (from the collector's view).",
+            id.clone(),
+            if up { 1.0 } else { 0.0 },
+        );
         if let Some(t) = state.last_push_ms {
-            fams.push(NODE_LAST_PUSH, MetricKind::Gauge, "Unix time of the node's last accepted push.", id.clone(), t as f64 / 1000.0);
+            fams.push(
+                NODE_LAST_PUSH,
+                MetricKind::Gauge,
+                "Unix time of the node's last accepted push.",
+                id.clone(),
+                t as f64 / 1000.0,
+            );
         }
         let mut info = id.clone();
         info.push(label("name", &node.name));
         info.push(label("agent_version", &state.agent_version));
-        fams.push(NODE_INFO, MetricKind::Gauge, "Always 1; the node's display name and agent version as labels.", info, 1.0);
+        fams.push(
+            NODE_INFO,
+            MetricKind::Gauge,
+            "Always 1; the node's display name and agent version as labels.",
+            info,
+            1.0,
+        );
         for ((name, labels), v) in &state.series {
-            let help = catalogue::find(name).map(|d| d.help).unwrap_or("Agent metric not in this collector's catalogue (newer agent?).");
+            let help = catalogue::find(name)
+                .map(|d| d.help)
+                .unwrap_or("Agent metric not in this collector's catalogue (newer agent?).");
             let mut ls = id.clone();
             ls.extend(labels.iter().map(|l| label(&l.name, &l.value)));
             fams.push(name, v.kind, help, ls, v.value);

@@ -68,7 +68,13 @@ impl Drop for ConnGauge {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ingest: Arc<Ingest>, token: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    ingest: Arc<Ingest>,
+    token: CancellationToken,
+) {
     ingest.metrics.ingest_connections.inc();
     let _gauge = ConnGauge(ingest.metrics.clone());
     let tls = match tokio::time::timeout(ingest.handshake_timeout, acceptor.accept(stream)).await {
@@ -160,11 +166,8 @@ async fn process(
             refuse(StatusCode::FORBIDDEN, format!("node {:?} is not in topology.yaml", node.as_str())),
         );
     }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if let Some(len) = declared.filter(|&l| l > ingest.max_body_bytes) {
         tracing::warn!(peer = %peer, node = %node, bytes = len, limit = ingest.max_body_bytes, "push refused: body too large");
         return (Some(BatchResult::TooLarge), too_large(len, ingest.max_body_bytes));

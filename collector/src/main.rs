@@ -10,7 +10,11 @@ use tierwatch_protocol::NodeId;
 use tierwatch_runtime::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tierwatch-collector", version, about = "tierwatch central collector: mTLS ingest, Prometheus exposition")]
+#[command(
+    name = "tierwatch-collector",
+    version,
+    about = "tierwatch central collector: mTLS ingest, Prometheus exposition"
+)]
 struct Cli {
     /// Configuration file to run with.
     #[arg(long, value_name = "FILE")]

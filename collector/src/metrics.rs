@@ -69,8 +69,11 @@ impl Metrics {
             "TLS handshakes on the ingest port that failed (bad or missing client certificate, protocol errors, timeouts).",
         )?;
         let ingest_seconds = Histogram::with_opts(
-            HistogramOpts::new("tierwatch_collector_ingest_duration_seconds", "Time to decode, verify and store one push.")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
+            HistogramOpts::new(
+                "tierwatch_collector_ingest_duration_seconds",
+                "Time to decode, verify and store one push.",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
         )?;
         let ingest_connections =
             IntGauge::new("tierwatch_collector_ingest_connections", "Open TLS connections on the ingest port.")?;

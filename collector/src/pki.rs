@@ -151,9 +151,12 @@ pub fn issue(dir: &Path, node: &NodeId, usage: &Usage, days: u32, force: bool) -
                 let san = match s.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
                     Err(_) => {
-                        let ok = !s.is_empty() && s.split('.').all(|l| {
-                            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        });
+                        let ok = !s.is_empty()
+                            && s.split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.len() <= 63
+                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            });
                         if !ok {
                             return Err(PkiError::BadSan(s.clone()));
                         }

@@ -61,14 +61,26 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let metrics = Metrics::new()?;
     let store = Arc::new(Store::new(Arc::new(config.topology.clone())));
 
-    let ingest_listener = TcpListener::bind(config.ingest.listen)
-        .await
-        .map_err(|source| StartError::Bind { what: "ingest", addr: config.ingest.listen, source })?;
-    let http_listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| StartError::Bind { what: "http", addr: config.http.listen, source })?;
-    let ingest_addr = ingest_listener.local_addr().map_err(|source| StartError::Bind { what: "ingest", addr: config.ingest.listen, source })?;
-    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind { what: "http", addr: config.http.listen, source })?;
+    let ingest_listener = TcpListener::bind(config.ingest.listen).await.map_err(|source| StartError::Bind {
+        what: "ingest",
+        addr: config.ingest.listen,
+        source,
+    })?;
+    let http_listener = TcpListener::bind(config.http.listen).await.map_err(|source| StartError::Bind {
+        what: "http",
+        addr: config.http.listen,
+        source,
+    })?;
+    let ingest_addr = ingest_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "ingest",
+        addr: config.ingest.listen,
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "http",
+        addr: config.http.listen,
+        source,
+    })?;
 
     let ingest = Arc::new(Ingest {
         store: store.clone(),

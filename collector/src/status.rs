@@ -41,7 +41,9 @@ pub async fn fetch(base: &str) -> anyhow::Result<Vec<NodeRow>> {
         .strip_prefix("http://")
         .ok_or_else(|| anyhow::anyhow!("--url {base:?} must start with http://"))?
         .trim_end_matches('/');
-    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| anyhow::anyhow!("connecting to {authority}: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {authority}: {e}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = Request::get("/api/v1/nodes").header("host", authority).body(Empty::<Bytes>::new())?;
@@ -54,10 +56,15 @@ pub async fn fetch(base: &str) -> anyhow::Result<Vec<NodeRow>> {
 /// Renders the node table.
 pub fn render(nodes: &[NodeRow]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<14} {:<34} {:<9} {:<8} {:>9}  {:<8} PROBES", "NODE", "NAME", "TIER", "STATUS", "LAST PUSH", "AGENT");
+    let _ = writeln!(
+        out,
+        "{:<14} {:<34} {:<9} {:<8} {:>9}  {:<8} PROBES",
+        "NODE", "NAME", "TIER", "STATUS", "LAST PUSH", "AGENT"
+    );
     for n in nodes {
         let age = n.last_seen_age_seconds.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
-        let failing: Vec<String> = n.probes.iter().filter(|p| !p.success).map(|p| format!("{}/{} FAIL", p.target, p.probe)).collect();
+        let failing: Vec<String> =
+            n.probes.iter().filter(|p| !p.success).map(|p| format!("{}/{} FAIL", p.target, p.probe)).collect();
         let ok = n.probes.iter().filter(|p| p.success).count();
         let probes = if n.probes.is_empty() {
             "-".to_string()

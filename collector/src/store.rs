@@ -73,7 +73,8 @@ impl Store {
         for s in batch.series {
             let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
             let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);
-            let value = SeriesValue { kind, value: newest.value, timestamp_ms: newest.timestamp_ms, refreshed_ms: now_ms };
+            let value =
+                SeriesValue { kind, value: newest.value, timestamp_ms: newest.timestamp_ms, refreshed_ms: now_ms };
             match state.series.entry((s.name, s.labels)) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     if e.get().timestamp_ms <= value.timestamp_ms {

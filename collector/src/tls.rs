@@ -58,8 +58,8 @@ pub fn dns_sans(cert: &X509Certificate<'_>) -> Vec<String> {
 /// The node id of a peer: its leaf certificate's single `DNS:` SAN.
 pub fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeId, IdentityError> {
     let leaf = certs.and_then(|c| c.first()).ok_or(IdentityError::NoCertificate)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
     let names = dns_sans(&cert);
     match names.as_slice() {
         [] => Err(IdentityError::NoDnsSan),

@@ -57,7 +57,14 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
         pki::init(&pki_dir, "test CA", 30, false).unwrap();
-        pki::issue(&pki_dir, &id("collector"), &Usage::Server { sans: vec!["127.0.0.1".into(), "localhost".into()] }, 30, false).unwrap();
+        pki::issue(
+            &pki_dir,
+            &id("collector"),
+            &Usage::Server { sans: vec!["127.0.0.1".into(), "localhost".into()] },
+            30,
+            false,
+        )
+        .unwrap();
         for n in ["nui-cam", "giang-thanh", "ghost"] {
             pki::issue(&pki_dir, &id(n), &Usage::Client, 30, false).unwrap();
         }
@@ -95,9 +102,13 @@ impl Lab {
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::post(tierwatch_protocol::PUSH_PATH).header("host", "collector").body(Full::new(Bytes::from(body))).unwrap();
+        let req = Request::post(tierwatch_protocol::PUSH_PATH)
+            .header("host", "collector")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
         let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -130,5 +141,10 @@ pub fn id(s: &str) -> NodeId {
 
 /// Whether a tool is on PATH.
 pub fn have(tool: &str) -> bool {
-    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }

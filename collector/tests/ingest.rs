@@ -32,7 +32,8 @@ fn gauge(name: &str, labels: &[(&str, &str)], value: f64) -> Series {
 }
 
 fn probe_ok(node: &str, seq: u64) -> Vec<u8> {
-    batch(node, seq, vec![gauge(catalogue::PROBE_SUCCESS.name, &[("probe", "icmp"), ("target", "gw")], 1.0)]).encode_to_vec()
+    batch(node, seq, vec![gauge(catalogue::PROBE_SUCCESS.name, &[("probe", "icmp"), ("target", "gw")], 1.0)])
+        .encode_to_vec()
 }
 
 #[tokio::test]
@@ -48,8 +49,11 @@ async fn pushed_series_appear_with_identity_labels_from_topology() {
     let line = r#"tierwatch_probe_success{node="nui-cam",parent="an-giang",probe="icmp",province="an-giang",target="gw",tier="commune"} 1"#;
     assert!(metrics.contains(line), "{metrics}");
     assert!(metrics.contains("# HELP tierwatch_probe_success 1 if the last probe"), "{metrics}");
-    assert!(metrics.contains(r#"tierwatch_node_up{node="nui-cam",parent="an-giang",province="an-giang",tier="commune"} 1"#));
-    assert!(metrics.contains(r#"tierwatch_node_up{node="giang-thanh",parent="an-giang",province="an-giang",tier="commune"} 0"#));
+    assert!(
+        metrics.contains(r#"tierwatch_node_up{node="nui-cam",parent="an-giang",province="an-giang",tier="commune"} 1"#)
+    );
+    assert!(metrics
+        .contains(r#"tierwatch_node_up{node="giang-thanh",parent="an-giang",province="an-giang",tier="commune"} 0"#));
     assert!(metrics.contains(r#"name="Xã Núi Cấm""#), "UTF-8 names survive: {metrics}");
     assert!(metrics.contains(r#"tierwatch_collector_batches_total{result="accepted"} 1"#));
 
@@ -69,11 +73,15 @@ async fn pushed_series_appear_with_identity_labels_from_topology() {
 #[tokio::test]
 async fn identity_labels_in_the_payload_are_refused_not_trusted() {
     let mut lab = Lab::start().await;
-    let b = batch("nui-cam", 1, vec![
-        gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "x"), ("node", "giang-thanh")], 1.0),
-        gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "ok")], f64::NAN),
-        gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "ok")], 1.0),
-    ]);
+    let b = batch(
+        "nui-cam",
+        1,
+        vec![
+            gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "x"), ("node", "giang-thanh")], 1.0),
+            gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "ok")], f64::NAN),
+            gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", "ok")], 1.0),
+        ],
+    );
     let (status, body) = lab.push(lab.client(&lab.pki, "nui-cam"), b.encode_to_vec()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let ack = Ack::decode(body).unwrap();
@@ -81,7 +89,10 @@ async fn identity_labels_in_the_payload_are_refused_not_trusted() {
     let reasons: Vec<&str> = ack.rejected.iter().map(|r| r.reason.as_str()).collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].starts_with("series 0 (") && reasons[0].contains("identity label"), "{reasons:?}");
-    assert!(reasons[1].starts_with("series 1 (") && reasons[1].contains("point 0: value NaN is not finite"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("series 1 (") && reasons[1].contains("point 0: value NaN is not finite"),
+        "{reasons:?}"
+    );
     let (_, metrics) = lab.get("/metrics").await;
     assert!(!metrics.contains(r#"target="x""#));
     assert!(metrics.contains(r#"tierwatch_collector_samples_total{result="rejected"} 2"#), "{metrics}");
@@ -119,10 +130,14 @@ async fn valid_certificate_for_a_pushing_for_b_gets_403() {
     let (status, body) = lab.push(lab.client(&lab.pki, "nui-cam"), probe_ok("giang-thanh", 1)).await.unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);
     let reason = String::from_utf8_lossy(&body);
-    assert!(reason.contains(r#"certificate is for node "nui-cam" but the batch claims node "giang-thanh""#), "{reason}");
+    assert!(
+        reason.contains(r#"certificate is for node "nui-cam" but the batch claims node "giang-thanh""#),
+        "{reason}"
+    );
     let (_, metrics) = lab.get("/metrics").await;
     assert!(metrics.contains(r#"tierwatch_collector_batches_total{result="forbidden"} 1"#));
-    assert!(metrics.contains(r#"tierwatch_node_up{node="giang-thanh",parent="an-giang",province="an-giang",tier="commune"} 0"#));
+    assert!(metrics
+        .contains(r#"tierwatch_node_up{node="giang-thanh",parent="an-giang",province="an-giang",tier="commune"} 0"#));
     lab.stop().await;
 }
 
@@ -144,7 +159,13 @@ async fn malformed_and_oversized_bodies_are_refused_and_the_collector_keeps_serv
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).starts_with("malformed batch:"), "{body:?}");
 
-    let big = batch("nui-cam", 2, (0..200).map(|i| gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", &format!("t{i}"))], 1.0)).collect());
+    let big = batch(
+        "nui-cam",
+        2,
+        (0..200)
+            .map(|i| gauge("tierwatch_probe_success", &[("probe", "tcp"), ("target", &format!("t{i}"))], 1.0))
+            .collect(),
+    );
     let (status, body) = lab.push(client.clone(), big.encode_to_vec()).await.unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(String::from_utf8_lossy(&body).contains("exceeds ingest.max_body_bytes = 4096"), "{body:?}");
@@ -176,7 +197,8 @@ async fn every_exposed_metric_is_documented() {
     lab.push(lab.client(&lab.pki, "nui-cam"), probe_ok("nui-cam", 1)).await.unwrap();
     let (_, metrics) = lab.get("/metrics").await;
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
-    let mut names: Vec<&str> = metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let mut names: Vec<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
     names.extend(catalogue::AGENT_METRICS.iter().map(|d| d.name));
     for name in names {
         assert!(docs.contains(&format!("`{name}`")), "docs/metrics.md does not document {name}");
@@ -188,7 +210,10 @@ async fn every_exposed_metric_is_documented() {
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
     if !common::have("promtool") {
-        assert!(std::env::var("CI").is_err(), "promtool is missing in CI: the test command installs the Debian package prometheus");
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is missing in CI: the test command installs the Debian package prometheus"
+        );
         eprintln!("SKIPPED metrics_pass_promtool_check: promtool not installed (apt-get install prometheus)");
         return;
     }

@@ -37,10 +37,7 @@ impl NodeId {
         if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
             return Err(NodeIdError::BadStart(s.to_string()));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(NodeIdError::BadChar(s.to_string(), c));
         }
         if s.ends_with('-') {

@@ -29,8 +29,5 @@ pub const METRIC_PREFIX: &str = "tierwatch_";
 
 /// Milliseconds since the Unix epoch, the time base of every timestamp on the wire.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

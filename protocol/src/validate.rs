@@ -93,9 +93,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
             Location::Series { index, name } => write!(f, "series {index} ({name})")?,
-            Location::Point { series, name, point } => {
-                write!(f, "series {series} ({name}) point {point}")?
-            }
+            Location::Point { series, name, point } => write!(f, "series {series} ({name}) point {point}")?,
             Location::Event { index, kind } => write!(f, "event {index} ({kind:?})")?,
         }
         write!(f, ": {}", self.reason)
@@ -115,16 +113,9 @@ pub struct ValidationReport {
 /// On success the batch holds only valid series, points and events, with each
 /// series' labels sorted by name (the canonical form stores key on), and the
 /// report lists what was removed.
-pub fn validate(
-    batch: &mut Batch,
-    now_ms: i64,
-    limits: &Limits,
-) -> Result<ValidationReport, BatchError> {
+pub fn validate(batch: &mut Batch, now_ms: i64, limits: &Limits) -> Result<ValidationReport, BatchError> {
     if batch.version != PROTOCOL_VERSION {
-        return Err(BatchError::UnsupportedVersion {
-            got: batch.version,
-            supported: PROTOCOL_VERSION,
-        });
+        return Err(BatchError::UnsupportedVersion { got: batch.version, supported: PROTOCOL_VERSION });
     }
     NodeId::new(&batch.node_id)?;
     if batch.boot_id.len() != 16 {
@@ -149,10 +140,7 @@ pub fn validate(
     let series = std::mem::take(&mut batch.series);
     for (index, mut s) in series.into_iter().enumerate() {
         if let Err(reason) = check_series(&mut s, limits, &mut kinds) {
-            report.rejected.push(Rejection {
-                location: Location::Series { index, name: s.display_name() },
-                reason,
-            });
+            report.rejected.push(Rejection { location: Location::Series { index, name: s.display_name() }, reason });
             continue;
         }
         let points = std::mem::take(&mut s.points);
@@ -174,31 +162,22 @@ pub fn validate(
     for (index, e) in events.into_iter().enumerate() {
         match check_event(&e, now_ms, limits) {
             Ok(()) => batch.events.push(e),
-            Err(reason) => report.rejected.push(Rejection {
-                location: Location::Event { index, kind: e.kind.clone() },
-                reason,
-            }),
+            Err(reason) => {
+                report.rejected.push(Rejection { location: Location::Event { index, kind: e.kind.clone() }, reason })
+            }
         }
     }
     report.accepted_events = batch.events.len();
     Ok(report)
 }
 
-fn check_series(
-    s: &mut Series,
-    limits: &Limits,
-    kinds: &mut HashMap<String, i32>,
-) -> Result<(), String> {
+fn check_series(s: &mut Series, limits: &Limits, kinds: &mut HashMap<String, i32>) -> Result<(), String> {
     check_metric_name(&s.name, limits.max_name_len)?;
     let kind = MetricKind::try_from(s.kind).map_err(|_| format!("unknown metric kind {}", s.kind))?;
     match kind {
         MetricKind::Unspecified => return Err("metric kind is unspecified".into()),
-        MetricKind::Counter if !s.name.ends_with("_total") => {
-            return Err("a counter's name must end in _total".into())
-        }
-        MetricKind::Gauge if s.name.ends_with("_total") => {
-            return Err("a gauge's name must not end in _total".into())
-        }
+        MetricKind::Counter if !s.name.ends_with("_total") => return Err("a counter's name must end in _total".into()),
+        MetricKind::Gauge if s.name.ends_with("_total") => return Err("a gauge's name must not end in _total".into()),
         _ => {}
     }
     match kinds.get(&s.name) {
@@ -260,10 +239,8 @@ pub fn check_label_name(name: &str, max_len: usize) -> Result<(), String> {
     if name.len() > max_len {
         return Err(format!("label name is {} bytes, over the limit of {max_len}", name.len()));
     }
-    let valid = name
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b.is_ascii_alphabetic() || b == b'_' || (i > 0 && b.is_ascii_digit()));
+    let valid =
+        name.bytes().enumerate().all(|(i, b)| b.is_ascii_alphabetic() || b == b'_' || (i > 0 && b.is_ascii_digit()));
     if name.is_empty() || !valid {
         return Err(format!("label name {name:?} is not valid Prometheus syntax [a-zA-Z_][a-zA-Z0-9_]*"));
     }
@@ -288,11 +265,7 @@ fn check_timestamp(ts: i64, now_ms: i64, limits: &Limits) -> Result<(), String> 
         ));
     }
     if ts < now_ms.saturating_sub(limits.max_age_ms) {
-        return Err(format!(
-            "timestamp is {} ms old (max age {} ms)",
-            now_ms - ts,
-            limits.max_age_ms
-        ));
+        return Err(format!("timestamp is {} ms old (max age {} ms)", now_ms - ts, limits.max_age_ms));
     }
     Ok(())
 }
@@ -319,11 +292,7 @@ fn check_event(e: &Event, now_ms: i64, limits: &Limits) -> Result<(), String> {
     }
     check_timestamp(e.timestamp_ms, now_ms, limits)?;
     if e.attributes.len() > limits.max_event_attributes {
-        return Err(format!(
-            "{} attributes exceed the limit of {}",
-            e.attributes.len(),
-            limits.max_event_attributes
-        ));
+        return Err(format!("{} attributes exceed the limit of {}", e.attributes.len(), limits.max_event_attributes));
     }
     for (k, v) in &e.attributes {
         check_label_name(k, limits.max_name_len).map_err(|r| format!("attribute: {r}"))?;
@@ -338,8 +307,8 @@ fn check_event(e: &Event, now_ms: i64, limits: &Limits) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::wire::{Label, Point};
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -394,7 +363,10 @@ mod tests {
     fn whole_batch_faults() {
         let mut b = batch(vec![]);
         b.version = 9;
-        assert!(matches!(validate(&mut b, NOW, &Limits::default()), Err(BatchError::UnsupportedVersion { got: 9, .. })));
+        assert!(matches!(
+            validate(&mut b, NOW, &Limits::default()),
+            Err(BatchError::UnsupportedVersion { got: 9, .. })
+        ));
         let mut b = batch(vec![]);
         b.node_id = "Bad Node".into();
         assert!(matches!(validate(&mut b, NOW, &Limits::default()), Err(BatchError::BadNodeId(_))));
@@ -426,19 +398,15 @@ mod tests {
     #[test]
     fn old_backlog_within_max_age_is_kept() {
         let day = 24 * 3600 * 1000;
-        let mut b = batch(vec![series("tierwatch_a", MetricKind::Gauge, &[], &[(NOW - day, 1.0), (NOW - 30 * day, 1.0)])]);
+        let mut b =
+            batch(vec![series("tierwatch_a", MetricKind::Gauge, &[], &[(NOW - day, 1.0), (NOW - 30 * day, 1.0)])]);
         let r = validate(&mut b, NOW, &Limits::default()).unwrap();
         assert_eq!(r.accepted_points, 1);
         assert!(r.rejected[0].reason.contains("old"));
     }
 
     fn arb_name() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "tierwatch_[a-z_]{1,12}(_total)?",
-            "[ -~]{0,20}",
-            Just("node".to_string()),
-            Just("__x".to_string()),
-        ]
+        prop_oneof!["tierwatch_[a-z_]{1,12}(_total)?", "[ -~]{0,20}", Just("node".to_string()), Just("__x".to_string()),]
     }
 
     fn arb_series() -> impl Strategy<Value = Series> {
@@ -446,7 +414,10 @@ mod tests {
             arb_name(),
             0i32..4,
             prop::collection::vec((arb_name(), "[ -~]{0,8}"), 0..4),
-            prop::collection::vec((prop_oneof![Just(NOW), any::<i64>()], prop_oneof![Just(1.0f64), any::<f64>()]), 0..4),
+            prop::collection::vec(
+                (prop_oneof![Just(NOW), any::<i64>()], prop_oneof![Just(1.0f64), any::<f64>()]),
+                0..4,
+            ),
         )
             .prop_map(|(name, kind, labels, points)| Series {
                 name,

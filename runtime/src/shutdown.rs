@@ -29,7 +29,11 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
 pub async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, tasks = tracker.len(), "drain deadline passed; exiting with work in flight");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            tasks = tracker.len(),
+            "drain deadline passed; exiting with work in flight"
+        );
     }
 }
 

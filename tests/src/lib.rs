@@ -25,7 +25,11 @@ pub fn bin_dir() -> PathBuf {
 /// Path of a workspace binary; fails with the command that builds it.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is missing: run `cargo build --workspace --bins` first (the README test command does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (the README test command does)",
+        p.display()
+    );
     p
 }
 
@@ -63,13 +67,34 @@ impl Pki {
     pub fn new(dir: &Path) -> anyhow::Result<Pki> {
         let d = dir.to_str().context("utf-8 path")?;
         collector_cli(&["pki", "init", "--dir", d, "--days", "2"])?;
-        collector_cli(&["pki", "issue", "--dir", d, "--node", "collector", "--server", "--san", "127.0.0.1", "--days", "2"])?;
+        collector_cli(&[
+            "pki",
+            "issue",
+            "--dir",
+            d,
+            "--node",
+            "collector",
+            "--server",
+            "--san",
+            "127.0.0.1",
+            "--days",
+            "2",
+        ])?;
         Ok(Pki { dir: dir.to_path_buf() })
     }
 
     /// Issues a client certificate for `node`.
     pub fn node(&self, node: &str) -> anyhow::Result<()> {
-        collector_cli(&["pki", "issue", "--dir", self.dir.to_str().context("utf-8 path")?, "--node", node, "--days", "2"])?;
+        collector_cli(&[
+            "pki",
+            "issue",
+            "--dir",
+            self.dir.to_str().context("utf-8 path")?,
+            "--node",
+            node,
+            "--days",
+            "2",
+        ])?;
         Ok(())
     }
 }

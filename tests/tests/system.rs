@@ -76,15 +76,27 @@ fn start(nodes: &[&str]) -> anyhow::Result<System> {
         format!("topology: topology.yaml\ningest:\n  listen: 127.0.0.1:{ingest}\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\nhttp:\n  listen: 127.0.0.1:{http}\nnode_down_after: 5s\n"),
     )?;
     let collector_yaml = root.join("collector.yaml");
-    let collector = Proc::spawn("collector", &bin("tierwatch-collector"), &["--config", collector_yaml.to_str().unwrap_or_default()], &root.join("collector.log"))?;
+    let collector = Proc::spawn(
+        "collector",
+        &bin("tierwatch-collector"),
+        &["--config", collector_yaml.to_str().unwrap_or_default()],
+        &root.join("collector.log"),
+    )?;
     let http_addr: SocketAddr = ([127, 0, 0, 1], http).into();
-    wait_for(Duration::from_secs(10), "collector /readyz", || http_get(http_addr, "/readyz").ok().filter(|(c, _)| *c == 200))?;
+    wait_for(Duration::from_secs(10), "collector /readyz", || {
+        http_get(http_addr, "/readyz").ok().filter(|(c, _)| *c == 200)
+    })?;
     let closed = free_port();
     let mut agents = Vec::new();
     for n in nodes {
         let file = root.join(format!("{n}.yaml"));
         std::fs::write(&file, agent_yaml(n, ingest, free_port(), http, closed))?;
-        agents.push(Proc::spawn(n, &bin("tierwatch-agent"), &["--config", file.to_str().unwrap_or_default(), "--log-format", "json"], &root.join(format!("{n}.log")))?);
+        agents.push(Proc::spawn(
+            n,
+            &bin("tierwatch-agent"),
+            &["--config", file.to_str().unwrap_or_default(), "--log-format", "json"],
+            &root.join(format!("{n}.log")),
+        )?);
     }
     Ok(System { _dir: dir, http: http_addr, collector, agents })
 }
@@ -101,7 +113,10 @@ fn agents_push_over_mtls_and_appear_with_identity_labels() -> anyhow::Result<()>
     let all_up = wait_for(Duration::from_secs(20), "three nodes up with probe results", || {
         let v = nodes_json(http)?;
         let nodes = v["nodes"].as_array()?.clone();
-        nodes.iter().all(|n| n["status"] == "up" && n["probes"].as_array().is_some_and(|p| p.len() == 3)).then_some(nodes)
+        nodes
+            .iter()
+            .all(|n| n["status"] == "up" && n["probes"].as_array().is_some_and(|p| p.len() == 3))
+            .then_some(nodes)
     });
     let all_up = match all_up {
         Ok(n) => n,
@@ -111,7 +126,9 @@ fn agents_push_over_mtls_and_appear_with_identity_labels() -> anyhow::Result<()>
         }
     };
     let nui = all_up.iter().find(|n| n["id"] == "nui-cam").cloned().unwrap_or_default();
-    let probe = |t: &str| nui["probes"].as_array().and_then(|ps| ps.iter().find(|p| p["target"] == t).cloned()).unwrap_or_default();
+    let probe = |t: &str| {
+        nui["probes"].as_array().and_then(|ps| ps.iter().find(|p| p["target"] == t).cloned()).unwrap_or_default()
+    };
     assert_eq!(probe("portal")["success"], true);
     assert_eq!(probe("closed")["success"], false);
 
@@ -134,8 +151,16 @@ fn agents_push_over_mtls_and_appear_with_identity_labels() -> anyhow::Result<()>
         eprintln!("NOTE: not root: ICMP series not checked (the agent reports why it has no ICMP socket)");
     }
     if have("promtool") {
-        let out = Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).output_with_stdin(metrics.as_bytes())?;
-        assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_stdin(metrics.as_bytes())?;
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
         assert!(std::env::var("CI").is_err(), "promtool missing in CI");
         eprintln!("SKIPPED promtool check: promtool not installed");
@@ -175,13 +200,21 @@ impl OutputWithStdin for Command {
 fn a_stopped_agent_turns_its_node_down() -> anyhow::Result<()> {
     let mut sys = start(&["nui-cam"])?;
     let http = sys.http;
-    let status = |s: &'static str| move || nodes_json(http).and_then(|v| v["nodes"].as_array()?.iter().find(|n| n["id"] == "nui-cam").filter(|n| n["status"] == s).cloned());
+    let status = |s: &'static str| {
+        move || {
+            nodes_json(http).and_then(|v| {
+                v["nodes"].as_array()?.iter().find(|n| n["id"] == "nui-cam").filter(|n| n["status"] == s).cloned()
+            })
+        }
+    };
     wait_for(Duration::from_secs(15), "nui-cam up", status("up"))?;
     sys.agents[0].terminate(Duration::from_secs(10))?;
     // node_down_after is 5s in this system.
     wait_for(Duration::from_secs(15), "nui-cam down", status("down"))?;
     let (_, metrics) = http_get(http, "/metrics")?;
-    assert!(metrics.contains(r#"tierwatch_node_up{node="nui-cam",parent="an-giang",province="an-giang",tier="commune"} 0"#));
+    assert!(
+        metrics.contains(r#"tierwatch_node_up{node="nui-cam",parent="an-giang",province="an-giang",tier="commune"} 0"#)
+    );
     Ok(())
 }
 
@@ -228,10 +261,16 @@ fn pki_cli_refuses_to_overwrite_and_keeps_keys_private() -> anyhow::Result<()> {
     assert_eq!(mode("ca.key"), 0o600);
     assert_eq!(mode("nui-cam.key"), 0o600);
     assert_eq!(mode("nui-cam.crt"), 0o644);
-    let again = run(Command::new(bin("tierwatch-collector")).args(["pki", "issue", "--dir"]).arg(dir.path()).args(["--node", "nui-cam"]))?;
+    let again = run(Command::new(bin("tierwatch-collector"))
+        .args(["pki", "issue", "--dir"])
+        .arg(dir.path())
+        .args(["--node", "nui-cam"]))?;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    let bad = run(Command::new(bin("tierwatch-collector")).args(["pki", "issue", "--dir"]).arg(dir.path()).args(["--node", "Núi Cấm"]))?;
+    let bad = run(Command::new(bin("tierwatch-collector"))
+        .args(["pki", "issue", "--dir"])
+        .arg(dir.path())
+        .args(["--node", "Núi Cấm"]))?;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--node \"Núi Cấm\""));
     Ok(())
 }

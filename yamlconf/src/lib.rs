@@ -130,8 +130,8 @@ fn problem_from_yaml(e: &serde_yaml::Error) -> Problem {
     // serde_yaml prefixes the key path as "a.b[1].c: message".
     let mut path = String::new();
     if let Some((head, rest)) = message.split_once(": ") {
-        let looks_like_path = !head.is_empty()
-            && head.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+        let looks_like_path =
+            !head.is_empty() && head.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
         if looks_like_path {
             path = head.to_string();
             message = rest.to_string();
@@ -188,10 +188,7 @@ mod tests {
         p.push("items[1].port", "port 0 is not allowed");
         let err = p.into_result(Path::new("c.yaml"), text).unwrap_err();
         let s = err.to_string();
-        assert_eq!(
-            s,
-            "c.yaml:5:5: items[1].id: duplicate id \"a\"\nc.yaml:6:5: items[1].port: port 0 is not allowed"
-        );
+        assert_eq!(s, "c.yaml:5:5: items[1].id: duplicate id \"a\"\nc.yaml:6:5: items[1].port: port 0 is not allowed");
     }
 
     #[test]

@@ -163,7 +163,10 @@ nested:
     use proptest::prelude::*;
 
     fn arb_yaml() -> impl Strategy<Value = serde_yaml::Value> {
-        let leaf = prop_oneof![any::<u16>().prop_map(|n| serde_yaml::Value::from(n as u64)), "[a-z]{1,6}".prop_map(serde_yaml::Value::from)];
+        let leaf = prop_oneof![
+            any::<u16>().prop_map(|n| serde_yaml::Value::from(n as u64)),
+            "[a-z]{1,6}".prop_map(serde_yaml::Value::from)
+        ];
         leaf.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 1..4).prop_map(serde_yaml::Value::Sequence),

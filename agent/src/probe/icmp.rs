@@ -173,7 +173,13 @@ impl IcmpEngine {
 
     /// Sends `count` echo requests to `dest`, `spacing` apart, and waits up to
     /// `timeout` for each reply.
-    pub async fn round(&self, dest: IpAddr, count: u32, spacing: Duration, timeout: Duration) -> Result<Round, IcmpError> {
+    pub async fn round(
+        &self,
+        dest: IpAddr,
+        count: u32,
+        spacing: Duration,
+        timeout: Duration,
+    ) -> Result<Round, IcmpError> {
         let IpAddr::V4(dest4) = dest else { return Err(IcmpError::Ipv6(dest)) };
         let start = Instant::now();
         let mut waits = Vec::with_capacity(count as usize);
@@ -384,7 +390,12 @@ mod tests {
 
     #[test]
     fn stats_of_a_round() {
-        let r = Round { dest: IpAddr::V4(Ipv4Addr::LOCALHOST), rtts: vec![ms(10), None, ms(30), ms(20), ms(40)], send_errors: 0, first_error: None };
+        let r = Round {
+            dest: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rtts: vec![ms(10), None, ms(30), ms(20), ms(40)],
+            send_errors: 0,
+            first_error: None,
+        };
         let s = r.stats().unwrap();
         assert_eq!((s.sent, s.received), (5, 4));
         assert!((s.loss_ratio - 0.2).abs() < 1e-9);

@@ -60,10 +60,8 @@ pub async fn resolve(host: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip);
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host((host, 0)).await.map_err(|e| format!("resolving {host}: {e}"))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -91,19 +89,39 @@ pub async fn run(target: &Target, icmp: &Icmp) -> Outcome {
         Ok(ip) => {
             out.detail.push(format!("resolved {} to {ip}", target.host));
             match &target.spec {
-                ProbeSpec::Icmp { count, spacing } => icmp_round(&mut out, icmp, ip, *count, *spacing, target.timeout, ts).await,
+                ProbeSpec::Icmp { count, spacing } => {
+                    icmp_round(&mut out, icmp, ip, *count, *spacing, target.timeout, ts).await
+                }
                 ProbeSpec::Tcp { port } => tcp_connect(&mut out, SocketAddr::new(ip, *port), target.timeout, ts).await,
             }
         }
     }
     out.duration = started.elapsed();
     let probe = out.kind.as_str();
-    out.series.push(series(&catalogue::PROBE_SUCCESS, &[("probe", probe), ("target", name)], out.success as u8 as f64, ts));
-    out.series.push(series(&catalogue::PROBE_DURATION, &[("probe", probe), ("target", name)], out.duration.as_secs_f64(), ts));
+    out.series.push(series(
+        &catalogue::PROBE_SUCCESS,
+        &[("probe", probe), ("target", name)],
+        out.success as u8 as f64,
+        ts,
+    ));
+    out.series.push(series(
+        &catalogue::PROBE_DURATION,
+        &[("probe", probe), ("target", name)],
+        out.duration.as_secs_f64(),
+        ts,
+    ));
     out
 }
 
-async fn icmp_round(out: &mut Outcome, icmp: &Icmp, ip: IpAddr, count: u32, spacing: Duration, timeout: Duration, ts: i64) {
+async fn icmp_round(
+    out: &mut Outcome,
+    icmp: &Icmp,
+    ip: IpAddr,
+    count: u32,
+    spacing: Duration,
+    timeout: Duration,
+    ts: i64,
+) {
     let engine = match icmp {
         Icmp::Ready(e) => e,
         Icmp::Unavailable(why) => {
@@ -111,7 +129,10 @@ async fn icmp_round(out: &mut Outcome, icmp: &Icmp, ip: IpAddr, count: u32, spac
             return;
         }
     };
-    out.detail.push(format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str()));
+    out.detail.push(format!(
+        "{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket",
+        engine.kind().as_str()
+    ));
     let round = match engine.round(ip, count, spacing, timeout).await {
         Ok(r) => r,
         Err(e) => {
@@ -145,7 +166,9 @@ async fn icmp_round(out: &mut Outcome, icmp: &Icmp, ip: IpAddr, count: u32, spac
         None => {
             push(&catalogue::ICMP_RECEIVED, 0.0);
             push(&catalogue::ICMP_LOSS, 1.0);
-            out.error = Some(round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())));
+            out.error = Some(
+                round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())),
+            );
         }
     }
 }
@@ -165,4 +188,3 @@ async fn tcp_connect(out: &mut Outcome, addr: SocketAddr, timeout: Duration, ts:
         out.error = Some(format!("{}: {}", c.result.as_str(), c.error.unwrap_or_default()));
     }
 }
-

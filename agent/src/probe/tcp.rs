@@ -19,8 +19,13 @@ pub enum ConnectResult {
 
 impl ConnectResult {
     /// Every outcome, so each round reports all of them (1 for the one that happened).
-    pub const ALL: [ConnectResult; 5] =
-        [ConnectResult::Ok, ConnectResult::Refused, ConnectResult::Timeout, ConnectResult::Unreachable, ConnectResult::Error];
+    pub const ALL: [ConnectResult; 5] = [
+        ConnectResult::Ok,
+        ConnectResult::Refused,
+        ConnectResult::Timeout,
+        ConnectResult::Unreachable,
+        ConnectResult::Error,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -46,7 +51,9 @@ pub struct Connect {
 fn classify(e: &std::io::Error) -> ConnectResult {
     match e.kind() {
         ErrorKind::ConnectionRefused => ConnectResult::Refused,
-        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => ConnectResult::Unreachable,
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
+            ConnectResult::Unreachable
+        }
         ErrorKind::TimedOut => ConnectResult::Timeout,
         _ => ConnectResult::Error,
     }
@@ -62,7 +69,11 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Connect {
             Connect { result: ConnectResult::Ok, elapsed, error: None }
         }
         Ok(Err(e)) => Connect { result: classify(&e), elapsed: start.elapsed(), error: Some(e.to_string()) },
-        Err(_) => Connect { result: ConnectResult::Timeout, elapsed: start.elapsed(), error: Some(format!("no answer within {timeout:?}")) },
+        Err(_) => Connect {
+            result: ConnectResult::Timeout,
+            elapsed: start.elapsed(),
+            error: Some(format!("no answer within {timeout:?}")),
+        },
     }
 }
 
