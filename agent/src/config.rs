@@ -331,11 +331,15 @@ impl Config {
                     if !(1..=1000).contains(&count) {
                         p.push(at("count"), "must be 1..=1000");
                     }
-                    let spread = interval / 2 / count.max(1);
-                    let spacing = t.spacing.unwrap_or(spread.min(Duration::from_secs(1)));
+                    // By default the requests spread over half the interval, at most
+                    // 1 s apart, leaving room for the last reply's timeout.
+                    let room = interval.saturating_sub(timeout) / count.max(1);
+                    let spacing =
+                        t.spacing.unwrap_or((interval / 2 / count.max(1)).min(room).min(Duration::from_secs(1)));
                     if spacing * count.saturating_sub(1) + timeout > interval {
+                        let key = if t.spacing.is_some() { "spacing" } else { "timeout" };
                         p.push(
-                            at("spacing"),
+                            at(key),
                             format!(
                                 "{} requests {} apart plus the {} timeout do not fit in the {} interval",
                                 count,
@@ -471,6 +475,19 @@ targets:
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["collector.ca", "collector.cert", "collector.key"], "{err}");
         assert!(err.problems.iter().all(|p| p.message.contains("does not exist")));
+    }
+
+    #[test]
+    fn default_spacing_fits_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let text = GOOD.replace("    host: 10.1.0.1\n", "    host: 10.1.0.1\n    interval: 2s\n    count: 3\n");
+        let c = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+        let ProbeSpec::Icmp { count, spacing } = c.targets[0].spec else { panic!("icmp") };
+        assert!(spacing * (count - 1) + c.targets[0].timeout <= c.targets[0].interval, "{spacing:?}");
+        let text = text.replace("interval: 2s", "interval: 2s\n    spacing: 1s");
+        let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("targets[0].spacing: 3 requests 1s apart plus the 2s timeout do not fit"), "{err}");
     }
 
     #[test]
