@@ -7,8 +7,15 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use, by the command each provides.
 declare -A wanted=(
   [promtool]=prometheus    # promtool check metrics on the collector's /metrics
-  [ip]=iproute2            # network namespaces (lab tests)
+  [ip]=iproute2            # network namespaces, veth, tc (lab tests)
+  [ethtool]=ethtool        # lab: checksum offload off on bridged veths
+  [fping]=fping            # lab: impairment accuracy, reference measurements
+  [ping]=iputils-ping
+  [nginx]=nginx            # lab: HTTP/HTTPS services
+  [dnsmasq]=dnsmasq-base   # lab: DNS (and DHCP) service
+  [ss]=iproute2
   [kill]=procps
+  [sysctl]=procps
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

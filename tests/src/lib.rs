@@ -1,4 +1,4 @@
-//! Whole-system test support: the real `tierwatch-collector` and
+//! Whole-system test support (and the network lab, `lab`): the real `tierwatch-collector` and
 //! `tierwatch-agent` binaries, a PKI made with the collector's own CLI,
 //! child processes that are stopped when the test ends, and plain HTTP reads.
 #![forbid(unsafe_code)]
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod lab;
+
 /// Folder of the binaries built by `cargo build --workspace --bins` in the
 /// same profile as this test (`target/debug`), found from the test executable.
 pub fn bin_dir() -> PathBuf {
@@ -18,8 +20,13 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/system-HASH -> target/debug
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    // A test runs as target/debug/deps/NAME-HASH, a helper binary as target/debug/NAME.
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        dir
+    }
 }
 
 /// Path of a workspace binary; fails with the command that builds it.
@@ -120,9 +127,21 @@ impl Proc {
         Ok(Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
     }
 
+    /// Starts a prepared command (stdin closed unless set, stderr to `log`).
+    pub fn spawn_command(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
+        let file = std::fs::File::create(log)?;
+        let child = cmd.stdin(Stdio::null()).stderr(file).spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Takes the child's piped stdout.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit status.

@@ -1,0 +1,241 @@
+//! Helper of the network lab, run inside the lab's namespaces:
+//!
+//! - `tw-labnet bridge A B`: moves Ethernet frames between interfaces A and B
+//!   with pnet's datalink channel, applying delay, jitter, loss and
+//!   reordering per direction. This kernel has no netem, so delay lives here.
+//!   Commands on stdin change the impairment while it runs:
+//!   `set a2b|b2a delay_us=40000 jitter_us=10000 loss=0.05 reorder=0`.
+//!   Prints `ready` once both channels are open, then one line per command.
+//! - `tw-labnet get ADDR PATH`: HTTP/1.0 GET from inside a namespace; prints
+//!   the status code on the first line, then the body.
+//! - `tw-labnet listen ADDR...`: accepts TCP connections on each address and
+//!   closes them (a plain TCP service).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use rand::Rng;
+use tierwatch_tests::lab::impair::Impairment;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bridge") if args.len() == 3 => bridge(&args[1], &args[2]),
+        Some("get") if args.len() == 3 => get(&args[1], &args[2]),
+        Some("listen") if args.len() >= 2 => listen(&args[1..]),
+        _ => bail!("usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | listen ADDR..."),
+    }
+}
+
+fn get(addr: &str, path: &str) -> anyhow::Result<()> {
+    let addr: SocketAddr = addr.parse().context("address")?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let code = head.split(' ').nth(1).context("no status")?;
+    println!("{code}");
+    print!("{body}");
+    Ok(())
+}
+
+fn listen(addrs: &[String]) -> anyhow::Result<()> {
+    let mut handles = Vec::new();
+    for a in addrs {
+        let l = TcpListener::bind(a.as_str()).with_context(|| format!("binding {a}"))?;
+        handles.push(std::thread::spawn(move || {
+            for conn in l.incoming() {
+                drop(conn);
+            }
+        }));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Frames waiting for their release time, earliest first.
+struct Queue {
+    heap: Mutex<BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>>,
+    ready: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    A,
+    B,
+}
+
+/// One direction: its impairment, and the release time of its last frame (for FIFO order).
+struct Direction {
+    impairment: Mutex<Impairment>,
+    last_release: Mutex<Instant>,
+    queue: Queue,
+}
+
+fn channel(name: &str) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+    let iface: NetworkInterface =
+        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
+    let config =
+        datalink::Config { read_timeout: Some(Duration::from_millis(100)), promiscuous: true, ..Default::default() };
+    match datalink::channel(&iface, config).with_context(|| format!("opening {name}"))? {
+        Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => bail!("{name}: not an Ethernet channel"),
+    }
+}
+
+fn bridge(a: &str, b: &str) -> anyhow::Result<()> {
+    let (tx_a, rx_a) = channel(a)?;
+    let (tx_b, rx_b) = channel(b)?;
+    let new_dir = || {
+        Arc::new(Direction {
+            impairment: Mutex::new(Impairment::default()),
+            last_release: Mutex::new(Instant::now()),
+            queue: Queue { heap: Mutex::new(BinaryHeap::new()), ready: Condvar::new() },
+        })
+    };
+    let (a2b, b2a) = (new_dir(), new_dir());
+    // Source MACs learned per side: a frame seen on one side whose source was
+    // learned on the other is our own transmission looped back, not traffic.
+    let learned: Arc<Mutex<HashMap<[u8; 6], Side>>> = Arc::default();
+    spawn_rx(rx_a, Side::A, a2b.clone(), learned.clone());
+    spawn_rx(rx_b, Side::B, b2a.clone(), learned);
+    spawn_tx(tx_b, a2b.clone());
+    spawn_tx(tx_a, b2a.clone());
+    println!("ready");
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("set"), Some(dir)) => {
+                let target = match dir {
+                    "a2b" => &a2b,
+                    "b2a" => &b2a,
+                    other => {
+                        println!("error: direction {other:?} is not a2b or b2a");
+                        continue;
+                    }
+                };
+                let rest: Vec<&str> = words.collect();
+                match Impairment::parse(&rest.join(" ")) {
+                    Ok(imp) => {
+                        *target.impairment.lock().unwrap_or_else(|p| p.into_inner()) = imp;
+                        println!("ok");
+                    }
+                    Err(e) => println!("error: {e}"),
+                }
+            }
+            _ => println!("error: unknown command {line:?}"),
+        }
+        std::io::stdout().flush()?;
+    }
+    // stdin closed: the lab is gone.
+    Ok(())
+}
+
+fn spawn_rx(
+    mut rx: Box<dyn DataLinkReceiver>,
+    side: Side,
+    dir: Arc<Direction>,
+    learned: Arc<Mutex<HashMap<[u8; 6], Side>>>,
+) {
+    std::thread::spawn(move || {
+        let mut rng = rand::thread_rng();
+        let mut seq = 0u64;
+        loop {
+            let frame = match rx.next() {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => {
+                    // The interface went down (link cut by a test): wait and retry, never spin.
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            if frame.len() < 14 {
+                continue;
+            }
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&frame[6..12]);
+            {
+                let mut l = learned.lock().unwrap_or_else(|p| p.into_inner());
+                match l.get(&src) {
+                    Some(s) if *s != side => continue,
+                    Some(_) => {}
+                    None => {
+                        l.insert(src, side);
+                    }
+                }
+            }
+            let now = Instant::now();
+            let imp = *dir.impairment.lock().unwrap_or_else(|p| p.into_inner());
+            if imp.loss > 0.0 && rng.gen::<f64>() < imp.loss {
+                continue;
+            }
+            let release = if imp.reorder > 0.0 && rng.gen::<f64>() < imp.reorder {
+                now // jumps the queue: reordered
+            } else {
+                let jitter = if imp.jitter.is_zero() {
+                    0.0
+                } else {
+                    rng.gen_range(-imp.jitter.as_secs_f64()..imp.jitter.as_secs_f64())
+                };
+                let delay = (imp.delay.as_secs_f64() + jitter).max(0.0);
+                let mut at = now + Duration::from_secs_f64(delay);
+                if !imp.allow_reorder_by_jitter {
+                    let mut last = dir.last_release.lock().unwrap_or_else(|p| p.into_inner());
+                    at = at.max(*last);
+                    *last = at;
+                }
+                at
+            };
+            seq += 1;
+            let mut heap = dir.queue.heap.lock().unwrap_or_else(|p| p.into_inner());
+            heap.push(Reverse((release, seq, frame.to_vec())));
+            dir.queue.ready.notify_one();
+        }
+    });
+}
+
+fn spawn_tx(mut tx: Box<dyn DataLinkSender>, dir: Arc<Direction>) {
+    std::thread::spawn(move || loop {
+        let frame = {
+            let mut heap = dir.queue.heap.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let now = Instant::now();
+                match heap.peek() {
+                    Some(Reverse((at, _, _))) if *at <= now => break heap.pop().map(|Reverse((_, _, f))| f),
+                    Some(Reverse((at, _, _))) => {
+                        let wait = *at - now;
+                        heap = dir
+                            .queue
+                            .ready
+                            .wait_timeout(heap, wait)
+                            .map(|(h, _)| h)
+                            .unwrap_or_else(|p| p.into_inner().0);
+                    }
+                    None => {
+                        heap = dir.queue.ready.wait(heap).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+            }
+        };
+        if let Some(f) = frame {
+            // A down interface refuses the frame: it is lost, as on a cut link.
+            let _ = tx.send_to(&f, None);
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! Real services inside the lab: nginx (HTTP, and HTTPS with a valid, an
+//! expired and a wrong-host certificate, all made at test time), dnsmasq
+//! (DNS with known records, reloadable), and plain TCP listeners.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use time::OffsetDateTime;
+
+use super::netns::Netns;
+use super::Lab;
+use crate::Proc;
+
+/// Host name the valid portal certificate is for.
+pub const PORTAL_HOST: &str = "portal.lab";
+/// HTTPS port with the valid certificate.
+pub const HTTPS_VALID: u16 = 443;
+/// HTTPS port with an expired certificate.
+pub const HTTPS_EXPIRED: u16 = 8443;
+/// HTTPS port with a certificate for another host name.
+pub const HTTPS_WRONG_HOST: u16 = 9443;
+
+/// A CA made at test time, and the certificates nginx serves.
+pub struct WebPki {
+    /// The CA certificate (PEM) a probe must trust.
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+fn leaf(
+    dir: &Path,
+    name: &str,
+    host: &str,
+    expired: bool,
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> anyhow::Result<()> {
+    let mut p = CertificateParams::new(vec![host.to_string()])?;
+    p.distinguished_name.push(DnType::CommonName, host);
+    let now = OffsetDateTime::now_utc();
+    if expired {
+        p.not_before = now - time::Duration::days(30);
+        p.not_after = now - time::Duration::days(1);
+    } else {
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(30);
+    }
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, ca, ca_key)?;
+    std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    Ok(())
+}
+
+impl WebPki {
+    /// Makes the CA and the three server certificates in `dir`.
+    pub fn new(dir: &Path) -> anyhow::Result<WebPki> {
+        std::fs::create_dir_all(dir)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "tierwatch lab web CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate()?;
+        let ca = p.self_signed(&ca_key)?;
+        std::fs::write(dir.join("web-ca.crt"), ca.pem())?;
+        leaf(dir, "valid", PORTAL_HOST, false, &ca, &ca_key)?;
+        leaf(dir, "expired", PORTAL_HOST, true, &ca, &ca_key)?;
+        leaf(dir, "wrong-host", "other.example", false, &ca, &ca_key)?;
+        Ok(WebPki { ca: dir.join("web-ca.crt"), dir: dir.to_path_buf() })
+    }
+}
+
+/// nginx serving the provincial portal.
+pub struct Nginx {
+    pub proc: Proc,
+    /// Document root: rewrite `index.html` to change what the portal serves.
+    pub root: PathBuf,
+    pub pki: WebPki,
+}
+
+impl Nginx {
+    /// Replaces the portal's front page.
+    pub fn set_page(&self, html: &str) -> anyhow::Result<()> {
+        std::fs::write(self.root.join("index.html"), html)?;
+        Ok(())
+    }
+}
+
+/// dnsmasq answering for the province.
+pub struct Dnsmasq {
+    pub proc: Proc,
+    hosts: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Replaces the A records (`name -> address`) and makes dnsmasq reload them.
+    pub fn set_records(&self, records: &[(&str, Ipv4Addr)]) -> anyhow::Result<()> {
+        write_hosts(&self.hosts, records)?;
+        // `ip netns exec` execs the program, so the child's pid is dnsmasq's.
+        crate::signal(self.proc.pid(), "HUP");
+        Ok(())
+    }
+}
+
+fn write_hosts(path: &Path, records: &[(&str, Ipv4Addr)]) -> anyhow::Result<()> {
+    let text: String = records.iter().map(|(n, a)| format!("{a} {n}\n")).collect();
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// Waits until `ns` has a listener on TCP `port` (checked with `ss`).
+fn wait_listening(ns: &Netns, port: u16, what: &str) -> anyhow::Result<()> {
+    crate::wait_for(Duration::from_secs(10), what, || {
+        let out = ns.exec("ss", &["-Htln", &format!("sport = :{port}")]).ok()?;
+        (!out.trim().is_empty()).then_some(())
+    })
+}
+
+impl Lab {
+    /// Starts nginx in the province on the portal address: HTTP on 80, HTTPS
+    /// with a valid certificate on 443, an expired one on 8443, one for the
+    /// wrong host on 9443.
+    pub fn start_nginx(&self) -> anyhow::Result<Nginx> {
+        let dir = self.dir.path().join("nginx");
+        let root = dir.join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), "<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến</body></html>\n")?;
+        let pki = WebPki::new(&dir.join("tls"))?;
+        let a = super::addrs::PORTAL;
+        let tls = |port: u16, name: &str| {
+            format!(
+                "server {{ listen {a}:{port} ssl; server_name {PORTAL_HOST}; root {root}; ssl_certificate {d}/{name}.crt; ssl_certificate_key {d}/{name}.key; }}\n",
+                root = root.display(),
+                d = pki.dir.display()
+            )
+        };
+        let conf = format!(
+            "user root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
+             default_type text/html;\n server {{ listen {a}:80; server_name {PORTAL_HOST}; root {root}; }}\n{v}{e}{w}}}\n",
+            dir = dir.display(),
+            root = root.display(),
+            v = tls(HTTPS_VALID, "valid"),
+            e = tls(HTTPS_EXPIRED, "expired"),
+            w = tls(HTTPS_WRONG_HOST, "wrong-host"),
+        );
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let nginx = which("nginx").context("nginx is not installed (Debian package nginx)")?;
+        let mut cmd =
+            self.province.ns.command(&nginx, &["-c", conf_path.to_str().unwrap_or_default(), "-g", "daemon off;"]);
+        cmd.stdout(Stdio::null());
+        let proc = Proc::spawn_command("nginx", &mut cmd, &dir.join("stderr.log"))?;
+        for port in [80, HTTPS_VALID, HTTPS_EXPIRED, HTTPS_WRONG_HOST] {
+            wait_listening(&self.province.ns, port, "nginx listening")?;
+        }
+        Ok(Nginx { proc, root, pki })
+    }
+
+    /// Starts dnsmasq in the province on the DNS address, answering `records`
+    /// (and nothing else: no upstream, no /etc/hosts).
+    pub fn start_dnsmasq(&self, records: &[(&str, Ipv4Addr)]) -> anyhow::Result<Dnsmasq> {
+        let dir = self.dir.path().join("dnsmasq");
+        std::fs::create_dir_all(&dir)?;
+        let hosts = dir.join("hosts");
+        write_hosts(&hosts, records)?;
+        let dnsmasq = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
+        let args = [
+            "--keep-in-foreground".to_string(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            format!("--addn-hosts={}", hosts.display()),
+            format!("--listen-address={}", super::addrs::DNS),
+            "--bind-interfaces".into(),
+            "--user=root".into(),
+            format!("--pid-file={}/dnsmasq.pid", dir.display()),
+            "--log-facility=-".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = self.province.ns.command(&dnsmasq, &args);
+        cmd.stdout(Stdio::null());
+        let proc = Proc::spawn_command("dnsmasq", &mut cmd, &dir.join("stderr.log"))?;
+        wait_listening(&self.province.ns, 53, "dnsmasq listening")?;
+        Ok(Dnsmasq { proc, hosts })
+    }
+
+    /// Starts plain TCP listeners (accept and close) at `addrs` inside `ns`.
+    pub fn start_listener(&self, ns: &Netns, addrs: &[&str]) -> anyhow::Result<Proc> {
+        let mut args = vec!["listen"];
+        args.extend_from_slice(addrs);
+        let mut cmd = ns.command(crate::bin("tw-labnet"), &args);
+        cmd.stdout(Stdio::piped());
+        let mut proc =
+            Proc::spawn_command("listener", &mut cmd, &self.dir.path().join(format!("listener-{}.log", ns.name)))?;
+        let stdout = proc.take_stdout().context("listener stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("listener did not start: {}", proc.log_text());
+        }
+        Ok(proc)
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}

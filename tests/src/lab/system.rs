@@ -1,0 +1,235 @@
+//! tierwatch itself in the lab: the real collector in `central`, a real agent
+//! in the province and in each commune, each with its own certificate from
+//! `pki issue`, read back through the collector's API and `/metrics`.
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::{addrs, Lab, Node};
+use crate::{Pki, Proc};
+
+/// Collector ports inside the lab (the fixed ones of DESIGN.md).
+pub const INGEST_PORT: u16 = 7443;
+/// The collector's HTTP port.
+pub const HTTP_PORT: u16 = 9400;
+/// The plain TCP service every agent probes by default.
+pub const SERVICE_PORT: u16 = 8080;
+
+/// How the agents behave.
+#[derive(Debug, Clone)]
+pub struct SystemSpec {
+    pub push_interval: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub icmp_count: u32,
+    /// Extra YAML target entries for every agent, appended to the defaults.
+    pub extra_targets: String,
+}
+
+impl Default for SystemSpec {
+    fn default() -> Self {
+        SystemSpec {
+            push_interval: Duration::from_millis(500),
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            icmp_count: 3,
+            extra_targets: String::new(),
+        }
+    }
+}
+
+/// A running tierwatch in the lab. Dropping it stops every process.
+pub struct Tierwatch {
+    pub collector: Proc,
+    pub agents: Vec<Proc>,
+    _service: Proc,
+    central: super::netns::Netns,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+impl Lab {
+    /// `topology.yaml` of this lab: central, province, communes c1..cN.
+    pub fn topology_yaml(&self) -> String {
+        let mut t = String::from("nodes:\n  - id: central\n    tier: central\n    name: Trung ương\n  - id: province\n    tier: province\n    name: Trung tâm Dữ liệu tỉnh\n    parent: central\n");
+        for (i, c) in self.communes.iter().enumerate() {
+            t.push_str(&format!(
+                "  - id: {}\n    tier: commune\n    name: Xã Thử Nghiệm {}\n    parent: province\n",
+                c.id,
+                i + 1
+            ));
+        }
+        t
+    }
+
+    /// Starts the collector in `central` and an agent on the province and every
+    /// commune. Each agent probes its gateway (ICMP) and a provincial TCP
+    /// service; returns once every node has pushed.
+    pub fn start_tierwatch(&self, spec: &SystemSpec) -> anyhow::Result<Tierwatch> {
+        let dir = self.dir.path().join("tierwatch");
+        std::fs::create_dir_all(&dir)?;
+        let pki = Pki::new(&dir.join("pki"))?;
+        let ingest = SocketAddrV4::new(addrs::CENTRAL, INGEST_PORT);
+        // The server certificate must name the lab address agents connect to.
+        crate::collector_cli(&[
+            "pki",
+            "issue",
+            "--dir",
+            path(&pki.dir)?,
+            "--node",
+            "lab-collector",
+            "--server",
+            "--san",
+            &addrs::CENTRAL.to_string(),
+            "--days",
+            "2",
+        ])?;
+        std::fs::write(dir.join("topology.yaml"), self.topology_yaml())?;
+        std::fs::write(
+            dir.join("collector.yaml"),
+            format!(
+                "topology: topology.yaml\ningest:\n  listen: {ingest}\n  ca: pki/ca.crt\n  cert: pki/lab-collector.crt\n  key: pki/lab-collector.key\nhttp:\n  listen: {}:{HTTP_PORT}\nnode_down_after: {}\n",
+                addrs::CENTRAL,
+                ms(spec.push_interval * 6)
+            ),
+        )?;
+        let service = self.start_listener(&self.province.ns, &[&format!("{}:{SERVICE_PORT}", addrs::SERVICE)])?;
+        let mut cmd = self.central.ns.command(
+            crate::bin("tierwatch-collector"),
+            &["--config", path(&dir.join("collector.yaml"))?, "--log-format", "json"],
+        );
+        cmd.stdout(Stdio::null());
+        let collector = Proc::spawn_command("collector", &mut cmd, &dir.join("collector.log"))?;
+        let tw = Tierwatch { collector, agents: Vec::new(), _service: service, central: self.central.ns.clone() };
+        crate::wait_for(Duration::from_secs(10), "collector ready", || {
+            tw.get("/readyz").ok().filter(|(c, _)| *c == 200)
+        })
+        .with_context(|| tw.collector.log_text())?;
+        let mut tw = tw;
+        for node in self.agent_nodes() {
+            pki.node(&node.id)?;
+            let file = dir.join(format!("{}.yaml", node.id));
+            std::fs::write(&file, self.agent_yaml(node, spec, ingest))?;
+            let mut cmd =
+                node.ns.command(crate::bin("tierwatch-agent"), &["--config", path(&file)?, "--log-format", "json"]);
+            cmd.stdout(Stdio::null());
+            tw.agents.push(Proc::spawn_command(&node.id, &mut cmd, &dir.join(format!("{}.log", node.id)))?);
+        }
+        let expected = self.communes.len() + 1;
+        let waited = crate::wait_for(Duration::from_secs(30), "every agent pushing", || {
+            let v = tw.nodes().ok()?;
+            let up = v["nodes"].as_array()?.iter().filter(|n| n["status"] == "up").count();
+            (up >= expected).then_some(())
+        });
+        if let Err(e) = waited {
+            let logs: Vec<String> =
+                tw.agents.iter().take(3).map(|a| format!("--- {}\n{}", a.name, a.log_text())).collect();
+            bail!("{e}\n--- collector\n{}\n{}", tw.collector.log_text(), logs.join("\n"));
+        }
+        Ok(tw)
+    }
+
+    fn agent_yaml(&self, node: &Node, spec: &SystemSpec, ingest: SocketAddrV4) -> String {
+        let gateway = match node.id.strip_prefix('c').and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => addrs::gateway(i),
+            None => addrs::CENTRAL,
+        };
+        // The province probes every commune's WAN end: a cut link shows at the
+        // collector even though the commune behind it cannot report.
+        let mut extra = spec.extra_targets.clone();
+        if node.id == "province" {
+            for (i, c) in self.communes.iter().enumerate() {
+                extra.push_str(&format!(
+                    "  - name: {}\n    probe: icmp\n    host: {}\n",
+                    c.id,
+                    addrs::commune_wan(i + 1)
+                ));
+            }
+        }
+        format!(
+            "node: {id}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n\
+             health: null\ndefaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
+             \x20 - name: provincial-gateway\n    probe: icmp\n    host: {gateway}\n\
+             \x20 - name: provincial-service\n    probe: tcp\n    host: {service}\n    port: {SERVICE_PORT}\n{extra}",
+            id = node.id,
+            push = ms(spec.push_interval),
+            interval = ms(spec.probe_interval),
+            timeout = ms(spec.probe_timeout),
+            count = spec.icmp_count,
+            service = addrs::SERVICE,
+            extra = extra,
+        )
+    }
+}
+
+fn path(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+impl Tierwatch {
+    /// GETs `path` from the collector's HTTP port, from inside `central`.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let out =
+            self.central.exec(crate::bin("tw-labnet"), &["get", &format!("{}:{HTTP_PORT}", addrs::CENTRAL), path])?;
+        let (code, body) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+        Ok((code.trim().parse().context("status code")?, body.to_string()))
+    }
+
+    /// `/api/v1/nodes` as JSON.
+    pub fn nodes(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.get("/api/v1/nodes")?;
+        if code != 200 {
+            bail!("/api/v1/nodes answered {code}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The value of the series of `name` that carries every label of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Option<f64>> {
+        let (_, text) = self.get("/metrics")?;
+        Ok(find_sample(&text, name, labels))
+    }
+
+    /// Polls `metric` until `pred` holds for its value; returns it.
+    pub fn wait_metric(
+        &self,
+        timeout: Duration,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> anyhow::Result<f64> {
+        crate::wait_for(timeout, &format!("{name}{labels:?} to satisfy the condition"), || {
+            self.metric(name, labels).ok().flatten().filter(|v| pred(*v))
+        })
+    }
+}
+
+/// Finds `name{...labels...} value` in a text exposition.
+pub fn find_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_samples_by_labels() {
+        let text = "# HELP x y\ntierwatch_a{node=\"c1\",target=\"gw\"} 1\ntierwatch_a{node=\"c2\",target=\"gw\"} 0\ntierwatch_ab 5\n";
+        assert_eq!(super::find_sample(text, "tierwatch_a", &[("node", "c2")]), Some(0.0));
+        assert_eq!(super::find_sample(text, "tierwatch_a", &[("node", "c3")]), None);
+        assert_eq!(super::find_sample(text, "tierwatch_ab", &[]), Some(5.0));
+    }
+}
