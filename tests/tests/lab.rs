@@ -206,3 +206,21 @@ fn a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing() -> anyhow::Result<(
     assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }
+
+/// The example of tests/README.md: a scenario in under 30 lines.
+#[test]
+fn example_scenario_degraded_commune_link() -> anyhow::Result<()> {
+    require_lab!("example_scenario_degraded_commune_link");
+    // 1. Topology: a province with 3 communes, tierwatch running on every node.
+    let mut lab = Lab::build(LabSpec::communes(3))?;
+    let tw = lab.start_tierwatch(&SystemSpec::default())?;
+    // 2. Impairment: commune c1's WAN link gets 80 ms ± 5 ms and 20% loss.
+    lab.link_mut("c1")?
+        .impair(Impairment::delay(Duration::from_millis(80), Duration::from_millis(5)).with_loss(0.2))?;
+    // 3. Assertions on the collector: c1's link shows it, c3's does not.
+    let gw = |node| [("node", node), ("target", "provincial-gateway")];
+    let t = Duration::from_secs(15);
+    tw.wait_metric(t, "tierwatch_icmp_rtt_median_seconds", &gw("c1"), |v| (0.070..0.095).contains(&v))?;
+    assert!(tw.metric("tierwatch_icmp_rtt_median_seconds", &gw("c3"))?.is_some_and(|v| v < 0.010));
+    Ok(())
+}

@@ -66,9 +66,12 @@ fn listen(addrs: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A frame with its release time and arrival order (ties keep arrival order).
+type Timed = Reverse<(Instant, u64, Vec<u8>)>;
+
 /// Frames waiting for their release time, earliest first.
 struct Queue {
-    heap: Mutex<BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>>,
+    heap: Mutex<BinaryHeap<Timed>>,
     ready: Condvar,
 }
 

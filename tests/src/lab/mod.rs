@@ -227,6 +227,15 @@ pub struct Lab {
     _guard: std::sync::MutexGuard<'static, ()>,
 }
 
+/// The parts of a lab while it is being built (namespaces are tracked by the caller).
+struct Built {
+    central: Node,
+    province: Node,
+    communes: Vec<Node>,
+    lan_hosts: Vec<Node>,
+    links: Vec<Link>,
+}
+
 fn labnet() -> PathBuf {
     crate::bin("tw-labnet")
 }
@@ -250,13 +259,13 @@ impl Lab {
         let mut namespaces = Vec::new();
         let result = Self::build_inner(&spec, &prefix, &mut namespaces);
         match result {
-            Ok((central, province, communes, lan_hosts, links)) => Ok(Lab {
+            Ok(b) => Ok(Lab {
                 prefix,
-                central,
-                province,
-                communes,
-                lan_hosts,
-                links,
+                central: b.central,
+                province: b.province,
+                communes: b.communes,
+                lan_hosts: b.lan_hosts,
+                links: b.links,
                 dir: tempfile::tempdir()?,
                 build_time: started.elapsed(),
                 namespaces,
@@ -271,12 +280,7 @@ impl Lab {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn build_inner(
-        spec: &LabSpec,
-        prefix: &str,
-        namespaces: &mut Vec<Netns>,
-    ) -> anyhow::Result<(Node, Node, Vec<Node>, Vec<Node>, Vec<Link>)> {
+    fn build_inner(spec: &LabSpec, prefix: &str, namespaces: &mut Vec<Netns>) -> anyhow::Result<Built> {
         let mut make = |role: &str| -> anyhow::Result<Netns> {
             let ns = Netns::create(&format!("{prefix}-{role}"))?;
             namespaces.push(ns.clone());
@@ -336,7 +340,7 @@ impl Lab {
             ns.ip(&["route", "add", "default", "via", &addrs::commune_lan(1).to_string()])?;
             lan_hosts.push(Node { id, ns, addr });
         }
-        Ok((central, province, communes, lan_hosts, links))
+        Ok(Built { central, province, communes, lan_hosts, links })
     }
 
     /// Creates `lower ⇄ [a | bridge | b] ⇄ upper`, addresses both ends, starts the bridge.
