@@ -178,6 +178,26 @@ fn services_answer_inside_the_lab() -> anyhow::Result<()> {
 }
 
 #[test]
+fn lan_hosts_sit_on_the_commune_lan_and_reach_the_province() -> anyhow::Result<()> {
+    require_lab!("lan_hosts_sit_on_the_commune_lan_and_reach_the_province");
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(2))?;
+    let [attacker, rogue] = [&lab.lan_hosts[0], &lab.lan_hosts[1]];
+    assert_eq!(attacker.addr, addrs::lan_host(1, 0));
+    // Same L2 segment as the commune node and each other; routed to the province.
+    for (from, to) in [(&attacker.ns, addrs::commune_lan(1)), (&attacker.ns, rogue.addr), (&rogue.ns, addrs::PORTAL)] {
+        let got: Vec<f64> = fping(from, &to.to_string(), 3, 20)?.into_iter().flatten().collect();
+        assert_eq!(got.len(), 3, "{} cannot reach {to}", from.name);
+    }
+    // A DHCP server can run on the LAN (the rogue-DHCP scenario).
+    let _dhcp = lab.start_dhcp_server(
+        &rogue.ns,
+        std::net::Ipv4Addr::new(10, 2, 1, 100),
+        std::net::Ipv4Addr::new(10, 2, 1, 150),
+    )?;
+    Ok(())
+}
+
+#[test]
 fn a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing() -> anyhow::Result<()> {
     require_lab!("a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing");
     // A run that died: its pid is gone, its namespace and a process inside remain.

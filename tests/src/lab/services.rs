@@ -190,6 +190,38 @@ impl Lab {
         Ok(Dnsmasq { proc, hosts })
     }
 
+    /// Starts dnsmasq as a DHCP server on `host`'s `eth0` (for example a
+    /// rogue server on a commune LAN), leasing `first..=last`.
+    pub fn start_dhcp_server(&self, host: &Netns, first: Ipv4Addr, last: Ipv4Addr) -> anyhow::Result<Proc> {
+        let dir = self.dir.path().join(format!("dhcp-{}", host.name));
+        std::fs::create_dir_all(&dir)?;
+        let dnsmasq = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
+        let args = [
+            "--keep-in-foreground".to_string(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--port=0".into(),
+            "--interface=eth0".into(),
+            "--bind-interfaces".into(),
+            "--user=root".into(),
+            format!("--dhcp-range={first},{last},255.255.255.0,1h"),
+            format!("--dhcp-leasefile={}/leases", dir.display()),
+            format!("--pid-file={}/dnsmasq.pid", dir.display()),
+            "--log-facility=-".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = host.command(&dnsmasq, &args);
+        cmd.stdout(Stdio::null());
+        let proc = Proc::spawn_command("dhcp", &mut cmd, &dir.join("stderr.log"))?;
+        crate::wait_for(Duration::from_secs(10), "DHCP server listening", || {
+            let out = host.exec("ss", &["-Huln", "sport = :67"]).ok()?;
+            (!out.trim().is_empty()).then_some(())
+        })
+        .with_context(|| proc.log_text())?;
+        Ok(proc)
+    }
+
     /// Starts plain TCP listeners (accept and close) at `addrs` inside `ns`.
     pub fn start_listener(&self, ns: &Netns, addrs: &[&str]) -> anyhow::Result<Proc> {
         let mut args = vec!["listen"];
