@@ -52,14 +52,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> std::process::ExitCode {
-    // Print the error chain ourselves: an operator reads a message, not a backtrace.
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tierwatch_runtime::exit::report(real_main())
 }
 
 fn real_main() -> anyhow::Result<()> {

@@ -83,14 +83,7 @@ enum PkiCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    // Print the error chain ourselves: an operator reads a message, not a backtrace.
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tierwatch_runtime::exit::report(real_main())
 }
 
 fn real_main() -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod duration;
+pub mod exit;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;

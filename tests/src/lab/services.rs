@@ -169,23 +169,8 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let hosts = dir.join("hosts");
         write_hosts(&hosts, records)?;
-        let dnsmasq = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
-        let args = [
-            "--keep-in-foreground".to_string(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            format!("--addn-hosts={}", hosts.display()),
-            format!("--listen-address={}", super::addrs::DNS),
-            "--bind-interfaces".into(),
-            "--user=root".into(),
-            format!("--pid-file={}/dnsmasq.pid", dir.display()),
-            "--log-facility=-".into(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = self.province.ns.command(&dnsmasq, &args);
-        cmd.stdout(Stdio::null());
-        let proc = Proc::spawn_command("dnsmasq", &mut cmd, &dir.join("stderr.log"))?;
+        let args = [format!("--addn-hosts={}", hosts.display()), format!("--listen-address={}", super::addrs::DNS)];
+        let proc = dnsmasq(&self.province.ns, &dir, &args)?;
         wait_listening(&self.province.ns, 53, "dnsmasq listening")?;
         Ok(Dnsmasq { proc, hosts })
     }
@@ -195,25 +180,13 @@ impl Lab {
     pub fn start_dhcp_server(&self, host: &Netns, first: Ipv4Addr, last: Ipv4Addr) -> anyhow::Result<Proc> {
         let dir = self.dir.path().join(format!("dhcp-{}", host.name));
         std::fs::create_dir_all(&dir)?;
-        let dnsmasq = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
         let args = [
-            "--keep-in-foreground".to_string(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--port=0".into(),
+            "--port=0".to_string(),
             "--interface=eth0".into(),
-            "--bind-interfaces".into(),
-            "--user=root".into(),
             format!("--dhcp-range={first},{last},255.255.255.0,1h"),
             format!("--dhcp-leasefile={}/leases", dir.display()),
-            format!("--pid-file={}/dnsmasq.pid", dir.display()),
-            "--log-facility=-".into(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = host.command(&dnsmasq, &args);
-        cmd.stdout(Stdio::null());
-        let proc = Proc::spawn_command("dhcp", &mut cmd, &dir.join("stderr.log"))?;
+        let proc = dnsmasq(host, &dir, &args)?;
         crate::wait_for(Duration::from_secs(10), "DHCP server listening", || {
             let out = host.exec("ss", &["-Huln", "sport = :67"]).ok()?;
             (!out.trim().is_empty()).then_some(())
@@ -238,6 +211,27 @@ impl Lab {
         }
         Ok(proc)
     }
+}
+
+/// Runs dnsmasq in `ns` in the foreground with nothing from the host (no
+/// /etc config, resolv.conf or hosts), plus `extra` arguments; logs in `dir`.
+fn dnsmasq(ns: &Netns, dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
+    let program = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
+    let mut args = vec![
+        "--keep-in-foreground".to_string(),
+        "--conf-file=/dev/null".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--bind-interfaces".into(),
+        "--user=root".into(),
+        format!("--pid-file={}/dnsmasq.pid", dir.display()),
+        "--log-facility=-".into(),
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = ns.command(&program, &args);
+    cmd.stdout(Stdio::null());
+    Proc::spawn_command("dnsmasq", &mut cmd, &dir.join("stderr.log"))
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
