@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tierwatch_agent::config::Config;
-use tierwatch_agent::probe::{self, Icmp};
+use tierwatch_agent::probe::{self, Icmp, Prober};
 use tierwatch_agent::run;
 use tierwatch_runtime::logging::{self, LogFormat};
 
@@ -82,7 +82,7 @@ fn real_main() -> anyhow::Result<()> {
                 } else {
                     Icmp::Unavailable("not needed".into())
                 };
-                probe::run(&t, &icmp).await
+                Prober::new(t).run(&icmp).await
             });
             print_outcome(&outcome);
             if !outcome.success {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Target;
-use crate::probe::{self, Icmp, Outcome};
+use crate::probe::{Icmp, Outcome, Prober};
 
 /// The start offsets of a target's rounds: phase, then interval steps, each plus jitter.
 pub struct Schedule {
@@ -57,6 +57,7 @@ pub fn spawn(
         let (icmp, results, token) = (icmp.clone(), results.clone(), token.clone());
         tracker.spawn(async move {
             let mut schedule = Schedule::new(Instant::now(), target.interval, target.jitter, &mut rand::thread_rng());
+            let mut prober = Prober::new(target.clone());
             loop {
                 let at = schedule.next_start(Instant::now(), &mut rand::thread_rng());
                 tokio::select! {
@@ -64,7 +65,7 @@ pub fn spawn(
                     _ = token.cancelled() => break,
                 }
                 // A round in progress finishes (it is bounded by its timeout) so its data is kept.
-                let outcome = probe::run(&target, &icmp).await;
+                let outcome = prober.run(&icmp).await;
                 if let Some(e) = &outcome.error {
                     tracing::debug!(target = %target.name, probe = outcome.kind.as_str(), error = %e, "probe failed");
                 }

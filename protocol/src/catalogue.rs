@@ -57,6 +57,42 @@ defs! {
         "Time to complete the TCP handshake of the last probe (only when it succeeded).";
     TCP_RESULT: "tierwatch_tcp_connect_result", Gauge, "", ["target", "result"],
         "1 for the outcome of the last TCP connect (ok, refused, timeout, unreachable, error), 0 for the others.";
+    HTTP_STATUS: "tierwatch_http_status_code", Gauge, "", ["target"],
+        "HTTP status of the last response (after redirects).";
+    HTTP_PHASE: "tierwatch_http_phase_seconds", Gauge, "seconds", ["target", "phase"],
+        "Time of each phase of the last HTTP probe: resolve, connect, tls, processing (request to first byte), transfer.";
+    HTTP_REDIRECTS: "tierwatch_http_redirects", Gauge, "", ["target"],
+        "Redirects followed by the last HTTP probe.";
+    HTTP_BODY_BYTES: "tierwatch_http_body_bytes", Gauge, "bytes", ["target"],
+        "Body bytes read by the last HTTP probe (at most max_body_bytes).";
+    HTTP_BODY_MATCH: "tierwatch_http_body_match", Gauge, "", ["target"],
+        "1 if the body met body_contains and body_not_contains, else 0.";
+    HTTP_FINGERPRINT: "tierwatch_http_content_fingerprint", Gauge, "", ["target"],
+        "48-bit fingerprint of the normalised body (digits removed, whitespace collapsed); changes() over it shows content changes.";
+    HTTP_CHANGED: "tierwatch_http_content_changed", Gauge, "", ["target"],
+        "1 if the body's fingerprint differs from the previous round's, else 0.";
+    TLS_VERIFIED: "tierwatch_tls_verified", Gauge, "", ["target"],
+        "1 if the server's certificate chain verified for the name, else 0.";
+    TLS_VERIFY_RESULT: "tierwatch_tls_verify_result", Gauge, "", ["target", "result"],
+        "1 for the outcome of chain verification (ok, expired, not_yet_valid, wrong_host, unknown_issuer, revoked, other), 0 for the others.";
+    TLS_HOST_MATCH: "tierwatch_tls_host_match", Gauge, "", ["target"],
+        "1 if the leaf certificate is valid for the requested name (checked even when the chain fails), else 0.";
+    TLS_LEAF_EXPIRY: "tierwatch_tls_leaf_expiry_timestamp_seconds", Gauge, "seconds", ["target"],
+        "Unix time at which the leaf certificate expires.";
+    TLS_CHAIN_EXPIRY: "tierwatch_tls_chain_expiry_timestamp_seconds", Gauge, "seconds", ["target"],
+        "Unix time at which the first certificate of the presented chain expires.";
+    TLS_VERSION: "tierwatch_tls_version_info", Gauge, "", ["target", "version"],
+        "Always 1; the negotiated TLS version as a label.";
+    TLS_HANDSHAKE: "tierwatch_tls_handshake_seconds", Gauge, "seconds", ["target"],
+        "Time of the TLS handshake.";
+    DNS_LOOKUP: "tierwatch_dns_lookup_seconds", Gauge, "seconds", ["target"],
+        "Time from query to answer of the last DNS probe.";
+    DNS_RCODE: "tierwatch_dns_rcode", Gauge, "", ["target", "rcode"],
+        "1 for the response code of the last answer (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, OTHER), 0 for the others.";
+    DNS_ANSWERS: "tierwatch_dns_answers", Gauge, "", ["target"],
+        "Records of the asked type in the last answer.";
+    DNS_MATCH: "tierwatch_dns_answer_match", Gauge, "", ["target"],
+        "1 if the answer set equals the expected set, else 0 (only for targets with expect).";
 }
 
 /// Collector-derived per-node metric: 1 if the node pushed recently.

@@ -77,6 +77,11 @@ impl Problems {
         self.0.is_empty()
     }
 
+    /// How many problems were recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Turns the recorded problems into an error located in `text`, or `Ok` when none.
     pub fn into_result(self, file: &Path, text: &str) -> Result<(), ConfigError> {
         if self.0.is_empty() {

@@ -1,14 +1,21 @@
 //! Probes: each runs one measurement of a target and turns it into series.
+//! A [`Prober`] belongs to one target and keeps what must survive between
+//! rounds (trust roots, the previous content fingerprint).
 
+pub mod dns;
+pub mod http;
 pub mod icmp;
 pub mod tcp;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::RootCertStore;
 use tierwatch_protocol::catalogue::{self, MetricDef};
 use tierwatch_protocol::{Label, Point, Series};
+use tokio::net::TcpStream;
 
 use crate::config::{ProbeKind, ProbeSpec, Target};
 use icmp::IcmpEngine;
@@ -45,13 +52,24 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-fn series(def: &MetricDef, labels: &[(&str, &str)], value: f64, ts: i64) -> Series {
-    debug_assert_eq!(def.labels.len(), labels.len(), "{} labels", def.name);
-    Series {
-        name: def.name.to_string(),
-        kind: def.kind as i32,
-        labels: labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
-        points: vec![Point { timestamp_ms: ts, value }],
+impl Outcome {
+    fn push(&mut self, def: &MetricDef, extra: &[(&str, &str)], value: f64, ts: i64) {
+        let mut labels = vec![Label::new("target", self.target.clone())];
+        labels.extend(extra.iter().map(|(n, v)| Label::new(*n, *v)));
+        debug_assert_eq!(def.labels.len(), labels.len(), "{} labels", def.name);
+        self.series.push(Series {
+            name: def.name.to_string(),
+            kind: def.kind as i32,
+            labels,
+            points: vec![Point { timestamp_ms: ts, value }],
+        });
+    }
+
+    /// A state set: 1 for `current`, 0 for every other of `all`.
+    fn push_state(&mut self, def: &MetricDef, label: &str, all: &[&str], current: &str, ts: i64) {
+        for v in all {
+            self.push(def, &[(label, v)], (*v == current) as u8 as f64, ts);
+        }
     }
 }
 
@@ -70,47 +88,129 @@ pub async fn resolve(host: &str) -> Result<IpAddr, String> {
         .ok_or_else(|| format!("resolving {host}: no addresses"))
 }
 
-/// Runs one probe of `target`.
-pub async fn run(target: &Target, icmp: &Icmp) -> Outcome {
-    let started = Instant::now();
-    let ts = tierwatch_protocol::now_ms();
-    let name = target.name.as_str();
-    let mut out = Outcome {
-        target: target.name.clone(),
-        kind: target.kind(),
-        success: false,
-        duration: Duration::ZERO,
-        series: Vec::new(),
-        detail: Vec::new(),
-        error: None,
-    };
-    match resolve(&target.host).await {
-        Err(e) => out.error = Some(e),
-        Ok(ip) => {
-            out.detail.push(format!("resolved {} to {ip}", target.host));
-            match &target.spec {
-                ProbeSpec::Icmp { count, spacing } => {
-                    icmp_round(&mut out, icmp, ip, *count, *spacing, target.timeout, ts).await
+/// One target's prober.
+pub struct Prober {
+    target: Target,
+    /// Trust roots of TLS-speaking probes, loaded once.
+    roots: Option<Result<Arc<RootCertStore>, String>>,
+    last_fingerprint: Option<u64>,
+}
+
+impl Prober {
+    /// A prober for `target`.
+    pub fn new(target: Target) -> Self {
+        let roots = match &target.spec {
+            ProbeSpec::Http(h) => Some(tls::roots(h.ca.as_deref())),
+            ProbeSpec::Tls { ca, .. } => Some(tls::roots(ca.as_deref())),
+            _ => None,
+        };
+        Prober { target, roots, last_fingerprint: None }
+    }
+
+    /// The target it probes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Runs one probe.
+    pub async fn run(&mut self, icmp: &Icmp) -> Outcome {
+        let started = Instant::now();
+        let ts = tierwatch_protocol::now_ms();
+        let t = self.target.clone();
+        let mut out = Outcome {
+            target: t.name.clone(),
+            kind: t.kind(),
+            success: false,
+            duration: Duration::ZERO,
+            series: Vec::new(),
+            detail: Vec::new(),
+            error: None,
+        };
+        match &t.spec {
+            ProbeSpec::Icmp { count, spacing } => match resolve(&t.host).await {
+                Ok(ip) => {
+                    out.detail.push(format!("resolved {} to {ip}", t.host));
+                    icmp_round(&mut out, icmp, ip, *count, *spacing, t.timeout, ts).await
                 }
-                ProbeSpec::Tcp { port } => tcp_connect(&mut out, SocketAddr::new(ip, *port), target.timeout, ts).await,
+                Err(e) => out.error = Some(e),
+            },
+            ProbeSpec::Tcp { port } => match resolve(&t.host).await {
+                Ok(ip) => tcp_connect(&mut out, SocketAddr::new(ip, *port), t.timeout, ts).await,
+                Err(e) => out.error = Some(e),
+            },
+            ProbeSpec::Tls { port, server_name, .. } => {
+                let roots = self.roots.clone();
+                let work = tls_probe(&mut out, &t.host, *port, server_name, roots, ts);
+                if tokio::time::timeout(t.timeout, work).await.is_err() {
+                    out.error = Some(format!("no TLS handshake within {:?}", t.timeout));
+                }
             }
+            ProbeSpec::Http(spec) => {
+                let roots = self.roots.clone().and_then(Result::ok);
+                match tokio::time::timeout(t.timeout, http::fetch(spec, roots)).await {
+                    Ok(f) => self.http_outcome(&mut out, spec, f, ts),
+                    Err(_) => out.error = Some(format!("no complete response within {:?}", t.timeout)),
+                }
+            }
+            ProbeSpec::Dns { port, query, record_type, expect } => match resolve(&t.host).await {
+                Ok(ip) => match dns::query(SocketAddr::new(ip, *port), query, *record_type, t.timeout).await {
+                    Ok(l) => dns_outcome(&mut out, &l, query, *record_type, expect.as_ref(), ts),
+                    Err(e) => out.error = Some(e),
+                },
+                Err(e) => out.error = Some(e),
+            },
+        }
+        out.duration = started.elapsed();
+        let probe = out.kind.as_str();
+        out.push(&catalogue::PROBE_SUCCESS, &[("probe", probe)], out.success as u8 as f64, ts);
+        out.push(&catalogue::PROBE_DURATION, &[("probe", probe)], out.duration.as_secs_f64(), ts);
+        out
+    }
+
+    fn http_outcome(&mut self, out: &mut Outcome, spec: &crate::config::HttpSpec, f: http::Fetch, ts: i64) {
+        if let Some(facts) = &f.tls {
+            tls_facts(out, facts, ts);
+        }
+        for (phase, d) in f.phases.labelled() {
+            out.push(&catalogue::HTTP_PHASE, &[("phase", phase)], d.as_secs_f64(), ts);
+        }
+        out.push(&catalogue::HTTP_REDIRECTS, &[], f.redirects as f64, ts);
+        if f.redirects > 0 {
+            out.detail.push(format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
+        }
+        if let Some(e) = f.error {
+            out.error = Some(e);
+            return;
+        }
+        let status = f.status.unwrap_or(0);
+        out.push(&catalogue::HTTP_STATUS, &[], status as f64, ts);
+        out.push(&catalogue::HTTP_BODY_BYTES, &[], f.body_bytes as f64, ts);
+        out.push(&catalogue::HTTP_BODY_MATCH, &[], f.body_failures.is_empty() as u8 as f64, ts);
+        out.detail.push(format!(
+            "status {status}, {} body bytes{}",
+            f.body_bytes,
+            if f.truncated { " (truncated at max_body_bytes)" } else { "" }
+        ));
+        if let Some(fp) = f.fingerprint {
+            let changed = self.last_fingerprint.is_some_and(|prev| prev != fp);
+            out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);
+            out.push(&catalogue::HTTP_CHANGED, &[], changed as u8 as f64, ts);
+            out.detail.push(format!(
+                "content fingerprint {fp:012x}{}",
+                if changed { " (changed since the last round)" } else { "" }
+            ));
+            self.last_fingerprint = Some(fp);
+        }
+        let status_ok = spec.expect_status.iter().any(|p| p.matches(status));
+        if !status_ok {
+            let want: Vec<String> = spec.expect_status.iter().map(|p| String::from(*p)).collect();
+            out.error = Some(format!("status {status} is not one of {}", want.join(", ")));
+        } else if !f.body_failures.is_empty() {
+            out.error = Some(f.body_failures.join("; "));
+        } else {
+            out.success = true;
         }
     }
-    out.duration = started.elapsed();
-    let probe = out.kind.as_str();
-    out.series.push(series(
-        &catalogue::PROBE_SUCCESS,
-        &[("probe", probe), ("target", name)],
-        out.success as u8 as f64,
-        ts,
-    ));
-    out.series.push(series(
-        &catalogue::PROBE_DURATION,
-        &[("probe", probe), ("target", name)],
-        out.duration.as_secs_f64(),
-        ts,
-    ));
-    out
 }
 
 async fn icmp_round(
@@ -146,26 +246,27 @@ async fn icmp_round(
             None => format!("  seq {i}: no reply"),
         });
     }
-    let name = out.target.as_str();
-    let t = [("target", name)];
-    let mut push = |def: &MetricDef, v: f64| out.series.push(series(def, &t, v, ts));
-    push(&catalogue::ICMP_SENT, round.sent() as f64);
+    out.push(&catalogue::ICMP_SENT, &[], round.sent() as f64, ts);
     match round.stats() {
         Some(s) => {
-            push(&catalogue::ICMP_RECEIVED, s.received as f64);
-            push(&catalogue::ICMP_LOSS, s.loss_ratio);
-            push(&catalogue::ICMP_RTT_MEAN, s.mean.as_secs_f64());
-            push(&catalogue::ICMP_RTT_STDDEV, s.stddev.as_secs_f64());
-            push(&catalogue::ICMP_JITTER, s.jitter.as_secs_f64());
-            push(&catalogue::ICMP_RTT_MIN, s.min.as_secs_f64());
-            push(&catalogue::ICMP_RTT_MEDIAN, s.median.as_secs_f64());
-            push(&catalogue::ICMP_RTT_P90, s.p90.as_secs_f64());
-            push(&catalogue::ICMP_RTT_MAX, s.max.as_secs_f64());
+            for (def, v) in [
+                (&catalogue::ICMP_RECEIVED, s.received as f64),
+                (&catalogue::ICMP_LOSS, s.loss_ratio),
+                (&catalogue::ICMP_RTT_MEAN, s.mean.as_secs_f64()),
+                (&catalogue::ICMP_RTT_STDDEV, s.stddev.as_secs_f64()),
+                (&catalogue::ICMP_JITTER, s.jitter.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MIN, s.min.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MEDIAN, s.median.as_secs_f64()),
+                (&catalogue::ICMP_RTT_P90, s.p90.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MAX, s.max.as_secs_f64()),
+            ] {
+                out.push(def, &[], v, ts);
+            }
             out.success = true;
         }
         None => {
-            push(&catalogue::ICMP_RECEIVED, 0.0);
-            push(&catalogue::ICMP_LOSS, 1.0);
+            out.push(&catalogue::ICMP_RECEIVED, &[], 0.0, ts);
+            out.push(&catalogue::ICMP_LOSS, &[], 1.0, ts);
             out.error = Some(
                 round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())),
             );
@@ -175,16 +276,126 @@ async fn icmp_round(
 
 async fn tcp_connect(out: &mut Outcome, addr: SocketAddr, timeout: Duration, ts: i64) {
     let c = tcp::connect(addr, timeout).await;
-    let name = out.target.clone();
-    for r in tcp::ConnectResult::ALL {
-        let v = (r == c.result) as u8 as f64;
-        out.series.push(series(&catalogue::TCP_RESULT, &[("result", r.as_str()), ("target", &name)], v, ts));
-    }
+    let labels: Vec<&str> = tcp::ConnectResult::ALL.iter().map(|r| r.as_str()).collect();
+    out.push_state(&catalogue::TCP_RESULT, "result", &labels, c.result.as_str(), ts);
     out.detail.push(format!("connect to {addr}: {} in {:.3} ms", c.result.as_str(), c.elapsed.as_secs_f64() * 1000.0));
     if c.result == tcp::ConnectResult::Ok {
-        out.series.push(series(&catalogue::TCP_CONNECT, &[("target", &name)], c.elapsed.as_secs_f64(), ts));
+        out.push(&catalogue::TCP_CONNECT, &[], c.elapsed.as_secs_f64(), ts);
         out.success = true;
     } else {
         out.error = Some(format!("{}: {}", c.result.as_str(), c.error.unwrap_or_default()));
+    }
+}
+
+fn tls_facts(out: &mut Outcome, f: &tls::TlsFacts, ts: i64) {
+    let result = match &f.verify {
+        Ok(()) => "ok",
+        Err((why, _)) => why.as_str(),
+    };
+    out.push(&catalogue::TLS_VERIFIED, &[], f.verify.is_ok() as u8 as f64, ts);
+    out.push_state(&catalogue::TLS_VERIFY_RESULT, "result", &tls::VerifyFailure::LABELS, result, ts);
+    out.push(&catalogue::TLS_HOST_MATCH, &[], f.host_match as u8 as f64, ts);
+    out.push(&catalogue::TLS_HANDSHAKE, &[], f.handshake.as_secs_f64(), ts);
+    if let Some(t) = f.leaf_not_after {
+        out.push(&catalogue::TLS_LEAF_EXPIRY, &[], t as f64, ts);
+    }
+    if let Some(t) = f.chain_not_after {
+        out.push(&catalogue::TLS_CHAIN_EXPIRY, &[], t as f64, ts);
+    }
+    if let Some(v) = f.version {
+        out.push(&catalogue::TLS_VERSION, &[("version", v)], 1.0, ts);
+    }
+    let days = |t: Option<i64>| {
+        t.map(|t| format!("{:.1} days", (t - ts / 1000) as f64 / 86400.0)).unwrap_or_else(|| "?".into())
+    };
+    out.detail.push(format!(
+        "TLS {}: chain {}, host name {}, leaf expires in {}, chain in {}",
+        f.version.unwrap_or("?"),
+        match &f.verify {
+            Ok(()) => "verified".to_string(),
+            Err((why, words)) => format!("NOT verified ({}: {words})", why.as_str()),
+        },
+        if f.host_match { "matches" } else { "does NOT match" },
+        days(f.leaf_not_after),
+        days(f.chain_not_after),
+    ));
+}
+
+async fn tls_probe(
+    out: &mut Outcome,
+    host: &str,
+    port: u16,
+    name: &str,
+    roots: Option<Result<Arc<RootCertStore>, String>>,
+    ts: i64,
+) {
+    let roots = match roots {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            out.error = Some(e);
+            return;
+        }
+        None => {
+            out.error = Some("no trust roots".into());
+            return;
+        }
+    };
+    let addr = match resolve(host).await {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(e) => {
+            out.error = Some(e);
+            return;
+        }
+    };
+    let tcp = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("connect to {addr}: {e}"));
+            return;
+        }
+    };
+    match tls::handshake(tcp, name, roots, &[]).await {
+        Ok((_, facts)) => {
+            tls_facts(out, &facts, ts);
+            match &facts.verify {
+                Ok(()) => out.success = true,
+                Err((why, words)) => out.error = Some(format!("certificate not trusted ({}): {words}", why.as_str())),
+            }
+        }
+        Err(e) => out.error = Some(e),
+    }
+}
+
+fn dns_outcome(
+    out: &mut Outcome,
+    l: &dns::Lookup,
+    query: &str,
+    rtype: crate::config::RecordType,
+    expect: Option<&std::collections::BTreeSet<String>>,
+    ts: i64,
+) {
+    let r = &l.response;
+    let rcode = dns::rcode_name(r.rcode);
+    out.push(&catalogue::DNS_LOOKUP, &[], l.latency.as_secs_f64(), ts);
+    out.push_state(&catalogue::DNS_RCODE, "rcode", &dns::RCODES, rcode, ts);
+    out.push(&catalogue::DNS_ANSWERS, &[], r.answers.len() as f64, ts);
+    let answers: Vec<&str> = r.answers.iter().map(String::as_str).collect();
+    out.detail.push(format!(
+        "{query} {rtype}: {rcode} in {:.3} ms{}: [{}]",
+        l.latency.as_secs_f64() * 1000.0,
+        if l.over_tcp { " (over TCP)" } else { "" },
+        answers.join(", ")
+    ));
+    let matched = expect.map(|e| e == &r.answers);
+    if let Some(m) = matched {
+        out.push(&catalogue::DNS_MATCH, &[], m as u8 as f64, ts);
+    }
+    if r.rcode != 0 {
+        out.error = Some(format!("{query} {rtype}: {rcode}"));
+    } else if matched == Some(false) {
+        let want: Vec<&str> = expect.map(|e| e.iter().map(String::as_str).collect()).unwrap_or_default();
+        out.error = Some(format!("answers [{}] differ from the expected [{}]", answers.join(", "), want.join(", ")));
+    } else {
+        out.success = true;
     }
 }

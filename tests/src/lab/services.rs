@@ -141,7 +141,7 @@ impl Lab {
         let conf = format!(
             "user root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
              http {{\n access_log off;\n client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
-             default_type text/html;\n server {{ listen {a}:80; server_name {PORTAL_HOST}; root {root}; }}\n{v}{e}{w}}}\n",
+             default_type text/html;\n ssl_protocols TLSv1.2 TLSv1.3;\n server {{ listen {a}:80; server_name {PORTAL_HOST}; root {root}; }}\n{v}{e}{w}}}\n",
             dir = dir.display(),
             root = root.display(),
             v = tls(HTTPS_VALID, "valid"),

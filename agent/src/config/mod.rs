@@ -9,23 +9,8 @@ use tierwatch_protocol::NodeId;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
-/// Probe kinds an agent runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeKind {
-    Icmp,
-    Tcp,
-}
-
-impl ProbeKind {
-    /// The `probe` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Icmp => "icmp",
-            ProbeKind::Tcp => "tcp",
-        }
-    }
-}
+mod target;
+pub use target::{split_url, HttpSpec, ProbeKind, ProbeSpec, RecordType, StatusPattern, Target, TargetSpec};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -107,31 +92,6 @@ impl Default for Defaults {
     }
 }
 
-/// One target as written. Fields that do not apply to its probe kind are refused.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetSpec {
-    /// The `target` label: short, stable, unique.
-    pub name: String,
-    pub probe: ProbeKind,
-    /// Host name or IP address.
-    pub host: String,
-    /// TCP port (tcp).
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default, with = "duration::serde_opt")]
-    pub interval: Option<Duration>,
-    /// For icmp, how long to wait for each reply; for tcp, for the handshake.
-    #[serde(default, with = "duration::serde_opt")]
-    pub timeout: Option<Duration>,
-    /// Echo requests per round (icmp).
-    #[serde(default)]
-    pub count: Option<u32>,
-    /// Gap between echo requests of a round (icmp); default spreads them over half the interval, at most 1s apart.
-    #[serde(default, with = "duration::serde_opt")]
-    pub spacing: Option<Duration>,
-}
-
 fn default_log_level() -> String {
     "info".into()
 }
@@ -167,34 +127,6 @@ pub struct Endpoint {
     pub url: String,
     pub host: String,
     pub port: u16,
-}
-
-/// What one probe does, resolved from the target and the defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeSpec {
-    Icmp { count: u32, spacing: Duration },
-    Tcp { port: u16 },
-}
-
-/// A validated target.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub name: String,
-    pub host: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub jitter: Duration,
-    pub spec: ProbeSpec,
-}
-
-impl Target {
-    /// The probe kind.
-    pub fn kind(&self) -> ProbeKind {
-        match self.spec {
-            ProbeSpec::Icmp { .. } => ProbeKind::Icmp,
-            ProbeSpec::Tcp { .. } => ProbeKind::Tcp,
-        }
-    }
 }
 
 /// The validated configuration.
@@ -299,81 +231,9 @@ impl Config {
         let mut targets = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {
-            let at = |k: &str| format!("targets[{i}].{k}");
-            let name_ok = !t.name.is_empty()
-                && t.name.len() <= 64
-                && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !name_ok {
-                p.push(at("name"), format!("{:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'", t.name));
-            } else if !names.insert(t.name.clone()) {
-                p.push(at("name"), format!("duplicate target name {:?}", t.name));
+            if let Some(target) = target::validate(t, i, d, base, &mut names, &mut p) {
+                targets.push(target);
             }
-            if t.host.trim().is_empty() || t.host.contains(char::is_whitespace) {
-                p.push(at("host"), format!("{:?} is not a host name or address", t.host));
-            }
-            let interval = t.interval.unwrap_or(d.interval);
-            let timeout = t.timeout.unwrap_or(d.timeout);
-            if interval < Duration::from_millis(100) {
-                p.push(at("interval"), "must be at least 100ms");
-            }
-            if timeout.is_zero() || timeout > interval {
-                p.push(
-                    at("timeout"),
-                    format!("must be above 0 and at most the interval ({})", duration::format(interval)),
-                );
-            }
-            let spec = match t.probe {
-                ProbeKind::Icmp => {
-                    if t.port.is_some() {
-                        p.push(at("port"), "icmp probes have no port");
-                    }
-                    let count = t.count.unwrap_or(d.icmp_count);
-                    if !(1..=1000).contains(&count) {
-                        p.push(at("count"), "must be 1..=1000");
-                    }
-                    // By default the requests spread over half the interval, at most
-                    // 1 s apart, leaving room for the last reply's timeout.
-                    let room = interval.saturating_sub(timeout) / count.max(1);
-                    let spacing =
-                        t.spacing.unwrap_or((interval / 2 / count.max(1)).min(room).min(Duration::from_secs(1)));
-                    if spacing * count.saturating_sub(1) + timeout > interval {
-                        let key = if t.spacing.is_some() { "spacing" } else { "timeout" };
-                        p.push(
-                            at(key),
-                            format!(
-                                "{} requests {} apart plus the {} timeout do not fit in the {} interval",
-                                count,
-                                duration::format(spacing),
-                                duration::format(timeout),
-                                duration::format(interval)
-                            ),
-                        );
-                    }
-                    ProbeSpec::Icmp { count, spacing }
-                }
-                ProbeKind::Tcp => {
-                    for (k, set) in [("count", t.count.is_some()), ("spacing", t.spacing.is_some())] {
-                        if set {
-                            p.push(at(k), "only icmp probes take this");
-                        }
-                    }
-                    match t.port {
-                        Some(port) if port != 0 => ProbeSpec::Tcp { port },
-                        _ => {
-                            p.push(at("port"), "tcp probes need a port (1-65535)");
-                            ProbeSpec::Tcp { port: 0 }
-                        }
-                    }
-                }
-            };
-            targets.push(Target {
-                name: t.name.clone(),
-                host: t.host.clone(),
-                interval,
-                timeout,
-                jitter: d.jitter.min(interval / 2),
-                spec,
-            });
         }
         p.into_result(file, text)?;
         let json = serde_json::to_vec(&raw).unwrap_or_default();
@@ -455,7 +315,7 @@ targets:
         let text = GOOD.replace("port: 443", "count: 3").replace("https://collector.example:7443", "http://x");
         let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
         assert!(err.contains("agent.yaml:3:3: collector.endpoints[0]: \"http://x\" must start with https://"), "{err}");
-        assert!(err.contains("agent.yaml:14:5: targets[1].count: only icmp probes take this"), "{err}");
+        assert!(err.contains("agent.yaml:14:5: targets[1].count: tcp probes do not take count (only icmp)"), "{err}");
         assert!(err.contains("targets[1].port: tcp probes need a port"), "{err}");
     }
 

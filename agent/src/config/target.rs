@@ -1,0 +1,437 @@
+//! Targets: one flat YAML struct for every probe kind (so serde_yaml keeps
+//! exact locations), validated per kind into a [`Target`]. A field that does
+//! not apply to the target's kind is refused, not ignored.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tierwatch_runtime::duration;
+use tierwatch_yamlconf::Problems;
+
+use super::Defaults;
+
+/// Probe kinds an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Icmp,
+    Tcp,
+    Http,
+    Tls,
+    Dns,
+}
+
+impl ProbeKind {
+    /// The `probe` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Http => "http",
+            ProbeKind::Tls => "tls",
+            ProbeKind::Dns => "dns",
+        }
+    }
+}
+
+/// DNS record types a DNS probe asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RecordType {
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Txt,
+}
+
+impl RecordType {
+    /// The numeric type on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            RecordType::A => 1,
+            RecordType::Ns => 2,
+            RecordType::Cname => 5,
+            RecordType::Mx => 15,
+            RecordType::Txt => 16,
+            RecordType::Aaaa => 28,
+        }
+    }
+}
+
+impl fmt::Display for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+            RecordType::Cname => "CNAME",
+            RecordType::Mx => "MX",
+            RecordType::Ns => "NS",
+            RecordType::Txt => "TXT",
+        })
+    }
+}
+
+/// An accepted HTTP status: `200`, or a class such as `2xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct StatusPattern {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusPattern {
+    /// True when `code` is accepted.
+    pub fn matches(&self, code: u16) -> bool {
+        (self.low..=self.high).contains(&code)
+    }
+}
+
+impl From<StatusPattern> for String {
+    fn from(p: StatusPattern) -> String {
+        if p.low == p.high {
+            p.low.to_string()
+        } else {
+            format!("{}xx", p.low / 100)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusPattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an HTTP status such as 200, or a class such as 2xx")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusPattern, E> {
+                if (100..=599).contains(&v) {
+                    Ok(StatusPattern { low: v as u16, high: v as u16 })
+                } else {
+                    Err(E::custom(format!("{v} is not an HTTP status (100-599)")))
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusPattern, E> {
+                let class = v.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()).filter(|c| (1..=5).contains(c));
+                match class {
+                    Some(c) => Ok(StatusPattern { low: c * 100, high: c * 100 + 99 }),
+                    None => v
+                        .parse::<u64>()
+                        .map_err(|_| E::custom(format!("{v:?} is not a status or class (200, 2xx)")))
+                        .and_then(|n| self.visit_u64(n)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One target as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The `target` label: short, stable, unique.
+    pub name: String,
+    pub probe: ProbeKind,
+    /// Where to send: host name or address (icmp, tcp, tls; the server for dns;
+    /// for http, an address to connect to instead of the URL's host).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port (tcp; tls default 443; dns default 53).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub interval: Option<Duration>,
+    /// icmp: wait for each reply; others: the whole probe.
+    #[serde(default, with = "duration::serde_opt")]
+    pub timeout: Option<Duration>,
+    /// Echo requests per round (icmp).
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Gap between echo requests (icmp); default spreads them over half the interval, at most 1 s apart.
+    #[serde(default, with = "duration::serde_opt")]
+    pub spacing: Option<Duration>,
+    /// URL to fetch (http): `http://` or `https://`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Accepted statuses (http), default `[2xx]`.
+    #[serde(default)]
+    pub expect_status: Option<Vec<StatusPattern>>,
+    /// Texts the body must contain (http).
+    #[serde(default)]
+    pub body_contains: Option<Vec<String>>,
+    /// Texts the body must not contain (http): defacement and spam markers.
+    #[serde(default)]
+    pub body_not_contains: Option<Vec<String>>,
+    /// Redirects to follow (http), default 5; 0 reports the redirect itself.
+    #[serde(default)]
+    pub follow_redirects: Option<u32>,
+    /// Bytes of body read at most (http), default 1 MiB.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// CA certificates to trust instead of the system's (http, tls), PEM.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// TLS name to send and verify (tls; http: default the URL's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Name to ask about (dns).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Record type to ask for (dns), default A.
+    #[serde(default)]
+    pub record_type: Option<RecordType>,
+    /// The answers expected (dns): a different set flags a hijacked or changed record.
+    #[serde(default)]
+    pub expect: Option<Vec<String>>,
+}
+
+/// What an HTTP probe does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSpec {
+    pub url: String,
+    pub expect_status: Vec<StatusPattern>,
+    pub body_contains: Vec<String>,
+    pub body_not_contains: Vec<String>,
+    pub follow_redirects: u32,
+    pub max_body_bytes: usize,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    /// Connect here instead of the URL's host.
+    pub connect_to: Option<String>,
+}
+
+/// What one probe does, resolved from the target and the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeSpec {
+    Icmp { count: u32, spacing: Duration },
+    Tcp { port: u16 },
+    Http(Box<HttpSpec>),
+    Tls { port: u16, server_name: String, ca: Option<PathBuf> },
+    Dns { port: u16, query: String, record_type: RecordType, expect: Option<BTreeSet<String>> },
+}
+
+/// A validated target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    /// Where the probe sends (for http, the URL's host unless overridden).
+    pub host: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub jitter: Duration,
+    pub spec: ProbeSpec,
+}
+
+impl Target {
+    /// The probe kind.
+    pub fn kind(&self) -> ProbeKind {
+        match self.spec {
+            ProbeSpec::Icmp { .. } => ProbeKind::Icmp,
+            ProbeSpec::Tcp { .. } => ProbeKind::Tcp,
+            ProbeSpec::Http(_) => ProbeKind::Http,
+            ProbeSpec::Tls { .. } => ProbeKind::Tls,
+            ProbeSpec::Dns { .. } => ProbeKind::Dns,
+        }
+    }
+}
+
+/// Splits an `http(s)://host[:port]/path` URL: (https, host, port, path and query).
+pub fn split_url(url: &str) -> Result<(bool, String, u16, String), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    Ok((https, host, port, if path.is_empty() { "/".into() } else { path }))
+}
+
+/// Which kinds each optional field applies to.
+fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
+    use ProbeKind::*;
+    vec![
+        ("port", t.port.is_some(), &[Tcp, Tls, Dns]),
+        ("count", t.count.is_some(), &[Icmp]),
+        ("spacing", t.spacing.is_some(), &[Icmp]),
+        ("url", t.url.is_some(), &[Http]),
+        ("expect_status", t.expect_status.is_some(), &[Http]),
+        ("body_contains", t.body_contains.is_some(), &[Http]),
+        ("body_not_contains", t.body_not_contains.is_some(), &[Http]),
+        ("follow_redirects", t.follow_redirects.is_some(), &[Http]),
+        ("max_body_bytes", t.max_body_bytes.is_some(), &[Http]),
+        ("ca", t.ca.is_some(), &[Http, Tls]),
+        ("server_name", t.server_name.is_some(), &[Http, Tls]),
+        ("query", t.query.is_some(), &[Dns]),
+        ("record_type", t.record_type.is_some(), &[Dns]),
+        ("expect", t.expect.is_some(), &[Dns]),
+    ]
+}
+
+/// Validates target `i`, recording problems; `None` when it is unusable.
+pub(super) fn validate(
+    t: &TargetSpec,
+    i: usize,
+    d: &Defaults,
+    base: &Path,
+    names: &mut HashSet<String>,
+    p: &mut Problems,
+) -> Option<Target> {
+    let at = |k: &str| format!("targets[{i}].{k}");
+    let before = p.len();
+    let name_ok = !t.name.is_empty()
+        && t.name.len() <= 64
+        && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        p.push(at("name"), format!("{:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'", t.name));
+    } else if !names.insert(t.name.clone()) {
+        p.push(at("name"), format!("duplicate target name {:?}", t.name));
+    }
+    for (field, set, kinds) in applies(t) {
+        if set && !kinds.contains(&t.probe) {
+            let takers: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            p.push(at(field), format!("{} probes do not take {field} (only {})", t.probe.as_str(), takers.join(", ")));
+        }
+    }
+    let host = match (&t.host, t.probe) {
+        (Some(h), _) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
+            p.push(at("host"), format!("{h:?} is not a host name or address"));
+            String::new()
+        }
+        (Some(h), _) => h.clone(),
+        (None, ProbeKind::Http) => String::new(),
+        (None, kind) => {
+            p.push(format!("targets[{i}]"), format!("{} probes need a host", kind.as_str()));
+            String::new()
+        }
+    };
+    let interval = t.interval.unwrap_or(d.interval);
+    let timeout = t.timeout.unwrap_or(d.timeout);
+    if interval < Duration::from_millis(100) {
+        p.push(at("interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        p.push(at("timeout"), format!("must be above 0 and at most the interval ({})", duration::format(interval)));
+    }
+    let resolve = |q: &Path| if q.is_absolute() { q.to_path_buf() } else { base.join(q) };
+    let ca = t.ca.as_deref().map(resolve);
+    if let Some(ca) = &ca {
+        if !ca.is_file() {
+            p.push(at("ca"), format!("file {} does not exist", ca.display()));
+        }
+    }
+    let mut host = host;
+    let spec = match t.probe {
+        ProbeKind::Icmp => {
+            let count = t.count.unwrap_or(d.icmp_count);
+            if !(1..=1000).contains(&count) {
+                p.push(at("count"), "must be 1..=1000");
+            }
+            // By default the requests spread over half the interval, at most
+            // 1 s apart, leaving room for the last reply's timeout.
+            let room = interval.saturating_sub(timeout) / count.max(1);
+            let spacing = t.spacing.unwrap_or((interval / 2 / count.max(1)).min(room).min(Duration::from_secs(1)));
+            if spacing * count.saturating_sub(1) + timeout > interval {
+                let key = if t.spacing.is_some() { "spacing" } else { "timeout" };
+                p.push(
+                    at(key),
+                    format!(
+                        "{} requests {} apart plus the {} timeout do not fit in the {} interval",
+                        count,
+                        duration::format(spacing),
+                        duration::format(timeout),
+                        duration::format(interval)
+                    ),
+                );
+            }
+            ProbeSpec::Icmp { count, spacing }
+        }
+        ProbeKind::Tcp => match t.port {
+            Some(port) if port != 0 => ProbeSpec::Tcp { port },
+            _ => {
+                p.push(at("port"), "tcp probes need a port (1-65535)");
+                ProbeSpec::Tcp { port: 0 }
+            }
+        },
+        ProbeKind::Tls => ProbeSpec::Tls {
+            port: t.port.unwrap_or(443),
+            server_name: t.server_name.clone().unwrap_or_else(|| host.clone()),
+            ca,
+        },
+        ProbeKind::Dns => {
+            let query = t.query.clone().unwrap_or_default();
+            let ok = !query.is_empty()
+                && query.len() <= 253
+                && query.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !ok {
+                p.push(
+                    if t.query.is_some() { at("query") } else { format!("targets[{i}]") },
+                    "dns probes need a query: a domain name such as portal.angiang.gov.vn",
+                );
+            }
+            let expect = t
+                .expect
+                .as_ref()
+                .map(|e| e.iter().map(|a| a.trim().trim_end_matches('.').to_ascii_lowercase()).collect());
+            ProbeSpec::Dns {
+                port: t.port.unwrap_or(53),
+                query,
+                record_type: t.record_type.unwrap_or(RecordType::A),
+                expect,
+            }
+        }
+        ProbeKind::Http => {
+            let url = t.url.clone().unwrap_or_default();
+            match split_url(&url) {
+                Ok((https, url_host, _, _)) => {
+                    if host.is_empty() {
+                        host = url_host;
+                    }
+                    if !https && (t.ca.is_some() || t.server_name.is_some()) {
+                        p.push(at("url"), "ca and server_name need an https:// URL");
+                    }
+                }
+                Err(e) => p.push(
+                    if t.url.is_some() { at("url") } else { format!("targets[{i}]") },
+                    format!("http probes need a url: {e}"),
+                ),
+            }
+            let max_body_bytes = t.max_body_bytes.unwrap_or(1 << 20);
+            if max_body_bytes == 0 || max_body_bytes > 64 << 20 {
+                p.push(at("max_body_bytes"), "must be 1 byte to 64 MiB");
+            }
+            ProbeSpec::Http(Box::new(HttpSpec {
+                url,
+                expect_status: t.expect_status.clone().unwrap_or_else(|| vec![StatusPattern { low: 200, high: 299 }]),
+                body_contains: t.body_contains.clone().unwrap_or_default(),
+                body_not_contains: t.body_not_contains.clone().unwrap_or_default(),
+                follow_redirects: t.follow_redirects.unwrap_or(5),
+                max_body_bytes,
+                ca,
+                server_name: t.server_name.clone(),
+                connect_to: t.host.clone(),
+            }))
+        }
+    };
+    (p.len() == before).then(|| Target {
+        name: t.name.clone(),
+        host,
+        interval,
+        timeout,
+        jitter: d.jitter.min(interval / 2),
+        spec,
+    })
+}

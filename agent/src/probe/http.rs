@@ -1,0 +1,238 @@
+//! HTTP(S) probe: one GET with phase timings (resolve, connect, TLS,
+//! processing = request to first byte, transfer), expected statuses, body
+//! must / must-not contain, a fingerprint of the normalised body, redirects,
+//! a body size cap, a custom CA. Over HTTPS the request is sent only when the
+//! certificate verified; otherwise the TLS facts say why.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use tokio::net::TcpStream;
+
+use super::tls::{self, TlsFacts};
+use crate::config::{split_url, HttpSpec};
+
+/// Time spent in each phase, summed over redirects.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    pub resolve: Duration,
+    pub connect: Duration,
+    pub tls: Duration,
+    pub processing: Duration,
+    pub transfer: Duration,
+}
+
+impl Phases {
+    /// `(label, duration)` pairs in order.
+    pub fn labelled(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("resolve", self.resolve),
+            ("connect", self.connect),
+            ("tls", self.tls),
+            ("processing", self.processing),
+            ("transfer", self.transfer),
+        ]
+    }
+}
+
+/// What one fetch found.
+#[derive(Debug, Clone, Default)]
+pub struct Fetch {
+    pub status: Option<u16>,
+    pub phases: Phases,
+    /// TLS facts of the last HTTPS hop.
+    pub tls: Option<TlsFacts>,
+    pub redirects: u32,
+    pub body_bytes: usize,
+    /// The body was longer than `max_body_bytes`; only the start was read.
+    pub truncated: bool,
+    /// Fingerprint of the normalised body (48 bits, exact as a float).
+    pub fingerprint: Option<u64>,
+    /// Unmet body expectations, in words; empty when all held.
+    pub body_failures: Vec<String>,
+    pub final_url: String,
+    /// Why the fetch did not complete.
+    pub error: Option<String>,
+}
+
+/// 48 bits of SHA-256 over the body with digits removed and whitespace
+/// collapsed, so that clocks, counters and reformatting do not count as a
+/// change of content.
+pub fn fingerprint(body: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(body);
+    let mut norm = String::with_capacity(text.len());
+    let mut space = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            continue;
+        }
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !norm.is_empty() {
+            norm.push(' ');
+        }
+        space = false;
+        norm.push(c);
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, norm.as_bytes());
+    d.as_ref()[..6].iter().fold(0u64, |acc, b| (acc << 8) | *b as u64)
+}
+
+/// Resolves `Location` against `base`.
+pub fn join(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_string();
+    }
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    if let Some(rest) = location.strip_prefix("//") {
+        return format!("{}{rest}", &base[..scheme_end]);
+    }
+    if location.starts_with('/') {
+        return format!("{}{location}", &base[..authority_end]);
+    }
+    let path = &base[authority_end..];
+    let path = path.split('?').next().unwrap_or("");
+    let dir = path.rfind('/').map(|i| &path[..=i]).unwrap_or("/");
+    format!("{}{dir}{location}", &base[..authority_end])
+}
+
+async fn resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+    let ip = super::resolve(host).await?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// Fetches `spec.url`, following redirects as configured.
+pub async fn fetch(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>) -> Fetch {
+    let mut f = Fetch { final_url: spec.url.clone(), ..Fetch::default() };
+    if let Err(e) = fetch_into(spec, roots, &mut f).await {
+        f.error = Some(e);
+    }
+    f
+}
+
+async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut Fetch) -> Result<(), String> {
+    let (_, first_host, _, _) = split_url(&spec.url)?;
+    let mut url = spec.url.clone();
+    loop {
+        let (https, host, port, path) = split_url(&url)?;
+        // The connect-to override applies to the configured host only, not to redirect targets elsewhere.
+        let connect = match &spec.connect_to {
+            Some(c) if host == first_host => c.clone(),
+            _ => host.clone(),
+        };
+        let t = Instant::now();
+        let addr = resolve(&connect, port).await?;
+        f.phases.resolve += t.elapsed();
+        let t = Instant::now();
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        f.phases.connect += t.elapsed();
+        let authority =
+            if (https && port == 443) || (!https && port == 80) { host.clone() } else { format!("{host}:{port}") };
+        let req = Request::get(path.as_str())
+            .header(HOST, authority)
+            .header(USER_AGENT, HeaderValue::from_static(concat!("tierwatch-agent/", env!("CARGO_PKG_VERSION"))))
+            .header(ACCEPT, "*/*")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request for {url}: {e}"))?;
+        let t = Instant::now();
+        let resp = if https {
+            let roots = roots.clone().ok_or("https URL without trust roots")?;
+            let name = spec.server_name.clone().unwrap_or_else(|| host.clone());
+            let (stream, facts) = tls::handshake(tcp, &name, roots, &[b"http/1.1"]).await?;
+            f.phases.tls += facts.handshake;
+            let verdict = facts.verify.clone();
+            f.tls = Some(facts);
+            if let Err((why, words)) = verdict {
+                return Err(format!("certificate of {name} not trusted ({}): {words}", why.as_str()));
+            }
+            let t = Instant::now();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP: {e}"))?;
+            tokio::spawn(conn);
+            let r = send.send_request(req).await.map_err(|e| format!("HTTP request: {e}"))?;
+            f.phases.processing += t.elapsed();
+            r
+        } else {
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("HTTP: {e}"))?;
+            tokio::spawn(conn);
+            let r = send.send_request(req).await.map_err(|e| format!("HTTP request: {e}"))?;
+            f.phases.processing += t.elapsed();
+            r
+        };
+        let status = resp.status().as_u16();
+        f.status = Some(status);
+        f.final_url = url.clone();
+        if resp.status().is_redirection() && f.redirects < spec.follow_redirects {
+            if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
+                url = join(&url, loc);
+                f.redirects += 1;
+                continue;
+            }
+        }
+        let t = Instant::now();
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading body: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                let room = spec.max_body_bytes - buf.len();
+                if data.len() > room {
+                    buf.extend_from_slice(&data[..room]);
+                    f.truncated = true;
+                    break;
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        f.phases.transfer += t.elapsed();
+        f.body_bytes = buf.len();
+        f.fingerprint = Some(fingerprint(&buf));
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        for want in &spec.body_contains {
+            if !text.contains(&want.to_lowercase()) {
+                f.body_failures.push(format!("body lacks {want:?}"));
+            }
+        }
+        for bad in &spec.body_not_contains {
+            if text.contains(&bad.to_lowercase()) {
+                f.body_failures.push(format!("body contains {bad:?}"));
+            }
+        }
+        return Ok(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_digits_and_spacing_only() {
+        let a = fingerprint(b"<p>Visitors: 1234</p>\n  <b>Hello</b>");
+        let b = fingerprint(b"<p>Visitors: 98765</p> <b>Hello</b>\n");
+        let c = fingerprint(b"<p>Visitors: 1234</p> <b>HACKED</b>");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a < 1 << 48);
+    }
+
+    #[test]
+    fn redirect_locations_resolve() {
+        assert_eq!(join("https://a.vn/x/y?q=1", "/login"), "https://a.vn/login");
+        assert_eq!(join("https://a.vn/x/y", "z"), "https://a.vn/x/z");
+        assert_eq!(join("http://a.vn", "https://b.vn/"), "https://b.vn/");
+        assert_eq!(join("http://a.vn:8080/p", "//c.vn/r"), "http://c.vn/r");
+    }
+}

@@ -1,0 +1,211 @@
+//! TLS facts of a server, for the `tls` probe and the `https` side of `http`:
+//! whether the chain verifies (and why not), whether the host name matches,
+//! leaf and earliest chain expiry, protocol version, handshake time.
+//!
+//! The handshake runs with a verifier that asks rustls' WebPKI verifier and
+//! records its verdict instead of aborting, so an expired certificate is
+//! reported as expired (with its dates) rather than as a broken handshake.
+//! Callers must not trust a connection whose `verify` is an error.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a certificate chain did not verify; the `result` label of `tierwatch_tls_verify_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyFailure {
+    Expired,
+    NotYetValid,
+    WrongHost,
+    UnknownIssuer,
+    Revoked,
+    Other,
+}
+
+impl VerifyFailure {
+    /// Every outcome label, `ok` first.
+    pub const LABELS: [&'static str; 7] =
+        ["ok", "expired", "not_yet_valid", "wrong_host", "unknown_issuer", "revoked", "other"];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyFailure::Expired => "expired",
+            VerifyFailure::NotYetValid => "not_yet_valid",
+            VerifyFailure::WrongHost => "wrong_host",
+            VerifyFailure::UnknownIssuer => "unknown_issuer",
+            VerifyFailure::Revoked => "revoked",
+            VerifyFailure::Other => "other",
+        }
+    }
+
+    fn from_error(e: &rustls::Error) -> Self {
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => VerifyFailure::Expired,
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    VerifyFailure::NotYetValid
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    VerifyFailure::WrongHost
+                }
+                CertificateError::UnknownIssuer => VerifyFailure::UnknownIssuer,
+                CertificateError::Revoked => VerifyFailure::Revoked,
+                _ => VerifyFailure::Other,
+            },
+            _ => VerifyFailure::Other,
+        }
+    }
+}
+
+/// What the handshake showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFacts {
+    /// `Ok` when the chain verified for the name; else why not, with rustls' words.
+    pub verify: Result<(), (VerifyFailure, String)>,
+    /// The leaf certificate is valid for the requested name (checked even when the chain is not).
+    pub host_match: bool,
+    /// Unix time the leaf expires.
+    pub leaf_not_after: Option<i64>,
+    /// Unix time the first certificate of the presented chain expires.
+    pub chain_not_after: Option<i64>,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: Option<&'static str>,
+    pub handshake: Duration,
+}
+
+/// Trust roots: the given CA file, or the system's store (loaded once per process).
+pub fn roots(ca: Option<&Path>) -> Result<Arc<RootCertStore>, String> {
+    if let Some(ca) = ca {
+        return tierwatch_runtime::tls::load_roots(ca).map(Arc::new).map_err(|e| e.to_string());
+    }
+    static SYSTEM: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                Err(format!(
+                    "no system CA certificates could be loaded ({} errors); set `ca:` on the target",
+                    found.errors.len()
+                ))
+            } else {
+                Ok(Arc::new(store))
+            }
+        })
+        .clone()
+}
+
+/// The presented chain (leaf first) and WebPKI's verdict on it.
+type Seen = (Vec<CertificateDer<'static>>, Result<(), rustls::Error>);
+
+#[derive(Debug)]
+struct Capture {
+    inner: Arc<WebPkiServerVerifier>,
+    seen: Mutex<Option<Seen>>,
+}
+
+impl ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).map(|_| ());
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((chain, verdict));
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der.as_ref()).ok().map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// Runs a TLS handshake over `tcp` for `server_name`, recording the facts.
+/// Err only when no handshake happened at all (refused, protocol error).
+pub async fn handshake(
+    tcp: TcpStream,
+    server_name: &str,
+    roots: Arc<RootCertStore>,
+    alpn: &[&[u8]],
+) -> Result<(TlsStream<TcpStream>, TlsFacts), String> {
+    let provider = tierwatch_runtime::tls::provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| format!("TLS verifier: {e}"))?;
+    let capture = Arc::new(Capture { inner, seen: Mutex::new(None) });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS config: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name =
+        ServerName::try_from(server_name.to_string()).map_err(|e| format!("TLS server name {server_name:?}: {e}"))?;
+    let started = Instant::now();
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let handshake = started.elapsed();
+    let version = stream.get_ref().1.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "other",
+    });
+    let (chain, verdict) = capture
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| "TLS handshake completed without a server certificate".to_string())?;
+    let host_match = rustls::server::ParsedCertificate::try_from(&chain[0])
+        .ok()
+        .is_some_and(|leaf| rustls::client::verify_server_name(&leaf, &name).is_ok());
+    let facts = TlsFacts {
+        verify: verdict.map_err(|e| (VerifyFailure::from_error(&e), e.to_string())),
+        host_match,
+        leaf_not_after: not_after(&chain[0]),
+        chain_not_after: chain.iter().filter_map(not_after).min(),
+        version,
+        handshake,
+    };
+    Ok((stream, facts))
+}
