@@ -37,6 +37,10 @@ defs! {
         "Echo requests sent in the last ICMP round.";
     ICMP_RECEIVED: "tierwatch_icmp_packets_received", Gauge, "", ["target"],
         "Echo replies received in time in the last ICMP round.";
+    ICMP_DUPLICATE: "tierwatch_icmp_packets_duplicate", Gauge, "", ["target"],
+        "Extra replies to requests of the last round that were already answered (duplicates are never counted as received).";
+    ICMP_LATE: "tierwatch_icmp_packets_late", Gauge, "", ["target"],
+        "Replies of the last round that arrived after their request's timeout (counted as lost).";
     ICMP_LOSS: "tierwatch_icmp_loss_ratio", Gauge, "ratio", ["target"],
         "Share of echo requests of the last round that got no reply in time (0..1).";
     ICMP_RTT_MIN: "tierwatch_icmp_rtt_min_seconds", Gauge, "seconds", ["target"],

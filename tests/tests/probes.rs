@@ -87,3 +87,96 @@ fn https_tls_and_dns_probes_report_each_failure_for_what_it_is() -> anyhow::Resu
 fn tierwatch_protocol_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
+
+/// Runs `tierwatch-agent probe` for one ICMP target inside commune 1 and
+/// returns the printed metric values by name.
+fn agent_icmp_round(lab: &Lab, count: u32, spacing_ms: u32) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let dir = lab.dir.path().join("probe-cli");
+    std::fs::create_dir_all(&dir)?;
+    for f in ["ca.crt", "n.crt", "n.key"] {
+        std::fs::write(dir.join(f), "unused by the probe command")?;
+    }
+    let interval_s = (count * spacing_ms) / 1000 + 5;
+    let file = dir.join("agent.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "node: c1\ncollector: {{endpoints: [\"https://10.255.0.1:7443\"], ca: ca.crt, cert: n.crt, key: n.key}}\n\
+             targets:\n  - {{name: gw, probe: icmp, host: \"{}\", count: {count}, spacing: {spacing_ms}ms, timeout: 1s, interval: {interval_s}s}}\n",
+            addrs::gateway(1)
+        ),
+    )?;
+    let out = lab.communes[0]
+        .ns
+        .command(
+            tierwatch_tests::bin("tierwatch-agent"),
+            &["probe", "--config", file.to_str().unwrap_or_default(), "gw"],
+        )
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        text.contains("kernel receive timestamps for"),
+        "probe output: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.trim().rsplit_once(' ')?;
+            Some((name.split('{').next()?.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+fn fping_rtts(lab: &Lab, count: u32, interval_ms: u32) -> anyhow::Result<Vec<Option<f64>>> {
+    let target = addrs::gateway(1).to_string();
+    let out = lab.communes[0]
+        .ns
+        .command("fping", &["-C", &count.to_string(), "-p", &interval_ms.to_string(), "-t", "1000", "-q", &target])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().find(|l| l.starts_with(&target)).ok_or_else(|| anyhow::anyhow!("fping: {text}"))?;
+    Ok(line.split_once(':').map(|x| x.1).unwrap_or("").split_whitespace().map(|v| v.parse().ok()).collect())
+}
+
+#[test]
+fn icmp_rounds_agree_with_fping_on_an_impaired_link() -> anyhow::Result<()> {
+    use tierwatch_tests::lab::impair::Impairment;
+    require_lab!("icmp_rounds_agree_with_fping_on_an_impaired_link");
+    let mut lab = Lab::build(LabSpec::communes(1))?;
+
+    // Jitter: the agent's jitter figure grows when the link's does.
+    lab.link_mut("c1")?.impair(Impairment::delay(Duration::from_millis(40), Duration::ZERO))?;
+    let steady = agent_icmp_round(&lab, 200, 10)?["tierwatch_icmp_jitter_seconds"];
+    lab.link_mut("c1")?.impair(Impairment::delay(Duration::from_millis(40), Duration::from_millis(10)))?;
+    let jittery = agent_icmp_round(&lab, 200, 10)?["tierwatch_icmp_jitter_seconds"];
+    eprintln!("jitter: 40 ms ± 0 → {:.3} ms; 40 ms ± 10 ms → {:.3} ms", steady * 1e3, jittery * 1e3);
+    assert!(steady < 0.001 && jittery > 0.003, "jitter did not follow the link: {steady} then {jittery}");
+
+    // Median and loss against fping on the same link, same run, 1,000 packets each.
+    lab.link_mut("c1")?
+        .impair(Impairment::delay(Duration::from_millis(40), Duration::from_millis(10)).with_loss(0.05))?;
+    let agent = agent_icmp_round(&lab, 1000, 10)?;
+    let mut f: Vec<f64> = fping_rtts(&lab, 1000, 10)?.into_iter().flatten().collect();
+    f.sort_by(|a, b| a.total_cmp(b));
+    let fping_median = (f[f.len() / 2 - 1] + f[f.len() / 2]) / 2.0 / 1000.0;
+    let agent_median = agent["tierwatch_icmp_rtt_median_seconds"];
+    let loss = agent["tierwatch_icmp_loss_ratio"];
+    eprintln!(
+        "median: agent {:.3} ms, fping {:.3} ms ({:+.2}%); loss: agent {:.1}%, fping {:.1}%",
+        agent_median * 1e3,
+        fping_median * 1e3,
+        (agent_median / fping_median - 1.0) * 100.0,
+        loss * 100.0,
+        (1.0 - f.len() as f64 / 1000.0) * 100.0
+    );
+    assert!(
+        (agent_median - fping_median).abs() <= (0.05 * fping_median).max(0.0001),
+        "agent median {agent_median} vs fping {fping_median}"
+    );
+    // 99.9% binomial interval of 5% over 1,000 packets: ±3.29·√(0.05·0.95/1000).
+    let half = 3.29 * (0.05f64 * 0.95 / 1000.0).sqrt();
+    assert!((loss - 0.05).abs() <= half, "loss {loss} outside 5% ± {half:.4}");
+    assert_eq!(agent["tierwatch_icmp_packets_duplicate"], 0.0);
+    Ok(())
+}

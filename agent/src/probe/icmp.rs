@@ -1,24 +1,33 @@
-//! ICMP echo: one engine per agent serves every target through one socket and
-//! one receiver task, matching replies by sequence number, source address,
-//! identifier (raw sockets) and a per-engine cookie in the payload, so a
-//! reply is never credited to another probe (or to another ping on the host).
+//! ICMP echo: one engine per agent serves every target through one socket
+//! per address family and one receiver task each, matching replies by
+//! sequence number, source address, identifier (raw sockets) and a
+//! per-engine cookie in the payload, so a reply is never credited to another
+//! probe (or to another ping on the host).
 //!
-//! The socket is raw (`CAP_NET_RAW`) when allowed, else a Linux unprivileged
-//! ICMP socket (`net.ipv4.ping_group_range`). Packets are built and parsed
-//! with pnet; the socket is driven by tokio.
+//! Sockets are raw (`CAP_NET_RAW`) when allowed, else Linux unprivileged ICMP
+//! sockets (`net.ipv4.ping_group_range`). Packets are built and parsed with
+//! pnet; the sockets are driven by tokio. Receive times come from the kernel
+//! (`SO_TIMESTAMPNS`), so the agent's own scheduling delay is not counted as
+//! network latency.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::time::TimeSpec;
 use pnet::packet::icmp::echo_reply::EchoReplyPacket;
 use pnet::packet::icmp::echo_request::MutableEchoRequestPacket;
 use pnet::packet::icmp::{self, IcmpPacket, IcmpTypes};
+use pnet::packet::icmpv6::{self, Icmpv6Packet, Icmpv6Types};
 use pnet::packet::ipv4::Ipv4Packet;
 use pnet::packet::Packet;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,7 +40,7 @@ const PAYLOAD_LEN: usize = 16;
 pub enum SocketKind {
     /// `SOCK_RAW`: needs `CAP_NET_RAW`; sees every ICMP packet of the host.
     Raw,
-    /// `SOCK_DGRAM` with `IPPROTO_ICMP`: unprivileged; the kernel owns the identifier.
+    /// `SOCK_DGRAM` with `IPPROTO_ICMP(V6)`: unprivileged; the kernel owns the identifier.
     Unprivileged,
 }
 
@@ -58,35 +67,68 @@ pub enum IcmpError {
     Setup(std::io::Error),
     #[error("sending echo request to {dest}: {source}")]
     Send { dest: IpAddr, source: std::io::Error },
-    #[error("IPv6 targets are not supported by this ICMP engine yet ({0})")]
-    Ipv6(IpAddr),
+    #[error("no ICMPv6 socket on this host ({0}); IPv6 targets cannot be pinged")]
+    NoIpv6(String),
 }
 
-struct Pending {
-    dest: Ipv4Addr,
-    reply: oneshot::Sender<Instant>,
+/// What the receiver learnt about a reply.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    /// Monotonic time the receiver saw it (fallback).
+    at: Instant,
+    /// Kernel receive time (wall clock), when the kernel gave one.
+    kernel: Option<SystemTime>,
+}
+
+/// Per-round counts of replies that matched no waiting request.
+#[derive(Debug, Default)]
+struct RoundCounters {
+    duplicates: AtomicU32,
+    late: AtomicU32,
+}
+
+enum SlotState {
+    Waiting(oneshot::Sender<Reply>),
+    Answered,
+    TimedOut,
+}
+
+/// One request of an open round; kept until the round ends so that
+/// duplicates and late replies are counted for their round.
+struct Slot {
+    dest: IpAddr,
+    state: SlotState,
+    counters: Arc<RoundCounters>,
+}
+
+struct Family {
+    socket: tokio::net::UdpSocket,
+    kind: SocketKind,
+    v6: bool,
 }
 
 struct Shared {
-    socket: tokio::net::UdpSocket,
-    kind: SocketKind,
     ident: u16,
     cookie: [u8; 8],
     next_seq: Mutex<u16>,
-    pending: Mutex<HashMap<u16, Pending>>,
-    /// Replies that matched our cookie but no outstanding request: duplicates or too late.
-    late_or_duplicate: AtomicU64,
+    slots: Mutex<HashMap<u16, Slot>>,
+    /// Replies with our cookie that match no open round at all.
+    stray: AtomicU64,
 }
 
-/// The agent's ICMP engine. Dropping it stops the receiver.
+/// The agent's ICMP engine. Dropping it stops the receivers.
 pub struct IcmpEngine {
     shared: Arc<Shared>,
-    receiver: JoinHandle<()>,
+    v4: Arc<Family>,
+    v6: Result<Arc<Family>, String>,
+    receivers: Vec<JoinHandle<()>>,
 }
 
 impl Drop for IcmpEngine {
     fn drop(&mut self) {
-        self.receiver.abort();
+        for r in &self.receivers {
+            r.abort();
+        }
     }
 }
 
@@ -100,6 +142,12 @@ pub struct Round {
     pub send_errors: u32,
     /// First send error, for the log and the `probe` command.
     pub first_error: Option<String>,
+    /// Second and further replies to one request.
+    pub duplicates: u32,
+    /// Replies that came after their request's timeout, while the round was open.
+    pub late: u32,
+    /// RTTs measured with kernel receive timestamps (the others with the receiver's clock).
+    pub kernel_timestamps: u32,
 }
 
 /// Statistics of a round, SmokePing-style.
@@ -129,46 +177,60 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+fn open_family(v6: bool) -> Result<Family, IcmpError> {
+    let (domain, proto) = if v6 { (Domain::IPV6, Protocol::ICMPV6) } else { (Domain::IPV4, Protocol::ICMPV4) };
+    let (socket, kind) = match Socket::new(domain, Type::RAW, Some(proto)) {
+        Ok(s) => (s, SocketKind::Raw),
+        Err(raw) => match Socket::new(domain, Type::DGRAM, Some(proto)) {
+            Ok(s) => (s, SocketKind::Unprivileged),
+            Err(dgram) => return Err(IcmpError::NoSocket { raw, dgram, gid: current_gid() }),
+        },
+    };
+    socket.set_nonblocking(true).map_err(IcmpError::Setup)?;
+    // A burst of replies from 1,000 targets must not overflow the queue.
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    // Without kernel timestamps the receiver's own clock is used instead.
+    let _ = setsockopt(&socket, sockopt::ReceiveTimestampns, &true);
+    // An ICMP socket is a datagram socket to tokio: the same readiness and
+    // sendto/recvmsg calls, and no unsafe code here.
+    let std_socket: std::net::UdpSocket = socket.into();
+    let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(IcmpError::Setup)?;
+    Ok(Family { socket, kind, v6 })
+}
+
 impl IcmpEngine {
-    /// Opens the socket (raw first, unprivileged second) and starts the receiver.
-    /// Must be called inside a tokio runtime.
+    /// Opens the sockets (raw first, unprivileged second) and starts the
+    /// receivers. IPv4 is required; IPv6 is optional. Must run inside tokio.
     pub fn open() -> Result<Self, IcmpError> {
-        let (socket, kind) = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
-            Ok(s) => (s, SocketKind::Raw),
-            Err(raw) => match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
-                Ok(s) => (s, SocketKind::Unprivileged),
-                Err(dgram) => return Err(IcmpError::NoSocket { raw, dgram, gid: current_gid() }),
-            },
-        };
-        socket.set_nonblocking(true).map_err(IcmpError::Setup)?;
-        // A burst of replies from 1,000 targets must not overflow the queue.
-        let _ = socket.set_recv_buffer_size(1 << 20);
-        // An ICMP socket is a datagram socket to tokio: recvfrom/sendto are
-        // the same calls, and this keeps the whole engine free of unsafe code.
-        let std_socket: std::net::UdpSocket = socket.into();
-        let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(IcmpError::Setup)?;
+        let v4 = Arc::new(open_family(false)?);
+        let v6 = open_family(true).map(Arc::new).map_err(|e| e.to_string());
         let shared = Arc::new(Shared {
-            socket,
-            kind,
             ident: u16::from_be_bytes(random::<2>()),
             cookie: random::<8>(),
             next_seq: Mutex::new(u16::from_be_bytes(random::<2>())),
-            pending: Mutex::new(HashMap::new()),
-            late_or_duplicate: AtomicU64::new(0),
+            slots: Mutex::new(HashMap::new()),
+            stray: AtomicU64::new(0),
         });
-        let receiver = tokio::spawn(receive_loop(shared.clone()));
-        tracing::info!(socket = kind.as_str(), "ICMP engine ready");
-        Ok(IcmpEngine { shared, receiver })
+        let mut receivers = vec![tokio::spawn(receive_loop(shared.clone(), v4.clone()))];
+        if let Ok(f) = &v6 {
+            receivers.push(tokio::spawn(receive_loop(shared.clone(), f.clone())));
+        }
+        tracing::info!(
+            socket = v4.kind.as_str(),
+            ipv6 = v6.as_ref().map(|f| f.kind.as_str()).unwrap_or("unavailable"),
+            "ICMP engine ready"
+        );
+        Ok(IcmpEngine { shared, v4, v6, receivers })
     }
 
-    /// The kind of socket in use.
+    /// The kind of socket in use (IPv4).
     pub fn kind(&self) -> SocketKind {
-        self.shared.kind
+        self.v4.kind
     }
 
-    /// Replies that arrived for no outstanding request (duplicates, or after the timeout).
-    pub fn late_or_duplicate(&self) -> u64 {
-        self.shared.late_or_duplicate.load(Ordering::Relaxed)
+    /// Replies with our cookie that matched no open round (after their round ended).
+    pub fn stray_replies(&self) -> u64 {
+        self.shared.stray.load(Ordering::Relaxed)
     }
 
     /// Sends `count` echo requests to `dest`, `spacing` apart, and waits up to
@@ -180,18 +242,31 @@ impl IcmpEngine {
         spacing: Duration,
         timeout: Duration,
     ) -> Result<Round, IcmpError> {
-        let IpAddr::V4(dest4) = dest else { return Err(IcmpError::Ipv6(dest)) };
+        let family = match dest {
+            IpAddr::V4(_) => self.v4.clone(),
+            IpAddr::V6(_) => self.v6.clone().map_err(IcmpError::NoIpv6)?,
+        };
+        let counters = Arc::new(RoundCounters::default());
         let start = Instant::now();
         let mut waits = Vec::with_capacity(count as usize);
-        let mut round = Round { dest, rtts: Vec::with_capacity(count as usize), send_errors: 0, first_error: None };
+        let mut seqs = Vec::with_capacity(count as usize);
+        let mut round = Round {
+            dest,
+            rtts: Vec::with_capacity(count as usize),
+            send_errors: 0,
+            first_error: None,
+            duplicates: 0,
+            late: 0,
+            kernel_timestamps: 0,
+        };
         for i in 0..count {
             tokio::time::sleep_until(start + spacing * i).await;
-            let (seq, rx) = self.shared.register(dest4);
-            let sent_at = Instant::now();
-            match self.shared.send(dest4, seq).await {
-                Ok(()) => waits.push(Some((sent_at, seq, rx))),
+            let (seq, rx) = self.shared.register(dest, counters.clone());
+            seqs.push(seq);
+            let (sent_at, sent_wall) = (Instant::now(), SystemTime::now());
+            match self.shared.send(&family, dest, seq).await {
+                Ok(()) => waits.push(Some((sent_at, sent_wall, seq, rx))),
                 Err(e) => {
-                    self.shared.unregister(seq);
                     round.send_errors += 1;
                     round.first_error.get_or_insert_with(|| e.to_string());
                     waits.push(None);
@@ -199,91 +274,119 @@ impl IcmpEngine {
             }
         }
         for w in waits {
-            let Some((sent_at, seq, rx)) = w else {
+            let Some((sent_at, sent_wall, seq, rx)) = w else {
                 round.rtts.push(None);
                 continue;
             };
             match tokio::time::timeout_at(sent_at + timeout, rx).await {
-                Ok(Ok(at)) => round.rtts.push(Some(at.saturating_duration_since(sent_at))),
+                Ok(Ok(reply)) => {
+                    // Kernel time minus send time; the receiver's monotonic
+                    // clock when there is no kernel time or the wall clock stepped.
+                    let kernel = reply.kernel.and_then(|k| k.duration_since(sent_wall).ok()).filter(|d| *d <= timeout);
+                    if kernel.is_some() {
+                        round.kernel_timestamps += 1;
+                    }
+                    round.rtts.push(Some(kernel.unwrap_or_else(|| reply.at.saturating_duration_since(sent_at))));
+                }
                 _ => {
-                    self.shared.unregister(seq);
+                    self.shared.expire(seq);
                     round.rtts.push(None);
                 }
             }
         }
+        self.shared.release(&seqs);
+        round.duplicates = counters.duplicates.load(Ordering::Relaxed);
+        round.late = counters.late.load(Ordering::Relaxed);
         Ok(round)
     }
 }
 
 impl Shared {
-    fn register(&self, dest: Ipv4Addr) -> (u16, oneshot::Receiver<Instant>) {
+    fn register(&self, dest: IpAddr, counters: Arc<RoundCounters>) -> (u16, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-        // Skip sequence numbers still outstanding (only possible past 65,536 in flight).
+        // Skip sequence numbers still held by open rounds.
         let mut seq = *next;
         for _ in 0..=u16::MAX {
-            if !pending.contains_key(&seq) {
+            if !slots.contains_key(&seq) {
                 break;
             }
             seq = seq.wrapping_add(1);
         }
         *next = seq.wrapping_add(1);
-        pending.insert(seq, Pending { dest, reply: tx });
+        slots.insert(seq, Slot { dest, state: SlotState::Waiting(tx), counters });
         (seq, rx)
     }
 
-    fn unregister(&self, seq: u16) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+    fn expire(&self, seq: u16) {
+        if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&seq) {
+            if matches!(slot.state, SlotState::Waiting(_)) {
+                slot.state = SlotState::TimedOut;
+            }
+        }
     }
 
-    async fn send(&self, dest: Ipv4Addr, seq: u16) -> Result<(), IcmpError> {
+    fn release(&self, seqs: &[u16]) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for s in seqs {
+            slots.remove(s);
+        }
+    }
+
+    async fn send(&self, family: &Family, dest: IpAddr, seq: u16) -> Result<(), IcmpError> {
         let mut buf = [0u8; HEADER_LEN + PAYLOAD_LEN];
-        encode_request(&mut buf, self.ident, seq, &self.cookie);
-        self.socket
-            .send_to(&buf, SocketAddr::new(IpAddr::V4(dest), 0))
+        encode_request(&mut buf, family.v6, self.ident, seq, &self.cookie);
+        family
+            .socket
+            .send_to(&buf, SocketAddr::new(dest, 0))
             .await
             .map(|_| ())
-            .map_err(|source| IcmpError::Send { dest: IpAddr::V4(dest), source })
+            .map_err(|source| IcmpError::Send { dest, source })
     }
 
-    fn on_packet(&self, data: &[u8], from: IpAddr, at: Instant) {
-        let icmp_bytes = match self.kind {
-            // Raw IPv4 sockets deliver the IP header too.
-            SocketKind::Raw => match Ipv4Packet::new(data) {
-                Some(ip) => {
-                    let hl = ip.get_header_length() as usize * 4;
-                    if data.len() < hl {
-                        return;
-                    }
-                    &data[hl..]
-                }
+    fn on_packet(&self, family: &Family, data: &[u8], from: IpAddr, reply: Reply) {
+        let icmp_bytes = match (family.kind, family.v6) {
+            // Raw IPv4 sockets deliver the IP header too; IPv6 sockets never do.
+            (SocketKind::Raw, false) => match Ipv4Packet::new(data) {
+                Some(ip) => match data.get(ip.get_header_length() as usize * 4..) {
+                    Some(rest) => rest,
+                    None => return,
+                },
                 None => return,
             },
-            SocketKind::Unprivileged => data,
+            _ => data,
         };
-        let Some(reply) = parse_reply(icmp_bytes, &self.cookie) else { return };
+        let Some(echo) = parse_reply(icmp_bytes, family.v6, &self.cookie) else { return };
         // The kernel rewrites the identifier of unprivileged sockets and
         // already filters replies to this socket.
-        if self.kind == SocketKind::Raw && reply.ident != self.ident {
+        if family.kind == SocketKind::Raw && echo.ident != self.ident {
             return;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match pending.get(&reply.seq) {
-            Some(p) if IpAddr::V4(p.dest) == from => {
-                if let Some(p) = pending.remove(&reply.seq) {
-                    let _ = p.reply.send(at);
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get_mut(&echo.seq) {
+            Some(slot) if slot.dest == from => match std::mem::replace(&mut slot.state, SlotState::Answered) {
+                SlotState::Waiting(tx) => {
+                    let _ = tx.send(reply);
                 }
-            }
+                SlotState::Answered => {
+                    slot.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                SlotState::TimedOut => {
+                    slot.state = SlotState::TimedOut;
+                    slot.counters.late.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             _ => {
-                self.late_or_duplicate.fetch_add(1, Ordering::Relaxed);
+                self.stray.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// Writes an echo request with our cookie in the payload.
-fn encode_request(buf: &mut [u8; HEADER_LEN + PAYLOAD_LEN], ident: u16, seq: u16, cookie: &[u8; 8]) {
+/// Writes an echo request with our cookie in the payload. The kernel fills
+/// the ICMPv6 checksum (it covers a pseudo-header we do not build).
+fn encode_request(buf: &mut [u8; HEADER_LEN + PAYLOAD_LEN], v6: bool, ident: u16, seq: u16, cookie: &[u8; 8]) {
     let mut payload = [0u8; PAYLOAD_LEN];
     payload[..8].copy_from_slice(cookie);
     if let Some(mut p) = MutableEchoRequestPacket::new(&mut buf[..]) {
@@ -292,6 +395,10 @@ fn encode_request(buf: &mut [u8; HEADER_LEN + PAYLOAD_LEN], ident: u16, seq: u16
         p.set_sequence_number(seq);
         p.set_payload(&payload);
     }
+    if v6 {
+        buf[0] = Icmpv6Types::EchoRequest.0;
+        return;
+    }
     if let Some(packet) = IcmpPacket::new(&buf[..]) {
         let sum = icmp::checksum(&packet);
         buf[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -299,32 +406,68 @@ fn encode_request(buf: &mut [u8; HEADER_LEN + PAYLOAD_LEN], ident: u16, seq: u16
 }
 
 #[derive(Debug, PartialEq)]
-struct Reply {
+struct Echo {
     ident: u16,
     seq: u16,
 }
 
-/// Parses an ICMP echo reply carrying our cookie; anything else is `None`.
-fn parse_reply(data: &[u8], cookie: &[u8; 8]) -> Option<Reply> {
-    let icmp = IcmpPacket::new(data)?;
-    if icmp.get_icmp_type() != IcmpTypes::EchoReply {
+/// Parses an echo reply carrying our cookie; anything else is `None`.
+fn parse_reply(data: &[u8], v6: bool, cookie: &[u8; 8]) -> Option<Echo> {
+    let is_reply = if v6 {
+        Icmpv6Packet::new(data)?.get_icmpv6_type() == icmpv6::Icmpv6Types::EchoReply
+    } else {
+        IcmpPacket::new(data)?.get_icmp_type() == IcmpTypes::EchoReply
+    };
+    if !is_reply {
         return None;
     }
+    // Echo request and reply share one layout in both families.
     let echo = EchoReplyPacket::new(data)?;
     if echo.payload().get(..8)? != cookie {
         return None;
     }
-    Some(Reply { ident: echo.get_identifier(), seq: echo.get_sequence_number() })
+    Some(Echo { ident: echo.get_identifier(), seq: echo.get_sequence_number() })
 }
 
-async fn receive_loop(shared: Arc<Shared>) {
+fn source(addr: Option<SockaddrStorage>) -> Option<IpAddr> {
+    let a = addr?;
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(IpAddr::V4(Ipv4Addr::from(v4.ip())));
+    }
+    a.as_sockaddr_in6().map(|v6| IpAddr::V6(Ipv6Addr::from(v6.ip())))
+}
+
+async fn receive_loop(shared: Arc<Shared>, family: Arc<Family>) {
     let mut buf = vec![0u8; 2048];
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    let fd = family.socket.as_raw_fd();
     loop {
-        match shared.socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                let at = Instant::now();
-                shared.on_packet(&buf[..n], from.ip(), at);
+        if let Err(e) = family.socket.readable().await {
+            tracing::warn!(error = %e, "ICMP socket not readable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let got = family.socket.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)?;
+            let kernel = msg.cmsgs().ok().and_then(|mut it| {
+                it.find_map(|c| match c {
+                    ControlMessageOwned::ScmTimestampns(ts) => {
+                        Some(UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
+                    }
+                    _ => None,
+                })
+            });
+            Ok((msg.bytes, source(msg.address), kernel))
+        });
+        match got {
+            Ok((n, Some(from), kernel)) => {
+                let reply = Reply { at: Instant::now(), kernel };
+                shared.on_packet(&family, &buf[..n], from, reply);
             }
+            Ok((_, None, _)) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!(error = %e, "ICMP receive failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -395,6 +538,9 @@ mod tests {
             rtts: vec![ms(10), None, ms(30), ms(20), ms(40)],
             send_errors: 0,
             first_error: None,
+            duplicates: 0,
+            late: 0,
+            kernel_timestamps: 0,
         };
         let s = r.stats().unwrap();
         assert_eq!((s.sent, s.received), (5, 4));
@@ -414,15 +560,21 @@ mod tests {
     fn request_roundtrips_through_reply_parser() {
         let cookie = [1, 2, 3, 4, 5, 6, 7, 8];
         let mut buf = [0u8; HEADER_LEN + PAYLOAD_LEN];
-        encode_request(&mut buf, 0xbeef, 42, &cookie);
+        encode_request(&mut buf, false, 0xbeef, 42, &cookie);
         let req = IcmpPacket::new(&buf).unwrap();
         assert_eq!(req.get_icmp_type(), IcmpTypes::EchoRequest);
         assert_eq!(icmp::checksum(&req), req.get_checksum());
         // Turn it into a reply the way a peer would (type 0, same rest).
         buf[0] = 0;
-        assert_eq!(parse_reply(&buf, &cookie), Some(Reply { ident: 0xbeef, seq: 42 }));
-        assert_eq!(parse_reply(&buf, &[0; 8]), None, "foreign cookie must not match");
-        assert_eq!(parse_reply(&buf[..4], &cookie), None);
+        assert_eq!(parse_reply(&buf, false, &cookie), Some(Echo { ident: 0xbeef, seq: 42 }));
+        assert_eq!(parse_reply(&buf, false, &[0; 8]), None, "foreign cookie must not match");
+        assert_eq!(parse_reply(&buf[..4], false, &cookie), None);
+        // ICMPv6: type 128 request, 129 reply.
+        encode_request(&mut buf, true, 0xbeef, 43, &cookie);
+        assert_eq!(buf[0], 128);
+        buf[0] = 129;
+        assert_eq!(parse_reply(&buf, true, &cookie), Some(Echo { ident: 0xbeef, seq: 43 }));
+        assert_eq!(parse_reply(&buf, false, &cookie), None, "a v6 reply is not a v4 reply");
     }
 
     /// Pings 127.0.0.1 for real when this process may open an ICMP socket.
@@ -442,5 +594,42 @@ mod tests {
         let s = r.stats().expect("loopback answers");
         assert_eq!((s.sent, s.received), (5, 5));
         assert!(s.max < Duration::from_millis(100));
+        assert_eq!(r.kernel_timestamps, 5, "kernel receive timestamps are used");
+        assert_eq!((r.duplicates, r.late), (0, 0));
+    }
+
+    /// Pings ::1 when the host has IPv6 and an ICMPv6 socket may be opened.
+    #[tokio::test]
+    async fn pings_ipv6_loopback() {
+        let engine = match IcmpEngine::open() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("SKIPPED pings_ipv6_loopback: {e}");
+                return;
+            }
+        };
+        if let Err(e) = &engine.v6 {
+            eprintln!("SKIPPED pings_ipv6_loopback: {e}");
+            return;
+        }
+        match engine.round(IpAddr::V6(Ipv6Addr::LOCALHOST), 3, Duration::from_millis(10), Duration::from_secs(1)).await
+        {
+            Ok(r) => {
+                let s = r.stats();
+                if s.is_none()
+                    && std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6").is_ok_and(|v| v.trim() == "1")
+                {
+                    eprintln!("SKIPPED pings_ipv6_loopback: IPv6 is disabled on lo");
+                    return;
+                }
+                assert_eq!(s.map(|s| s.received), Some(3), "{r:?}");
+            }
+            Err(IcmpError::Send { source, .. })
+                if source.raw_os_error() == Some(101) || source.raw_os_error() == Some(99) =>
+            {
+                eprintln!("SKIPPED pings_ipv6_loopback: no IPv6 route ({source})");
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
 }

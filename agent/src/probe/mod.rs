@@ -247,6 +247,12 @@ async fn icmp_round(
         });
     }
     out.push(&catalogue::ICMP_SENT, &[], round.sent() as f64, ts);
+    out.push(&catalogue::ICMP_DUPLICATE, &[], round.duplicates as f64, ts);
+    out.push(&catalogue::ICMP_LATE, &[], round.late as f64, ts);
+    out.detail.push(format!(
+        "kernel receive timestamps for {} of the replies; {} duplicate, {} late",
+        round.kernel_timestamps, round.duplicates, round.late
+    ));
     match round.stats() {
         Some(s) => {
             for (def, v) in [
