@@ -432,9 +432,9 @@ fn parse_reply(data: &[u8], v6: bool, cookie: &[u8; 8]) -> Option<Echo> {
 fn source(addr: Option<SockaddrStorage>) -> Option<IpAddr> {
     let a = addr?;
     if let Some(v4) = a.as_sockaddr_in() {
-        return Some(IpAddr::V4(Ipv4Addr::from(v4.ip())));
+        return Some(IpAddr::V4(v4.ip()));
     }
-    a.as_sockaddr_in6().map(|v6| IpAddr::V6(Ipv6Addr::from(v6.ip())))
+    a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
 async fn receive_loop(shared: Arc<Shared>, family: Arc<Family>) {
