@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Sealed};
-use crate::probe::Outcome;
+use crate::probe::Measurement;
 
 /// Identity stamped on every batch of this agent process.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct Stamp {
 pub async fn run(
     stamp: Stamp,
     push_interval: Duration,
-    mut results: mpsc::Receiver<Outcome>,
+    mut results: mpsc::Receiver<Measurement>,
     outbox: Arc<Outbox>,
     metrics: Metrics,
     token: CancellationToken,
@@ -61,18 +61,22 @@ pub async fn run(
     loop {
         tokio::select! {
             r = results.recv() => match r {
-                Some(outcome) => {
+                Some(Measurement::Probe(outcome)) => {
                     metrics.probe(outcome.kind.as_str(), outcome.success);
                     pending.extend(outcome.series);
                 }
+                Some(Measurement::Node(series)) => pending.extend(series),
                 None => break,
             },
             _ = tick.tick() => seal(&mut pending),
             _ = token.cancelled() => {
                 // Probes finishing their round still deliver; then seal what is left.
                 results.close();
-                while let Some(outcome) = results.recv().await {
-                    pending.extend(outcome.series);
+                while let Some(m) = results.recv().await {
+                    match m {
+                        Measurement::Probe(outcome) => pending.extend(outcome.series),
+                        Measurement::Node(series) => pending.extend(series),
+                    }
                 }
                 break;
             }

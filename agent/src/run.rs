@@ -90,6 +90,9 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     // Probes stop on `probe_token`; the batcher and pusher outlive them to deliver their data.
     let probe_token = token.child_token();
     let probes = TaskTracker::new();
+    if let Some(spec) = &config.node_health {
+        crate::scheduler::spawn_node_health(spec, tx.clone(), &probe_token, &probes);
+    }
     crate::scheduler::spawn(&config.targets, icmp, tx, &probe_token, &probes);
     probes.close();
 

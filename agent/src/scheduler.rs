@@ -11,8 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::NodeHealthSpec;
 use crate::config::Target;
-use crate::probe::{Icmp, Outcome, Prober};
+use crate::probe::node::NodeSampler;
+use crate::probe::{Icmp, Measurement, Prober};
 
 /// The start offsets of a target's rounds: phase, then interval steps, each plus jitter.
 pub struct Schedule {
@@ -49,7 +51,7 @@ impl Schedule {
 pub fn spawn(
     targets: &[Target],
     icmp: Icmp,
-    results: mpsc::Sender<Outcome>,
+    results: mpsc::Sender<Measurement>,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -69,12 +71,45 @@ pub fn spawn(
                 if let Some(e) = &outcome.error {
                     tracing::debug!(target = %target.name, probe = outcome.kind.as_str(), error = %e, "probe failed");
                 }
-                if results.send(outcome).await.is_err() {
+                if results.send(Measurement::Probe(outcome)).await.is_err() {
                     break;
                 }
             }
         });
     }
+}
+
+/// Spawns the node health sampler: file reads run on the blocking pool.
+pub fn spawn_node_health(
+    spec: &NodeHealthSpec,
+    results: mpsc::Sender<Measurement>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let sampler = std::sync::Arc::new(NodeSampler::new(spec.wan_interface.clone(), spec.filesystems.clone()));
+    let (interval, token) = (spec.interval, token.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = token.cancelled() => break,
+            }
+            let s = sampler.clone();
+            let ts = tierwatch_protocol::now_ms();
+            let Ok((series, errors)) = tokio::task::spawn_blocking(move || s.sample(ts)).await else { continue };
+            // Missing sources do not change while running: say so once.
+            if !errors.is_empty() && !reported {
+                tracing::warn!(errors = ?errors, "node health: some sources are unreadable");
+                reported = true;
+            }
+            if results.send(Measurement::Node(series)).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -89,6 +89,40 @@ defs! {
         "Always 1; the negotiated TLS version as a label.";
     TLS_HANDSHAKE: "tierwatch_tls_handshake_seconds", Gauge, "seconds", ["target"],
         "Time of the TLS handshake.";
+    NODE_CPU: "tierwatch_node_cpu_seconds_total", Counter, "seconds", ["mode"],
+        "CPU time spent in each mode since boot, over all CPUs (from /proc/stat).";
+    NODE_MEM_TOTAL: "tierwatch_node_memory_total_bytes", Gauge, "bytes", [],
+        "Physical memory (MemTotal).";
+    NODE_MEM_AVAILABLE: "tierwatch_node_memory_available_bytes", Gauge, "bytes", [],
+        "Memory available for new work without swapping (MemAvailable).";
+    NODE_FS_SIZE: "tierwatch_node_filesystem_size_bytes", Gauge, "bytes", ["mountpoint"],
+        "Size of the filesystem.";
+    NODE_FS_AVAIL: "tierwatch_node_filesystem_avail_bytes", Gauge, "bytes", ["mountpoint"],
+        "Space available to unprivileged users on the filesystem.";
+    NODE_LOAD1: "tierwatch_node_load1", Gauge, "", [],
+        "1-minute load average.";
+    NODE_LOAD5: "tierwatch_node_load5", Gauge, "", [],
+        "5-minute load average.";
+    NODE_LOAD15: "tierwatch_node_load15", Gauge, "", [],
+        "15-minute load average.";
+    NODE_UPTIME: "tierwatch_node_uptime_seconds", Gauge, "seconds", [],
+        "Time since the node booted.";
+    NODE_NET_RX_BYTES: "tierwatch_node_network_receive_bytes_total", Counter, "bytes", ["interface"],
+        "Bytes received on the WAN interface.";
+    NODE_NET_TX_BYTES: "tierwatch_node_network_transmit_bytes_total", Counter, "bytes", ["interface"],
+        "Bytes sent on the WAN interface.";
+    NODE_NET_RX_PACKETS: "tierwatch_node_network_receive_packets_total", Counter, "", ["interface"],
+        "Packets received on the WAN interface.";
+    NODE_NET_TX_PACKETS: "tierwatch_node_network_transmit_packets_total", Counter, "", ["interface"],
+        "Packets sent on the WAN interface.";
+    NODE_NET_RX_ERRORS: "tierwatch_node_network_receive_errors_total", Counter, "", ["interface"],
+        "Receive errors on the WAN interface.";
+    NODE_NET_TX_ERRORS: "tierwatch_node_network_transmit_errors_total", Counter, "", ["interface"],
+        "Transmit errors on the WAN interface.";
+    NODE_NET_RX_DROPS: "tierwatch_node_network_receive_drop_total", Counter, "", ["interface"],
+        "Received packets dropped on the WAN interface.";
+    NODE_NET_TX_DROPS: "tierwatch_node_network_transmit_drop_total", Counter, "", ["interface"],
+        "Packets dropped before sending on the WAN interface.";
     DNS_LOOKUP: "tierwatch_dns_lookup_seconds", Gauge, "seconds", ["target"],
         "Time from query to answer of the last DNS probe.";
     DNS_RCODE: "tierwatch_dns_rcode", Gauge, "", ["target", "rcode"],

@@ -142,6 +142,11 @@ fn agents_push_over_mtls_and_appear_with_identity_labels() -> anyhow::Result<()>
     for line in expect {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
+    // Node health arrives with the same identity labels.
+    let mem =
+        r#"tierwatch_node_memory_total_bytes{node="nui-cam",parent="an-giang",province="an-giang",tier="commune"} "#;
+    assert!(metrics.lines().any(|l| l.starts_with(mem)), "node health missing:\n{metrics}");
+    assert!(metrics.contains("# TYPE tierwatch_node_cpu_seconds_total counter"));
     // ICMP to loopback works wherever this process may open an ICMP socket.
     if is_root() {
         let icmp = r#"tierwatch_probe_success{node="nui-cam",parent="an-giang",probe="icmp",province="an-giang",target="provincial-gateway",tier="commune"} 1"#;

@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// Local health and `/metrics` endpoint; `null` turns it off.
     #[serde(default = "default_health")]
     pub health: Option<HealthSpec>,
+    /// Node health sampling (CPU, memory, disks, load, WAN counters); `null` turns it off.
+    #[serde(default = "default_node_health")]
+    pub node_health: Option<NodeHealthSpec>,
     /// Defaults for every target.
     #[serde(default)]
     pub defaults: Defaults,
@@ -63,6 +66,30 @@ pub struct CollectorSpec {
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     pub listen: SocketAddr,
+}
+
+/// Node health sampling.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHealthSpec {
+    #[serde(default = "default_node_interval", with = "duration::serde")]
+    pub interval: Duration,
+    /// The WAN interface; default: the interface of the default route.
+    #[serde(default)]
+    pub wan_interface: Option<String>,
+    /// Mount points whose free space is reported.
+    #[serde(default = "default_filesystems")]
+    pub filesystems: Vec<PathBuf>,
+}
+
+fn default_node_health() -> Option<NodeHealthSpec> {
+    Some(NodeHealthSpec { interval: default_node_interval(), wan_interface: None, filesystems: default_filesystems() })
+}
+fn default_node_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_filesystems() -> Vec<PathBuf> {
+    vec![PathBuf::from("/")]
 }
 
 /// Defaults applied to targets that do not set their own.
@@ -144,6 +171,7 @@ pub struct Config {
     pub push_timeout: Duration,
     pub max_queued_batches: usize,
     pub health: Option<SocketAddr>,
+    pub node_health: Option<NodeHealthSpec>,
     pub targets: Vec<Target>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
@@ -224,6 +252,19 @@ impl Config {
         if c.max_queued_batches == 0 {
             p.push("collector.max_queued_batches", "must be at least 1");
         }
+        if let Some(n) = &raw.node_health {
+            if n.interval < Duration::from_secs(1) {
+                p.push("node_health.interval", "must be at least 1s");
+            }
+            for (i, fs) in n.filesystems.iter().enumerate() {
+                if !fs.is_absolute() {
+                    p.push(
+                        format!("node_health.filesystems[{i}]"),
+                        format!("{} is not an absolute mount point", fs.display()),
+                    );
+                }
+            }
+        }
         let d = &raw.defaults;
         if d.interval < Duration::from_millis(100) {
             p.push("defaults.interval", "must be at least 100ms");
@@ -256,6 +297,7 @@ impl Config {
             push_timeout: raw.collector.timeout,
             max_queued_batches: raw.collector.max_queued_batches,
             health: raw.health.map(|h| h.listen),
+            node_health: raw.node_health,
             targets,
             hash,
         })

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod http;
 pub mod icmp;
+pub mod node;
 pub mod tcp;
 pub mod tls;
 
@@ -35,6 +36,15 @@ impl Icmp {
             Err(e) => Icmp::Unavailable(e.to_string().into()),
         }
     }
+}
+
+/// What flows from the measuring tasks to the batcher.
+#[derive(Debug, Clone)]
+pub enum Measurement {
+    /// One probe run of a target.
+    Probe(Outcome),
+    /// One sample of the node's health.
+    Node(Vec<Series>),
 }
 
 /// What one probe run measured.
