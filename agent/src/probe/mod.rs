@@ -201,6 +201,16 @@ impl Prober {
             f.body_bytes,
             if f.truncated { " (truncated at max_body_bytes)" } else { "" }
         ));
+        let phases: Vec<String> =
+            f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
+        out.detail.push(format!("phases: {}", phases.join(", ")));
+        if !spec.body_contains.is_empty() || !spec.body_not_contains.is_empty() {
+            out.detail.push(if f.body_failures.is_empty() {
+                "body checks: all met".to_string()
+            } else {
+                format!("body checks FAILED: {}", f.body_failures.join("; "))
+            });
+        }
         if let Some(fp) = f.fingerprint {
             let changed = self.last_fingerprint.is_some_and(|prev| prev != fp);
             out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);

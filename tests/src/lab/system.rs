@@ -28,6 +28,8 @@ pub struct SystemSpec {
     pub icmp_count: u32,
     /// Extra YAML target entries for every agent, appended to the defaults.
     pub extra_targets: String,
+    /// Run agents only on these nodes (default: the province and every commune).
+    pub only_nodes: Option<Vec<String>>,
 }
 
 impl Default for SystemSpec {
@@ -38,6 +40,7 @@ impl Default for SystemSpec {
             probe_timeout: Duration::from_millis(500),
             icmp_count: 3,
             extra_targets: String::new(),
+            only_nodes: None,
         }
     }
 }
@@ -112,7 +115,8 @@ impl Lab {
         })
         .with_context(|| tw.collector.log_text())?;
         let mut tw = tw;
-        for node in self.agent_nodes() {
+        let wanted = |n: &Node| spec.only_nodes.as_ref().is_none_or(|only| only.contains(&n.id));
+        for node in self.agent_nodes().filter(|n| wanted(n)) {
             pki.node(&node.id)?;
             let file = dir.join(format!("{}.yaml", node.id));
             std::fs::write(&file, self.agent_yaml(node, spec, ingest))?;
@@ -121,7 +125,7 @@ impl Lab {
             cmd.stdout(Stdio::null());
             tw.agents.push(Proc::spawn_command(&node.id, &mut cmd, &dir.join(format!("{}.log", node.id)))?);
         }
-        let expected = self.communes.len() + 1;
+        let expected = tw.agents.len();
         let waited = crate::wait_for(Duration::from_secs(30), "every agent pushing", || {
             let v = tw.nodes().ok()?;
             let up = v["nodes"].as_array()?.iter().filter(|n| n["status"] == "up").count();
