@@ -82,7 +82,7 @@ fn real_main() -> anyhow::Result<()> {
                 } else {
                     Icmp::Unavailable("not needed".into())
                 };
-                Prober::new(t).run(&icmp).await
+                Prober::new(t).verbose().run(&icmp).await
             });
             print_outcome(&outcome);
             if !outcome.success {

@@ -28,7 +28,7 @@ use pnet::packet::ipv4::Ipv4Packet;
 use pnet::packet::Packet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -80,15 +80,19 @@ struct Reply {
     kernel: Option<SystemTime>,
 }
 
-/// Per-round counts of replies that matched no waiting request.
-#[derive(Debug, Default)]
-struct RoundCounters {
+/// What the receiver writes for an open round: one entry per request, plus
+/// the replies that matched no waiting request.
+#[derive(Debug)]
+struct RoundState {
+    replies: Mutex<Vec<Option<Reply>>>,
+    arrived: Notify,
     duplicates: AtomicU32,
     late: AtomicU32,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
-    Waiting(oneshot::Sender<Reply>),
+    Waiting,
     Answered,
     TimedOut,
 }
@@ -98,7 +102,8 @@ enum SlotState {
 struct Slot {
     dest: IpAddr,
     state: SlotState,
-    counters: Arc<RoundCounters>,
+    round: Arc<RoundState>,
+    index: usize,
 }
 
 struct Family {
@@ -246,10 +251,14 @@ impl IcmpEngine {
             IpAddr::V4(_) => self.v4.clone(),
             IpAddr::V6(_) => self.v6.clone().map_err(IcmpError::NoIpv6)?,
         };
-        let counters = Arc::new(RoundCounters::default());
+        let state = Arc::new(RoundState {
+            replies: Mutex::new(vec![None; count as usize]),
+            arrived: Notify::new(),
+            duplicates: AtomicU32::new(0),
+            late: AtomicU32::new(0),
+        });
         let start = Instant::now();
-        let mut waits = Vec::with_capacity(count as usize);
-        let mut seqs = Vec::with_capacity(count as usize);
+        let mut sent = Vec::with_capacity(count as usize);
         let mut round = Round {
             dest,
             rtts: Vec::with_capacity(count as usize),
@@ -259,27 +268,41 @@ impl IcmpEngine {
             late: 0,
             kernel_timestamps: 0,
         };
-        for i in 0..count {
-            tokio::time::sleep_until(start + spacing * i).await;
-            let (seq, rx) = self.shared.register(dest, counters.clone());
-            seqs.push(seq);
+        for i in 0..count as usize {
+            tokio::time::sleep_until(start + spacing * i as u32).await;
+            let seq = self.shared.register(dest, state.clone(), i);
             let (sent_at, sent_wall) = (Instant::now(), SystemTime::now());
             match self.shared.send(&family, dest, seq).await {
-                Ok(()) => waits.push(Some((sent_at, sent_wall, seq, rx))),
+                Ok(()) => sent.push((seq, Some((sent_at, sent_wall)))),
                 Err(e) => {
                     round.send_errors += 1;
                     round.first_error.get_or_insert_with(|| e.to_string());
-                    waits.push(None);
+                    sent.push((seq, None));
                 }
             }
         }
-        for w in waits {
-            let Some((sent_at, sent_wall, seq, rx)) = w else {
+        for (i, (seq, times)) in sent.iter().enumerate() {
+            let Some((sent_at, sent_wall)) = *times else {
                 round.rtts.push(None);
                 continue;
             };
-            match tokio::time::timeout_at(sent_at + timeout, rx).await {
-                Ok(Ok(reply)) => {
+            let deadline = sent_at + timeout;
+            let reply = loop {
+                // Registered before checking, so a reply landing in between still wakes us.
+                let arrived = state.arrived.notified();
+                if let Some(r) = state.replies.lock().unwrap_or_else(|p| p.into_inner())[i] {
+                    break Some(r);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::select! {
+                    _ = arrived => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            };
+            match reply {
+                Some(reply) => {
                     // Kernel time minus send time; the receiver's monotonic
                     // clock when there is no kernel time or the wall clock stepped.
                     let kernel = reply.kernel.and_then(|k| k.duration_since(sent_wall).ok()).filter(|d| *d <= timeout);
@@ -288,22 +311,22 @@ impl IcmpEngine {
                     }
                     round.rtts.push(Some(kernel.unwrap_or_else(|| reply.at.saturating_duration_since(sent_at))));
                 }
-                _ => {
-                    self.shared.expire(seq);
+                None => {
+                    self.shared.expire(*seq);
                     round.rtts.push(None);
                 }
             }
         }
+        let seqs: Vec<u16> = sent.iter().map(|(s, _)| *s).collect();
         self.shared.release(&seqs);
-        round.duplicates = counters.duplicates.load(Ordering::Relaxed);
-        round.late = counters.late.load(Ordering::Relaxed);
+        round.duplicates = state.duplicates.load(Ordering::Relaxed);
+        round.late = state.late.load(Ordering::Relaxed);
         Ok(round)
     }
 }
 
 impl Shared {
-    fn register(&self, dest: IpAddr, counters: Arc<RoundCounters>) -> (u16, oneshot::Receiver<Reply>) {
-        let (tx, rx) = oneshot::channel();
+    fn register(&self, dest: IpAddr, round: Arc<RoundState>, index: usize) -> u16 {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
         // Skip sequence numbers still held by open rounds.
@@ -315,13 +338,13 @@ impl Shared {
             seq = seq.wrapping_add(1);
         }
         *next = seq.wrapping_add(1);
-        slots.insert(seq, Slot { dest, state: SlotState::Waiting(tx), counters });
-        (seq, rx)
+        slots.insert(seq, Slot { dest, state: SlotState::Waiting, round, index });
+        seq
     }
 
     fn expire(&self, seq: u16) {
         if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&seq) {
-            if matches!(slot.state, SlotState::Waiting(_)) {
+            if slot.state == SlotState::Waiting {
                 slot.state = SlotState::TimedOut;
             }
         }
@@ -365,16 +388,19 @@ impl Shared {
         }
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.get_mut(&echo.seq) {
-            Some(slot) if slot.dest == from => match std::mem::replace(&mut slot.state, SlotState::Answered) {
-                SlotState::Waiting(tx) => {
-                    let _ = tx.send(reply);
+            Some(slot) if slot.dest == from => match slot.state {
+                SlotState::Waiting => {
+                    slot.state = SlotState::Answered;
+                    if let Some(r) = slot.round.replies.lock().unwrap_or_else(|p| p.into_inner()).get_mut(slot.index) {
+                        *r = Some(reply);
+                    }
+                    slot.round.arrived.notify_waiters();
                 }
                 SlotState::Answered => {
-                    slot.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    slot.round.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 SlotState::TimedOut => {
-                    slot.state = SlotState::TimedOut;
-                    slot.counters.late.fetch_add(1, Ordering::Relaxed);
+                    slot.round.late.fetch_add(1, Ordering::Relaxed);
                 }
             },
             _ => {
@@ -576,6 +602,58 @@ mod tests {
         buf[0] = 129;
         assert_eq!(parse_reply(&buf, true, &cookie), Some(Echo { ident: 0xbeef, seq: 43 }));
         assert_eq!(parse_reply(&buf, false, &cookie), None, "a v6 reply is not a v4 reply");
+    }
+
+    fn reply_bytes(ident: u16, seq: u16, cookie: &[u8; 8]) -> Vec<u8> {
+        let mut buf = [0u8; HEADER_LEN + PAYLOAD_LEN];
+        encode_request(&mut buf, false, ident, seq, cookie);
+        buf[0] = 0; // echo reply
+        buf.to_vec()
+    }
+
+    /// Duplicates and late replies are counted for their round, never credited;
+    /// replies from another source or for unknown sequences match nothing.
+    #[tokio::test]
+    async fn replies_are_matched_counted_and_never_misattributed() {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let family = Family { socket: udp, kind: SocketKind::Unprivileged, v6: false };
+        let shared = Shared {
+            ident: 7,
+            cookie: [9; 8],
+            next_seq: Mutex::new(100),
+            slots: Mutex::new(HashMap::new()),
+            stray: AtomicU64::new(0),
+        };
+        let state = Arc::new(RoundState {
+            replies: Mutex::new(vec![None; 2]),
+            arrived: Notify::new(),
+            duplicates: AtomicU32::new(0),
+            late: AtomicU32::new(0),
+        });
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1));
+        let other = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 1));
+        let a = shared.register(gw, state.clone(), 0);
+        let b = shared.register(gw, state.clone(), 1);
+        let reply = Reply { at: Instant::now(), kernel: None };
+        // From the wrong source: not ours to credit.
+        shared.on_packet(&family, &reply_bytes(7, a, &[9; 8]), other, reply);
+        assert!(state.replies.lock().unwrap()[0].is_none());
+        // A foreign cookie (another ping on the host): ignored entirely.
+        shared.on_packet(&family, &reply_bytes(7, a, &[1; 8]), gw, reply);
+        // The real reply, then a duplicate.
+        shared.on_packet(&family, &reply_bytes(7, a, &[9; 8]), gw, reply);
+        shared.on_packet(&family, &reply_bytes(7, a, &[9; 8]), gw, reply);
+        assert!(state.replies.lock().unwrap()[0].is_some());
+        // b times out, then its reply comes: late, not received.
+        shared.expire(b);
+        shared.on_packet(&family, &reply_bytes(7, b, &[9; 8]), gw, reply);
+        assert!(state.replies.lock().unwrap()[1].is_none());
+        assert_eq!(state.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(state.late.load(Ordering::Relaxed), 1);
+        // After the round, its sequences are free again and stray replies are counted as such.
+        shared.release(&[a, b]);
+        shared.on_packet(&family, &reply_bytes(7, a, &[9; 8]), gw, reply);
+        assert_eq!(shared.stray.load(Ordering::Relaxed), 2, "wrong source + after release");
     }
 
     /// Pings 127.0.0.1 for real when this process may open an ICMP socket.

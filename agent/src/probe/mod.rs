@@ -60,9 +60,18 @@ pub struct Outcome {
     pub detail: Vec<String>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// Whether `detail` is filled (the `probe` command) or skipped (the agent).
+    pub verbose: bool,
 }
 
 impl Outcome {
+    /// Adds a detail line; built only when someone will read it.
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.verbose {
+            self.detail.push(line());
+        }
+    }
+
     fn push(&mut self, def: &MetricDef, extra: &[(&str, &str)], value: f64, ts: i64) {
         let mut labels = vec![Label::new("target", self.target.clone())];
         labels.extend(extra.iter().map(|(n, v)| Label::new(*n, *v)));
@@ -104,6 +113,7 @@ pub struct Prober {
     /// Trust roots of TLS-speaking probes, loaded once.
     roots: Option<Result<Arc<RootCertStore>, String>>,
     last_fingerprint: Option<u64>,
+    verbose: bool,
 }
 
 impl Prober {
@@ -114,7 +124,13 @@ impl Prober {
             ProbeSpec::Tls { ca, .. } => Some(tls::roots(ca.as_deref())),
             _ => None,
         };
-        Prober { target, roots, last_fingerprint: None }
+        Prober { target, roots, last_fingerprint: None, verbose: false }
+    }
+
+    /// Fills `Outcome::detail` with human-readable lines (for `tierwatch-agent probe`).
+    pub fn verbose(mut self) -> Self {
+        self.verbose = true;
+        self
     }
 
     /// The target it probes.
@@ -126,7 +142,7 @@ impl Prober {
     pub async fn run(&mut self, icmp: &Icmp) -> Outcome {
         let started = Instant::now();
         let ts = tierwatch_protocol::now_ms();
-        let t = self.target.clone();
+        let t = &self.target;
         let mut out = Outcome {
             target: t.name.clone(),
             kind: t.kind(),
@@ -135,38 +151,43 @@ impl Prober {
             series: Vec::new(),
             detail: Vec::new(),
             error: None,
+            verbose: self.verbose,
         };
+        // Each kind's future is boxed: a thousand idle per-target tasks then
+        // hold a small state machine, not the largest (HTTPS) one each.
         match &t.spec {
             ProbeSpec::Icmp { count, spacing } => match resolve(&t.host).await {
                 Ok(ip) => {
-                    out.detail.push(format!("resolved {} to {ip}", t.host));
-                    icmp_round(&mut out, icmp, ip, *count, *spacing, t.timeout, ts).await
+                    out.note(|| format!("resolved {} to {ip}", t.host));
+                    Box::pin(icmp_round(&mut out, icmp, ip, *count, *spacing, t.timeout, ts)).await
                 }
                 Err(e) => out.error = Some(e),
             },
             ProbeSpec::Tcp { port } => match resolve(&t.host).await {
-                Ok(ip) => tcp_connect(&mut out, SocketAddr::new(ip, *port), t.timeout, ts).await,
+                Ok(ip) => Box::pin(tcp_connect(&mut out, SocketAddr::new(ip, *port), t.timeout, ts)).await,
                 Err(e) => out.error = Some(e),
             },
             ProbeSpec::Tls { port, server_name, .. } => {
-                let roots = self.roots.clone();
-                let work = tls_probe(&mut out, &t.host, *port, server_name, roots, ts);
+                let work = Box::pin(tls_probe(&mut out, &t.host, *port, server_name, self.roots.clone(), ts));
                 if tokio::time::timeout(t.timeout, work).await.is_err() {
                     out.error = Some(format!("no TLS handshake within {:?}", t.timeout));
                 }
             }
             ProbeSpec::Http(spec) => {
+                let spec = spec.clone();
                 let roots = self.roots.clone().and_then(Result::ok);
-                match tokio::time::timeout(t.timeout, http::fetch(spec, roots)).await {
-                    Ok(f) => self.http_outcome(&mut out, spec, f, ts),
-                    Err(_) => out.error = Some(format!("no complete response within {:?}", t.timeout)),
+                match tokio::time::timeout(self.target.timeout, Box::pin(http::fetch(&spec, roots))).await {
+                    Ok(f) => self.http_outcome(&mut out, &spec, f, ts),
+                    Err(_) => out.error = Some(format!("no complete response within {:?}", self.target.timeout)),
                 }
             }
             ProbeSpec::Dns { port, query, record_type, expect } => match resolve(&t.host).await {
-                Ok(ip) => match dns::query(SocketAddr::new(ip, *port), query, *record_type, t.timeout).await {
-                    Ok(l) => dns_outcome(&mut out, &l, query, *record_type, expect.as_ref(), ts),
-                    Err(e) => out.error = Some(e),
-                },
+                Ok(ip) => {
+                    match Box::pin(dns::query(SocketAddr::new(ip, *port), query, *record_type, t.timeout)).await {
+                        Ok(l) => dns_outcome(&mut out, &l, query, *record_type, expect.as_ref(), ts),
+                        Err(e) => out.error = Some(e),
+                    }
+                }
                 Err(e) => out.error = Some(e),
             },
         }
@@ -186,7 +207,7 @@ impl Prober {
         }
         out.push(&catalogue::HTTP_REDIRECTS, &[], f.redirects as f64, ts);
         if f.redirects > 0 {
-            out.detail.push(format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
+            out.note(|| format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
         }
         if let Some(e) = f.error {
             out.error = Some(e);
@@ -196,29 +217,34 @@ impl Prober {
         out.push(&catalogue::HTTP_STATUS, &[], status as f64, ts);
         out.push(&catalogue::HTTP_BODY_BYTES, &[], f.body_bytes as f64, ts);
         out.push(&catalogue::HTTP_BODY_MATCH, &[], f.body_failures.is_empty() as u8 as f64, ts);
-        out.detail.push(format!(
-            "status {status}, {} body bytes{}",
-            f.body_bytes,
-            if f.truncated { " (truncated at max_body_bytes)" } else { "" }
-        ));
-        let phases: Vec<String> =
-            f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
-        out.detail.push(format!("phases: {}", phases.join(", ")));
+        out.note(|| {
+            format!(
+                "status {status}, {} body bytes{}",
+                f.body_bytes,
+                if f.truncated { " (truncated at max_body_bytes)" } else { "" }
+            )
+        });
+        out.note(|| {
+            let phases: Vec<String> =
+                f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
+            format!("phases: {}", phases.join(", "))
+        });
         if !spec.body_contains.is_empty() || !spec.body_not_contains.is_empty() {
-            out.detail.push(if f.body_failures.is_empty() {
-                "body checks: all met".to_string()
-            } else {
-                format!("body checks FAILED: {}", f.body_failures.join("; "))
+            out.note(|| {
+                if f.body_failures.is_empty() {
+                    "body checks: all met".to_string()
+                } else {
+                    format!("body checks FAILED: {}", f.body_failures.join("; "))
+                }
             });
         }
         if let Some(fp) = f.fingerprint {
             let changed = self.last_fingerprint.is_some_and(|prev| prev != fp);
             out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);
             out.push(&catalogue::HTTP_CHANGED, &[], changed as u8 as f64, ts);
-            out.detail.push(format!(
-                "content fingerprint {fp:012x}{}",
-                if changed { " (changed since the last round)" } else { "" }
-            ));
+            out.note(|| {
+                format!("content fingerprint {fp:012x}{}", if changed { " (changed since the last round)" } else { "" })
+            });
             self.last_fingerprint = Some(fp);
         }
         let status_ok = spec.expect_status.iter().any(|p| p.matches(status));
@@ -249,10 +275,9 @@ async fn icmp_round(
             return;
         }
     };
-    out.detail.push(format!(
-        "{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket",
-        engine.kind().as_str()
-    ));
+    out.note(|| {
+        format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
+    });
     let round = match engine.round(ip, count, spacing, timeout).await {
         Ok(r) => r,
         Err(e) => {
@@ -261,7 +286,7 @@ async fn icmp_round(
         }
     };
     for (i, rtt) in round.rtts.iter().enumerate() {
-        out.detail.push(match rtt {
+        out.note(|| match rtt {
             Some(d) => format!("  seq {i}: reply in {:.3} ms", d.as_secs_f64() * 1000.0),
             None => format!("  seq {i}: no reply"),
         });
@@ -269,10 +294,12 @@ async fn icmp_round(
     out.push(&catalogue::ICMP_SENT, &[], round.sent() as f64, ts);
     out.push(&catalogue::ICMP_DUPLICATE, &[], round.duplicates as f64, ts);
     out.push(&catalogue::ICMP_LATE, &[], round.late as f64, ts);
-    out.detail.push(format!(
-        "kernel receive timestamps for {} of the replies; {} duplicate, {} late",
-        round.kernel_timestamps, round.duplicates, round.late
-    ));
+    out.note(|| {
+        format!(
+            "kernel receive timestamps for {} of the replies; {} duplicate, {} late",
+            round.kernel_timestamps, round.duplicates, round.late
+        )
+    });
     match round.stats() {
         Some(s) => {
             for (def, v) in [
@@ -304,7 +331,7 @@ async fn tcp_connect(out: &mut Outcome, addr: SocketAddr, timeout: Duration, ts:
     let c = tcp::connect(addr, timeout).await;
     let labels: Vec<&str> = tcp::ConnectResult::ALL.iter().map(|r| r.as_str()).collect();
     out.push_state(&catalogue::TCP_RESULT, "result", &labels, c.result.as_str(), ts);
-    out.detail.push(format!("connect to {addr}: {} in {:.3} ms", c.result.as_str(), c.elapsed.as_secs_f64() * 1000.0));
+    out.note(|| format!("connect to {addr}: {} in {:.3} ms", c.result.as_str(), c.elapsed.as_secs_f64() * 1000.0));
     if c.result == tcp::ConnectResult::Ok {
         out.push(&catalogue::TCP_CONNECT, &[], c.elapsed.as_secs_f64(), ts);
         out.success = true;
@@ -334,17 +361,19 @@ fn tls_facts(out: &mut Outcome, f: &tls::TlsFacts, ts: i64) {
     let days = |t: Option<i64>| {
         t.map(|t| format!("{:.1} days", (t - ts / 1000) as f64 / 86400.0)).unwrap_or_else(|| "?".into())
     };
-    out.detail.push(format!(
-        "TLS {}: chain {}, host name {}, leaf expires in {}, chain in {}",
-        f.version.unwrap_or("?"),
-        match &f.verify {
-            Ok(()) => "verified".to_string(),
-            Err((why, words)) => format!("NOT verified ({}: {words})", why.as_str()),
-        },
-        if f.host_match { "matches" } else { "does NOT match" },
-        days(f.leaf_not_after),
-        days(f.chain_not_after),
-    ));
+    out.note(|| {
+        format!(
+            "TLS {}: chain {}, host name {}, leaf expires in {}, chain in {}",
+            f.version.unwrap_or("?"),
+            match &f.verify {
+                Ok(()) => "verified".to_string(),
+                Err((why, words)) => format!("NOT verified ({}: {words})", why.as_str()),
+            },
+            if f.host_match { "matches" } else { "does NOT match" },
+            days(f.leaf_not_after),
+            days(f.chain_not_after),
+        )
+    });
 }
 
 async fn tls_probe(
@@ -406,12 +435,14 @@ fn dns_outcome(
     out.push_state(&catalogue::DNS_RCODE, "rcode", &dns::RCODES, rcode, ts);
     out.push(&catalogue::DNS_ANSWERS, &[], r.answers.len() as f64, ts);
     let answers: Vec<&str> = r.answers.iter().map(String::as_str).collect();
-    out.detail.push(format!(
-        "{query} {rtype}: {rcode} in {:.3} ms{}: [{}]",
-        l.latency.as_secs_f64() * 1000.0,
-        if l.over_tcp { " (over TCP)" } else { "" },
-        answers.join(", ")
-    ));
+    out.note(|| {
+        format!(
+            "{query} {rtype}: {rcode} in {:.3} ms{}: [{}]",
+            l.latency.as_secs_f64() * 1000.0,
+            if l.over_tcp { " (over TCP)" } else { "" },
+            answers.join(", ")
+        )
+    });
     let matched = expect.map(|e| e == &r.answers);
     if let Some(m) = matched {
         out.push(&catalogue::DNS_MATCH, &[], m as u8 as f64, ts);

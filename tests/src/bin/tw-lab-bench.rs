@@ -26,7 +26,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("accuracy") => accuracy(),
-        Some("icmp1000") => icmp1000(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(120)),
+        Some("icmp1000") => {
+            icmp1000(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(120), args.get(2).map(String::as_str))
+        }
         Some("hold") if args.len() == 3 => {
             let lab = Lab::build(LabSpec::communes(args[1].parse()?))?;
             println!("lab {} up; namespaces: ip netns list | grep {}", lab.prefix, lab.prefix);
@@ -94,7 +96,14 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |k: &str| status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     Ok((ticks, kb("VmRSS:"), kb("VmHWM:")))
 }
 
@@ -117,7 +126,12 @@ fn measure(name: &str, pids: &[(String, u32)], warmup: u64, secs: u64) -> anyhow
         .zip(before)
         .map(|((n, p), b)| {
             let (ticks, rss, hwm) = usage(*p)?;
-            Ok(Measured { name: n.clone(), cpu_core: (ticks - b) as f64 / 100.0 / wall, rss_mb: rss as f64 / 1024.0, peak_mb: hwm as f64 / 1024.0 })
+            Ok(Measured {
+                name: n.clone(),
+                cpu_core: (ticks - b) as f64 / 100.0 / wall,
+                rss_mb: rss as f64 / 1024.0,
+                peak_mb: hwm as f64 / 1024.0,
+            })
         })
         .collect()
 }
@@ -125,7 +139,8 @@ fn measure(name: &str, pids: &[(String, u32)], warmup: u64, secs: u64) -> anyhow
 /// 1,000 ICMP targets at 20 echo requests per target per minute, probed from
 /// commune c1 through its WAN link: tierwatch-agent (pushing to a collector),
 /// `fping -l -p 3000`, and blackbox_exporter driven by Prometheus (3 s scrapes).
-fn icmp1000(secs: u64) -> anyhow::Result<()> {
+fn icmp1000(secs: u64, only: Option<&str>) -> anyhow::Result<()> {
+    let run = |tool: &str| only.is_none_or(|o| o == tool);
     use tierwatch_tests::lab::system::SystemSpec;
     let lab = Lab::build(LabSpec::communes(1))?;
     let targets: Vec<String> = (0..1000).map(|i| format!("10.50.{}.{}", i / 250, i % 250 + 1)).collect();
@@ -141,25 +156,31 @@ fn icmp1000(secs: u64) -> anyhow::Result<()> {
     let mut results = Vec::new();
 
     // A. tierwatch-agent: 20 requests per target per minute, pushes every 10 s.
-    let extra: String = targets.iter().enumerate().map(|(i, t)| format!("  - {{name: t{i}, probe: icmp, host: \"{t}\"}}\n")).collect();
-    let spec = SystemSpec {
-        push_interval: Duration::from_secs(10),
-        probe_interval: Duration::from_secs(60),
-        probe_timeout: Duration::from_secs(2),
-        icmp_count: 20,
-        extra_targets: extra,
-        only_nodes: Some(vec!["c1".into()]),
-    };
-    {
-        let tw = lab.start_tierwatch(&spec)?;
-        let pid = tw.agents[0].pid();
-        results.extend(measure("tierwatch-agent", &[("tierwatch-agent".into(), pid)], 70, secs)?);
-        let lost = tw.metric("tierwatch_icmp_loss_ratio", &[("node", "c1"), ("target", "t999")])?;
-        eprintln!("sanity: loss of t999 at the collector: {lost:?}");
+    if run("agent") {
+        let extra: String = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("  - {{name: t{i}, probe: icmp, host: \"{t}\"}}\n"))
+            .collect();
+        let spec = SystemSpec {
+            push_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(60),
+            probe_timeout: Duration::from_secs(2),
+            icmp_count: 20,
+            extra_targets: extra,
+            only_nodes: Some(vec!["c1".into()]),
+        };
+        {
+            let tw = lab.start_tierwatch(&spec)?;
+            let pid = tw.agents[0].pid();
+            results.extend(measure("tierwatch-agent", &[("tierwatch-agent".into(), pid)], 70, secs)?);
+            let lost = tw.metric("tierwatch_icmp_loss_ratio", &[("node", "c1"), ("target", "t999")])?;
+            eprintln!("sanity: loss of t999 at the collector: {lost:?}");
+        }
     }
 
     // B. fping in loop mode, every target every 3 s.
-    {
+    if run("fping") {
         let mut args = vec!["-l", "-p", "3000", "-t", "2000", "-q"];
         args.extend(targets.iter().map(String::as_str));
         let mut cmd = c1.command("fping", &args);
@@ -169,10 +190,13 @@ fn icmp1000(secs: u64) -> anyhow::Result<()> {
     }
 
     // C. blackbox_exporter (one echo per probe) scraped by Prometheus every 3 s.
-    {
+    if run("blackbox") {
         let dir = lab.dir.path().join("blackbox");
         std::fs::create_dir_all(dir.join("tsdb"))?;
-        std::fs::write(dir.join("blackbox.yml"), "modules:\n  icmp:\n    prober: icmp\n    timeout: 2s\n    icmp:\n      preferred_ip_protocol: ip4\n")?;
+        std::fs::write(
+            dir.join("blackbox.yml"),
+            "modules:\n  icmp:\n    prober: icmp\n    timeout: 2s\n    icmp:\n      preferred_ip_protocol: ip4\n",
+        )?;
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             dir.join("prometheus.yml"),
@@ -182,12 +206,19 @@ fn icmp1000(secs: u64) -> anyhow::Result<()> {
             ),
         )?;
         let path = |f: &str| dir.join(f).display().to_string();
-        let mut bb = c1.command("prometheus-blackbox-exporter", &[&format!("--config.file={}", path("blackbox.yml")), "--web.listen-address=127.0.0.1:9115"]);
+        let mut bb = c1.command(
+            "prometheus-blackbox-exporter",
+            &[&format!("--config.file={}", path("blackbox.yml")), "--web.listen-address=127.0.0.1:9115"],
+        );
         bb.stdout(std::process::Stdio::null());
         let bb = tierwatch_tests::Proc::spawn_command("blackbox", &mut bb, &dir.join("blackbox.log"))?;
         let mut prom = c1.command(
             "prometheus",
-            &[&format!("--config.file={}", path("prometheus.yml")), &format!("--storage.tsdb.path={}", path("tsdb")), "--web.listen-address=127.0.0.1:9090"],
+            &[
+                &format!("--config.file={}", path("prometheus.yml")),
+                &format!("--storage.tsdb.path={}", path("tsdb")),
+                "--web.listen-address=127.0.0.1:9090",
+            ],
         );
         prom.stdout(std::process::Stdio::null());
         let prom = tierwatch_tests::Proc::spawn_command("prometheus", &mut prom, &dir.join("prometheus.log"))?;
@@ -197,15 +228,33 @@ fn icmp1000(secs: u64) -> anyhow::Result<()> {
             30,
             secs,
         )?);
-        let up = c1.exec(tierwatch_tests::bin("tw-labnet"), &["get", "127.0.0.1:9090", "/api/v1/query?query=count(probe_success==1)"])?;
+        let up = c1.exec(
+            tierwatch_tests::bin("tw-labnet"),
+            &["get", "127.0.0.1:9090", "/api/v1/query?query=count(probe_success==1)"],
+        )?;
         eprintln!("sanity: Prometheus count(probe_success==1): {}", up.lines().nth(1).unwrap_or(""));
     }
 
     let fping = results.iter().find(|m| m.name.starts_with("fping")).map(|m| m.cpu_core).unwrap_or(f64::NAN);
-    let bb: f64 = results.iter().filter(|m| !m.name.starts_with("fping") && !m.name.starts_with("tierwatch")).map(|m| m.cpu_core).sum();
-    println!("{:<32} {:>12} {:>10} {:>10} {:>12} {:>14}", "process", "CPU (cores)", "RSS MB", "peak MB", "CPU / fping", "CPU / blackbox+prom");
+    let bb: f64 = results
+        .iter()
+        .filter(|m| !m.name.starts_with("fping") && !m.name.starts_with("tierwatch"))
+        .map(|m| m.cpu_core)
+        .sum();
+    println!(
+        "{:<32} {:>12} {:>10} {:>10} {:>12} {:>14}",
+        "process", "CPU (cores)", "RSS MB", "peak MB", "CPU / fping", "CPU / blackbox+prom"
+    );
     for m in &results {
-        println!("{:<32} {:>12.4} {:>10.1} {:>10.1} {:>12.2} {:>14.3}", m.name, m.cpu_core, m.rss_mb, m.peak_mb, m.cpu_core / fping, m.cpu_core / bb);
+        println!(
+            "{:<32} {:>12.4} {:>10.1} {:>10.1} {:>12.2} {:>14.3}",
+            m.name,
+            m.cpu_core,
+            m.rss_mb,
+            m.peak_mb,
+            m.cpu_core / fping,
+            m.cpu_core / bb
+        );
     }
     Ok(())
 }
