@@ -43,12 +43,11 @@ enum Command {
     },
 }
 
+/// One thread: the agent's work is a few percent of a core, and every extra
+/// worker costs a stack and a malloc arena on a small commune node. Blocking
+/// work (file reads, name resolution) runs on tokio's blocking pool.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 fn main() -> std::process::ExitCode {
