@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tierwatch_agent::config::Config;
 use tierwatch_agent::probe::{self, Icmp, Prober};
 use tierwatch_agent::run;
-use tierwatch_runtime::logging::{self, LogFormat};
+use tierwatch_runtime::logging::{self, RunArgs};
 
 #[derive(Parser)]
 #[command(
@@ -16,12 +16,8 @@ use tierwatch_runtime::logging::{self, LogFormat};
     about = "tierwatch node agent: probes WAN links and services, pushes to the collector"
 )]
 struct Cli {
-    /// Configuration file to run with.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -70,7 +66,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Some(Command::Probe { config, target }) => {
             let c = Config::load(&config)?;
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.run.log_format, "warn");
             let Some(t) = c.target(&target).cloned() else {
                 let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
                 anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
@@ -90,11 +86,11 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let Some(file) = cli.config else {
+            let Some(file) = cli.run.config else {
                 anyhow::bail!("--config FILE is required to run the agent (see --help)");
             };
             let config = Config::load(&file)?;
-            logging::init(cli.log_format, &config.log_level);
+            logging::init(cli.run.log_format, &config.log_level);
             runtime()?.block_on(async move {
                 let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
                 let file = config.file.clone();

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tierwatch_collector::config::Config;
 use tierwatch_collector::{pki, server};
 use tierwatch_protocol::NodeId;
-use tierwatch_runtime::logging::{self, LogFormat};
+use tierwatch_runtime::logging::{self, RunArgs};
 
 #[derive(Parser)]
 #[command(
@@ -16,12 +16,8 @@ use tierwatch_runtime::logging::{self, LogFormat};
     about = "tierwatch central collector: mTLS ingest, Prometheus exposition"
 )]
 struct Cli {
-    /// Configuration file to run with.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,11 +116,11 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let Some(file) = cli.config else {
+            let Some(file) = cli.run.config else {
                 anyhow::bail!("--config FILE is required to run the collector (see --help)");
             };
             let config = Config::load(&file)?;
-            logging::init(cli.log_format, &config.log_level);
+            logging::init(cli.run.log_format, &config.log_level);
             run(config)
         }
     }

@@ -12,6 +12,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// The options every binary takes to run: `--config FILE` and `--log-format`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file to run with.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`
 /// (which comes from the config file).
 pub fn init(format: LogFormat, level: &str) {
