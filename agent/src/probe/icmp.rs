@@ -431,14 +431,16 @@ fn encode_request(buf: &mut [u8; HEADER_LEN + PAYLOAD_LEN], v6: bool, ident: u16
     }
 }
 
+/// Identifier and sequence of an echo reply.
 #[derive(Debug, PartialEq)]
-struct Echo {
-    ident: u16,
-    seq: u16,
+pub struct Echo {
+    pub ident: u16,
+    pub seq: u16,
 }
 
-/// Parses an echo reply carrying our cookie; anything else is `None`.
-fn parse_reply(data: &[u8], v6: bool, cookie: &[u8; 8]) -> Option<Echo> {
+/// Parses an ICMP (or ICMPv6 when `v6`) echo reply carrying `cookie`;
+/// anything else is `None`. Public for the fuzz target.
+pub fn parse_reply(data: &[u8], v6: bool, cookie: &[u8; 8]) -> Option<Echo> {
     let is_reply = if v6 {
         Icmpv6Packet::new(data)?.get_icmpv6_type() == icmpv6::Icmpv6Types::EchoReply
     } else {
