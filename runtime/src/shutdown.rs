@@ -1,6 +1,5 @@
 //! Shutdown on SIGTERM or SIGINT through a cancellation token, and a bounded drain.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -34,13 +33,5 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) {
             tasks = tracker.len(),
             "drain deadline passed; exiting with work in flight"
         );
-    }
-}
-
-/// Runs `fut` until it finishes or `token` is cancelled.
-pub async fn until_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
-    tokio::select! {
-        out = fut => Some(out),
-        _ = token.cancelled() => None,
     }
 }

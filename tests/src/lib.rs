@@ -114,17 +114,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program` with `args`, stderr to `log`.
+    /// Starts `program` with `args`, stdout discarded, stderr to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
-        let file = std::fs::File::create(log)?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+        Self::spawn_command(name, Command::new(program).args(args).stdout(Stdio::null()), log)
     }
 
     /// Starts a prepared command (stdin closed unless set, stderr to `log`).

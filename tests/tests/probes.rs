@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tierwatch_tests::lab::services::{HTTPS_EXPIRED, HTTPS_WRONG_HOST};
 use tierwatch_tests::lab::system::SystemSpec;
-use tierwatch_tests::lab::{addrs, Lab, LabSpec};
+use tierwatch_tests::lab::{addrs, fping, Lab, LabSpec};
 use tierwatch_tests::require_lab;
 
 #[test]
@@ -128,17 +128,6 @@ fn agent_icmp_round(lab: &Lab, count: u32, spacing_ms: u32) -> anyhow::Result<st
         .collect())
 }
 
-fn fping_rtts(lab: &Lab, count: u32, interval_ms: u32) -> anyhow::Result<Vec<Option<f64>>> {
-    let target = addrs::gateway(1).to_string();
-    let out = lab.communes[0]
-        .ns
-        .command("fping", &["-C", &count.to_string(), "-p", &interval_ms.to_string(), "-t", "1000", "-q", &target])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let line = text.lines().find(|l| l.starts_with(&target)).ok_or_else(|| anyhow::anyhow!("fping: {text}"))?;
-    Ok(line.split_once(':').map(|x| x.1).unwrap_or("").split_whitespace().map(|v| v.parse().ok()).collect())
-}
-
 #[test]
 fn icmp_rounds_agree_with_fping_on_an_impaired_link() -> anyhow::Result<()> {
     use tierwatch_tests::lab::impair::Impairment;
@@ -157,7 +146,8 @@ fn icmp_rounds_agree_with_fping_on_an_impaired_link() -> anyhow::Result<()> {
     lab.link_mut("c1")?
         .impair(Impairment::delay(Duration::from_millis(40), Duration::from_millis(10)).with_loss(0.05))?;
     let agent = agent_icmp_round(&lab, 1000, 10)?;
-    let mut f: Vec<f64> = fping_rtts(&lab, 1000, 10)?.into_iter().flatten().collect();
+    let mut f: Vec<f64> =
+        fping(&lab.communes[0].ns, &addrs::gateway(1).to_string(), 1000, 10)?.into_iter().flatten().collect();
     f.sort_by(|a, b| a.total_cmp(b));
     let fping_median = (f[f.len() / 2 - 1] + f[f.len() / 2]) / 2.0 / 1000.0;
     let agent_median = agent["tierwatch_icmp_rtt_median_seconds"];

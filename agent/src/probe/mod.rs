@@ -174,11 +174,10 @@ impl Prober {
                 }
             }
             ProbeSpec::Http(spec) => {
-                let spec = spec.clone();
                 let roots = self.roots.clone().and_then(Result::ok);
-                match tokio::time::timeout(self.target.timeout, Box::pin(http::fetch(&spec, roots))).await {
-                    Ok(f) => self.http_outcome(&mut out, &spec, f, ts),
-                    Err(_) => out.error = Some(format!("no complete response within {:?}", self.target.timeout)),
+                match tokio::time::timeout(t.timeout, Box::pin(http::fetch(spec, roots))).await {
+                    Ok(f) => http_outcome(&mut out, spec, f, ts, &mut self.last_fingerprint),
+                    Err(_) => out.error = Some(format!("no complete response within {:?}", t.timeout)),
                 }
             }
             ProbeSpec::Dns { port, query, record_type, expect } => match resolve(&t.host).await {
@@ -197,65 +196,72 @@ impl Prober {
         out.push(&catalogue::PROBE_DURATION, &[("probe", probe)], out.duration.as_secs_f64(), ts);
         out
     }
+}
 
-    fn http_outcome(&mut self, out: &mut Outcome, spec: &crate::config::HttpSpec, f: http::Fetch, ts: i64) {
-        if let Some(facts) = &f.tls {
-            tls_facts(out, facts, ts);
-        }
-        for (phase, d) in f.phases.labelled() {
-            out.push(&catalogue::HTTP_PHASE, &[("phase", phase)], d.as_secs_f64(), ts);
-        }
-        out.push(&catalogue::HTTP_REDIRECTS, &[], f.redirects as f64, ts);
-        if f.redirects > 0 {
-            out.note(|| format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
-        }
-        if let Some(e) = f.error {
-            out.error = Some(e);
-            return;
-        }
-        let status = f.status.unwrap_or(0);
-        out.push(&catalogue::HTTP_STATUS, &[], status as f64, ts);
-        out.push(&catalogue::HTTP_BODY_BYTES, &[], f.body_bytes as f64, ts);
-        out.push(&catalogue::HTTP_BODY_MATCH, &[], f.body_failures.is_empty() as u8 as f64, ts);
+/// Turns a fetch into series; `last_fingerprint` is the previous round's, for the change signal.
+fn http_outcome(
+    out: &mut Outcome,
+    spec: &crate::config::HttpSpec,
+    f: http::Fetch,
+    ts: i64,
+    last_fingerprint: &mut Option<u64>,
+) {
+    if let Some(facts) = &f.tls {
+        tls_facts(out, facts, ts);
+    }
+    for (phase, d) in f.phases.labelled() {
+        out.push(&catalogue::HTTP_PHASE, &[("phase", phase)], d.as_secs_f64(), ts);
+    }
+    out.push(&catalogue::HTTP_REDIRECTS, &[], f.redirects as f64, ts);
+    if f.redirects > 0 {
+        out.note(|| format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
+    }
+    if let Some(e) = f.error {
+        out.error = Some(e);
+        return;
+    }
+    let status = f.status.unwrap_or(0);
+    out.push(&catalogue::HTTP_STATUS, &[], status as f64, ts);
+    out.push(&catalogue::HTTP_BODY_BYTES, &[], f.body_bytes as f64, ts);
+    out.push(&catalogue::HTTP_BODY_MATCH, &[], f.body_failures.is_empty() as u8 as f64, ts);
+    out.note(|| {
+        format!(
+            "status {status}, {} body bytes{}",
+            f.body_bytes,
+            if f.truncated { " (truncated at max_body_bytes)" } else { "" }
+        )
+    });
+    out.note(|| {
+        let phases: Vec<String> =
+            f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
+        format!("phases: {}", phases.join(", "))
+    });
+    if !spec.body_contains.is_empty() || !spec.body_not_contains.is_empty() {
         out.note(|| {
-            format!(
-                "status {status}, {} body bytes{}",
-                f.body_bytes,
-                if f.truncated { " (truncated at max_body_bytes)" } else { "" }
-            )
+            if f.body_failures.is_empty() {
+                "body checks: all met".to_string()
+            } else {
+                format!("body checks FAILED: {}", f.body_failures.join("; "))
+            }
         });
+    }
+    if let Some(fp) = f.fingerprint {
+        let changed = last_fingerprint.is_some_and(|prev| prev != fp);
+        out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);
+        out.push(&catalogue::HTTP_CHANGED, &[], changed as u8 as f64, ts);
         out.note(|| {
-            let phases: Vec<String> =
-                f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
-            format!("phases: {}", phases.join(", "))
+            format!("content fingerprint {fp:012x}{}", if changed { " (changed since the last round)" } else { "" })
         });
-        if !spec.body_contains.is_empty() || !spec.body_not_contains.is_empty() {
-            out.note(|| {
-                if f.body_failures.is_empty() {
-                    "body checks: all met".to_string()
-                } else {
-                    format!("body checks FAILED: {}", f.body_failures.join("; "))
-                }
-            });
-        }
-        if let Some(fp) = f.fingerprint {
-            let changed = self.last_fingerprint.is_some_and(|prev| prev != fp);
-            out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);
-            out.push(&catalogue::HTTP_CHANGED, &[], changed as u8 as f64, ts);
-            out.note(|| {
-                format!("content fingerprint {fp:012x}{}", if changed { " (changed since the last round)" } else { "" })
-            });
-            self.last_fingerprint = Some(fp);
-        }
-        let status_ok = spec.expect_status.iter().any(|p| p.matches(status));
-        if !status_ok {
-            let want: Vec<String> = spec.expect_status.iter().map(|p| String::from(*p)).collect();
-            out.error = Some(format!("status {status} is not one of {}", want.join(", ")));
-        } else if !f.body_failures.is_empty() {
-            out.error = Some(f.body_failures.join("; "));
-        } else {
-            out.success = true;
-        }
+        *last_fingerprint = Some(fp);
+    }
+    let status_ok = spec.expect_status.iter().any(|p| p.matches(status));
+    if !status_ok {
+        let want: Vec<String> = spec.expect_status.iter().map(|p| String::from(*p)).collect();
+        out.error = Some(format!("status {status} is not one of {}", want.join(", ")));
+    } else if !f.body_failures.is_empty() {
+        out.error = Some(f.body_failures.join("; "));
+    } else {
+        out.success = true;
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tierwatch_tests::lab::impair::Impairment;
-use tierwatch_tests::lab::{addrs, Lab, LabSpec};
+use tierwatch_tests::lab::{addrs, fping, Lab, LabSpec};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,20 +37,6 @@ fn main() -> anyhow::Result<()> {
         }
         _ => bail!("usage: tw-lab-bench build N... | accuracy | hold N SECONDS | icmp1000 [SECONDS]"),
     }
-}
-
-fn fping(
-    ns: &tierwatch_tests::lab::netns::Netns,
-    target: &str,
-    count: u32,
-    interval_ms: u32,
-) -> anyhow::Result<Vec<Option<f64>>> {
-    let out = ns
-        .command("fping", &["-C", &count.to_string(), "-p", &interval_ms.to_string(), "-t", "1000", "-q", target])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let line = text.lines().find(|l| l.starts_with(target)).context("fping summary")?;
-    Ok(line.split_once(':').map(|x| x.1).unwrap_or("").split_whitespace().map(|v| v.parse().ok()).collect())
 }
 
 fn accuracy() -> anyhow::Result<()> {

@@ -34,6 +34,22 @@ use netns::Netns;
 static ONE_LAB: Mutex<()> = Mutex::new(());
 static LAB_NO: AtomicU32 = AtomicU32::new(0);
 
+/// RTTs in ms of `count` echo requests `interval_ms` apart from `ns` to
+/// `target`, measured by fping; `None` for each lost one.
+pub fn fping(ns: &Netns, target: &str, count: u32, interval_ms: u32) -> anyhow::Result<Vec<Option<f64>>> {
+    // -t: in -C mode fping's reply timeout defaults to the period, which would
+    // count every reply slower than `interval_ms` as lost.
+    let out = ns
+        .command("fping", &["-C", &count.to_string(), "-p", &interval_ms.to_string(), "-t", "1000", "-q", target])
+        .output()?;
+    // fping -C prints "target : 40.1 - 39.7 ..." on stderr and exits 1 when any was lost.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let line =
+        text.lines().find(|l| l.starts_with(target)).with_context(|| format!("fping printed no summary: {text}"))?;
+    let (_, values) = line.split_once(':').with_context(|| format!("unexpected fping line {line}"))?;
+    Ok(values.split_whitespace().map(|v| v.parse().ok()).collect())
+}
+
 /// Why the lab cannot run here, if it cannot (not root, no iproute2).
 pub fn unavailable() -> Option<String> {
     if !crate::is_root() {

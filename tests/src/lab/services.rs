@@ -112,10 +112,10 @@ fn write_hosts(path: &Path, records: &[(&str, Ipv4Addr)]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Waits until `ns` has a listener on TCP `port` (checked with `ss`).
-fn wait_listening(ns: &Netns, port: u16, what: &str) -> anyhow::Result<()> {
+/// Waits until `ns` has a socket on `port` (`-t` TCP listener, `-u` UDP), checked with `ss`.
+fn wait_listening(ns: &Netns, proto: &str, port: u16, what: &str) -> anyhow::Result<()> {
     crate::wait_for(Duration::from_secs(10), what, || {
-        let out = ns.exec("ss", &["-Htln", &format!("sport = :{port}")]).ok()?;
+        let out = ns.exec("ss", &["-Hln", proto, &format!("sport = :{port}")]).ok()?;
         (!out.trim().is_empty()).then_some(())
     })
 }
@@ -157,7 +157,7 @@ impl Lab {
         cmd.stdout(Stdio::null());
         let proc = Proc::spawn_command("nginx", &mut cmd, &dir.join("stderr.log"))?;
         for port in [80, HTTPS_VALID, HTTPS_EXPIRED, HTTPS_WRONG_HOST] {
-            wait_listening(&self.province.ns, port, "nginx listening")?;
+            wait_listening(&self.province.ns, "-t", port, "nginx listening")?;
         }
         Ok(Nginx { proc, root, pki })
     }
@@ -171,7 +171,7 @@ impl Lab {
         write_hosts(&hosts, records)?;
         let args = [format!("--addn-hosts={}", hosts.display()), format!("--listen-address={}", super::addrs::DNS)];
         let proc = dnsmasq(&self.province.ns, &dir, &args)?;
-        wait_listening(&self.province.ns, 53, "dnsmasq listening")?;
+        wait_listening(&self.province.ns, "-t", 53, "dnsmasq listening")?;
         Ok(Dnsmasq { proc, hosts })
     }
 
@@ -187,11 +187,7 @@ impl Lab {
             format!("--dhcp-leasefile={}/leases", dir.display()),
         ];
         let proc = dnsmasq(host, &dir, &args)?;
-        crate::wait_for(Duration::from_secs(10), "DHCP server listening", || {
-            let out = host.exec("ss", &["-Huln", "sport = :67"]).ok()?;
-            (!out.trim().is_empty()).then_some(())
-        })
-        .with_context(|| proc.log_text())?;
+        wait_listening(host, "-u", 67, "DHCP server listening").with_context(|| proc.log_text())?;
         Ok(proc)
     }
 
