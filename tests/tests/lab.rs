@@ -38,9 +38,12 @@ fn impairment_matches_what_fping_measures() -> anyhow::Result<()> {
     );
     assert!((35.0..=45.0).contains(&med), "median {med} ms");
     assert!((0.03..=0.07).contains(&loss), "loss {loss}");
-    // The first reply may wait for ARP through the delayed direction: look at p1..p99.
-    let (p1, p99) = (got[got.len() / 100], got[got.len() * 99 / 100]);
-    assert!(p1 >= 29.0 && p99 <= 52.0, "RTTs outside 40±10 ms (+ bridge overhead): p1 {p1:.2}, p99 {p99:.2}");
+    // The spread is the configured one: nearly every reply within 40 ± 10 ms
+    // (+ bridge overhead). Not all: the first waits for ARP through the
+    // delayed direction, and a scheduling stall of the userspace bridge on a
+    // busy 2-core machine was once seen to hold ~1 % of replies for ~1 s.
+    let inside = got.iter().filter(|r| (29.0..=52.0).contains(*r)).count() as f64 / got.len() as f64;
+    assert!(inside >= 0.90, "only {:.1}% of RTTs within 40±10 ms (+ bridge overhead)", inside * 100.0);
 
     // Changing the impairment while running takes effect at once; clearing it restores the link.
     lab.link_mut("c1")?.impair(Impairment::none())?;
