@@ -24,9 +24,9 @@ $c pki issue --dir "$work/pki" --node collector --server --san 127.0.0.1 >/dev/n
 $c pki issue --dir "$work/pki" --node nui-cam >/dev/null
 cp "$root/config/topology.yaml" "$work/"
 ingest=$(port); http=$(port); health=$(port)
-printf 'topology: topology.yaml\ningest:\n  listen: 127.0.0.1:%s\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\nhttp:\n  listen: 127.0.0.1:%s\n' "$ingest" "$http" > "$work/collector.yaml"
+printf 'topology: topology.yaml\ningest:\n  listen: 127.0.0.1:%s\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\nhttp:\n  listen: 127.0.0.1:%s\nstate_dir: state\n' "$ingest" "$http" > "$work/collector.yaml"
 {
-  printf 'node: nui-cam\ncollector:\n  endpoints: ["https://127.0.0.1:%s"]\n  ca: pki/ca.crt\n  cert: pki/nui-cam.crt\n  key: pki/nui-cam.key\n  push_interval: 10s\n' "$ingest"
+  printf 'node: nui-cam\ncollector:\n  endpoints: ["https://127.0.0.1:%s"]\n  ca: pki/ca.crt\n  cert: pki/nui-cam.crt\n  key: pki/nui-cam.key\n  push_interval: 10s\nspool:\n  dir: spool\n' "$ingest"
   printf 'health:\n  listen: 127.0.0.1:%s\ndefaults:\n  interval: 5s\n  timeout: 1s\n  icmp_count: 20\ntargets:\n' "$health"
   for i in 1 2 3 4 5; do printf '  - {name: gw-%s, probe: icmp, host: 127.0.0.%s}\n' "$i" "$i"; done
   for i in 1 2 3 4 5; do printf '  - {name: svc-%s, probe: tcp, host: 127.0.0.1, port: %s}\n' "$i" "$http"; done

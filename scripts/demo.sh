@@ -65,6 +65,7 @@ http:
   listen: 127.0.0.1:$http_port
 node_down_after: 15s
 stale_after: 1m
+state_dir: state
 YAML
 
 # Loopback stands in for each node's WAN: 127.0.0.1 plays the provincial
@@ -88,6 +89,8 @@ collector:
   cert: pki/$n.crt
   key: pki/$n.key
   push_interval: 2s
+spool:
+  dir: spool/$n
 health:
   listen: 127.0.0.1:$([ "$agent_port" = 0 ] && echo 0 || echo $((agent_port + i)))
 defaults:

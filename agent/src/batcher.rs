@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Sealed};
 use crate::probe::Measurement;
+use crate::spool::{Spool, Stored};
 
 /// Identity stamped on every batch of this agent process.
 #[derive(Debug, Clone)]
@@ -23,13 +23,14 @@ pub struct Stamp {
     pub config_hash: [u8; 32],
 }
 
-/// Seals batches from `results` into `outbox` until `token` is cancelled and
+/// Seals batches from `results` into `spool` until `token` is cancelled and
 /// the results channel is drained; the last partial batch is sealed too.
+/// Each batch also carries the agent's own metrics at sealing time.
 pub async fn run(
     stamp: Stamp,
     push_interval: Duration,
     mut results: mpsc::Receiver<Measurement>,
-    outbox: Arc<Outbox>,
+    spool: Arc<Spool>,
     metrics: Metrics,
     token: CancellationToken,
 ) {
@@ -38,51 +39,74 @@ pub async fn run(
     let mut tick = tokio::time::interval(push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick fires at once
-    let mut seal = |pending: &mut Vec<Series>| {
-        sequence += 1;
-        let batch = Batch {
-            version: PROTOCOL_VERSION,
-            node_id: stamp.node_id.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            boot_id: stamp.boot_id.to_vec(),
-            sequence,
-            config_hash: stamp.config_hash.to_vec(),
-            created_ms: tierwatch_protocol::now_ms(),
-            series: std::mem::take(pending),
-            events: Vec::new(),
-        };
-        let sealed = Sealed { sequence, body: Bytes::from(batch.encode_to_vec()) };
-        if let Some(dropped) = outbox.push(sealed) {
-            metrics.dropped_batches.inc();
-            tracing::warn!(sequence = dropped.sequence, "outbox full: dropped the oldest batch");
-        }
-        metrics.queued_batches.set(outbox.len() as i64);
-    };
     loop {
         tokio::select! {
             r = results.recv() => match r {
-                Some(Measurement::Probe(outcome)) => {
-                    metrics.probe(outcome.kind.as_str(), outcome.success);
-                    pending.extend(outcome.series);
-                }
-                Some(Measurement::Node(series)) => pending.extend(series),
+                Some(m) => take(m, &mut pending, &metrics),
                 None => break,
             },
-            _ = tick.tick() => seal(&mut pending),
+            _ = tick.tick() => {
+                sequence += 1;
+                seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+            }
             _ = token.cancelled() => {
                 // Probes finishing their round still deliver; then seal what is left.
                 results.close();
                 while let Some(m) = results.recv().await {
-                    match m {
-                        Measurement::Probe(outcome) => pending.extend(outcome.series),
-                        Measurement::Node(series) => pending.extend(series),
-                    }
+                    take(m, &mut pending, &metrics);
                 }
                 break;
             }
         }
     }
     if !pending.is_empty() {
-        seal(&mut pending);
+        sequence += 1;
+        seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+    }
+}
+
+fn take(m: Measurement, pending: &mut Vec<Series>, metrics: &Metrics) {
+    match m {
+        Measurement::Probe(outcome) => {
+            metrics.probe(outcome.kind.as_str(), outcome.success);
+            pending.extend(outcome.series);
+        }
+        Measurement::Node(series) => pending.extend(series),
+    }
+}
+
+/// Builds batch `sequence` from `pending` and writes it to the spool.
+async fn seal(stamp: &Stamp, sequence: u64, pending: &mut Vec<Series>, spool: &Arc<Spool>, metrics: &Metrics) {
+    let now = tierwatch_protocol::now_ms();
+    metrics.refresh(spool.oldest_unsent_ms(), now);
+    let mut series = std::mem::take(pending);
+    series.extend(metrics.snapshot(now));
+    let batch = Batch {
+        version: PROTOCOL_VERSION,
+        node_id: stamp.node_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_id: stamp.boot_id.to_vec(),
+        sequence,
+        config_hash: stamp.config_hash.to_vec(),
+        created_ms: now,
+        series,
+        events: Vec::new(),
+    };
+    let body = Bytes::from(batch.encode_to_vec());
+    let s = spool.clone();
+    let stored = match tokio::task::spawn_blocking(move || s.append(body, now)).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(sequence, error = %e, "spool task failed; batch lost");
+            return;
+        }
+    };
+    match stored {
+        Stored::Disk(id) => {
+            tracing::debug!(sequence, id, boot_id = %tierwatch_protocol::ids::hex(&stamp.boot_id), "batch spooled")
+        }
+        Stored::Memory { id, error } => {
+            tracing::error!(sequence, id, error = %error, "spool write failed: batch kept in memory only")
+        }
     }
 }

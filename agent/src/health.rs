@@ -10,14 +10,14 @@ use axum::{Json, Router};
 use prometheus::{Encoder, TextEncoder};
 
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::spool::Spool;
 
 /// What the health handlers read.
 pub struct Health {
     pub node: String,
     pub icmp: String,
     pub metrics: Metrics,
-    pub outbox: Arc<Outbox>,
+    pub spool: Arc<Spool>,
 }
 
 /// The router of the local endpoint.
@@ -26,19 +26,23 @@ pub fn router(state: Arc<Health>) -> Router {
 }
 
 async fn healthz(State(h): State<Arc<Health>>) -> Json<serde_json::Value> {
-    let last = h.metrics.last_push_success.get();
-    let now = tierwatch_protocol::now_ms() as f64 / 1000.0;
+    let last = h.metrics.last_push_success();
+    let now_ms = tierwatch_protocol::now_ms();
+    let now = now_ms as f64 / 1000.0;
+    let oldest = h.spool.oldest_unsent_ms();
     Json(serde_json::json!({
         "status": "ok",
         "node": h.node,
         "version": env!("CARGO_PKG_VERSION"),
         "icmp": h.icmp,
-        "queued_batches": h.outbox.len(),
+        "unsent_batches": h.spool.len(),
+        "oldest_unsent_age_seconds": if oldest > 0 { Some((now_ms - oldest).max(0) as f64 / 1000.0) } else { None },
         "last_push_success_age_seconds": if last > 0.0 { Some(now - last) } else { None },
     }))
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    h.metrics.refresh(h.spool.oldest_unsent_ms(), tierwatch_protocol::now_ms());
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&h.metrics.registry.gather(), &mut buf) {
         tracing::error!(error = %e, "encoding /metrics failed");

@@ -5,10 +5,11 @@
 
 pub mod batcher;
 pub mod config;
+pub mod deliver;
 pub mod health;
 pub mod metrics;
-pub mod outbox;
 pub mod probe;
 pub mod push;
 pub mod run;
 pub mod scheduler;
+pub mod spool;

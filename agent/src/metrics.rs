@@ -1,6 +1,11 @@
-//! The agent's own metrics, served on its local endpoint.
+//! The agent's own metrics, served on its local endpoint and sent with every
+//! batch. Names and help texts come from the protocol catalogue.
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tierwatch_protocol::catalogue::{self as cat, MetricDef};
+use tierwatch_protocol::{Label, MetricKind, Point, Series};
 
 /// Handles to every agent self-metric.
 #[derive(Clone)]
@@ -8,9 +13,14 @@ pub struct Metrics {
     pub registry: Registry,
     probes: IntCounterVec,
     pushes: IntCounterVec,
-    pub queued_batches: IntGauge,
-    pub dropped_batches: IntCounter,
-    pub last_push_success: Gauge,
+    last_push: GaugeVec,
+    dropped: IntCounterVec,
+    pub spool_bytes: IntGauge,
+    pub spool_batches: IntGauge,
+    pub spool_memory_batches: IntGauge,
+    pub spool_oldest_age: Gauge,
+    pub spool_write_errors: IntCounter,
+    pub spool_truncations: IntCounter,
 }
 
 /// Outcome of one push attempt.
@@ -24,46 +34,73 @@ pub enum PushResult {
     Refused,
 }
 
+/// Why a batch was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Size,
+    Age,
+    Refused,
+    Corrupt,
+    Memory,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 5] =
+        [DropReason::Size, DropReason::Age, DropReason::Refused, DropReason::Corrupt, DropReason::Memory];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Size => "size",
+            DropReason::Age => "age",
+            DropReason::Refused => "refused",
+            DropReason::Corrupt => "corrupt",
+            DropReason::Memory => "memory",
+        }
+    }
+}
+
+fn opts(d: &MetricDef) -> Opts {
+    Opts::new(d.name, d.help)
+}
+
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let probes = IntCounterVec::new(
-            Opts::new("tierwatch_agent_probes_total", "Probe runs, by probe kind and whether they succeeded."),
-            &["probe", "result"],
-        )?;
-        let pushes = IntCounterVec::new(
-            Opts::new(
-                "tierwatch_agent_pushes_total",
-                "Push attempts to the collector, by outcome (ok, failed, refused).",
-            ),
-            &["result"],
-        )?;
-        let queued_batches = IntGauge::new("tierwatch_agent_queued_batches", "Sealed batches waiting to be pushed.")?;
-        let dropped_batches = IntCounter::new(
-            "tierwatch_agent_dropped_batches_total",
-            "Batches dropped: queue full (oldest first) or refused by the collector.",
-        )?;
-        let last_push_success = Gauge::new(
-            "tierwatch_agent_last_push_success_timestamp_seconds",
-            "Unix time of the last push the collector acknowledged.",
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("tierwatch_agent_build_info", "Always 1; the agent's version as a label."),
-            &["version"],
-        )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [&probes, &pushes] {
-            registry.register(Box::new(c.clone()))?;
+    /// Creates and registers every metric; `destinations` pre-creates their series.
+    pub fn new(destinations: &[String]) -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let probes = register(&r, IntCounterVec::new(opts(&cat::AGENT_PROBES), cat::AGENT_PROBES.labels)?)?;
+        let pushes = register(&r, IntCounterVec::new(opts(&cat::AGENT_PUSHES), cat::AGENT_PUSHES.labels)?)?;
+        let last_push = register(&r, GaugeVec::new(opts(&cat::AGENT_LAST_PUSH), cat::AGENT_LAST_PUSH.labels)?)?;
+        let dropped = register(&r, IntCounterVec::new(opts(&cat::AGENT_DROPPED), cat::AGENT_DROPPED.labels)?)?;
+        let build = register(&r, IntGaugeVec::new(opts(&cat::AGENT_BUILD_INFO), cat::AGENT_BUILD_INFO.labels)?)?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for d in destinations {
+            for kind in ["live", "backlog"] {
+                for result in ["ok", "failed", "refused"] {
+                    pushes.with_label_values(&[d, kind, result]);
+                }
+            }
         }
-        registry.register(Box::new(queued_batches.clone()))?;
-        registry.register(Box::new(dropped_batches.clone()))?;
-        registry.register(Box::new(last_push_success.clone()))?;
-        registry.register(Box::new(build_info))?;
-        for r in ["ok", "failed", "refused"] {
-            pushes.with_label_values(&[r]);
+        for reason in DropReason::ALL {
+            dropped.with_label_values(&[reason.as_str()]);
         }
-        Ok(Metrics { registry, probes, pushes, queued_batches, dropped_batches, last_push_success })
+        Ok(Metrics {
+            spool_bytes: register(&r, IntGauge::with_opts(opts(&cat::AGENT_SPOOL_BYTES))?)?,
+            spool_batches: register(&r, IntGauge::with_opts(opts(&cat::AGENT_SPOOL_BATCHES))?)?,
+            spool_memory_batches: register(&r, IntGauge::with_opts(opts(&cat::AGENT_SPOOL_MEMORY))?)?,
+            spool_oldest_age: register(&r, Gauge::with_opts(opts(&cat::AGENT_SPOOL_OLDEST))?)?,
+            spool_write_errors: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_WRITE_ERRORS))?)?,
+            spool_truncations: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_TRUNCATIONS))?)?,
+            registry: r,
+            probes,
+            pushes,
+            last_push,
+            dropped,
+        })
     }
 
     /// Counts a probe run.
@@ -71,13 +108,84 @@ impl Metrics {
         self.probes.with_label_values(&[probe, if success { "success" } else { "failure" }]).inc();
     }
 
-    /// Counts a push attempt.
-    pub fn push(&self, r: PushResult) {
-        let label = match r {
+    /// Counts a push attempt to `destination`.
+    pub fn push(&self, destination: &str, backlog: bool, r: PushResult) {
+        let result = match r {
             PushResult::Ok => "ok",
             PushResult::Failed => "failed",
             PushResult::Refused => "refused",
         };
-        self.pushes.with_label_values(&[label]).inc();
+        self.pushes.with_label_values(&[destination, if backlog { "backlog" } else { "live" }, result]).inc();
+        if r == PushResult::Ok {
+            self.last_push.with_label_values(&[destination]).set(tierwatch_protocol::now_ms() as f64 / 1000.0);
+        }
+    }
+
+    /// Unix time of the newest acknowledged push to any destination; 0 if none.
+    pub fn last_push_success(&self) -> f64 {
+        let mut newest = 0.0f64;
+        for mf in self.last_push.collect() {
+            for m in mf.get_metric() {
+                newest = newest.max(m.get_gauge().get_value());
+            }
+        }
+        newest
+    }
+
+    /// Counts a dropped batch.
+    pub fn dropped(&self, why: DropReason) {
+        self.dropped.with_label_values(&[why.as_str()]).inc();
+    }
+
+    /// Sets the gauges derived from the clock (the age of the oldest unsent batch).
+    pub fn refresh(&self, oldest_unsent_ms: i64, now_ms: i64) {
+        let age = if oldest_unsent_ms > 0 { (now_ms - oldest_unsent_ms).max(0) as f64 / 1000.0 } else { 0.0 };
+        self.spool_oldest_age.set(age);
+    }
+
+    /// Every counter and gauge as wire series stamped `now_ms`, for the next batch.
+    pub fn snapshot(&self, now_ms: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for mf in self.registry.gather() {
+            let kind = match mf.get_field_type() {
+                MetricType::COUNTER => MetricKind::Counter,
+                MetricType::GAUGE => MetricKind::Gauge,
+                _ => continue,
+            };
+            for m in mf.get_metric() {
+                let value =
+                    if kind == MetricKind::Counter { m.get_counter().get_value() } else { m.get_gauge().get_value() };
+                out.push(Series {
+                    name: mf.get_name().to_string(),
+                    kind: kind as i32,
+                    labels: m.get_label().iter().map(|l| Label::new(l.get_name(), l.get_value())).collect(),
+                    points: vec![Point { timestamp_ms: now_ms, value }],
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_carries_every_self_metric_from_the_catalogue() {
+        let m = Metrics::new(&["any".into()]).unwrap();
+        m.push("any", false, PushResult::Ok);
+        m.dropped(DropReason::Age);
+        let snap = m.snapshot(1000);
+        for s in &snap {
+            let def = cat::find(&s.name).unwrap_or_else(|| panic!("{} not in the catalogue", s.name));
+            assert_eq!(def.kind as i32, s.kind, "{}", s.name);
+            assert!(s.labels.iter().all(|l| def.labels.contains(&l.name.as_str())), "{}", s.name);
+        }
+        let dropped_age = snap
+            .iter()
+            .find(|s| s.name == "tierwatch_agent_dropped_batches_total" && s.labels.iter().any(|l| l.value == "age"));
+        assert_eq!(dropped_age.map(|s| s.points[0].value), Some(1.0));
+        assert!(m.last_push_success() > 0.0);
     }
 }

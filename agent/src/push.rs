@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use prost::Message;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tierwatch_protocol::{Ack, CONTENT_TYPE as BATCH_CONTENT_TYPE, PUSH_PATH};
+use tierwatch_runtime::http_client::{HttpConn, Tls};
 use tierwatch_runtime::tls::{load_certs, load_key, load_roots, provider, TlsError};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, Endpoint};
@@ -46,96 +44,68 @@ pub fn client_config(config: &Config) -> Result<Arc<ClientConfig>, TlsError> {
 /// A push client over the configured endpoints.
 pub struct Pusher {
     endpoints: Vec<Endpoint>,
-    server_name: Option<String>,
-    connector: TlsConnector,
+    conns: Vec<HttpConn>,
     timeout: Duration,
     current: usize,
-    conn: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Pusher {
-    /// A client for `config`'s endpoints.
-    pub fn new(config: &Config, tls: Arc<ClientConfig>) -> Self {
-        Pusher {
-            endpoints: config.endpoints.clone(),
-            server_name: config.server_name.clone(),
-            connector: TlsConnector::from(tls),
-            timeout: config.push_timeout,
-            current: 0,
-            conn: None,
-        }
-    }
-
-    fn endpoint(&self) -> &Endpoint {
-        &self.endpoints[self.current % self.endpoints.len()]
+    /// A client for `endpoints` (tried in turn on failure), with `config`'s TLS name and timeout.
+    pub fn new(config: &Config, endpoints: Vec<Endpoint>, tls: Arc<ClientConfig>) -> Self {
+        let connector = TlsConnector::from(tls);
+        let conns = endpoints
+            .iter()
+            .map(|ep| {
+                let name = config.server_name.clone().unwrap_or_else(|| ep.host.clone());
+                // Names are checked when the config is loaded; an odd one fails verification.
+                let server_name =
+                    ServerName::try_from(name).unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
+                HttpConn::new(ep.host.clone(), ep.port, Some(Tls { connector: connector.clone(), server_name }))
+            })
+            .collect();
+        Pusher { endpoints, conns, timeout: config.push_timeout, current: 0 }
     }
 
     /// Sends one encoded batch; on a transient failure the next call tries the next endpoint.
     pub async fn push(&mut self, body: Bytes) -> Result<Ack, PushError> {
-        let endpoint = self.endpoint().url.clone();
-        let result = match tokio::time::timeout(self.timeout, self.attempt(body)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no acknowledgement within {:?}", self.timeout)),
-        };
-        match result {
-            Ok(Ok(ack)) => Ok(ack),
-            Ok(Err((status, reason))) => Err(PushError::Refused { endpoint, status, reason }),
-            Err(reason) => {
-                self.conn = None;
-                self.current = (self.current + 1) % self.endpoints.len();
-                Err(PushError::Transient { endpoint, reason })
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
-        let ep = self.endpoint();
-        let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = self.server_name.clone().unwrap_or_else(|| ep.host.clone());
-        let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("TLS server name {name:?}: {e}"))?;
-        let tls = self.connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP: {e}"))?;
-        // The connection task ends when the sender is dropped or the peer closes.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "push connection closed");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Outer error: transient. Inner error: refused with status and reason.
-    async fn attempt(&mut self, body: Bytes) -> Result<Result<Ack, (StatusCode, String)>, String> {
-        let reusable = match self.conn.take() {
-            Some(mut s) => s.ready().await.is_ok().then_some(s),
-            None => None,
-        };
-        let mut sender = match reusable {
-            Some(s) => s,
-            None => self.connect().await?,
-        };
-        let ep = self.endpoint();
+        let i = self.current % self.endpoints.len();
+        let endpoint = self.endpoints[i].url.clone();
+        let conn = &mut self.conns[i];
         let req = Request::post(PUSH_PATH)
-            .header(HOST, format!("{}:{}", ep.host, ep.port))
+            .header(HOST, conn.authority())
             .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
             .body(Full::new(body))
-            .map_err(|e| format!("building request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("sending: {e}"))?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| format!("reading response: {e}"))?.to_bytes();
-        self.conn = Some(sender);
-        if status.is_success() {
-            return Ack::decode(body).map(Ok).map_err(|e| format!("undecodable acknowledgement: {e}"));
-        }
-        let reason = String::from_utf8_lossy(&body).trim().to_string();
-        // 408 and 429 say "later", and 5xx is the collector's fault: retry those.
-        if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT && status != StatusCode::TOO_MANY_REQUESTS
-        {
-            Ok(Err((status, reason)))
-        } else {
-            Err(format!("{status}: {reason}"))
-        }
+            .map_err(|e| PushError::Transient {
+                endpoint: endpoint.clone(),
+                reason: format!("building request: {e}"),
+            })?;
+        let result = match tokio::time::timeout(self.timeout, conn.send(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn.reset();
+                Err(format!("no acknowledgement within {:?}", self.timeout))
+            }
+        };
+        let reason = match result {
+            Ok(reply) if reply.status.is_success() => match Ack::decode(reply.body) {
+                Ok(ack) => return Ok(ack),
+                Err(e) => format!("undecodable acknowledgement: {e}"),
+            },
+            Ok(reply) => {
+                let text = String::from_utf8_lossy(&reply.body).trim().to_string();
+                let status = reply.status;
+                // 408 and 429 say "later", and 5xx is the collector's fault: retry those.
+                if status.is_client_error()
+                    && status != StatusCode::REQUEST_TIMEOUT
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                {
+                    return Err(PushError::Refused { endpoint, status, reason: text });
+                }
+                format!("{status}: {text}")
+            }
+            Err(reason) => reason,
+        };
+        self.current = (self.current + 1) % self.endpoints.len();
+        Err(PushError::Transient { endpoint, reason })
     }
 }

@@ -1,5 +1,6 @@
-//! Wiring of a running agent: scheduler -> batcher -> outbox -> pusher, plus
-//! the local health endpoint. Each task has one owner and stops on the token.
+//! Wiring of a running agent: scheduler -> batcher -> spool -> one sender per
+//! destination, plus the local health endpoint. Each task has one owner and
+//! stops on the token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +12,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{self, Stamp};
-use crate::config::{Config, ProbeKind};
+use crate::config::{Config, ProbeKind, SendTo};
+use crate::deliver::{self, Destination};
 use crate::health::{self, Health};
-use crate::metrics::{Metrics, PushResult};
-use crate::outbox::Outbox;
+use crate::metrics::Metrics;
 use crate::probe::Icmp;
-use crate::push::{PushError, Pusher};
+use crate::push::Pusher;
+use crate::spool::{Spool, SpoolError};
 
-/// How long queued batches get to reach the collector on shutdown.
+/// How long unsent batches get to reach the collector on shutdown; what
+/// does not make it stays in the spool for the next start.
 pub const FINAL_PUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors starting the agent.
@@ -30,6 +33,25 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// The destinations of `config`: in failover mode one for all endpoints
+/// (spool key 0), else one per endpoint (keyed by a hash of its URL, so
+/// reordering the list keeps what each has acknowledged).
+fn destinations(config: &Config) -> Vec<(u32, String, Vec<crate::config::Endpoint>)> {
+    match config.send_to {
+        SendTo::Failover => vec![(0, "any".to_string(), config.endpoints.clone())],
+        SendTo::All => config.endpoints.iter().map(|e| (ring_key(&e.url), e.url.clone(), vec![e.clone()])).collect(),
+    }
+}
+
+fn ring_key(url: &str) -> u32 {
+    let d = ring::digest::digest(&ring::digest::SHA256, url.as_bytes());
+    let b = d.as_ref();
+    // 0 is the failover key and u32::MAX marks drops.
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]).clamp(1, u32::MAX - 1)
 }
 
 /// A running agent.
@@ -49,8 +71,17 @@ impl Running {
 /// Starts every task of the agent; returns once the health endpoint is bound.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
     let tls = crate::push::client_config(&config)?;
-    let metrics = Metrics::new()?;
-    let outbox = Arc::new(Outbox::new(config.max_queued_batches));
+    let dests = destinations(&config);
+    let names: Vec<String> = dests.iter().map(|d| d.1.clone()).collect();
+    let metrics = Metrics::new(&names)?;
+    let spool_cfg = config.spool.clone();
+    let keys = dests.iter().map(|d| d.0).collect();
+    let m = metrics.clone();
+    let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg, keys, m))
+        .await
+        .map_err(|e| SpoolError::Dir { dir: config.spool.dir.clone(), source: std::io::Error::other(e) })??;
+    let spool = Arc::new(spool);
+    tracing::info!(dir = %config.spool.dir.display(), unsent = report.pending, truncated = report.truncated.len(), "spool opened");
     let needs_icmp = config.targets.iter().any(|t| t.kind() == ProbeKind::Icmp);
     let icmp = if needs_icmp { Icmp::open() } else { Icmp::Unavailable("no ICMP targets configured".into()) };
     let icmp_state = match &icmp {
@@ -73,7 +104,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
                 node: config.node.to_string(),
                 icmp: icmp_state,
                 metrics: metrics.clone(),
-                outbox: outbox.clone(),
+                spool: spool.clone(),
             });
             let t = token.clone();
             tracker.spawn(async move {
@@ -104,85 +135,57 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         stamp,
         config.push_interval,
         rx,
-        outbox.clone(),
+        spool.clone(),
         metrics.clone(),
         batcher_token.clone(),
     ));
-    let pusher_token = CancellationToken::new();
-    let pusher =
-        tokio::spawn(push_loop(Pusher::new(&config, tls), outbox.clone(), metrics.clone(), pusher_token.clone()));
+    let senders_token = CancellationToken::new();
+    let senders = TaskTracker::new();
+    for (index, (_, name, endpoints)) in dests.into_iter().enumerate() {
+        let dest = Destination { index, name, pusher: Pusher::new(&config, endpoints, tls.clone()) };
+        senders.spawn(deliver::run(
+            dest,
+            spool.clone(),
+            config.replay_bytes_per_second,
+            metrics.clone(),
+            senders_token.clone(),
+        ));
+    }
+    senders.close();
 
     tracing::info!(
         node = %config.node,
         targets = config.targets.len(),
         collector = %config.endpoints[0].url,
+        send_to = ?config.send_to,
         health = ?health_addr,
         "agent running"
     );
     let task = tokio::spawn(async move {
         token.cancelled().await;
-        // Order matters: probes finish their rounds, the batcher seals the
-        // rest, the pusher delivers what it can within the grace period.
+        // Order matters: probes finish their rounds, the batcher seals and
+        // spools the rest, the senders deliver what they can within the
+        // grace period; the spool keeps the remainder for the next start.
         probes.wait().await;
         batcher_token.cancel();
         let _ = batcher.await;
         let deadline = tokio::time::Instant::now() + FINAL_PUSH_GRACE;
-        while !outbox.is_empty() && tokio::time::Instant::now() < deadline {
+        while !spool.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        pusher_token.cancel();
-        let _ = pusher.await;
+        senders_token.cancel();
+        senders.wait().await;
         tierwatch_runtime::shutdown::drain(&tracker, Duration::from_secs(2)).await;
-        if !outbox.is_empty() {
-            tracing::warn!(batches = outbox.len(), "stopped with batches not delivered");
+        let s = spool.clone();
+        match tokio::task::spawn_blocking(move || s.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "spool: final flush failed"),
+            Err(e) => tracing::error!(error = %e, "spool: final flush task failed"),
+        }
+        if !spool.is_empty() {
+            tracing::info!(batches = spool.len(), "stopped; unsent batches stay in the spool");
         }
         tracing::info!("agent stopped");
     });
     Ok(Running { health_addr, task })
-}
-
-/// Delivers the outbox oldest first; backs off with jitter while the collector is unreachable.
-async fn push_loop(mut pusher: Pusher, outbox: Arc<Outbox>, metrics: Metrics, token: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
-    const MAX_BACKOFF: Duration = Duration::from_secs(60);
-    loop {
-        let Some(batch) = outbox.front() else {
-            tokio::select! {
-                _ = outbox.ready.notified() => continue,
-                _ = token.cancelled() => return,
-            }
-        };
-        let result = tokio::select! {
-            r = pusher.push(batch.body.clone()) => r,
-            _ = token.cancelled() => return,
-        };
-        match result {
-            Ok(ack) => {
-                outbox.remove(batch.sequence);
-                metrics.push(PushResult::Ok);
-                metrics.last_push_success.set(tierwatch_protocol::now_ms() as f64 / 1000.0);
-                if !ack.rejected.is_empty() {
-                    tracing::warn!(sequence = batch.sequence, rejected = ack.rejected.len(), first = %ack.rejected[0].reason, "collector refused some samples");
-                }
-                backoff = Duration::from_millis(500);
-            }
-            Err(PushError::Refused { endpoint, status, reason }) => {
-                outbox.remove(batch.sequence);
-                metrics.push(PushResult::Refused);
-                metrics.dropped_batches.inc();
-                tracing::error!(sequence = batch.sequence, endpoint = %endpoint, status = status.as_u16(), reason = %reason, "collector refused the batch; dropped");
-            }
-            Err(e @ PushError::Transient { .. }) => {
-                metrics.push(PushResult::Failed);
-                let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                tracing::warn!(sequence = batch.sequence, error = %e, retry_in_ms = wait.as_millis() as u64, "push failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = token.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-        metrics.queued_batches.set(outbox.len() as i64);
-    }
 }

@@ -9,6 +9,7 @@ use tierwatch_protocol::Limits;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
+use crate::remote_write::{RawRemoteWrite, RemoteWrite};
 use crate::topology::Topology;
 
 /// The file as written.
@@ -29,6 +30,16 @@ pub struct RawConfig {
     /// Series not refreshed for this long disappear from `/metrics`.
     #[serde(default = "default_stale_after", with = "duration::serde")]
     pub stale_after: Duration,
+    /// Where the state database lives (exactly-once ledger, remote_write queues).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Receivers of every stored sample, with its original timestamp.
+    #[serde(default)]
+    pub remote_write: Vec<RawRemoteWrite>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tierwatch-collector")
 }
 
 /// The mTLS ingest listener.
@@ -100,6 +111,8 @@ pub struct Config {
     pub stale_after: Duration,
     pub topology_file: PathBuf,
     pub topology: Topology,
+    pub state_dir: PathBuf,
+    pub remote_write: Vec<RemoteWrite>,
 }
 
 /// Errors loading the configuration.
@@ -141,6 +154,12 @@ impl Config {
             problems.push("log_level", e);
         }
         let topology_file = resolve(&raw.topology);
+        let remote_write = crate::remote_write::validate(&raw.remote_write, base, &mut problems);
+        let max_age = Duration::from_millis(ingest.limits.max_age_ms.max(0) as u64);
+        if max_age < Duration::from_secs(3600) {
+            problems
+                .push("ingest.limits.max_age_ms", "must be at least an hour: spooled backlogs arrive late by design");
+        }
         problems.into_result(file, &text)?;
         let topology = Topology::load(&topology_file)?;
         Ok(Config {
@@ -152,6 +171,8 @@ impl Config {
             stale_after: raw.stale_after,
             topology_file,
             topology,
+            state_dir: resolve(&raw.state_dir),
+            remote_write,
         })
     }
 }

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::exposition;
+use crate::ledger::QueueSpec;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -23,6 +24,8 @@ pub struct Http {
     pub node_down_after: Duration,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    /// remote_write queues, for their gauges.
+    pub queues: Vec<QueueSpec>,
 }
 
 /// The router of the HTTP listener.
@@ -41,6 +44,13 @@ async fn index() -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<Http>>) -> Response {
+    for q in &s.queues {
+        s.metrics.remote_write_queue(
+            &q.name,
+            q.state.bytes.load(Ordering::Relaxed),
+            q.state.rows.load(Ordering::Relaxed),
+        );
+    }
     let body = exposition::render(
         &s.store,
         &s.metrics,

@@ -22,13 +22,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ledger::{Job, Ledger, Outcome};
 use crate::metrics::{BatchResult, Metrics};
+use crate::remote_write::proto;
 use crate::store::Store;
 use crate::tls::{peer_node_id, IdentityError};
 
 /// What the ingest path needs, shared by all connections.
 pub struct Ingest {
     pub store: Arc<Store>,
+    pub ledger: Ledger,
+    /// Whether accepted batches are converted for remote_write.
+    pub remote_write: bool,
     pub metrics: Metrics,
     pub limits: Limits,
     pub max_body_bytes: usize,
@@ -209,6 +214,35 @@ async fn process(
         }
     };
     let sequence = batch.sequence;
+    let write = if ingest.remote_write {
+        ingest.store.topology().get(&node).map(|n| {
+            let (req, samples) = proto::from_batch(&batch, &n.identity_labels());
+            (req.encode_to_vec(), samples)
+        })
+    } else {
+        None
+    };
+    let job = Job { node: node.clone(), boot: batch.boot_id.clone(), sequence, created_ms: batch.created_ms, write };
+    let outcome = match ingest.ledger.record(job).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(node = %node, sequence, error = %e, "push not stored: state database unavailable");
+            return (
+                Some(BatchResult::Unavailable),
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("collector cannot store batches now ({e}); retry later"),
+                ),
+            );
+        }
+    };
+    let boot = tierwatch_protocol::ids::hex(&batch.boot_id);
+    let created_ms = batch.created_ms;
+    if outcome == Outcome::Duplicate {
+        tracing::debug!(node = %node, boot_id = %boot, sequence, created_ms, "duplicate batch acknowledged, not stored again");
+        let ack = Ack { sequence, duplicate: true, ..Default::default() };
+        return (Some(BatchResult::Duplicate), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
+    }
     ingest.store.ingest(&node, batch, now);
     ingest.metrics.samples_accepted.inc_by(report.accepted_points as u64);
     ingest.metrics.samples_rejected.inc_by(report.rejected.len() as u64);
@@ -216,12 +250,13 @@ async fn process(
     if let Some(first) = report.rejected.first() {
         tracing::warn!(node = %node, sequence, rejected = report.rejected.len(), first = %first, "samples refused from an accepted batch");
     }
-    tracing::debug!(node = %node, sequence, points = report.accepted_points, "batch stored");
+    tracing::debug!(node = %node, boot_id = %boot, sequence, created_ms, points = report.accepted_points, "batch stored");
     let ack = Ack {
         sequence,
         accepted_points: report.accepted_points as u32,
         accepted_events: report.accepted_events as u32,
         rejected: report.rejected.iter().map(|r| WireRejection { reason: r.to_string() }).collect(),
+        duplicate: false,
     };
     (Some(BatchResult::Accepted), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"))
 }

@@ -1,14 +1,19 @@
 //! The tierwatch collector: authenticates agents by certificate, validates
-//! and stores their batches, exposes them to Prometheus.
+//! and stores their batches exactly once, exposes them to Prometheus and
+//! forwards them by remote_write.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod config;
+pub mod db;
 pub mod exposition;
 pub mod http;
 pub mod ingest;
+pub mod ledger;
 pub mod metrics;
 pub mod pki;
+pub mod remote_write;
+pub mod seqset;
 pub mod server;
 pub mod status;
 pub mod store;

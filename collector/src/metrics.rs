@@ -1,7 +1,9 @@
 //! The collector's own metrics, registered by their owner into one registry.
 //! Label values are enums, so cardinality is bounded by construction.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Outcome of one push, the `result` label of `tierwatch_collector_batches_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,10 +14,16 @@ pub enum BatchResult {
     Forbidden,
     UnknownNode,
     Invalid,
+    /// Stored before (same node, boot id and sequence): acknowledged, not stored again.
+    Duplicate,
+    /// The state database failed; the agent retries (503).
+    Unavailable,
 }
 
 impl BatchResult {
-    const ALL: [BatchResult; 6] = [
+    const ALL: [BatchResult; 8] = [
+        BatchResult::Duplicate,
+        BatchResult::Unavailable,
         BatchResult::Accepted,
         BatchResult::Malformed,
         BatchResult::TooLarge,
@@ -33,6 +41,8 @@ impl BatchResult {
             BatchResult::Forbidden => "forbidden",
             BatchResult::UnknownNode => "unknown_node",
             BatchResult::Invalid => "invalid",
+            BatchResult::Duplicate => "duplicate",
+            BatchResult::Unavailable => "unavailable",
         }
     }
 }
@@ -49,11 +59,19 @@ pub struct Metrics {
     pub ingest_seconds: Histogram,
     pub ingest_connections: IntGauge,
     pub series: IntGauge,
+    pub ledger_boots: IntGauge,
+    pub ledger_commit_seconds: Histogram,
+    rw_samples: IntCounterVec,
+    rw_requests: IntCounterVec,
+    rw_queue_bytes: IntGaugeVec,
+    rw_queue_batches: IntGaugeVec,
+    rw_last_success: GaugeVec,
+    rw_send_seconds: HistogramVec,
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Creates and registers every metric; `remotes` are the remote_write receiver names.
+    pub fn new(remotes: &[String]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let batches = IntCounterVec::new(
             Opts::new("tierwatch_collector_batches_total", "Batches pushed to the collector, by outcome."),
@@ -91,6 +109,72 @@ impl Metrics {
         registry.register(Box::new(ingest_connections.clone()))?;
         registry.register(Box::new(series.clone()))?;
         registry.register(Box::new(build_info))?;
+        let ledger_boots = IntGauge::new(
+            "tierwatch_collector_ledger_boots",
+            "Agent boots whose stored sequence numbers the exactly-once ledger remembers.",
+        )?;
+        let ledger_commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tierwatch_collector_ledger_commit_duration_seconds",
+                "Time of one group commit of the state database (ledger and remote_write queues, fsynced).",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
+        let rw_samples = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_remote_write_samples_total",
+                "Samples handled by remote_write, by receiver and result: sent, retried (a failed attempt, sent again), dropped (refused with 4xx, or the queue was full).",
+            ),
+            &["remote", "result"],
+        )?;
+        let rw_requests = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_remote_write_requests_total",
+                "remote_write requests, by receiver and HTTP status code (or error, timeout).",
+            ),
+            &["remote", "code"],
+        )?;
+        let rw_queue_bytes = IntGaugeVec::new(
+            Opts::new("tierwatch_collector_remote_write_queue_bytes", "Bytes queued on disk for the receiver."),
+            &["remote"],
+        )?;
+        let rw_queue_batches = IntGaugeVec::new(
+            Opts::new(
+                "tierwatch_collector_remote_write_queue_batches",
+                "Agent batches queued on disk for the receiver.",
+            ),
+            &["remote"],
+        )?;
+        let rw_last_success = GaugeVec::new(
+            Opts::new(
+                "tierwatch_collector_remote_write_last_success_timestamp_seconds",
+                "Unix time of the receiver's last successful request.",
+            ),
+            &["remote"],
+        )?;
+        let rw_send_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tierwatch_collector_remote_write_send_duration_seconds",
+                "Time of one remote_write request.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["remote"],
+        )?;
+        registry.register(Box::new(ledger_boots.clone()))?;
+        registry.register(Box::new(ledger_commit_seconds.clone()))?;
+        registry.register(Box::new(rw_samples.clone()))?;
+        registry.register(Box::new(rw_requests.clone()))?;
+        registry.register(Box::new(rw_queue_bytes.clone()))?;
+        registry.register(Box::new(rw_queue_batches.clone()))?;
+        registry.register(Box::new(rw_last_success.clone()))?;
+        registry.register(Box::new(rw_send_seconds.clone()))?;
+        for r in remotes {
+            for result in ["sent", "retried", "dropped"] {
+                rw_samples.with_label_values(&[r, result]);
+            }
+            rw_queue_bytes.with_label_values(&[r]);
+            rw_queue_batches.with_label_values(&[r]);
+        }
         // Every outcome exists from the start, so rate() works before the first failure.
         for r in BatchResult::ALL {
             batches.with_label_values(&[r.as_str()]);
@@ -105,7 +189,46 @@ impl Metrics {
             ingest_seconds,
             ingest_connections,
             series,
+            ledger_boots,
+            ledger_commit_seconds,
+            rw_samples,
+            rw_requests,
+            rw_queue_bytes,
+            rw_queue_batches,
+            rw_last_success,
+            rw_send_seconds,
         })
+    }
+
+    /// Counts remote_write samples of `remote` with `result`.
+    pub fn remote_write_samples(&self, remote: &str, result: &str, n: u64) {
+        self.rw_samples.with_label_values(&[remote, result]).inc_by(n);
+    }
+
+    /// Counts samples dropped because the queue of `remote` was full.
+    pub fn remote_write_dropped(&self, remote: &str, n: u64) {
+        self.remote_write_samples(remote, "dropped", n);
+    }
+
+    /// Counts one request with its status code (or `error`, `timeout`).
+    pub fn remote_write_request(&self, remote: &str, code: &str) {
+        self.rw_requests.with_label_values(&[remote, code]).inc();
+    }
+
+    /// Records the duration of one request.
+    pub fn remote_write_send_seconds(&self, remote: &str, secs: f64) {
+        self.rw_send_seconds.with_label_values(&[remote]).observe(secs);
+    }
+
+    /// Marks a successful request now.
+    pub fn remote_write_success(&self, remote: &str) {
+        self.rw_last_success.with_label_values(&[remote]).set(tierwatch_protocol::now_ms() as f64 / 1000.0);
+    }
+
+    /// Sets the queue gauges.
+    pub fn remote_write_queue(&self, remote: &str, bytes: u64, batches: u64) {
+        self.rw_queue_bytes.with_label_values(&[remote]).set(bytes as i64);
+        self.rw_queue_batches.with_label_values(&[remote]).set(batches as i64);
     }
 
     /// Counts one push with its outcome.

@@ -14,7 +14,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http::{self, Http};
 use crate::ingest::{self, Ingest};
+use crate::ledger::{Ledger, QueueSpec};
 use crate::metrics::Metrics;
+use crate::remote_write::queue::QueueState;
+use crate::remote_write::sender::Prepared;
 use crate::store::Store;
 
 /// How long in-flight pushes and requests get to finish on shutdown.
@@ -29,6 +32,10 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("{0}")]
+    RemoteWrite(#[from] crate::remote_write::sender::SenderError),
 }
 
 /// A running collector.
@@ -58,8 +65,36 @@ impl Running {
 /// Binds the listeners and starts serving; returns once both are bound and ready.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
     let tls = crate::tls::server_config(&config.ingest.ca, &config.ingest.cert, &config.ingest.key)?;
-    let metrics = Metrics::new()?;
+    let remote_names: Vec<String> = config.remote_write.iter().map(|r| r.name.clone()).collect();
+    let metrics = Metrics::new(&remote_names)?;
     let store = Arc::new(Store::new(Arc::new(config.topology.clone())));
+    let queues: Vec<QueueSpec> = config
+        .remote_write
+        .iter()
+        .map(|r| QueueSpec {
+            name: r.name.clone(),
+            max_bytes: r.max_queue_bytes,
+            state: Arc::new(QueueState::default()),
+        })
+        .collect();
+    let mut senders = Vec::new();
+    for r in &config.remote_write {
+        senders.push(Prepared::new(r.clone())?);
+    }
+    let (state_dir, q, max_age, m) =
+        (config.state_dir.clone(), queues.clone(), config.ingest.limits.max_age_ms, metrics.clone());
+    let (ledger, ledger_thread) =
+        tokio::task::spawn_blocking(move || Ledger::open(&state_dir, q, max_age, m)).await.map_err(|e| {
+            crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
+        })??;
+    // Each sender reads and trims its queue on its own connection (WAL lets it run beside the ledger).
+    let mut sender_conns = Vec::new();
+    for _ in &senders {
+        let dir = config.state_dir.clone();
+        sender_conns.push(tokio::task::spawn_blocking(move || crate::db::open(&dir)).await.map_err(|e| {
+            crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
+        })??);
+    }
 
     let ingest_listener = TcpListener::bind(config.ingest.listen).await.map_err(|source| StartError::Bind {
         what: "ingest",
@@ -84,6 +119,8 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
 
     let ingest = Arc::new(Ingest {
         store: store.clone(),
+        ledger,
+        remote_write: !queues.is_empty(),
         metrics: metrics.clone(),
         limits: config.ingest.limits.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
@@ -91,13 +128,26 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     });
     let http_state = Arc::new(Http {
         store,
-        metrics,
+        metrics: metrics.clone(),
         stale_after: config.stale_after,
         node_down_after: config.node_down_after,
         ready: Default::default(),
+        queues: queues.clone(),
     });
 
     let tracker = TaskTracker::new();
+    let senders_token = CancellationToken::new();
+    let sender_tasks = TaskTracker::new();
+    for ((prepared, conn), q) in senders.into_iter().zip(sender_conns).zip(&queues) {
+        sender_tasks.spawn(crate::remote_write::sender::run(
+            prepared,
+            conn,
+            q.state.clone(),
+            metrics.clone(),
+            senders_token.clone(),
+        ));
+    }
+    sender_tasks.close();
     tracker.spawn(ingest::serve(ingest_listener, TlsAcceptor::from(tls), ingest, token.clone(), tracker.clone()));
     let router = http::router(http_state.clone());
     let http_token = token.clone();
@@ -117,7 +167,15 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let wait_token = token.clone();
     let task = tokio::spawn(async move {
         wait_token.cancelled().await;
+        // Pushes in flight finish (and commit) first; then the ledger closes
+        // the database, and the senders stop with their queues kept on disk.
         tierwatch_runtime::shutdown::drain(&tracker, DRAIN_GRACE).await;
+        let joined = tokio::task::spawn_blocking(move || ledger_thread.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+            tracing::warn!("ledger still busy at shutdown; its last commit is durable or was never acknowledged");
+        }
+        senders_token.cancel();
+        sender_tasks.wait().await;
         tracing::info!("collector stopped");
     });
     Ok(Running { ingest_addr, http_addr, token, task })

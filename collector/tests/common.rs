@@ -73,7 +73,7 @@ impl Lab {
         pki::issue(&evil, &id("nui-cam"), &Usage::Client, 30, false).unwrap();
         std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY).unwrap();
         let conf = format!(
-            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\n"
+            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\nstate_dir: state\n"
         );
         std::fs::write(dir.path().join("collector.yaml"), conf).unwrap();
         let config = Config::load(&dir.path().join("collector.yaml")).unwrap();

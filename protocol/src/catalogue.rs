@@ -131,6 +131,28 @@ defs! {
         "Records of the asked type in the last answer.";
     DNS_MATCH: "tierwatch_dns_answer_match", Gauge, "", ["target"],
         "1 if the answer set equals the expected set, else 0 (only for targets with expect).";
+    AGENT_PROBES: "tierwatch_agent_probes_total", Counter, "", ["probe", "result"],
+        "Probe runs of this agent, by probe kind and result (success, failure).";
+    AGENT_PUSHES: "tierwatch_agent_pushes_total", Counter, "", ["destination", "kind", "result"],
+        "Push attempts by destination (collector URL, or any in failover mode), kind (live, backlog) and result (ok, failed, refused).";
+    AGENT_LAST_PUSH: "tierwatch_agent_last_push_success_timestamp_seconds", Gauge, "seconds", ["destination"],
+        "Unix time of the last push the destination acknowledged.";
+    AGENT_SPOOL_BYTES: "tierwatch_agent_spool_bytes", Gauge, "bytes", [],
+        "Disk bytes of the spool's segment files.";
+    AGENT_SPOOL_BATCHES: "tierwatch_agent_spool_batches", Gauge, "", [],
+        "Batches in the spool not yet acknowledged by every destination.";
+    AGENT_SPOOL_MEMORY: "tierwatch_agent_spool_memory_batches", Gauge, "", [],
+        "Unsent batches held in memory because the spool disk refused them (lost if the agent stops).";
+    AGENT_SPOOL_OLDEST: "tierwatch_agent_spool_oldest_unsent_age_seconds", Gauge, "seconds", [],
+        "Age of the oldest unsent batch; 0 when nothing waits.";
+    AGENT_SPOOL_WRITE_ERRORS: "tierwatch_agent_spool_write_errors_total", Counter, "", [],
+        "Batches the spool could not write to disk (disk full, read-only, I/O error).";
+    AGENT_SPOOL_TRUNCATIONS: "tierwatch_agent_spool_truncations_total", Counter, "", [],
+        "Damaged segment tails cut off when the spool was opened (a write cut short by power loss).";
+    AGENT_DROPPED: "tierwatch_agent_dropped_batches_total", Counter, "", ["reason"],
+        "Batches given up, by reason: size (spool max_bytes), age (spool max_age), refused (collector 4xx), corrupt (failed its checksum), memory (in-memory fallback full).";
+    AGENT_BUILD_INFO: "tierwatch_agent_build_info", Gauge, "", ["version"],
+        "Always 1; the agent's version as a label.";
 }
 
 /// Collector-derived per-node metric: 1 if the node pushed recently.

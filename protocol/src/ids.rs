@@ -72,6 +72,11 @@ impl<'de> serde::Deserialize<'de> for NodeId {
     }
 }
 
+/// Lower-case hex of `bytes`, how boot ids appear in logs and APIs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,10 @@ pub struct Ack {
     /// Samples and events refused, each with the reason.
     #[prost(message, repeated, tag = "4")]
     pub rejected: Vec<WireRejection>,
+    /// True when this batch (node, boot id, sequence) had been stored before:
+    /// nothing was stored again, and the agent can forget it.
+    #[prost(bool, tag = "5")]
+    pub duplicate: bool,
 }
 
 /// A refused sample or event, as carried in an [`Ack`].

@@ -1,10 +1,12 @@
 //! Process plumbing shared by `tierwatch-agent` and `tierwatch-collector`:
-//! logging, shutdown on signals, TLS material, durations in config.
+//! logging, shutdown on signals, TLS material, durations in config, and a
+//! small HTTP client.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod duration;
 pub mod exit;
+pub mod http_client;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;

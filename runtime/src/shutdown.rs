@@ -35,3 +35,11 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) {
         );
     }
 }
+
+/// Sleeps for `d`; returns true if `token` was cancelled first.
+pub async fn sleep_or_cancelled(d: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = token.cancelled() => true,
+    }
+}

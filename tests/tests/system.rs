@@ -39,6 +39,8 @@ collector:
   cert: pki/{node}.crt
   key: pki/{node}.key
   push_interval: 300ms
+spool:
+  dir: spool/{node}
 health:
   listen: 127.0.0.1:{health}
 defaults:
@@ -73,7 +75,7 @@ fn start(nodes: &[&str]) -> anyhow::Result<System> {
     let (ingest, http) = (free_port(), free_port());
     std::fs::write(
         root.join("collector.yaml"),
-        format!("topology: topology.yaml\ningest:\n  listen: 127.0.0.1:{ingest}\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\nhttp:\n  listen: 127.0.0.1:{http}\nnode_down_after: 5s\n"),
+        format!("topology: topology.yaml\ningest:\n  listen: 127.0.0.1:{ingest}\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\nhttp:\n  listen: 127.0.0.1:{http}\nnode_down_after: 5s\nstate_dir: state\n"),
     )?;
     let collector_yaml = root.join("collector.yaml");
     let collector = Proc::spawn(

@@ -9,6 +9,8 @@ use tierwatch_protocol::NodeId;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
+use crate::spool::{FsyncPolicy, SpoolConfig};
+
 mod target;
 pub use target::{split_url, HttpSpec, ProbeKind, ProbeSpec, RecordType, StatusPattern, Target, TargetSpec};
 
@@ -22,6 +24,9 @@ pub struct RawConfig {
     #[serde(default = "default_log_level")]
     pub log_level: String,
     pub collector: CollectorSpec,
+    /// Where batches wait until the collector has them.
+    #[serde(default)]
+    pub spool: RawSpool,
     /// Local health and `/metrics` endpoint; `null` turns it off.
     #[serde(default = "default_health")]
     pub health: Option<HealthSpec>,
@@ -56,9 +61,79 @@ pub struct CollectorSpec {
     /// Time limit for one push, connect to acknowledgement.
     #[serde(default = "default_push_timeout", with = "duration::serde")]
     pub timeout: Duration,
-    /// Batches kept in memory while the collector is unreachable; the oldest are dropped beyond.
-    #[serde(default = "default_max_queued")]
-    pub max_queued_batches: usize,
+    /// `failover`: the first reachable endpoint gets each batch; `all`: every
+    /// endpoint gets every batch (a high-availability pair).
+    #[serde(default)]
+    pub send_to: SendTo,
+    /// Cap on the backlog replayed after an outage, so a recovering link is
+    /// not flooded; fresh batches are never held back. 0: no cap.
+    #[serde(default = "default_replay_rate")]
+    pub replay_bytes_per_second: u64,
+}
+
+/// Which endpoints get each batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendTo {
+    #[default]
+    Failover,
+    All,
+}
+
+/// The on-disk spool (`spool:` in the file).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// Disk space the spool may use; the oldest batches are dropped beyond.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Unsent batches older than this are dropped (keep it below the collector's ingest.limits.max_age_ms).
+    #[serde(default = "default_spool_max_age", with = "duration::serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncPolicy,
+    /// Batches held in memory when the disk refuses writes.
+    #[serde(default = "default_memory_batches")]
+    pub memory_batches: usize,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool {
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max_bytes(),
+            max_age: default_spool_max_age(),
+            segment_bytes: default_segment_bytes(),
+            fsync: default_fsync(),
+            memory_batches: default_memory_batches(),
+        }
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tierwatch-agent/spool")
+}
+fn default_spool_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_spool_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_segment_bytes() -> u64 {
+    4 << 20
+}
+fn default_fsync() -> FsyncPolicy {
+    FsyncPolicy::Always
+}
+fn default_memory_batches() -> usize {
+    360 // an hour at 10 s
+}
+fn default_replay_rate() -> u64 {
+    256 * 1024
 }
 
 /// The local health endpoint.
@@ -131,9 +206,6 @@ fn default_push_interval() -> Duration {
 fn default_push_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_max_queued() -> usize {
-    8640 // a day of pushes every 10 s
-}
 fn default_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -169,7 +241,9 @@ pub struct Config {
     pub key: PathBuf,
     pub push_interval: Duration,
     pub push_timeout: Duration,
-    pub max_queued_batches: usize,
+    pub send_to: SendTo,
+    pub replay_bytes_per_second: u64,
+    pub spool: SpoolConfig,
     pub health: Option<SocketAddr>,
     pub node_health: Option<NodeHealthSpec>,
     pub targets: Vec<Target>,
@@ -249,8 +323,33 @@ impl Config {
         if c.timeout < Duration::from_millis(100) {
             p.push("collector.timeout", "must be at least 100ms");
         }
-        if c.max_queued_batches == 0 {
-            p.push("collector.max_queued_batches", "must be at least 1");
+        if c.send_to == SendTo::All && endpoints.len() > 16 {
+            p.push("collector.endpoints", "send_to: all takes at most 16 endpoints");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            if !seen.insert((e.host.clone(), e.port)) {
+                p.push(format!("collector.endpoints[{i}]"), format!("{} is listed twice", e.url));
+            }
+        }
+        for ep in &endpoints {
+            let name = c.server_name.clone().unwrap_or_else(|| ep.host.clone());
+            if rustls_pki_types::ServerName::try_from(name.clone()).is_err() {
+                p.push("collector.server_name", format!("{name:?} is not a valid TLS server name"));
+            }
+        }
+        let sp = &raw.spool;
+        if sp.segment_bytes < 4096 {
+            p.push("spool.segment_bytes", "must be at least 4096");
+        }
+        if sp.max_bytes < 2 * sp.segment_bytes.max(4096) {
+            p.push(
+                "spool.max_bytes",
+                format!("must be at least two segments ({} bytes)", 2 * sp.segment_bytes.max(4096)),
+            );
+        }
+        if sp.max_age < Duration::from_secs(60) {
+            p.push("spool.max_age", "must be at least 1m");
         }
         if let Some(n) = &raw.node_health {
             if n.interval < Duration::from_secs(1) {
@@ -295,7 +394,16 @@ impl Config {
             key,
             push_interval: raw.collector.push_interval,
             push_timeout: raw.collector.timeout,
-            max_queued_batches: raw.collector.max_queued_batches,
+            send_to: raw.collector.send_to,
+            replay_bytes_per_second: raw.collector.replay_bytes_per_second,
+            spool: SpoolConfig {
+                dir: resolve(&raw.spool.dir),
+                max_bytes: raw.spool.max_bytes,
+                max_age: raw.spool.max_age,
+                segment_bytes: raw.spool.segment_bytes,
+                fsync: raw.spool.fsync,
+                memory_batches: raw.spool.memory_batches,
+            },
             health: raw.health.map(|h| h.listen),
             node_health: raw.node_health,
             targets,

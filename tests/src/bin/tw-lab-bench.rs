@@ -155,6 +155,7 @@ fn icmp1000(secs: u64, only: Option<&str>) -> anyhow::Result<()> {
             icmp_count: 20,
             extra_targets: extra,
             only_nodes: Some(vec!["c1".into()]),
+            ..SystemSpec::default()
         };
         {
             let tw = lab.start_tierwatch(&spec)?;

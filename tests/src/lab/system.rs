@@ -30,6 +30,12 @@ pub struct SystemSpec {
     pub extra_targets: String,
     /// Run agents only on these nodes (default: the province and every commune).
     pub only_nodes: Option<Vec<String>>,
+    /// Extra YAML at the end of collector.yaml (top-level keys).
+    pub collector_extra: String,
+    /// Extra YAML lines inside each agent's `collector:` section (indented two spaces).
+    pub agent_collector_extra: String,
+    /// Extra YAML lines inside each agent's `spool:` section (indented two spaces).
+    pub spool_extra: String,
 }
 
 impl Default for SystemSpec {
@@ -41,6 +47,9 @@ impl Default for SystemSpec {
             icmp_count: 3,
             extra_targets: String::new(),
             only_nodes: None,
+            collector_extra: String::new(),
+            agent_collector_extra: String::new(),
+            spool_extra: String::new(),
         }
     }
 }
@@ -97,9 +106,10 @@ impl Lab {
         std::fs::write(
             dir.join("collector.yaml"),
             format!(
-                "topology: topology.yaml\ningest:\n  listen: {ingest}\n  ca: pki/ca.crt\n  cert: pki/lab-collector.crt\n  key: pki/lab-collector.key\nhttp:\n  listen: {}:{HTTP_PORT}\nnode_down_after: {}\n",
+                "topology: topology.yaml\ningest:\n  listen: {ingest}\n  ca: pki/ca.crt\n  cert: pki/lab-collector.crt\n  key: pki/lab-collector.key\nhttp:\n  listen: {}:{HTTP_PORT}\nnode_down_after: {}\nstate_dir: state\n{}",
                 addrs::CENTRAL,
-                ms(spec.push_interval * 6)
+                ms(spec.push_interval * 6),
+                spec.collector_extra,
             ),
         )?;
         let service = self.start_listener(&self.province.ns, &[&format!("{}:{SERVICE_PORT}", addrs::SERVICE)])?;
@@ -157,8 +167,8 @@ impl Lab {
             }
         }
         format!(
-            "node: {id}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n\
-             health: null\ndefaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
+            "node: {id}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
+             spool:\n  dir: spool/{id}\n{spool_extra}health: null\ndefaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
              \x20 - name: provincial-gateway\n    probe: icmp\n    host: {gateway}\n\
              \x20 - name: provincial-service\n    probe: tcp\n    host: {service}\n    port: {SERVICE_PORT}\n{extra}",
             id = node.id,
@@ -168,6 +178,8 @@ impl Lab {
             count = spec.icmp_count,
             service = addrs::SERVICE,
             extra = extra,
+            collector_extra = spec.agent_collector_extra,
+            spool_extra = spec.spool_extra,
         )
     }
 }

@@ -1,0 +1,189 @@
+//! Delivery of spooled batches to one destination, live first.
+//!
+//! The newest batch always goes next: after an outage the collector sees the
+//! present at once. The backlog drains oldest first in the gaps, no faster
+//! than the replay cap, so a recovering link is not flooded. While the
+//! destination is unreachable the sender backs off exponentially with
+//! jitter; every attempt then carries the newest batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, PushResult};
+use crate::push::{PushError, Pusher};
+use crate::spool::{Live, Spool};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A byte-rate limiter for the backlog; bursts of up to one second of rate.
+#[derive(Debug)]
+pub struct ReplayCap {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl ReplayCap {
+    /// A cap of `bytes_per_second`; 0 means no cap.
+    pub fn new(bytes_per_second: u64) -> Self {
+        ReplayCap { rate: bytes_per_second as f64, tokens: bytes_per_second as f64, at: Instant::now() }
+    }
+
+    /// How long to wait before `size` bytes may go; zero when they may go now.
+    /// A batch larger than one second of rate goes once the bucket is full.
+    pub fn wait(&mut self, size: u64, now: Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        let need = (size as f64).min(self.rate);
+        if self.tokens >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.tokens) / self.rate)
+        }
+    }
+
+    /// Charges `size` bytes that were sent.
+    pub fn take(&mut self, size: u64) {
+        if self.rate > 0.0 {
+            self.tokens -= size as f64;
+        }
+    }
+}
+
+/// One destination: which spool bit it owns and how to reach it.
+pub struct Destination {
+    /// Bit index in the spool.
+    pub index: usize,
+    /// Label value for metrics and logs.
+    pub name: String,
+    pub pusher: Pusher,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "spool task failed");
+            None
+        }
+    }
+}
+
+/// Sends to `dest` until `token` is cancelled.
+pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Metrics, token: CancellationToken) {
+    let mut live_rx = spool.subscribe();
+    let mut last_live = 0u64;
+    let mut cap = ReplayCap::new(cap);
+    let mut backoff = FIRST_BACKOFF;
+    let idx = dest.index;
+    loop {
+        if token.is_cancelled() {
+            return;
+        }
+        let live: Option<Live> = live_rx.borrow_and_update().clone().filter(|l| l.id > last_live);
+        let (id, body, backlog) = if let Some(l) = live {
+            last_live = l.id;
+            (l.id, l.body, false)
+        } else {
+            let s = spool.clone();
+            match blocking(move || s.next_backlog(idx)).await.flatten() {
+                Some((id, size)) => {
+                    let wait = cap.wait(size, Instant::now());
+                    if !wait.is_zero() {
+                        // A fresh batch arriving meanwhile goes first.
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            r = live_rx.changed() => if r.is_err() { return },
+                            _ = token.cancelled() => return,
+                        }
+                        continue;
+                    }
+                    let s = spool.clone();
+                    match blocking(move || s.read(id)).await {
+                        Some(Ok(Some(body))) => {
+                            cap.take(body.len() as u64);
+                            (id, body, true)
+                        }
+                        Some(Ok(None)) => continue,
+                        Some(Err(e)) => {
+                            tracing::error!(id, error = %e, "spool: reading a batch back failed");
+                            if tierwatch_runtime::shutdown::sleep_or_cancelled(FIRST_BACKOFF, &token).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        r = live_rx.changed() => if r.is_err() { return },
+                        _ = token.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = dest.pusher.push(body) => r,
+            _ = token.cancelled() => return,
+        };
+        match result {
+            Ok(ack) => {
+                metrics.push(&dest.name, backlog, PushResult::Ok);
+                let s = spool.clone();
+                blocking(move || s.ack(idx, id)).await;
+                if let Some(first) = ack.rejected.first() {
+                    tracing::warn!(destination = %dest.name, id, rejected = ack.rejected.len(), first = %first.reason, "collector refused some samples");
+                }
+                tracing::debug!(destination = %dest.name, id, backlog, duplicate = ack.duplicate, "batch delivered");
+                backoff = FIRST_BACKOFF;
+            }
+            Err(PushError::Refused { endpoint, status, reason }) => {
+                metrics.push(&dest.name, backlog, PushResult::Refused);
+                let s = spool.clone();
+                blocking(move || s.refuse(idx, id)).await;
+                tracing::error!(id, endpoint = %endpoint, status = status.as_u16(), reason = %reason, "collector refused the batch; dropped");
+            }
+            Err(e @ PushError::Transient { .. }) => {
+                metrics.push(&dest.name, backlog, PushResult::Failed);
+                let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                tracing::warn!(destination = %dest.name, id, error = %e, retry_in_ms = wait.as_millis() as u64, "push failed");
+                if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_cap_paces_bytes() {
+        let t0 = Instant::now();
+        let mut c = ReplayCap::new(1000);
+        assert_eq!(c.wait(600, t0), Duration::ZERO);
+        c.take(600);
+        // 400 left; 600 more needs 0.2 s of refill.
+        let w = c.wait(600, t0);
+        assert!((w.as_secs_f64() - 0.2).abs() < 1e-6, "{w:?}");
+        assert_eq!(c.wait(600, t0 + Duration::from_millis(200)), Duration::ZERO);
+        // A batch bigger than a second of rate waits for a full bucket, then goes.
+        c.take(600);
+        assert!(c.wait(5000, t0 + Duration::from_millis(200)) > Duration::ZERO);
+        assert_eq!(c.wait(5000, t0 + Duration::from_millis(1200)), Duration::ZERO);
+        assert_eq!(ReplayCap::new(0).wait(1 << 30, t0), Duration::ZERO);
+    }
+}

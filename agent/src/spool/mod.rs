@@ -1,0 +1,612 @@
+//! The on-disk spool: every sealed batch is written here before it is sent,
+//! and stays until each destination has acknowledged it (or a bound drops it).
+//!
+//! Layout of the spool directory:
+//! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files of framed records ([`segment`]),
+//!   named by their first record id; only the newest is appended to.
+//! - `acks`: which destination took which record ([`acks`]).
+//!
+//! Durability: with `fsync: always` a record is `fdatasync`ed before
+//! [`Spool::append`] returns, so an acknowledged append survives power loss;
+//! with `never` it survives a crash of the agent but maybe not of the machine.
+//! Acknowledgements are never fsynced: losing one sends a batch again, and
+//! the collector stores each batch once.
+//!
+//! All methods block (file I/O, fsync): async callers use `spawn_blocking`.
+//! The in-memory index holds a few dozen bytes per unsent batch.
+
+pub mod acks;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::metrics::{DropReason, Metrics};
+use acks::{Ack, AckLog, DROPPED};
+use segment::{RecordMeta, Tail};
+
+/// When appended records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every record: survives power loss.
+    Always,
+    /// Leave it to the kernel's writeback: survives agent crashes only.
+    Never,
+}
+
+/// Bounds and placement of the spool.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Disk bytes of all segments; the oldest segment is dropped beyond.
+    pub max_bytes: u64,
+    /// Unsent batches older than this are dropped.
+    pub max_age: Duration,
+    /// A new segment is started when the current one would pass this size.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// Batches kept in memory when the disk refuses writes (full, read-only).
+    pub memory_batches: usize,
+}
+
+/// Errors opening the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool directory {}: {source}", dir.display())]
+    Dir { dir: PathBuf, source: io::Error },
+    #[error("spool file {}: {source}", file.display())]
+    File { file: PathBuf, source: io::Error },
+}
+
+/// A batch just appended, handed to the senders so the newest goes first.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub id: u64,
+    pub body: Bytes,
+}
+
+/// Where [`Spool::append`] put a batch.
+#[derive(Debug)]
+pub enum Stored {
+    /// Written to a segment (and synced, with `fsync: always`).
+    Disk(u64),
+    /// The disk refused it; held in memory (lost if the agent stops).
+    Memory { id: u64, error: io::Error },
+}
+
+impl Stored {
+    /// The record id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Stored::Disk(id) | Stored::Memory { id, .. } => *id,
+        }
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Batches still to be sent to at least one destination.
+    pub pending: usize,
+    /// Segments whose tail was cut off, with the bytes removed.
+    pub truncated: Vec<(PathBuf, u64)>,
+}
+
+#[derive(Debug)]
+enum Loc {
+    Disk { seg: u64, meta: RecordMeta },
+    Memory(Bytes),
+}
+
+#[derive(Debug)]
+struct Entry {
+    created_ms: i64,
+    /// Bit i set: destination i has not acknowledged it yet.
+    pending: u32,
+    loc: Loc,
+}
+
+impl Entry {
+    fn size(&self) -> u64 {
+        match &self.loc {
+            Loc::Disk { meta, .. } => meta.payload_len as u64,
+            Loc::Memory(b) => b.len() as u64,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    bytes: u64,
+    /// Records of this segment still in the index.
+    live: usize,
+    reader: Option<File>,
+}
+
+struct Active {
+    first_id: u64,
+    file: File,
+    len: u64,
+}
+
+struct Inner {
+    cfg: SpoolConfig,
+    /// Destination keys; index i is bit i of `Entry::pending`.
+    dests: Vec<u32>,
+    entries: BTreeMap<u64, Entry>,
+    segments: BTreeMap<u64, Segment>,
+    active: Option<Active>,
+    next_id: u64,
+    acks: AckLog,
+    disk_bytes: u64,
+    memory: usize,
+    /// Per destination: no entry below this id is pending for it.
+    cursors: Vec<u64>,
+    ack_error_logged: bool,
+}
+
+/// The spool. Cheap to share behind an `Arc`.
+pub struct Spool {
+    inner: Mutex<Inner>,
+    oldest_ms: AtomicI64,
+    live: watch::Sender<Option<Live>>,
+    metrics: Metrics,
+}
+
+fn all_bits(n: usize) -> u32 {
+    if n >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << n) - 1
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Opens or creates the spool for destinations `dests` (at most 32 keys;
+    /// acknowledgements by keys not listed are ignored, so a new destination
+    /// receives everything unsent).
+    pub fn open(cfg: SpoolConfig, dests: Vec<u32>, metrics: Metrics) -> Result<(Spool, OpenReport), SpoolError> {
+        let dir = cfg.dir.clone();
+        let dir_err = |source| SpoolError::Dir { dir: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(dir_err)?;
+        let _ = std::fs::remove_file(dir.join(acks::NAME).with_extension("tmp"));
+        let mut firsts = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let (ack_log, ack_list) =
+            AckLog::open(&dir).map_err(|source| SpoolError::File { file: dir.join(acks::NAME), source })?;
+
+        let mut report = OpenReport::default();
+        let mut entries = BTreeMap::new();
+        let mut segments = BTreeMap::new();
+        let mut next_id = 1u64;
+        let everyone = all_bits(dests.len());
+        for &first in &firsts {
+            let path = segment::path(&dir, first);
+            let file_err = |source| SpoolError::File { file: path.clone(), source };
+            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(file_err)?;
+            let scan = segment::scan(&file, first.max(next_id)).map_err(file_err)?;
+            if scan.tail != Tail::Clean {
+                let cut = scan.file_len - scan.valid_len;
+                file.set_len(scan.valid_len).map_err(file_err)?;
+                file.sync_all().map_err(file_err)?;
+                tracing::warn!(file = %path.display(), bytes = cut, kind = ?scan.tail, records_kept = scan.records.len(), "spool: cut a damaged segment tail");
+                metrics.spool_truncations.inc();
+                report.truncated.push((path.clone(), cut));
+            }
+            for r in &scan.records {
+                entries.insert(
+                    r.id,
+                    Entry { created_ms: r.created_ms, pending: everyone, loc: Loc::Disk { seg: first, meta: *r } },
+                );
+            }
+            next_id = next_id.max(first).max(scan.records.last().map_or(0, |r| r.id + 1));
+            segments.insert(first, Segment { bytes: scan.valid_len, live: scan.records.len(), reader: None });
+        }
+        for a in &ack_list {
+            let Some(e) = entries.get_mut(&a.id) else { continue };
+            if a.dest == DROPPED {
+                e.pending = 0;
+            } else if let Some(i) = dests.iter().position(|&d| d == a.dest) {
+                e.pending &= !(1 << i);
+            }
+        }
+        let mut inner = Inner {
+            cursors: vec![0; dests.len()],
+            cfg,
+            dests,
+            entries,
+            segments,
+            active: None,
+            next_id,
+            acks: ack_log,
+            disk_bytes: 0,
+            memory: 0,
+            ack_error_logged: false,
+        };
+        let done: Vec<u64> = inner.entries.iter().filter(|(_, e)| e.pending == 0).map(|(&id, _)| id).collect();
+        for id in done {
+            inner.forget(id);
+        }
+        // The newest segment stays, even if empty: its name carries next_id.
+        let newest = inner.segments.keys().next_back().copied();
+        let idle: Vec<u64> =
+            inner.segments.iter().filter(|(&f, s)| s.live == 0 && Some(f) != newest).map(|(&f, _)| f).collect();
+        for first in idle {
+            inner.delete_segment(first);
+        }
+        if let Some(first) = newest {
+            let path = segment::path(&inner.cfg.dir, first);
+            let bytes = inner.segments.get(&first).map_or(0, |s| s.bytes);
+            if bytes < inner.cfg.segment_bytes {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| SpoolError::File { file: path, source })?;
+                inner.active = Some(Active { first_id: first, file, len: bytes });
+            }
+        }
+        inner.disk_bytes = inner.segments.values().map(|s| s.bytes).sum();
+        inner.compact_acks().map_err(|source| SpoolError::File { file: inner.cfg.dir.join(acks::NAME), source })?;
+        inner.expire(tierwatch_protocol::now_ms(), &metrics);
+        report.pending = inner.entries.len();
+        let (live, _) = watch::channel(None);
+        let spool = Spool { inner: Mutex::new(inner), oldest_ms: AtomicI64::new(0), live, metrics };
+        spool.publish(&spool.lock());
+        Ok((spool, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The index is plain data; after a panic elsewhere it is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.metrics.spool_bytes.set(inner.disk_bytes as i64);
+        self.metrics.spool_batches.set(inner.entries.len() as i64);
+        self.metrics.spool_memory_batches.set(inner.memory as i64);
+        self.oldest_ms.store(inner.entries.values().next().map_or(0, |e| e.created_ms), Ordering::Relaxed);
+    }
+
+    /// Creation time of the oldest unsent batch, ms since the epoch; 0 when none.
+    pub fn oldest_unsent_ms(&self) -> i64 {
+        self.oldest_ms.load(Ordering::Relaxed)
+    }
+
+    /// Receives every appended batch, newest only, for live-first sending.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Live>> {
+        self.live.subscribe()
+    }
+
+    /// Stores a sealed batch and announces it to the senders. When the disk
+    /// fails, the batch is kept in memory (bounded) and the error returned
+    /// inside [`Stored::Memory`].
+    pub fn append(&self, body: Bytes, created_ms: i64) -> Stored {
+        let stored = {
+            let mut inner = self.lock();
+            inner.expire(tierwatch_protocol::now_ms(), &self.metrics);
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let everyone = all_bits(inner.dests.len());
+            let stored = match inner.write(id, created_ms, &body, &self.metrics) {
+                Ok((seg, meta)) => {
+                    inner.entries.insert(id, Entry { created_ms, pending: everyone, loc: Loc::Disk { seg, meta } });
+                    Stored::Disk(id)
+                }
+                Err(error) => {
+                    self.metrics.spool_write_errors.inc();
+                    if inner.memory >= inner.cfg.memory_batches.max(1) {
+                        let oldest =
+                            inner.entries.iter().find(|(_, e)| matches!(e.loc, Loc::Memory(_))).map(|(&i, _)| i);
+                        if let Some(old) = oldest {
+                            inner.forget(old);
+                            self.metrics.dropped(DropReason::Memory);
+                        }
+                    }
+                    inner.memory += 1;
+                    inner.entries.insert(id, Entry { created_ms, pending: everyone, loc: Loc::Memory(body.clone()) });
+                    Stored::Memory { id, error }
+                }
+            };
+            self.publish(&inner);
+            stored
+        };
+        self.live.send_replace(Some(Live { id: stored.id(), body }));
+        stored
+    }
+
+    /// The oldest batch destination `dest` has not acknowledged, with its size.
+    pub fn next_backlog(&self, dest: usize) -> Option<(u64, u64)> {
+        let mut inner = self.lock();
+        let bit = 1u32 << dest;
+        let from = inner.cursors[dest];
+        let found = inner.entries.range(from..).find(|(_, e)| e.pending & bit != 0).map(|(&id, e)| (id, e.size()));
+        inner.cursors[dest] = found.map_or(inner.next_id, |(id, _)| id);
+        found
+    }
+
+    /// True while `dest` still has to receive batch `id`.
+    pub fn is_pending(&self, dest: usize, id: u64) -> bool {
+        self.lock().entries.get(&id).is_some_and(|e| e.pending & (1 << dest) != 0)
+    }
+
+    /// The body of batch `id`, read back and checked; `None` when it is gone
+    /// (acknowledged, dropped, or found damaged, which is counted and dropped).
+    pub fn read(&self, id: u64) -> io::Result<Option<Bytes>> {
+        let mut inner = self.lock();
+        let (seg, meta) = match inner.entries.get(&id).map(|e| &e.loc) {
+            None => return Ok(None),
+            Some(Loc::Memory(b)) => return Ok(Some(b.clone())),
+            Some(Loc::Disk { seg, meta }) => (*seg, *meta),
+        };
+        let path = segment::path(&inner.cfg.dir, seg);
+        let Some(s) = inner.segments.get_mut(&seg) else { return Ok(None) };
+        if s.reader.is_none() {
+            s.reader = Some(File::open(&path)?);
+        }
+        let Some(file) = s.reader.as_ref() else { return Ok(None) };
+        match segment::read_payload(file, &meta) {
+            Ok(p) => Ok(Some(Bytes::from(p))),
+            Err(segment::ReadError::Io(e)) => Err(e),
+            Err(e @ segment::ReadError::Checksum { .. }) => {
+                tracing::error!(file = %path.display(), error = %e, "spool: damaged batch dropped");
+                inner.drop_entry(id, &self.metrics, DropReason::Corrupt);
+                self.publish(&inner);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records that `dest` has batch `id`; the batch goes once every destination has it.
+    pub fn ack(&self, dest: usize, id: u64) {
+        let mut inner = self.lock();
+        inner.ack(dest, id);
+        self.publish(&inner);
+    }
+
+    /// Drops batch `id` for `dest` because the collector refused it (4xx).
+    pub fn refuse(&self, dest: usize, id: u64) {
+        self.metrics.dropped(DropReason::Refused);
+        self.ack(dest, id);
+    }
+
+    /// Batches not yet acknowledged by every destination.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when everything was delivered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Flushes the current segment to disk (on shutdown).
+    pub fn close(&self) -> io::Result<()> {
+        let inner = self.lock();
+        match &inner.active {
+            Some(a) => a.file.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    /// Appends one framed record, keeping the size bound and rotating segments.
+    fn write(&mut self, id: u64, created_ms: i64, body: &[u8], metrics: &Metrics) -> io::Result<(u64, RecordMeta)> {
+        let record = segment::encode(id, created_ms, body);
+        let size = record.len() as u64;
+        if size > self.cfg.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("batch of {size} bytes exceeds spool.max_bytes"),
+            ));
+        }
+        if self.active.as_ref().is_some_and(|a| a.len > 0 && a.len + size > self.cfg.segment_bytes) {
+            self.rotate()?;
+        }
+        // Make room: drop whole segments, oldest first; never the one being written.
+        while self.disk_bytes + size > self.cfg.max_bytes {
+            let active = self.active.as_ref().map(|a| a.first_id);
+            let Some(oldest) = self.segments.keys().copied().find(|&f| Some(f) != active) else {
+                if self.active.as_ref().is_some_and(|a| a.len > 0) {
+                    self.rotate()?;
+                    continue;
+                }
+                break;
+            };
+            let ids: Vec<u64> = self.ids_of(oldest);
+            if !ids.is_empty() {
+                tracing::warn!(
+                    batches = ids.len(),
+                    first = ids[0],
+                    "spool full (max_bytes): dropped the oldest segment"
+                );
+            }
+            for i in ids {
+                self.entries.remove(&i);
+                metrics.dropped(DropReason::Size);
+            }
+            self.delete_segment(oldest);
+        }
+        if self.active.is_none() {
+            let path = segment::path(&self.cfg.dir, id);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let len = file.metadata()?.len();
+            if self.cfg.fsync == FsyncPolicy::Always {
+                sync_dir(&self.cfg.dir)?;
+            }
+            self.segments.entry(id).or_insert(Segment { bytes: len, live: 0, reader: None });
+            self.active = Some(Active { first_id: id, file, len });
+        }
+        let Some(active) = self.active.as_mut() else { return Err(io::Error::other("no active segment")) };
+        let offset = active.len;
+        if let Err(e) = active.file.write_all(&record) {
+            // Leave no partial record behind for the next append to follow.
+            let _ = active.file.set_len(offset);
+            return Err(e);
+        }
+        if self.cfg.fsync == FsyncPolicy::Always {
+            if let Err(e) = active.file.sync_data() {
+                let _ = active.file.set_len(offset);
+                return Err(e);
+            }
+        }
+        active.len += size;
+        let first = active.first_id;
+        if let Some(s) = self.segments.get_mut(&first) {
+            s.bytes += size;
+            s.live += 1;
+        }
+        self.disk_bytes += size;
+        Ok((first, RecordMeta { id, created_ms, offset, payload_len: body.len() as u32 }))
+    }
+
+    /// Closes the current segment; the next append starts a new one.
+    fn rotate(&mut self) -> io::Result<()> {
+        if let Some(a) = self.active.take() {
+            a.file.sync_all()?;
+            if self.segments.get(&a.first_id).is_some_and(|s| s.live == 0) {
+                self.delete_segment(a.first_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn ids_of(&self, seg: u64) -> Vec<u64> {
+        let end = self.segments.range(seg + 1..).next().map_or(u64::MAX, |(&f, _)| f);
+        self.entries
+            .range(seg..end)
+            .filter(|(_, e)| matches!(e.loc, Loc::Disk { seg: s, .. } if s == seg))
+            .map(|(&i, _)| i)
+            .collect()
+    }
+
+    fn delete_segment(&mut self, first: u64) {
+        if let Some(s) = self.segments.remove(&first) {
+            self.disk_bytes = self.disk_bytes.saturating_sub(s.bytes);
+        }
+        let path = segment::path(&self.cfg.dir, first);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), error = %e, "spool: could not delete a delivered segment");
+            }
+        }
+    }
+
+    /// Removes an entry from the index; deletes its segment when that was the last one.
+    fn forget(&mut self, id: u64) {
+        let Some(e) = self.entries.remove(&id) else { return };
+        match e.loc {
+            Loc::Memory(_) => self.memory = self.memory.saturating_sub(1),
+            Loc::Disk { seg, .. } => {
+                let active = self.active.as_ref().map(|a| a.first_id);
+                let empty = self.segments.get_mut(&seg).map(|s| {
+                    s.live = s.live.saturating_sub(1);
+                    s.live == 0
+                });
+                if empty == Some(true) && Some(seg) != active {
+                    self.delete_segment(seg);
+                }
+            }
+        }
+    }
+
+    fn log_ack(&mut self, a: Ack) {
+        if let Err(e) = self.acks.append(a) {
+            if !self.ack_error_logged {
+                self.ack_error_logged = true;
+                tracing::warn!(error = %e, "spool: cannot record acknowledgements; delivered batches may be sent again after a restart");
+            }
+        }
+    }
+
+    fn ack(&mut self, dest: usize, id: u64) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        let bit = 1u32 << dest;
+        if e.pending & bit == 0 {
+            return;
+        }
+        e.pending &= !bit;
+        let done = e.pending == 0;
+        if matches!(e.loc, Loc::Disk { .. }) {
+            let key = self.dests[dest];
+            self.log_ack(Ack { id, dest: key });
+        }
+        if done {
+            self.forget(id);
+        }
+        if self.acks.wants_compaction() {
+            if let Err(e) = self.compact_acks() {
+                tracing::warn!(error = %e, "spool: compacting the acknowledgement log failed");
+            }
+        }
+    }
+
+    fn drop_entry(&mut self, id: u64, metrics: &Metrics, why: DropReason) {
+        if let Some(e) = self.entries.get(&id) {
+            if matches!(e.loc, Loc::Disk { .. }) {
+                self.log_ack(Ack { id, dest: DROPPED });
+            }
+            metrics.dropped(why);
+            self.forget(id);
+        }
+    }
+
+    /// Drops unsent batches older than `max_age`, oldest first.
+    fn expire(&mut self, now_ms: i64, metrics: &Metrics) {
+        let cutoff = now_ms.saturating_sub(self.cfg.max_age.as_millis() as i64);
+        let old: Vec<u64> = self.entries.iter().take_while(|(_, e)| e.created_ms < cutoff).map(|(&i, _)| i).collect();
+        if !old.is_empty() {
+            tracing::warn!(batches = old.len(), first = old[0], "spool: dropped batches older than max_age");
+        }
+        for id in old {
+            self.drop_entry(id, metrics, DropReason::Age);
+        }
+    }
+
+    /// Rewrites the acknowledgement log with only what the index still needs:
+    /// per-destination acks of unsent batches, and a "done" mark for every
+    /// other record still inside a segment file.
+    fn compact_acks(&mut self) -> io::Result<()> {
+        let mut keep = Vec::new();
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        for (i, &first) in firsts.iter().enumerate() {
+            let end = firsts.get(i + 1).copied().unwrap_or(self.next_id);
+            for id in first..end {
+                match self.entries.get(&id) {
+                    None => keep.push(Ack { id, dest: DROPPED }),
+                    Some(e) if matches!(e.loc, Loc::Disk { .. }) => {
+                        for (bit, &key) in self.dests.iter().enumerate() {
+                            if e.pending & (1 << bit) == 0 {
+                                keep.push(Ack { id, dest: key });
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.acks.rewrite(keep)
+    }
+}
+
+#[cfg(test)]
+mod tests;

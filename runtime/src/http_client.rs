@@ -1,0 +1,112 @@
+//! A kept-alive HTTP/1.1 client connection to one server, plain or over
+//! rustls. Used by the agent's push and the collector's remote_write; both
+//! send one request at a time and want to know which stage failed.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// TLS settings of a connection: the connector and the name to verify.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+/// One server, one connection at a time, reconnected on demand.
+pub struct HttpConn {
+    host: String,
+    port: u16,
+    tls: Option<Tls>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl HttpConn {
+    /// A client for `host:port`; `tls` of `None` means plain HTTP.
+    pub fn new(host: impl Into<String>, port: u16, tls: Option<Tls>) -> Self {
+        HttpConn { host: host.into(), port, tls, sender: None }
+    }
+
+    /// `host:port` as a Host header (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Drops the connection; the next request opens a new one.
+    pub fn reset(&mut self) {
+        self.sender = None;
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = match &self.tls {
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP: {e}"))?;
+                (s, tokio::spawn(c))
+            }
+            None => {
+                let (s, c) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("HTTP: {e}"))?;
+                (s, tokio::spawn(c))
+            }
+        };
+        // The connection task ends when the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = conn.await {
+                tracing::debug!(error = %e, "HTTP client connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` on the kept connection (opening one if needed) and reads
+    /// the whole response. On error the connection is dropped.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let result = self.exchange(req).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let reusable = match self.sender.take() {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let mut sender = match reusable {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        let resp = sender.send_request(req).await.map_err(|e| format!("sending: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("reading response: {e}"))?.to_bytes();
+        self.sender = Some(sender);
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
+    }
+}
