@@ -18,7 +18,9 @@ use crate::push::{PushError, Pusher};
 use crate::spool::{Live, Spool};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+// Short enough that a restored link is used within seconds; with jitter,
+// 100 agents retrying are a few TLS handshakes per second at most.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// A byte-rate limiter for the backlog; bursts of up to one second of rate.
 #[derive(Debug)]

@@ -54,6 +54,11 @@ impl Lab {
 
     /// As [`Lab::start`], with extra YAML appended to `ingest:`.
     pub async fn start_with(ingest_extra: &str) -> Lab {
+        Self::start_full(ingest_extra, "").await
+    }
+
+    /// As [`Lab::start`], with extra YAML appended to `ingest:` and at the top level.
+    pub async fn start_full(ingest_extra: &str, top_extra: &str) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
         pki::init(&pki_dir, "test CA", 30, false).unwrap();
@@ -73,7 +78,7 @@ impl Lab {
         pki::issue(&evil, &id("nui-cam"), &Usage::Client, 30, false).unwrap();
         std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY).unwrap();
         let conf = format!(
-            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\nstate_dir: state\n"
+            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\nstate_dir: state\n{top_extra}"
         );
         std::fs::write(dir.path().join("collector.yaml"), conf).unwrap();
         let config = Config::load(&dir.path().join("collector.yaml")).unwrap();
@@ -125,6 +130,22 @@ impl Lab {
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Stops the collector and starts it again on the same configuration and state.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = Config::load(&self.dir.path().join("collector.yaml")).unwrap();
+        let running = server::start(config, CancellationToken::new()).await.unwrap();
+        self.ingest = running.ingest_addr;
+        self.http = running.http_addr;
+        self.collector = Some(running);
+    }
+
+    /// The value of the unlabelled-or-labelled sample line `series` in `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await;
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
 
     /// Stops the collector and waits for it.

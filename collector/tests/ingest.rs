@@ -237,3 +237,37 @@ async fn metrics_pass_promtool_check() {
     );
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_sent_twice_is_stored_once_even_across_a_restart() {
+    let mut lab = Lab::start().await;
+    let client = lab.client(&lab.pki, "nui-cam");
+    let body = probe_ok("nui-cam", 7);
+    let first = Ack::decode(lab.push(client.clone(), body.clone()).await.unwrap().1).unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.accepted_points, 1);
+    let again = Ack::decode(lab.push(client.clone(), body.clone()).await.unwrap().1).unwrap();
+    assert!(again.duplicate, "second copy is acknowledged as a duplicate");
+    assert_eq!(again.accepted_points, 0);
+    // A live-first replay: 9 arrives before 8; both are new.
+    for seq in [9, 8] {
+        assert!(!Ack::decode(lab.push(client.clone(), probe_ok("nui-cam", seq)).await.unwrap().1).unwrap().duplicate);
+    }
+    assert_eq!(lab.metric(r#"tierwatch_collector_samples_total{result="accepted"}"#).await, Some(3.0));
+    assert_eq!(lab.metric(r#"tierwatch_collector_batches_total{result="duplicate"}"#).await, Some(1.0));
+
+    lab.restart().await;
+    let client = lab.client(&lab.pki, "nui-cam");
+    for seq in [7, 8, 9] {
+        let ack = Ack::decode(lab.push(client.clone(), probe_ok("nui-cam", seq)).await.unwrap().1).unwrap();
+        assert!(ack.duplicate, "sequence {seq} remembered across the restart");
+    }
+    // Another boot of the same node starts its own sequence space.
+    let mut other =
+        batch("nui-cam", 7, vec![gauge(catalogue::PROBE_SUCCESS.name, &[("probe", "icmp"), ("target", "gw")], 1.0)]);
+    other.boot_id = vec![4; 16];
+    assert!(!Ack::decode(lab.push(client, other.encode_to_vec()).await.unwrap().1).unwrap().duplicate);
+    assert_eq!(lab.metric(r#"tierwatch_collector_samples_total{result="accepted"}"#).await, Some(1.0));
+    assert_eq!(lab.metric("tierwatch_collector_ledger_boots").await, Some(2.0));
+    lab.stop().await;
+}

@@ -9,6 +9,7 @@
 
 pub mod catalogue;
 pub mod ids;
+pub mod testing;
 pub mod validate;
 pub mod wire;
 

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod evidence;
 pub mod lab;
+pub mod loopback;
+pub mod prometheus;
 
 /// Folder of the binaries built by `cargo build --workspace --bins` in the
 /// same profile as this test (`target/debug`), found from the test executable.
@@ -151,6 +154,19 @@ impl Proc {
                 bail!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

@@ -85,12 +85,22 @@ pub struct LabSpec {
     pub communes: usize,
     /// Extra hosts on the LAN of commune 1 (attacker, rogue server, ...).
     pub lan_hosts: usize,
+    /// Whether other labs wait while this one exists (tests that time
+    /// packets want the machine to themselves).
+    pub exclusive: bool,
 }
 
 impl LabSpec {
     /// `n` communes, no extra hosts.
     pub fn communes(n: usize) -> Self {
-        LabSpec { communes: n, lan_hosts: 0 }
+        LabSpec { communes: n, lan_hosts: 0, exclusive: true }
+    }
+
+    /// Lets other labs run at the same time: for long tests that measure
+    /// no timing (an outage of minutes) and mostly wait.
+    pub fn beside_others(mut self) -> Self {
+        self.exclusive = false;
+        self
     }
 
     /// Adds extra hosts on commune 1's LAN.
@@ -240,7 +250,7 @@ pub struct Lab {
     /// How long the build took.
     pub build_time: Duration,
     namespaces: Vec<Netns>,
-    _guard: std::sync::MutexGuard<'static, ()>,
+    _guard: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 /// The parts of a lab while it is being built (namespaces are tracked by the caller).
@@ -265,7 +275,7 @@ impl Lab {
         if !(1..=250).contains(&spec.communes) {
             bail!("communes must be 1..=250");
         }
-        let guard = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = spec.exclusive.then(|| ONE_LAB.lock().unwrap_or_else(|p| p.into_inner()));
         let stale = netns::remove_stale();
         if stale > 0 {
             eprintln!("lab: removed {stale} stale namespaces of earlier runs");

@@ -48,6 +48,13 @@ impl Netns {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
     }
 
+    /// GETs `path` from `addr` over plain HTTP from inside the namespace.
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        let out = self.exec(crate::bin("tw-labnet"), &["get", &addr.to_string(), path])?;
+        let (code, body) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+        Ok((code.trim().parse().context("status code")?, body.to_string()))
+    }
+
     /// A command that runs `program ARGS` inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut c = Command::new("ip");

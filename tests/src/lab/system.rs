@@ -32,6 +32,8 @@ pub struct SystemSpec {
     pub only_nodes: Option<Vec<String>>,
     /// Extra YAML at the end of collector.yaml (top-level keys).
     pub collector_extra: String,
+    /// Log every spooled and stored batch (JSON logs, for exactly-once checks).
+    pub log_batches: bool,
     /// Extra YAML lines inside each agent's `collector:` section (indented two spaces).
     pub agent_collector_extra: String,
     /// Extra YAML lines inside each agent's `spool:` section (indented two spaces).
@@ -48,6 +50,7 @@ impl Default for SystemSpec {
             extra_targets: String::new(),
             only_nodes: None,
             collector_extra: String::new(),
+            log_batches: false,
             agent_collector_extra: String::new(),
             spool_extra: String::new(),
         }
@@ -106,7 +109,8 @@ impl Lab {
         std::fs::write(
             dir.join("collector.yaml"),
             format!(
-                "topology: topology.yaml\ningest:\n  listen: {ingest}\n  ca: pki/ca.crt\n  cert: pki/lab-collector.crt\n  key: pki/lab-collector.key\nhttp:\n  listen: {}:{HTTP_PORT}\nnode_down_after: {}\nstate_dir: state\n{}",
+                "log_level: {}\ntopology: topology.yaml\ningest:\n  listen: {ingest}\n  ca: pki/ca.crt\n  cert: pki/lab-collector.crt\n  key: pki/lab-collector.key\nhttp:\n  listen: {}:{HTTP_PORT}\nnode_down_after: {}\nstate_dir: state\n{}",
+                if spec.log_batches { "info,tierwatch_collector::ingest=debug" } else { "info" },
                 addrs::CENTRAL,
                 ms(spec.push_interval * 6),
                 spec.collector_extra,
@@ -167,11 +171,12 @@ impl Lab {
             }
         }
         format!(
-            "node: {id}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
+            "node: {id}\nlog_level: {level}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
              spool:\n  dir: spool/{id}\n{spool_extra}health: null\ndefaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
              \x20 - name: provincial-gateway\n    probe: icmp\n    host: {gateway}\n\
              \x20 - name: provincial-service\n    probe: tcp\n    host: {service}\n    port: {SERVICE_PORT}\n{extra}",
             id = node.id,
+            level = if spec.log_batches { "info,tierwatch_agent::batcher=debug" } else { "info" },
             push = ms(spec.push_interval),
             interval = ms(spec.probe_interval),
             timeout = ms(spec.probe_timeout),
@@ -189,12 +194,18 @@ fn path(p: &Path) -> anyhow::Result<&str> {
 }
 
 impl Tierwatch {
+    /// Stops the agents (each drains its last batch to the collector), then the collector.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        for a in &mut self.agents {
+            a.terminate(Duration::from_secs(30))?;
+        }
+        self.collector.terminate(Duration::from_secs(30))?;
+        Ok(())
+    }
+
     /// GETs `path` from the collector's HTTP port, from inside `central`.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let out =
-            self.central.exec(crate::bin("tw-labnet"), &["get", &format!("{}:{HTTP_PORT}", addrs::CENTRAL), path])?;
-        let (code, body) = out.split_once('\n').unwrap_or((out.as_str(), ""));
-        Ok((code.trim().parse().context("status code")?, body.to_string()))
+        self.central.http_get((addrs::CENTRAL, HTTP_PORT).into(), path)
     }
 
     /// `/api/v1/nodes` as JSON.
