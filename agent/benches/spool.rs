@@ -2,7 +2,8 @@
 //! Run: `cargo bench -p tierwatch-agent --bench spool`.
 //!
 //! 1. Append per batch with `fsync: always` and `never` (the batch: what an
-//!    agent with 10 targets seals per push, ~75 series).
+//!    agent with 10 targets seals per push, ~75 series), against a bare
+//!    write + fdatasync of the same bytes as the reference.
 //! 2. Opening a spool of 20,000 unsent batches (scan, checksums, index).
 //! 3. Replay through the spool alone: oldest first, read back, acknowledge.
 //! 4. End to end: a backlog of 3,000 batches delivered over mTLS to a real
@@ -52,6 +53,23 @@ fn fill(dir: &std::path::Path, n: u64, fsync: FsyncPolicy) -> Duration {
 fn main() {
     let size = body(1).len();
     println!("batch: {size} bytes encoded (10 targets, ~75 series)");
+    // Reference: the same bytes with a bare write + fdatasync, no spool.
+    {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+        let b = body(1);
+        let n = 2000;
+        let t = Instant::now();
+        for _ in 0..n {
+            f.write_all(&b).unwrap();
+            f.sync_data().unwrap();
+        }
+        println!(
+            "reference, bare write + fdatasync on the same disk: {:.1} µs per batch",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
     for (policy, n) in [(FsyncPolicy::Always, 2000u64), (FsyncPolicy::Never, 20000)] {
         let dir = tempfile::tempdir().unwrap();
         let t = fill(dir.path(), n, policy);
@@ -78,7 +96,7 @@ fn main() {
     let t = Instant::now();
     while let Some((id, _)) = spool.next_backlog(0) {
         let b = spool.read(id).unwrap().unwrap();
-        assert_eq!(b.len(), size);
+        assert!(b.len() >= size);
         spool.ack(0, id);
     }
     let replay = t.elapsed();

@@ -145,19 +145,21 @@ async fn run(label: &str, remote: &str, received: impl Fn() -> u64) {
     );
 }
 
+/// Samples Prometheus appended, from its own `/metrics` (it does not scrape itself here).
 fn prometheus_samples(addr: SocketAddr) -> u64 {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0 };
-    let q = "/api/v1/query?query=prometheus_tsdb_head_samples_appended_total";
-    let _ = write!(s, "GET {q} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .map(|r| r.iter().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).sum::<f64>() as u64)
-        .unwrap_or(0)
+    out.lines()
+        // In-order and out-of-order appends are counted apart.
+        .filter(|l| {
+            l.starts_with("prometheus_tsdb_head_samples_appended_total")
+                || l.starts_with("prometheus_tsdb_head_out_of_order_samples_appended_total")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn main() {
@@ -184,6 +186,7 @@ fn main() {
         .arg(format!("--web.listen-address={addr}"))
         .arg("--web.enable-remote-write-receiver")
         .arg("--log.level=error")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

