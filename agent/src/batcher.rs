@@ -21,6 +21,8 @@ pub struct Stamp {
     pub node_id: String,
     pub boot_id: [u8; 16],
     pub config_hash: [u8; 32],
+    /// Announced in every batch, for the collector's heartbeat.
+    pub push_interval: Duration,
 }
 
 /// Seals batches from `results` into `spool` until `token` is cancelled and
@@ -91,6 +93,7 @@ async fn seal(stamp: &Stamp, sequence: u64, pending: &mut Vec<Series>, spool: &A
         created_ms: now,
         series,
         events: Vec::new(),
+        push_interval_ms: stamp.push_interval.as_millis().min(u32::MAX as u128) as u32,
     };
     let body = Bytes::from(batch.encode_to_vec());
     let s = spool.clone();

@@ -129,7 +129,12 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
 
     let mut boot_id = [0u8; 16];
     rand::thread_rng().fill(&mut boot_id);
-    let stamp = Stamp { node_id: config.node.to_string(), boot_id, config_hash: config.hash };
+    let stamp = Stamp {
+        node_id: config.node.to_string(),
+        boot_id,
+        config_hash: config.hash,
+        push_interval: config.push_interval,
+    };
     let batcher_token = CancellationToken::new();
     let batcher = tokio::spawn(batcher::run(
         stamp,

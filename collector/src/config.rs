@@ -9,6 +9,7 @@ use tierwatch_protocol::Limits;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
+use crate::alert::rules::Rules;
 use crate::remote_write::{RawRemoteWrite, RemoteWrite};
 use crate::topology::Topology;
 
@@ -36,6 +37,9 @@ pub struct RawConfig {
     /// Receivers of every stored sample, with its original timestamp.
     #[serde(default)]
     pub remote_write: Vec<RawRemoteWrite>,
+    /// Alert rules (`rules.yaml`), relative to this file; none: no alerting.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -113,6 +117,9 @@ pub struct Config {
     pub topology: Topology,
     pub state_dir: PathBuf,
     pub remote_write: Vec<RemoteWrite>,
+    /// Alert rules; empty when no rules file is configured.
+    pub rules: Rules,
+    pub rules_file: Option<PathBuf>,
 }
 
 /// Errors loading the configuration.
@@ -162,6 +169,11 @@ impl Config {
         }
         problems.into_result(file, &text)?;
         let topology = Topology::load(&topology_file)?;
+        let rules_file = raw.rules.as_deref().map(resolve);
+        let rules = match &rules_file {
+            Some(f) => Rules::load(f)?,
+            None => Rules { min_children: 3, group_wait: Duration::from_secs(10), rules: Vec::new() },
+        };
         Ok(Config {
             file: file.to_path_buf(),
             log_level: raw.log_level,
@@ -173,6 +185,8 @@ impl Config {
             topology,
             state_dir: resolve(&raw.state_dir),
             remote_write,
+            rules,
+            rules_file,
         })
     }
 }

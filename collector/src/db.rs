@@ -1,6 +1,6 @@
 //! The collector's state database (SQLite, WAL). One file,
 //! `<state_dir>/collector.db`, holds what must survive a restart: the
-//! exactly-once ledger and the remote_write queues (and, later, alert state).
+//! exactly-once ledger, the remote_write queues and the alert incidents.
 //!
 //! Why SQLite: crash-safe transactions let the ledger mark and the queued
 //! samples of a batch become durable together, before the agent gets its
@@ -44,6 +44,21 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL
     );
     CREATE INDEX rw_queue_remote ON rw_queue (remote, id);",
+    // 2: alert incidents: open ones (restored after a restart, so nothing is
+    // paged twice) and the history of every incident.
+    "CREATE TABLE incident (
+        key TEXT PRIMARY KEY,
+        opened_ms INTEGER NOT NULL,
+        view TEXT NOT NULL
+    );
+    CREATE TABLE incident_history (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        view TEXT NOT NULL
+    );
+    CREATE INDEX incident_history_at ON incident_history (at_ms);",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

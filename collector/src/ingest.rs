@@ -31,6 +31,8 @@ use crate::tls::{peer_node_id, IdentityError};
 /// What the ingest path needs, shared by all connections.
 pub struct Ingest {
     pub store: Arc<Store>,
+    /// Woken after each stored batch, so alerts need not wait for a tick.
+    pub alerting: Option<Arc<crate::alert::Alerting>>,
     pub ledger: Ledger,
     /// Whether accepted batches are converted for remote_write.
     pub remote_write: bool,
@@ -244,6 +246,9 @@ async fn process(
         return (Some(BatchResult::Duplicate), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
     }
     ingest.store.ingest(&node, batch, now);
+    if let Some(a) = &ingest.alerting {
+        a.trigger.notify_one();
+    }
     ingest.metrics.samples_accepted.inc_by(report.accepted_points as u64);
     ingest.metrics.samples_rejected.inc_by(report.rejected.len() as u64);
     ingest.metrics.events_accepted.inc_by(report.accepted_events as u64);

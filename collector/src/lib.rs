@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod alert;
 pub mod config;
 pub mod db;
 pub mod exposition;

@@ -67,6 +67,8 @@ pub struct Metrics {
     rw_queue_batches: IntGaugeVec,
     rw_last_success: GaugeVec,
     rw_send_seconds: HistogramVec,
+    incidents: IntCounterVec,
+    pub incidents_open: IntGauge,
 }
 
 impl Metrics {
@@ -168,6 +170,16 @@ impl Metrics {
         registry.register(Box::new(rw_queue_batches.clone()))?;
         registry.register(Box::new(rw_last_success.clone()))?;
         registry.register(Box::new(rw_send_seconds.clone()))?;
+        let incidents = IntCounterVec::new(
+            Opts::new("tierwatch_collector_incidents_total", "Alert incidents by event: opened, updated, resolved."),
+            &["event"],
+        )?;
+        let incidents_open = IntGauge::new("tierwatch_collector_incidents_open", "Alert incidents open now.")?;
+        registry.register(Box::new(incidents.clone()))?;
+        registry.register(Box::new(incidents_open.clone()))?;
+        for e in ["opened", "updated", "resolved"] {
+            incidents.with_label_values(&[e]);
+        }
         for r in remotes {
             for result in ["sent", "retried", "dropped"] {
                 rw_samples.with_label_values(&[r, result]);
@@ -197,7 +209,14 @@ impl Metrics {
             rw_queue_batches,
             rw_last_success,
             rw_send_seconds,
+            incidents,
+            incidents_open,
         })
+    }
+
+    /// Counts an incident event.
+    pub fn incident(&self, event: &str) {
+        self.incidents.with_label_values(&[event]).inc();
     }
 
     /// Counts remote_write samples of `remote` with `result`.

@@ -11,6 +11,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alert::engine::Engine;
+use crate::alert::Alerting;
 use crate::config::Config;
 use crate::http::{self, Http};
 use crate::ingest::{self, Ingest};
@@ -117,8 +119,21 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         source,
     })?;
 
+    let alerting = if config.rules.rules.is_empty() {
+        None
+    } else {
+        let dir = config.state_dir.clone();
+        let conn = tokio::task::spawn_blocking(move || crate::db::open(&dir)).await.map_err(|e| {
+            crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
+        })??;
+        let engine = Engine::new(config.rules.clone(), Arc::new(config.topology.clone()), tierwatch_protocol::now_ms());
+        let a = Alerting::new(engine, conn)
+            .map_err(|source| crate::db::DbError::Sqlite { file: config.state_dir.join(crate::db::FILE), source })?;
+        Some(Arc::new(a))
+    };
     let ingest = Arc::new(Ingest {
         store: store.clone(),
+        alerting: alerting.clone(),
         ledger,
         remote_write: !queues.is_empty(),
         metrics: metrics.clone(),
@@ -127,7 +142,8 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         handshake_timeout: config.ingest.handshake_timeout,
     });
     let http_state = Arc::new(Http {
-        store,
+        store: store.clone(),
+        alerting: alerting.clone(),
         metrics: metrics.clone(),
         stale_after: config.stale_after,
         node_down_after: config.node_down_after,
@@ -148,6 +164,9 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ));
     }
     sender_tasks.close();
+    if let Some(a) = &alerting {
+        tracker.spawn(crate::alert::run(a.clone(), store.clone(), metrics.clone(), token.clone()));
+    }
     tracker.spawn(ingest::serve(ingest_listener, TlsAcceptor::from(tls), ingest, token.clone(), tracker.clone()));
     let router = http::router(http_state.clone());
     let http_token = token.clone();
@@ -162,6 +181,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ingest = %ingest_addr,
         http = %http_addr,
         nodes = config.topology.nodes().len(),
+        rules = config.rules.rules.len(),
         "collector ready"
     );
     let wait_token = token.clone();

@@ -33,6 +33,8 @@ pub struct NodeState {
     pub last_sequence: u64,
     pub config_hash: Vec<u8>,
     pub batches: u64,
+    /// The agent's push interval as announced in its batches (ms; 0: unknown).
+    pub push_interval_ms: u32,
     pub series: HashMap<SeriesKey, SeriesValue>,
 }
 
@@ -70,6 +72,9 @@ impl Store {
         state.last_sequence = batch.sequence;
         state.config_hash = batch.config_hash;
         state.batches += 1;
+        if batch.push_interval_ms > 0 {
+            state.push_interval_ms = batch.push_interval_ms;
+        }
         for s in batch.series {
             let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
             let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);

@@ -59,6 +59,11 @@ impl Lab {
 
     /// As [`Lab::start`], with extra YAML appended to `ingest:` and at the top level.
     pub async fn start_full(ingest_extra: &str, top_extra: &str) -> Lab {
+        Self::start_full_with_files(ingest_extra, top_extra, &[]).await
+    }
+
+    /// As [`Lab::start_full`], with extra files (name, content) beside collector.yaml.
+    pub async fn start_full_with_files(ingest_extra: &str, top_extra: &str, files: &[(&str, &str)]) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
         pki::init(&pki_dir, "test CA", 30, false).unwrap();
@@ -70,13 +75,16 @@ impl Lab {
             false,
         )
         .unwrap();
-        for n in ["nui-cam", "giang-thanh", "ghost"] {
+        for n in ["an-giang", "nui-cam", "giang-thanh", "ghost"] {
             pki::issue(&pki_dir, &id(n), &Usage::Client, 30, false).unwrap();
         }
         let evil = dir.path().join("evil");
         pki::init(&evil, "evil CA", 30, false).unwrap();
         pki::issue(&evil, &id("nui-cam"), &Usage::Client, 30, false).unwrap();
         std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         let conf = format!(
             "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\nstate_dir: state\n{top_extra}"
         );

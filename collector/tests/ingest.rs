@@ -19,6 +19,7 @@ fn batch(node: &str, seq: u64, series: Vec<Series>) -> Batch {
         created_ms: tierwatch_protocol::now_ms(),
         series,
         events: vec![],
+        push_interval_ms: 0,
     }
 }
 

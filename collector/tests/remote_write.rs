@@ -68,6 +68,7 @@ fn batch(seq: u64, ts: i64) -> Vec<u8> {
             points: vec![Point { timestamp_ms: ts, value: 0.25 }],
         }],
         events: vec![],
+        push_interval_ms: 0,
     }
     .encode_to_vec()
 }

@@ -51,5 +51,6 @@ pub fn typical_batch(rounds: usize) -> Batch {
         created_ms: now,
         series,
         events: vec![],
+        push_interval_ms: 0,
     }
 }

@@ -332,6 +332,7 @@ mod tests {
             created_ms: NOW,
             series,
             events: vec![],
+            push_interval_ms: 0,
         }
     }
 

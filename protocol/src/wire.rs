@@ -33,6 +33,9 @@ pub struct Batch {
     /// Discrete events (security findings and the like).
     #[prost(message, repeated, tag = "9")]
     pub events: Vec<Event>,
+    /// The agent's push interval, so the collector knows when it is late (0: unknown).
+    #[prost(uint32, tag = "10")]
+    pub push_interval_ms: u32,
 }
 
 /// Samples of one series: a metric name and label set with one or more points.

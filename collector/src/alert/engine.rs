@@ -1,0 +1,499 @@
+//! Evaluation: rules over the store's latest values and the nodes' push
+//! times, each alert instance through its state machine, the firing ones
+//! grouped into incidents, and incident changes (opened, updated, resolved)
+//! handed to the notifiers. Called after every stored batch (a failing
+//! probe pages without waiting for a tick) and on a one-second tick (for
+//! heartbeats).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tierwatch_protocol::{Label, NodeId};
+
+use super::incident::{self, Active, Incident, Scope};
+use super::rules::{render, Rule, RuleKind, Rules, Severity};
+use super::state::{is_firing, step, Phase, Reading, Transition};
+use crate::store::Store;
+use crate::topology::{Node, Topology};
+
+/// Push interval assumed for a node that has not announced one.
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One alert instance: a rule on one node and series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertKey {
+    pub rule: usize,
+    pub node: NodeId,
+    pub labels: Vec<Label>,
+}
+
+/// What the rules read at one evaluation: per alert instance its reading,
+/// subject and value; and the nodes that are late (suspect).
+type Readings = (HashMap<AlertKey, (Reading, NodeId, f64)>, HashSet<NodeId>);
+
+#[derive(Debug, Clone)]
+struct Instance {
+    phase: Phase,
+    subject: NodeId,
+    value: f64,
+}
+
+/// An alert as reported in incidents and the API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlertView {
+    pub rule: String,
+    pub node: String,
+    pub subject: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+    pub severity: Severity,
+    pub since_ms: i64,
+    pub summary: String,
+}
+
+/// An incident as notified: everything a page needs, names as in the topology.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IncidentView {
+    pub key: String,
+    pub node: String,
+    pub node_name: String,
+    pub problem: String,
+    /// `node` or `children` (the parent's side, several children).
+    pub scope: String,
+    pub severity: Severity,
+    pub since_ms: i64,
+    pub summary: String,
+    /// Nodes behind the root cause or the children grouped, with their names.
+    pub affected: Vec<(String, String)>,
+    pub alerts: Vec<AlertView>,
+}
+
+/// What changed in one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Opened(IncidentView),
+    /// The affected nodes or alerts changed.
+    Updated(IncidentView),
+    /// Over; carries the last view and when it ended.
+    Resolved {
+        incident: IncidentView,
+        ended_ms: i64,
+    },
+}
+
+/// The engine's state between evaluations.
+pub struct Engine {
+    rules: Rules,
+    topo: Arc<Topology>,
+    started_ms: i64,
+    instances: HashMap<AlertKey, Instance>,
+    /// Incidents paged, by key.
+    open: BTreeMap<String, IncidentView>,
+    /// Incidents restored after a restart and not yet seen again: kept open
+    /// (not resolved, not paged again) until `restored_until_ms`, long
+    /// enough for every node to push and every heartbeat to decide.
+    restored: std::collections::HashSet<String>,
+    restored_until_ms: i64,
+}
+
+fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k: &str| match k {
+        "value" => Some(value.to_string()),
+        "node_name" => Some(node.name.clone()),
+        _ => node
+            .identity_labels()
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+            .or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.clone())),
+    }
+}
+
+impl Engine {
+    /// An engine for `rules` over `topo`; nodes count as heard from at `started_ms`.
+    pub fn new(rules: Rules, topo: Arc<Topology>, started_ms: i64) -> Engine {
+        Engine {
+            rules,
+            topo,
+            started_ms,
+            instances: HashMap::new(),
+            open: BTreeMap::new(),
+            restored: Default::default(),
+            restored_until_ms: 0,
+        }
+    }
+
+    /// The incidents currently paged.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &IncidentView> {
+        self.open.values()
+    }
+
+    /// Restores incidents paged before a restart, so they are not paged again.
+    pub fn restore(&mut self, open: Vec<IncidentView>) {
+        let missed = self
+            .rules
+            .rules
+            .iter()
+            .filter_map(|r| match r.kind {
+                RuleKind::Heartbeat { missed } => Some(missed),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(3);
+        self.restored_until_ms = self.started_ms + (missed as i64 + 1) * DEFAULT_PUSH_INTERVAL.as_millis() as i64;
+        for i in open {
+            self.restored.insert(i.key.clone());
+            self.open.insert(i.key.clone(), i);
+        }
+    }
+
+    fn readings(&self, store: &Store, now_ms: i64) -> Readings {
+        let mut out = HashMap::new();
+        let mut suspect = HashSet::new();
+        store.for_each_node(i64::MIN, |node, state| {
+            let interval = if state.push_interval_ms > 0 {
+                state.push_interval_ms as i64
+            } else {
+                DEFAULT_PUSH_INTERVAL.as_millis() as i64
+            };
+            let heard = state.last_push_ms.unwrap_or(self.started_ms).max(self.started_ms);
+            let age = now_ms - heard;
+            // Late by more than half an interval: suspect. A parent that pushed
+            // up to one interval after its children is then always suspect
+            // when they are declared down (missed >= 2), so they wait for it.
+            if age > interval + interval / 2 {
+                suspect.insert(node.id.clone());
+            }
+            let identity = node.identity_labels();
+            for (ri, rule) in self.rules.rules.iter().enumerate() {
+                match &rule.kind {
+                    RuleKind::Heartbeat { missed } => {
+                        if !rule.matches(|k| identity.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)) {
+                            continue;
+                        }
+                        let reading = if age > *missed as i64 * interval {
+                            Reading::Breach
+                        } else if age <= interval + interval / 2 {
+                            Reading::Clear
+                        } else {
+                            Reading::Between
+                        };
+                        let key = AlertKey { rule: ri, node: node.id.clone(), labels: Vec::new() };
+                        out.insert(key, (reading, node.id.clone(), age as f64 / 1000.0));
+                    }
+                    RuleKind::Threshold { metric, condition, until_now } => {
+                        for ((name, labels), v) in &state.series {
+                            if name != metric {
+                                continue;
+                            }
+                            let lookup = |k: &str| {
+                                identity
+                                    .iter()
+                                    .find(|(n, _)| *n == k)
+                                    .map(|(_, v)| *v)
+                                    .or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()))
+                            };
+                            if !rule.matches(lookup) {
+                                continue;
+                            }
+                            let value = if *until_now { v.value - now_ms as f64 / 1000.0 } else { v.value };
+                            let reading = if condition.fires(value) {
+                                Reading::Breach
+                            } else if condition.clears(value) {
+                                Reading::Clear
+                            } else {
+                                Reading::Between
+                            };
+                            let subject = rule
+                                .subject
+                                .as_deref()
+                                .and_then(|l| labels.iter().find(|x| x.name == l))
+                                .and_then(|l| self.topo.get_str(&l.value))
+                                .map_or_else(|| node.id.clone(), |n| n.id.clone());
+                            let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
+                            out.insert(key, (reading, subject, value));
+                        }
+                    }
+                }
+            }
+        });
+        (out, suspect)
+    }
+
+    /// Evaluates every rule at `now_ms`; returns the incident changes to notify.
+    pub fn evaluate(&mut self, store: &Store, now_ms: i64) -> Vec<Change> {
+        let (readings, suspect) = self.readings(store, now_ms);
+        let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
+        keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
+        for key in keys {
+            let rule = &self.rules.rules[key.rule];
+            let (reading, subject, value) = match readings.get(&key) {
+                Some((r, s, v)) => (*r, s.clone(), *v),
+                None => match self.instances.get(&key) {
+                    Some(i) => (Reading::Missing, i.subject.clone(), i.value),
+                    None => continue,
+                },
+            };
+            let inst = self.instances.entry(key.clone()).or_insert(Instance {
+                phase: Phase::Inactive,
+                subject: subject.clone(),
+                value,
+            });
+            let (phase, t) = step(inst.phase, reading, now_ms, rule.for_, rule.clear_for);
+            inst.phase = phase;
+            inst.subject = subject;
+            inst.value = value;
+            if let Transition::Fired { .. } | Transition::Resolved { .. } = t {
+                tracing::debug!(rule = %rule.name, node = %key.node, transition = ?t, "alert");
+            }
+        }
+        self.instances.retain(|_, i| i.phase != Phase::Inactive);
+        self.changes(&suspect, now_ms)
+    }
+
+    fn changes(&mut self, suspect: &HashSet<NodeId>, now_ms: i64) -> Vec<Change> {
+        let firing: Vec<(&AlertKey, &Instance)> = {
+            let mut v: Vec<_> = self.instances.iter().filter(|(_, i)| is_firing(i.phase)).collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v
+        };
+        let active: Vec<Active> = firing
+            .iter()
+            .map(|(k, i)| {
+                let rule = &self.rules.rules[k.rule];
+                let since_ms = match i.phase {
+                    Phase::Firing { since_ms } | Phase::Clearing { since_ms, .. } => since_ms,
+                    _ => now_ms,
+                };
+                Active {
+                    rule: rule.name.clone(),
+                    subject: i.subject.clone(),
+                    problem: rule.problem.clone(),
+                    severity: rule.severity,
+                    since_ms,
+                }
+            })
+            .collect();
+        let incidents = incident::group(&active, &self.topo, suspect, self.rules.min_children);
+        let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
+        for inc in &incidents {
+            // Held: an ancestor is late. Waiting: a problem that may yet be grouped.
+            let waiting = inc.problem != incident::UNREACHABLE
+                && now_ms - inc.since_ms < self.rules.group_wait.as_millis() as i64;
+            if (inc.held || waiting) && !self.open.contains_key(&inc.key()) {
+                continue;
+            }
+            now_open.insert(inc.key(), self.view(inc, &firing, &active));
+        }
+        let mut changes = Vec::new();
+        for (key, view) in &now_open {
+            match self.open.get(key) {
+                None => changes.push(Change::Opened(view.clone())),
+                Some(old) if old.affected != view.affected || old.alerts.len() != view.alerts.len() => {
+                    changes.push(Change::Updated(view.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, old) in &self.open {
+            if now_open.contains_key(key) {
+                self.restored.remove(key);
+            } else if self.restored.contains(key) && now_ms < self.restored_until_ms {
+                now_open.insert(key.clone(), old.clone());
+            } else {
+                self.restored.remove(key);
+                changes.push(Change::Resolved { incident: old.clone(), ended_ms: now_ms });
+            }
+        }
+        self.open = now_open;
+        changes
+    }
+
+    fn view(&self, inc: &Incident, firing: &[(&AlertKey, &Instance)], active: &[Active]) -> IncidentView {
+        let name = |id: &NodeId| self.topo.get(id).map_or_else(|| id.to_string(), |n| n.name.clone());
+        let alerts: Vec<AlertView> = inc
+            .alerts
+            .iter()
+            .map(|&i| {
+                let (k, inst) = firing[i];
+                let rule: &Rule = &self.rules.rules[k.rule];
+                let summary = match self.topo.get(&k.node) {
+                    Some(node) => render(&rule.summary, &vars(node, &k.labels, inst.value)),
+                    None => rule.summary.clone(),
+                };
+                AlertView {
+                    rule: rule.name.clone(),
+                    node: k.node.to_string(),
+                    subject: inst.subject.to_string(),
+                    labels: k.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                    value: inst.value,
+                    severity: rule.severity,
+                    since_ms: active[i].since_ms,
+                    summary,
+                }
+            })
+            .collect();
+        let affected: Vec<(String, String)> = inc.affected.iter().map(|n| (n.to_string(), name(n))).collect();
+        let names = affected.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let summary = match (inc.scope, affected.is_empty()) {
+            (Scope::Children, _) => {
+                format!("{} nodes behind {} show {}: {names}", affected.len(), name(&inc.node), inc.problem)
+            }
+            (Scope::Node, false) => format!(
+                "{} is {}; {} node(s) behind it are cut off: {names}",
+                name(&inc.node),
+                inc.problem,
+                affected.len()
+            ),
+            (Scope::Node, true) => alerts
+                .iter()
+                .find(|a| a.subject == inc.node.as_str())
+                .or(alerts.first())
+                .map_or_else(|| format!("{}: {}", name(&inc.node), inc.problem), |a| a.summary.clone()),
+        };
+        IncidentView {
+            key: inc.key(),
+            node: inc.node.to_string(),
+            node_name: name(&inc.node),
+            problem: inc.problem.clone(),
+            scope: match inc.scope {
+                Scope::Node => "node",
+                Scope::Children => "children",
+            }
+            .to_string(),
+            severity: inc.severity,
+            since_ms: inc.since_ms,
+            summary,
+            affected,
+            alerts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use tierwatch_protocol::{Batch, MetricKind, Point, Series};
+
+    const RULES: &str = "grouping:\n  min_children: 3\n  group_wait: 0s\nrules:\n  - name: node_down\n    heartbeat: {missed: 3}\n    problem: unreachable\n    severity: critical\n    summary: \"{{ node_name }} stopped reporting\"\n  - name: wan_link_down\n    metric: tierwatch_probe_success\n    match: {tier: province, probe: icmp}\n    subject: target\n    below: 1\n    problem: unreachable\n    severity: critical\n    summary: \"link to {{ target }} down\"\n";
+
+    fn setup() -> (Engine, Store) {
+        let mut t = String::from("nodes:\n  - id: p\n    tier: province\n    name: Tỉnh\n");
+        for i in 1..=4 {
+            t.push_str(&format!("  - id: c{i}\n    tier: commune\n    name: Xã {i}\n    parent: p\n"));
+        }
+        let topo = Arc::new(Topology::parse(Path::new("t.yaml"), &t).unwrap());
+        let rules = Rules::parse(Path::new("r.yaml"), RULES).unwrap();
+        (Engine::new(rules, topo.clone(), 0), Store::new(topo))
+    }
+
+    fn push(store: &Store, node: &str, now: i64, probes: &[(&str, f64)]) {
+        let batch = Batch {
+            node_id: node.into(),
+            push_interval_ms: 1000,
+            series: probes
+                .iter()
+                .map(|(target, v)| Series {
+                    name: "tierwatch_probe_success".into(),
+                    kind: MetricKind::Gauge as i32,
+                    labels: vec![Label::new("probe", "icmp"), Label::new("target", *target)],
+                    points: vec![Point { timestamp_ms: now, value: *v }],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        store.ingest(&NodeId::new(node).unwrap(), batch, now);
+    }
+
+    fn kinds(c: &[Change]) -> Vec<String> {
+        c.iter()
+            .map(|c| match c {
+                Change::Opened(i) => format!("open {}", i.key),
+                Change::Updated(i) => format!("update {}", i.key),
+                Change::Resolved { incident, .. } => format!("resolve {}", incident.key),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_commune_link_pages_once_at_the_first_failed_probe_and_resolves() {
+        let (mut e, store) = setup();
+        let all_ok: Vec<(&str, f64)> = (1..=4).map(|i| (["c1", "c2", "c3", "c4"][i - 1], 1.0)).collect();
+        push(&store, "p", 1000, &all_ok);
+        for c in ["c1", "c2", "c3", "c4"] {
+            push(&store, c, 1000, &[]);
+        }
+        assert!(e.evaluate(&store, 1000).is_empty());
+        // The province's probe of c2 fails: paged at once, naming c2.
+        push(&store, "p", 2000, &[("c1", 1.0), ("c2", 0.0), ("c3", 1.0), ("c4", 1.0)]);
+        let c = e.evaluate(&store, 2000);
+        assert_eq!(kinds(&c), ["open c2/unreachable"]);
+        let Change::Opened(v) = &c[0] else { panic!() };
+        assert_eq!(v.summary, "link to c2 down");
+        // c2's own heartbeat fails later: same incident, no new page.
+        for t in (3000..=6000).step_by(1000) {
+            push(&store, "p", t, &[("c1", 1.0), ("c2", 0.0), ("c3", 1.0), ("c4", 1.0)]);
+            for c in ["c1", "c3", "c4"] {
+                push(&store, c, t, &[]);
+            }
+            let ch = e.evaluate(&store, t);
+            assert!(kinds(&ch).iter().all(|k| k == "update c2/unreachable"), "{ch:?}");
+        }
+        // Restored: one resolve, nothing left open.
+        push(&store, "p", 7000, &all_ok);
+        for c in ["c1", "c2", "c3", "c4"] {
+            push(&store, c, 7000, &[]);
+        }
+        assert_eq!(kinds(&e.evaluate(&store, 7000)), ["resolve c2/unreachable"]);
+        assert_eq!(e.open_incidents().count(), 0);
+    }
+
+    #[test]
+    fn a_restart_during_an_outage_pages_nothing_again() {
+        let (mut e, store) = setup();
+        push(&store, "p", 1000, &[("c1", 0.0)]);
+        let opened = e.evaluate(&store, 1000);
+        assert_eq!(kinds(&opened), ["open c1/unreachable"]);
+        let Change::Opened(view) = opened[0].clone() else { panic!() };
+        // A new engine and an empty store, as after a restart.
+        let (mut e, store) = setup();
+        e.restore(vec![view]);
+        assert!(e.evaluate(&store, 500).is_empty(), "kept while nodes have not reported yet");
+        push(&store, "p", 1000, &[("c1", 0.0)]);
+        assert!(e.evaluate(&store, 1000).is_empty(), "still true: no second page");
+        push(&store, "p", 2000, &[("c1", 1.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 2000)), ["resolve c1/unreachable"]);
+    }
+
+    #[test]
+    fn a_silent_province_is_one_page_listing_its_communes() {
+        let (mut e, store) = setup();
+        for c in ["c1", "c2", "c3", "c4"] {
+            push(&store, c, 1000, &[]);
+        }
+        // The province pushed last, just before its uplink failed: its
+        // communes are overdue before it is.
+        push(&store, "p", 1950, &[]);
+        e.evaluate(&store, 1950);
+        let mut pages = Vec::new();
+        // Everything goes silent; communes might be detected before the province.
+        for t in (1500..=8000).step_by(250) {
+            pages.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert_eq!(pages, ["open p/unreachable"], "one page, none for the communes");
+        let v = e.open_incidents().next().unwrap();
+        assert_eq!(v.affected.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), ["c1", "c2", "c3", "c4"]);
+        assert!(
+            v.summary.contains("Tỉnh is unreachable; 4 node(s) behind it are cut off: Xã 1, Xã 2, Xã 3, Xã 4"),
+            "{}",
+            v.summary
+        );
+        for c in ["p", "c1", "c2", "c3", "c4"] {
+            push(&store, c, 9000, &[]);
+        }
+        assert_eq!(kinds(&e.evaluate(&store, 9000)), ["resolve p/unreachable"]);
+        assert_eq!(e.open_incidents().count(), 0, "nothing left open");
+    }
+}

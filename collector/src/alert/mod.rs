@@ -1,0 +1,111 @@
+//! The alert engine: rules over the collector's series, grouped by the
+//! topology into incidents that name the root cause, kept in the state
+//! database so a restart pages nothing twice.
+//!
+//! The runner evaluates after every stored batch (a failing probe pages
+//! without waiting for a tick) and every second (heartbeats).
+
+pub mod engine;
+pub mod incident;
+pub mod persist;
+pub mod rules;
+pub mod state;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use engine::{Change, Engine, IncidentView};
+
+/// Shared by the runner, ingest (which triggers it) and the HTTP API.
+pub struct Alerting {
+    engine: Mutex<Engine>,
+    conn: Arc<Mutex<Connection>>,
+    /// Wakes the runner after a stored batch.
+    pub trigger: Notify,
+}
+
+impl Alerting {
+    /// Restores the incidents open at the last stop into `engine`.
+    pub fn new(mut engine: Engine, conn: Connection) -> rusqlite::Result<Alerting> {
+        let open = persist::load_open(&conn)?;
+        if !open.is_empty() {
+            tracing::info!(incidents = open.len(), "alert: incidents still open from before the restart");
+        }
+        engine.restore(open);
+        Ok(Alerting { engine: Mutex::new(engine), conn: Arc::new(Mutex::new(conn)), trigger: Notify::new() })
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The incidents currently open.
+    pub fn open(&self) -> Vec<IncidentView> {
+        self.engine().open_incidents().cloned().collect()
+    }
+
+    /// The newest `limit` history entries.
+    pub async fn history(&self, limit: usize) -> Result<Vec<persist::HistoryEntry>, String> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            persist::history(&c, limit).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// Evaluates until `token` is cancelled.
+pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = alerting.trigger.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = token.cancelled() => return,
+        }
+        let now = tierwatch_protocol::now_ms();
+        let (changes, open) = {
+            let mut e = alerting.engine();
+            let changes = e.evaluate(&store, now);
+            (changes, e.open_incidents().count())
+        };
+        metrics.incidents_open.set(open as i64);
+        if changes.is_empty() {
+            continue;
+        }
+        for c in &changes {
+            match c {
+                Change::Opened(v) => {
+                    metrics.incident("opened");
+                    tracing::warn!(incident = %v.key, severity = v.severity.as_str(), affected = v.affected.len(), summary = %v.summary, "incident opened");
+                }
+                Change::Updated(v) => {
+                    metrics.incident("updated");
+                    tracing::info!(incident = %v.key, affected = v.affected.len(), summary = %v.summary, "incident updated");
+                }
+                Change::Resolved { incident, .. } => {
+                    metrics.incident("resolved");
+                    tracing::info!(incident = %incident.key, summary = %incident.summary, "incident resolved");
+                }
+            }
+        }
+        let conn = alerting.conn.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            persist::record(&mut c, &changes, now)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "alert: recording incidents failed"),
+            Err(e) => tracing::error!(error = %e, "alert: recording task failed"),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Alert state in the state database: the open incidents (restored at
+//! start, so a restart pages nothing twice) and the history of every
+//! opening, update and resolution.
+
+use rusqlite::{params, Connection};
+
+use super::engine::{Change, IncidentView};
+
+/// Loads the incidents open at the last stop.
+pub fn load_open(conn: &Connection) -> rusqlite::Result<Vec<IncidentView>> {
+    let mut stmt = conn.prepare("SELECT view FROM incident ORDER BY opened_ms")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let text = row?;
+        match serde_json::from_str::<IncidentView>(&text) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                tracing::error!(error = %e, "alert: an open incident could not be read back; it will be paged again if still true")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records `changes` in one transaction.
+pub fn record(conn: &mut Connection, changes: &[Change], now_ms: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for c in changes {
+        let (event, view) = match c {
+            Change::Opened(v) => ("opened", v),
+            Change::Updated(v) => ("updated", v),
+            Change::Resolved { incident, .. } => ("resolved", incident),
+        };
+        let json = serde_json::to_string(view).unwrap_or_default();
+        match c {
+            Change::Resolved { .. } => {
+                tx.execute("DELETE FROM incident WHERE key = ?1", [&view.key])?;
+            }
+            _ => {
+                tx.execute(
+                    "INSERT INTO incident (key, opened_ms, view) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET view = excluded.view",
+                    params![view.key, view.since_ms, json],
+                )?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO incident_history (key, event, at_ms, view) VALUES (?1, ?2, ?3, ?4)",
+            params![view.key, event, now_ms, json],
+        )?;
+    }
+    tx.commit()
+}
+
+/// One history entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryEntry {
+    pub event: String,
+    pub at_ms: i64,
+    pub incident: serde_json::Value,
+}
+
+/// The newest `limit` history entries, newest first.
+pub fn history(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<HistoryEntry>> {
+    let mut stmt = conn.prepare("SELECT event, at_ms, view FROM incident_history ORDER BY id DESC LIMIT ?1")?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        let view: String = r.get(2)?;
+        Ok(HistoryEntry {
+            event: r.get(0)?,
+            at_ms: r.get(1)?,
+            incident: serde_json::from_str(&view).unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    rows.collect()
+}

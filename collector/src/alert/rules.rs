@@ -1,0 +1,438 @@
+//! `rules.yaml`: what raises an alert. Two kinds of rule:
+//!
+//! - **threshold**: a metric of the collector's series, selected by label
+//!   matchers, compared with `above` / `below`, with a separate clear
+//!   threshold (hysteresis) and `for` / `clear_for` durations;
+//! - **heartbeat**: a node that missed N of its push intervals.
+//!
+//! Every rule names the `problem` it reports (`unreachable`, `degraded`,
+//! `service`, `certificate`, `dns`, ...) and the node it is about (the
+//! reporting node, or the node named by a label: the province's probe of a
+//! commune's WAN end is about that commune). The engine groups alerts by
+//! (node, problem) and by the topology into incidents, one page each.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tierwatch_runtime::duration;
+use tierwatch_yamlconf::{ConfigError, Problems};
+
+/// How urgent an alert is; routes choose receivers by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A threshold written as a number or, for time values, a duration (`14d`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold(pub f64);
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(Threshold(n)),
+            Raw::Text(t) => duration::parse(&t)
+                .map(|d| Threshold(d.as_secs_f64()))
+                .map_err(|e| serde::de::Error::custom(format!("{t:?} is neither a number nor a duration: {e}"))),
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    #[serde(default)]
+    pub grouping: RawGrouping,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// How alerts are grouped by the topology.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrouping {
+    /// This many children of one parent with the same problem at once make one
+    /// "parent side" alert instead of one per child.
+    #[serde(default = "default_min_children")]
+    pub min_children: usize,
+    /// Alerts of a problem other than `unreachable` wait this long before
+    /// paging, to see whether siblings join (unreachable pages at once).
+    #[serde(default = "default_group_wait", with = "duration::serde")]
+    pub group_wait: Duration,
+}
+
+impl Default for RawGrouping {
+    fn default() -> Self {
+        RawGrouping { min_children: default_min_children(), group_wait: default_group_wait() }
+    }
+}
+
+fn default_min_children() -> usize {
+    3
+}
+fn default_group_wait() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    /// Threshold rules: the metric.
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Heartbeat rules: pushes missed before the node is down.
+    #[serde(default)]
+    pub heartbeat: Option<RawHeartbeat>,
+    /// Exact label values (identity labels included: `tier`, `node`, ...).
+    #[serde(default, rename = "match")]
+    pub matchers: BTreeMap<String, String>,
+    /// Label values that must not match.
+    #[serde(default)]
+    pub not_match: BTreeMap<String, String>,
+    /// Compare `value - now` (seconds until a timestamp), for expiry rules.
+    #[serde(default)]
+    pub until_now: bool,
+    #[serde(default)]
+    pub above: Option<Threshold>,
+    #[serde(default)]
+    pub below: Option<Threshold>,
+    /// With `above`: the alert clears only at or below this. Default: `above`.
+    #[serde(default)]
+    pub clear_below: Option<Threshold>,
+    /// With `below`: the alert clears only at or above this. Default: `below`.
+    #[serde(default)]
+    pub clear_above: Option<Threshold>,
+    #[serde(default, rename = "for", with = "duration::serde_opt")]
+    pub for_: Option<Duration>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub clear_for: Option<Duration>,
+    /// Label naming the node the alert is about (default: the reporting node).
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub problem: String,
+    pub severity: Severity,
+    /// One line; `{{ label }}`, `{{ value }}`, `{{ node_name }}` are replaced.
+    pub summary: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Heartbeat settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    pub missed: u32,
+}
+
+/// What a rule compares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `value > fire` fires; `value <= clear` clears.
+    Above { fire: f64, clear: f64 },
+    /// `value < fire` fires; `value >= clear` clears.
+    Below { fire: f64, clear: f64 },
+}
+
+impl Condition {
+    /// True when `v` breaches the firing threshold.
+    pub fn fires(&self, v: f64) -> bool {
+        match *self {
+            Condition::Above { fire, .. } => v > fire,
+            Condition::Below { fire, .. } => v < fire,
+        }
+    }
+
+    /// True when `v` is back on the good side of the clear threshold.
+    pub fn clears(&self, v: f64) -> bool {
+        match *self {
+            Condition::Above { clear, .. } => v <= clear,
+            Condition::Below { clear, .. } => v >= clear,
+        }
+    }
+}
+
+/// What a rule watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleKind {
+    Threshold { metric: String, condition: Condition, until_now: bool },
+    Heartbeat { missed: u32 },
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub kind: RuleKind,
+    pub matchers: BTreeMap<String, String>,
+    pub not_match: BTreeMap<String, String>,
+    pub for_: Duration,
+    pub clear_for: Duration,
+    pub subject: Option<String>,
+    pub problem: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub description: Option<String>,
+}
+
+impl Rule {
+    /// True when `labels` satisfy every matcher.
+    pub fn matches<'a>(&self, mut label: impl FnMut(&str) -> Option<&'a str>) -> bool {
+        self.matchers.iter().all(|(k, v)| label(k) == Some(v.as_str()))
+            && self.not_match.iter().all(|(k, v)| label(k) != Some(v.as_str()))
+    }
+}
+
+/// The validated rule set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    pub min_children: usize,
+    pub group_wait: Duration,
+    pub rules: Vec<Rule>,
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Rules {
+    /// Loads and validates `file`, every problem with its line.
+    pub fn load(file: &Path) -> Result<Rules, ConfigError> {
+        let (raw, text) = tierwatch_yamlconf::load::<RawRules>(file)?;
+        Self::from_raw(raw, file, &text)
+    }
+
+    /// Parses and validates rules text (`file` names it in errors).
+    pub fn parse(file: &Path, text: &str) -> Result<Rules, ConfigError> {
+        let raw = tierwatch_yamlconf::parse::<RawRules>(file, text)?;
+        Self::from_raw(raw, file, text)
+    }
+
+    fn from_raw(raw: RawRules, file: &Path, text: &str) -> Result<Rules, ConfigError> {
+        let mut p = Problems::default();
+        let mut names = std::collections::HashSet::new();
+        let mut rules = Vec::new();
+        if raw.grouping.min_children < 2 {
+            p.push("grouping.min_children", "must be at least 2");
+        }
+        for (i, r) in raw.rules.iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            if !name_ok(&r.name) {
+                p.push(key("name"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.name));
+            } else if !names.insert(r.name.clone()) {
+                p.push(key("name"), format!("{:?} is used by another rule", r.name));
+            }
+            if !name_ok(&r.problem) {
+                p.push(key("problem"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.problem));
+            }
+            for (k, _) in r.matchers.iter().chain(r.not_match.iter()) {
+                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    p.push(key("match"), format!("{k:?} is not a label name"));
+                }
+            }
+            let kind = match (&r.metric, &r.heartbeat) {
+                (Some(_), Some(_)) => {
+                    p.push(key("heartbeat"), "a rule is either a metric threshold or a heartbeat, not both");
+                    continue;
+                }
+                (None, None) => {
+                    p.push(key("metric"), "give a metric (threshold rule) or heartbeat: {missed: N}");
+                    continue;
+                }
+                (None, Some(h)) => {
+                    if h.missed == 0 {
+                        p.push(key("heartbeat.missed"), "must be at least 1");
+                    }
+                    for k in ["above", "below", "clear_below", "clear_above"] {
+                        let set = match k {
+                            "above" => r.above.is_some(),
+                            "below" => r.below.is_some(),
+                            "clear_below" => r.clear_below.is_some(),
+                            _ => r.clear_above.is_some(),
+                        };
+                        if set {
+                            p.push(key(k), "heartbeat rules take no threshold");
+                        }
+                    }
+                    RuleKind::Heartbeat { missed: h.missed }
+                }
+                (Some(metric), None) => {
+                    if tierwatch_protocol::validate::check_metric_name(metric, 200).is_err() {
+                        p.push(key("metric"), format!("{metric:?} is not a metric name"));
+                    }
+                    let condition = match (r.above, r.below) {
+                        (Some(a), None) => {
+                            if r.clear_above.is_some() {
+                                p.push(key("clear_above"), "with above, the clear threshold is clear_below");
+                            }
+                            let clear = r.clear_below.map_or(a.0, |c| c.0);
+                            if clear > a.0 {
+                                p.push(key("clear_below"), format!("must not be above the firing threshold {}", a.0));
+                            }
+                            Condition::Above { fire: a.0, clear }
+                        }
+                        (None, Some(b)) => {
+                            if r.clear_below.is_some() {
+                                p.push(key("clear_below"), "with below, the clear threshold is clear_above");
+                            }
+                            let clear = r.clear_above.map_or(b.0, |c| c.0);
+                            if clear < b.0 {
+                                p.push(key("clear_above"), format!("must not be below the firing threshold {}", b.0));
+                            }
+                            Condition::Below { fire: b.0, clear }
+                        }
+                        _ => {
+                            p.push(key("above"), "a threshold rule takes exactly one of above and below");
+                            continue;
+                        }
+                    };
+                    RuleKind::Threshold { metric: metric.clone(), condition, until_now: r.until_now }
+                }
+            };
+            rules.push(Rule {
+                name: r.name.clone(),
+                kind,
+                matchers: r.matchers.clone(),
+                not_match: r.not_match.clone(),
+                for_: r.for_.unwrap_or_default(),
+                clear_for: r.clear_for.unwrap_or_default(),
+                subject: r.subject.clone(),
+                problem: r.problem.clone(),
+                severity: r.severity,
+                summary: r.summary.clone(),
+                description: r.description.clone(),
+            });
+        }
+        p.into_result(file, text)?;
+        Ok(Rules { min_children: raw.grouping.min_children, group_wait: raw.grouping.group_wait, rules })
+    }
+}
+
+/// Replaces `{{ key }}` in `template` by `vars(key)`; `{{ key | percent }}`,
+/// `| ms` and `| days` format numbers. Unknown keys are left visible.
+pub fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = rest[start + 2..start + end].trim();
+        let (key, filter) = match inner.split_once('|') {
+            Some((k, f)) => (k.trim(), Some(f.trim())),
+            None => (inner, None),
+        };
+        let value = vars(key);
+        let text = match (value, filter) {
+            (None, _) => format!("{{{{{inner}}}}}"),
+            (Some(v), None) => v,
+            (Some(v), Some(f)) => match (v.parse::<f64>(), f) {
+                (Ok(n), "percent") => format!("{:.1}%", n * 100.0),
+                (Ok(n), "ms") => format!("{:.1} ms", n * 1000.0),
+                (Ok(n), "days") => format!("{:.1} days", n / 86400.0),
+                _ => v,
+            },
+        };
+        out.push_str(&text);
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_rules_are_valid() {
+        let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rules.yaml"));
+        let r = Rules::load(file).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = r.rules.iter().map(|r| r.name.as_str()).collect();
+        for want in [
+            "node_down",
+            "wan_link_down",
+            "wan_loss_high",
+            "wan_latency_high",
+            "wan_jitter_high",
+            "service_down",
+            "certificate_expiring_14d",
+            "certificate_expiring_3d",
+            "dns_answer_mismatch",
+        ] {
+            assert!(names.contains(&want), "default rule {want} missing: {names:?}");
+        }
+    }
+
+    #[test]
+    fn problems_are_located() {
+        let text = "rules:\n  - name: a\n    metric: tierwatch_x\n    above: 0.2\n    clear_below: 0.5\n    problem: degraded\n    severity: warning\n    summary: s\n  - name: a\n    heartbeat: {missed: 0}\n    problem: unreachable\n    severity: loud\n    summary: s\n";
+        let err = Rules::parse(Path::new("rules.yaml"), text).unwrap_err().to_string();
+        assert!(err.contains("rules.yaml:12:15: rules[1].severity: unknown variant `loud`"), "{err}");
+        let text = text.replace("severity: loud", "severity: critical");
+        let err = Rules::parse(Path::new("rules.yaml"), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("rules.yaml:5:5: rules[0].clear_below: must not be above the firing threshold 0.2"),
+            "{err}"
+        );
+        assert!(err.contains("rules[1].name: \"a\" is used by another rule"), "{err}");
+        assert!(err.contains("rules[1].heartbeat.missed: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn durations_as_thresholds_and_hysteresis() {
+        let text = "rules:\n  - name: cert\n    metric: tierwatch_tls_leaf_expiry_timestamp_seconds\n    until_now: true\n    below: 14d\n    problem: certificate\n    severity: warning\n    summary: s\n  - name: loss\n    metric: tierwatch_icmp_loss_ratio\n    above: 0.2\n    clear_below: 0.05\n    problem: degraded\n    severity: warning\n    summary: s\n";
+        let r = Rules::parse(Path::new("r.yaml"), text).unwrap();
+        assert_eq!(
+            r.rules[0].kind,
+            RuleKind::Threshold {
+                metric: "tierwatch_tls_leaf_expiry_timestamp_seconds".into(),
+                condition: Condition::Below { fire: 1_209_600.0, clear: 1_209_600.0 },
+                until_now: true
+            }
+        );
+        let RuleKind::Threshold { condition, .. } = &r.rules[1].kind else { panic!() };
+        assert!(condition.fires(0.21) && !condition.fires(0.2));
+        assert!(!condition.clears(0.1) && condition.clears(0.05));
+    }
+
+    #[test]
+    fn templates_render() {
+        let vars = |k: &str| match k {
+            "node_name" => Some("Xã Núi Cấm".to_string()),
+            "value" => Some("0.25".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            render("loss {{ value | percent }} at {{node_name}} {{ nope }}", &vars),
+            "loss 25.0% at Xã Núi Cấm {{nope}}"
+        );
+        assert_eq!(render("unclosed {{ x", &vars), "unclosed {{ x");
+    }
+}

@@ -1,0 +1,95 @@
+//! The alert engine through the collector's API, with real pushes over
+//! mTLS: a failed probe of a commune's WAN end opens one incident at once;
+//! it survives a restart without being opened again; it resolves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Lab;
+use prost::Message;
+use tierwatch_protocol::{Batch, Label, MetricKind, Point, Series, PROTOCOL_VERSION};
+
+const RULES: &str = "grouping:\n  group_wait: 0s\nrules:\n  - name: wan_link_down\n    metric: tierwatch_probe_success\n    match: {tier: province, probe: icmp}\n    subject: target\n    below: 1\n    problem: unreachable\n    severity: critical\n    summary: \"WAN link to {{ target }} is down (seen from {{ node_name }})\"\n";
+
+fn probe(seq: u64, boot: u8, target: &str, ok: bool) -> Vec<u8> {
+    let now = tierwatch_protocol::now_ms();
+    Batch {
+        version: PROTOCOL_VERSION,
+        node_id: "an-giang".into(),
+        agent_version: "t".into(),
+        boot_id: vec![boot; 16],
+        sequence: seq,
+        config_hash: vec![0; 32],
+        created_ms: now,
+        series: vec![Series {
+            name: "tierwatch_probe_success".into(),
+            kind: MetricKind::Gauge as i32,
+            labels: vec![Label::new("probe", "icmp"), Label::new("target", target)],
+            points: vec![Point { timestamp_ms: now, value: if ok { 1.0 } else { 0.0 } }],
+        }],
+        events: vec![],
+        push_interval_ms: 1000,
+    }
+    .encode_to_vec()
+}
+
+async fn incidents(lab: &Lab) -> Vec<serde_json::Value> {
+    let (_, body) = lab.get("/api/v1/alerts").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["incidents"].as_array().cloned().unwrap_or_default()
+}
+
+async fn history(lab: &Lab) -> Vec<String> {
+    let (_, body) = lab.get("/api/v1/alerts/history").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|h| format!("{} {}", h["event"].as_str().unwrap(), h["incident"]["key"].as_str().unwrap()))
+        .collect()
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves() {
+    let dir_rules = "rules: rules.yaml\n";
+    let mut lab = Lab::start_full_with_files("", dir_rules, &[("rules.yaml", RULES)]).await;
+    let client = lab.client(&lab.pki, "an-giang");
+    lab.push(client.clone(), probe(1, 1, "nui-cam", true)).await.unwrap();
+    assert!(incidents(&lab).await.is_empty());
+    let pushed = std::time::Instant::now();
+    lab.push(client.clone(), probe(2, 1, "nui-cam", false)).await.unwrap();
+    until("the incident", || async { !incidents(&lab).await.is_empty() }).await;
+    let took = pushed.elapsed();
+    let inc = incidents(&lab).await;
+    assert_eq!(inc.len(), 1);
+    assert_eq!(inc[0]["key"], "nui-cam/unreachable");
+    assert_eq!(inc[0]["node_name"], "Xã Núi Cấm");
+    assert_eq!(inc[0]["summary"], "WAN link to nui-cam is down (seen from Trung tâm Dữ liệu tỉnh An Giang)");
+    assert!(took < Duration::from_secs(1), "evaluated on the push, not on a tick: {took:?}");
+
+    lab.restart().await;
+    let client = lab.client(&lab.pki, "an-giang");
+    assert_eq!(incidents(&lab).await.len(), 1, "restored after the restart");
+    lab.push(client.clone(), probe(1, 2, "nui-cam", false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(history(&lab).await, ["opened nui-cam/unreachable"], "not opened a second time");
+
+    lab.push(client.clone(), probe(2, 2, "nui-cam", true)).await.unwrap();
+    until("the resolve", || async { incidents(&lab).await.is_empty() }).await;
+    assert_eq!(history(&lab).await, ["opened nui-cam/unreachable", "resolved nui-cam/unreachable"]);
+    assert_eq!(lab.metric(r#"tierwatch_collector_incidents_total{event="resolved"}"#).await, Some(1.0));
+    lab.stop().await;
+}
