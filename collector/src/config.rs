@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Alert rules (`rules.yaml`), relative to this file; none: no alerting.
     #[serde(default)]
     pub rules: Option<PathBuf>,
+    /// Who gets the incidents.
+    #[serde(default)]
+    pub notify: Vec<crate::alert::notify::RawReceiver>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -120,6 +123,7 @@ pub struct Config {
     /// Alert rules; empty when no rules file is configured.
     pub rules: Rules,
     pub rules_file: Option<PathBuf>,
+    pub receivers: Vec<crate::alert::notify::Receiver>,
 }
 
 /// Errors loading the configuration.
@@ -162,6 +166,7 @@ impl Config {
         }
         let topology_file = resolve(&raw.topology);
         let remote_write = crate::remote_write::validate(&raw.remote_write, base, &mut problems);
+        let receivers = crate::alert::notify::validate(&raw.notify, base, &mut problems);
         let max_age = Duration::from_millis(ingest.limits.max_age_ms.max(0) as u64);
         if max_age < Duration::from_secs(3600) {
             problems
@@ -187,6 +192,7 @@ impl Config {
             remote_write,
             rules,
             rules_file,
+            receivers,
         })
     }
 }

@@ -59,6 +59,16 @@ const MIGRATIONS: &[&str] = &[
         view TEXT NOT NULL
     );
     CREATE INDEX incident_history_at ON incident_history (at_ms);",
+    // 3: notification outbox, one row per receiver and incident change.
+    "CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        receiver TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_ms INTEGER NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox (receiver, next_ms, id);",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

@@ -69,6 +69,7 @@ pub struct Metrics {
     rw_send_seconds: HistogramVec,
     incidents: IntCounterVec,
     pub incidents_open: IntGauge,
+    notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +176,14 @@ impl Metrics {
             &["event"],
         )?;
         let incidents_open = IntGauge::new("tierwatch_collector_incidents_open", "Alert incidents open now.")?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_notifications_total",
+                "Notification attempts by receiver and result: sent, failed (retried with backoff), refused (dropped).",
+            ),
+            &["receiver", "result"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
         registry.register(Box::new(incidents.clone()))?;
         registry.register(Box::new(incidents_open.clone()))?;
         for e in ["opened", "updated", "resolved"] {
@@ -211,7 +220,13 @@ impl Metrics {
             rw_send_seconds,
             incidents,
             incidents_open,
+            notifications,
         })
+    }
+
+    /// Counts a notification attempt.
+    pub fn notification(&self, receiver: &str, result: &str) {
+        self.notifications.with_label_values(&[receiver, result]).inc();
     }
 
     /// Counts an incident event.

@@ -127,7 +127,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
             crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
         })??;
         let engine = Engine::new(config.rules.clone(), Arc::new(config.topology.clone()), tierwatch_protocol::now_ms());
-        let a = Alerting::new(engine, conn)
+        let a = Alerting::new(engine, conn, config.receivers.clone())
             .map_err(|source| crate::db::DbError::Sqlite { file: config.state_dir.join(crate::db::FILE), source })?;
         Some(Arc::new(a))
     };
@@ -166,6 +166,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     sender_tasks.close();
     if let Some(a) = &alerting {
         tracker.spawn(crate::alert::run(a.clone(), store.clone(), metrics.clone(), token.clone()));
+        crate::alert::spawn_notifiers(a, &metrics, &token, &tracker);
     }
     tracker.spawn(ingest::serve(ingest_listener, TlsAcceptor::from(tls), ingest, token.clone(), tracker.clone()));
     let router = http::router(http_state.clone());

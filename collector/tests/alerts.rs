@@ -6,6 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use common::Lab;
 use prost::Message;
 use tierwatch_protocol::{Batch, Label, MetricKind, Point, Series, PROTOCOL_VERSION};
@@ -62,10 +67,39 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl Fn
     panic!("timed out waiting for {what}");
 }
 
+type Got = Arc<Mutex<Vec<(HeaderMap, serde_json::Value)>>>;
+
+async fn hook(State(got): State<Got>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // The signature covers the exact body bytes.
+    let sig = headers["x-tierwatch-signature"].to_str().unwrap().to_string();
+    assert_eq!(sig, format!("sha256={}", tierwatch_collector::alert::notify::webhook::signature("s3cret", &body)));
+    got.lock().unwrap().push((headers, v));
+    StatusCode::OK
+}
+
+async fn receiver_on(addr: std::net::SocketAddr) -> Got {
+    let got: Got = Arc::default();
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(got.clone());
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    got
+}
+
+fn events(got: &Got) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| format!("{} {}", v["event"].as_str().unwrap(), v["incident"]["key"].as_str().unwrap()))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves() {
-    let dir_rules = "rules: rules.yaml\n";
-    let mut lab = Lab::start_full_with_files("", dir_rules, &[("rules.yaml", RULES)]).await;
+    // The webhook receiver is down when the incident opens: the page waits in the outbox.
+    let hook_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let top = format!("rules: rules.yaml\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{hook_addr}/hook\n      hmac_secret_file: hook.secret\n");
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("hook.secret", "s3cret\n")]).await;
     let client = lab.client(&lab.pki, "an-giang");
     lab.push(client.clone(), probe(1, 1, "nui-cam", true)).await.unwrap();
     assert!(incidents(&lab).await.is_empty());
@@ -83,6 +117,9 @@ async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves(
     lab.restart().await;
     let client = lab.client(&lab.pki, "an-giang");
     assert_eq!(incidents(&lab).await.len(), 1, "restored after the restart");
+    // The receiver comes up: the page queued before the restart arrives, once.
+    let got = receiver_on(hook_addr).await;
+    until("the queued page", || async { !events(&got).is_empty() }).await;
     lab.push(client.clone(), probe(1, 2, "nui-cam", false)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(history(&lab).await, ["opened nui-cam/unreachable"], "not opened a second time");
@@ -90,6 +127,11 @@ async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves(
     lab.push(client.clone(), probe(2, 2, "nui-cam", true)).await.unwrap();
     until("the resolve", || async { incidents(&lab).await.is_empty() }).await;
     assert_eq!(history(&lab).await, ["opened nui-cam/unreachable", "resolved nui-cam/unreachable"]);
+    until("the resolve notification", || async { events(&got).len() == 2 }).await;
+    assert_eq!(events(&got), ["opened nui-cam/unreachable", "resolved nui-cam/unreachable"]);
+    let first = got.lock().unwrap()[0].1.clone();
+    assert_eq!(first["status"], "firing");
+    assert_eq!(first["incident"]["node_name"], "Xã Núi Cấm");
     assert_eq!(lab.metric(r#"tierwatch_collector_incidents_total{event="resolved"}"#).await, Some(1.0));
     lab.stop().await;
 }

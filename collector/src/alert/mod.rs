@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod incident;
+pub mod notify;
 pub mod persist;
 pub mod rules;
 pub mod state;
@@ -26,19 +27,28 @@ use engine::{Change, Engine, IncidentView};
 pub struct Alerting {
     engine: Mutex<Engine>,
     conn: Arc<Mutex<Connection>>,
+    receivers: Vec<notify::Receiver>,
     /// Wakes the runner after a stored batch.
     pub trigger: Notify,
+    /// Wakes the notifiers after notifications were queued.
+    pub queued: Notify,
 }
 
 impl Alerting {
     /// Restores the incidents open at the last stop into `engine`.
-    pub fn new(mut engine: Engine, conn: Connection) -> rusqlite::Result<Alerting> {
+    pub fn new(mut engine: Engine, conn: Connection, receivers: Vec<notify::Receiver>) -> rusqlite::Result<Alerting> {
         let open = persist::load_open(&conn)?;
         if !open.is_empty() {
             tracing::info!(incidents = open.len(), "alert: incidents still open from before the restart");
         }
         engine.restore(open);
-        Ok(Alerting { engine: Mutex::new(engine), conn: Arc::new(Mutex::new(conn)), trigger: Notify::new() })
+        Ok(Alerting {
+            engine: Mutex::new(engine),
+            conn: Arc::new(Mutex::new(conn)),
+            receivers,
+            trigger: Notify::new(),
+            queued: Notify::new(),
+        })
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -97,15 +107,99 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
             }
         }
         let conn = alerting.conn.clone();
+        let receivers = alerting.receivers.clone();
         let saved = tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            persist::record(&mut c, &changes, now)
+            persist::record(&mut c, &changes, &receivers, now)
         })
         .await;
         match saved {
-            Ok(Ok(())) => {}
+            Ok(Ok(queued)) => {
+                if queued > 0 {
+                    alerting.queued.notify_waiters();
+                }
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "alert: recording incidents failed"),
             Err(e) => tracing::error!(error = %e, "alert: recording task failed"),
+        }
+    }
+}
+
+/// Sends the outbox of every receiver until `token` is cancelled; one task per receiver.
+pub fn spawn_notifiers(
+    alerting: &Arc<Alerting>,
+    metrics: &Metrics,
+    token: &CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    for r in alerting.receivers.clone() {
+        tracker.spawn(notifier(alerting.clone(), r, metrics.clone(), token.clone()));
+    }
+}
+
+async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
+    let notify::Kind::Webhook(hook) = receiver.kind.clone();
+    let mut client = notify::webhook::Client::new(hook);
+    let name = receiver.name.clone();
+    loop {
+        let now = tierwatch_protocol::now_ms();
+        let (conn, n) = (alerting.conn.clone(), name.clone());
+        let due = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            notify::next_due(&c, &n, now)
+        })
+        .await;
+        let pending = match due {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => {
+                tokio::select! {
+                    _ = alerting.queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = token.cancelled() => return,
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(receiver = %name, error = %e, "notify: reading the outbox failed");
+                if tierwatch_runtime::shutdown::sleep_or_cancelled(Duration::from_secs(5), &token).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let outcome = tokio::select! {
+            o = client.send(&pending.message) => o,
+            _ = token.cancelled() => return,
+        };
+        let conn = alerting.conn.clone();
+        let (id, attempts) = (pending.id, pending.attempts + 1);
+        let result = match outcome {
+            notify::webhook::Outcome::Sent => {
+                metrics.notification(&name, "sent");
+                tracing::info!(receiver = %name, id = %pending.message.id, "notification sent");
+                tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
+                    .await
+            }
+            notify::webhook::Outcome::Refused(why) => {
+                metrics.notification(&name, "refused");
+                tracing::error!(receiver = %name, id = %pending.message.id, reason = %why, "notification refused by the receiver; dropped");
+                tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
+                    .await
+            }
+            notify::webhook::Outcome::Failed(why) => {
+                metrics.notification(&name, "failed");
+                let wait = notify::backoff(pending.attempts);
+                tracing::warn!(receiver = %name, id = %pending.message.id, attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "notification failed");
+                let next = tierwatch_protocol::now_ms() + wait.as_millis() as i64;
+                tokio::task::spawn_blocking(move || {
+                    notify::retry_at(&conn.lock().unwrap_or_else(|p| p.into_inner()), id, attempts, next)
+                })
+                .await
+            }
+        };
+        if let Ok(Err(e)) = result {
+            tracing::error!(receiver = %name, error = %e, "notify: updating the outbox failed");
         }
     }
 }

@@ -5,6 +5,7 @@
 use rusqlite::{params, Connection};
 
 use super::engine::{Change, IncidentView};
+use super::notify::Receiver;
 
 /// Loads the incidents open at the last stop.
 pub fn load_open(conn: &Connection) -> rusqlite::Result<Vec<IncidentView>> {
@@ -23,8 +24,13 @@ pub fn load_open(conn: &Connection) -> rusqlite::Result<Vec<IncidentView>> {
     Ok(out)
 }
 
-/// Records `changes` in one transaction.
-pub fn record(conn: &mut Connection, changes: &[Change], now_ms: i64) -> rusqlite::Result<()> {
+/// Records `changes` and queues their notifications, in one transaction.
+pub fn record(
+    conn: &mut Connection,
+    changes: &[Change],
+    receivers: &[Receiver],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     for c in changes {
         let (event, view) = match c {
@@ -50,7 +56,9 @@ pub fn record(conn: &mut Connection, changes: &[Change], now_ms: i64) -> rusqlit
             params![view.key, event, now_ms, json],
         )?;
     }
-    tx.commit()
+    let queued = super::notify::enqueue(&tx, receivers, changes, now_ms)?;
+    tx.commit()?;
+    Ok(queued)
 }
 
 /// One history entry.

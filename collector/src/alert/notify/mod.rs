@@ -1,0 +1,217 @@
+//! Notifiers: each incident change becomes one outbox row per receiver whose
+//! route matches, written in the same transaction as the incident itself, so
+//! a restart loses no pending notification and sends none twice. One task
+//! per receiver sends its rows oldest first, retrying with backoff.
+
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Transaction};
+use serde::Deserialize;
+use tierwatch_yamlconf::Problems;
+
+use super::engine::{Change, IncidentView};
+use super::rules::Severity;
+
+/// One receiver as written in `collector.yaml` under `notify:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    pub name: String,
+    /// Only incidents at or above this severity.
+    #[serde(default)]
+    pub min_severity: Option<Severity>,
+    /// Only incidents whose fields match exactly (`problem`, `node`, `scope`).
+    #[serde(default, rename = "match")]
+    pub matchers: BTreeMap<String, String>,
+    /// Send resolutions too.
+    #[serde(default = "yes")]
+    pub send_resolved: bool,
+    #[serde(default)]
+    pub webhook: Option<webhook::RawWebhook>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A validated receiver.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub name: String,
+    pub min_severity: Option<Severity>,
+    pub matchers: BTreeMap<String, String>,
+    pub send_resolved: bool,
+    pub kind: Kind,
+}
+
+/// How a receiver is reached.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Webhook(webhook::Webhook),
+}
+
+impl Receiver {
+    /// Whether `incident` goes to this receiver.
+    pub fn routes(&self, incident: &IncidentView, resolved: bool) -> bool {
+        if resolved && !self.send_resolved {
+            return false;
+        }
+        if self.min_severity.is_some_and(|m| incident.severity < m) {
+            return false;
+        }
+        self.matchers.iter().all(|(k, v)| {
+            let field = match k.as_str() {
+                "problem" => incident.problem.as_str(),
+                "node" => incident.node.as_str(),
+                "scope" => incident.scope.as_str(),
+                "severity" => incident.severity.as_str(),
+                _ => return false,
+            };
+            field == v
+        })
+    }
+}
+
+/// Validates the receivers; problems go to `p` with their key path.
+pub fn validate(raw: &[RawReceiver], base: &Path, p: &mut Problems) -> Vec<Receiver> {
+    let mut out = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = |k: &str| format!("notify[{i}].{k}");
+        if r.name.is_empty() || !names.insert(r.name.clone()) {
+            p.push(key("name"), format!("{:?} is empty or used twice", r.name));
+        }
+        for k in r.matchers.keys() {
+            if !["problem", "node", "scope", "severity"].contains(&k.as_str()) {
+                p.push(format!("notify[{i}].match.{k}"), "can match problem, node, scope or severity");
+            }
+        }
+        let kind = match &r.webhook {
+            Some(w) => webhook::validate(w, base, &key("webhook"), p).map(Kind::Webhook),
+            None => {
+                p.push(key("webhook"), "give the receiver's kind: webhook");
+                None
+            }
+        };
+        if let Some(kind) = kind {
+            out.push(Receiver {
+                name: r.name.clone(),
+                min_severity: r.min_severity,
+                matchers: r.matchers.clone(),
+                send_resolved: r.send_resolved,
+                kind,
+            });
+        }
+    }
+    out
+}
+
+/// Reads a secret from a file (trimmed) or an environment variable.
+pub fn secret(file: Option<&PathBuf>, env: Option<&String>) -> Result<Option<String>, String> {
+    if let Some(f) = file {
+        return std::fs::read_to_string(f)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| format!("{}: {e}", f.display()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set"));
+    }
+    Ok(None)
+}
+
+/// The JSON every notifier sends or renders from (documented in docs/alerts.md).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// Unique per incident change: `key/event/at_ms`, for receivers to dedupe.
+    pub id: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// `opened`, `updated` or `resolved`.
+    pub event: String,
+    pub at_ms: i64,
+    pub incident: IncidentView,
+}
+
+impl Message {
+    /// The message for one change at `now_ms`.
+    pub fn from_change(c: &Change, now_ms: i64) -> Message {
+        let (event, incident, at) = match c {
+            Change::Opened(v) => ("opened", v, now_ms),
+            Change::Updated(v) => ("updated", v, now_ms),
+            Change::Resolved { incident, ended_ms } => ("resolved", incident, *ended_ms),
+        };
+        Message {
+            id: format!("{}/{event}/{at}", incident.key),
+            status: if event == "resolved" { "resolved" } else { "firing" }.to_string(),
+            event: event.to_string(),
+            at_ms: at,
+            incident: incident.clone(),
+        }
+    }
+}
+
+/// Queues `changes` for every receiver whose route matches, inside `tx`.
+pub fn enqueue(
+    tx: &Transaction<'_>,
+    receivers: &[Receiver],
+    changes: &[Change],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for c in changes {
+        let m = Message::from_change(c, now_ms);
+        let resolved = matches!(c, Change::Resolved { .. });
+        let body = serde_json::to_string(&m).unwrap_or_default();
+        for r in receivers.iter().filter(|r| r.routes(&m.incident, resolved)) {
+            tx.execute(
+                "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message) VALUES (?1, ?2, 0, ?2, ?3)",
+                params![r.name, now_ms, body],
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A queued notification.
+#[derive(Debug)]
+pub struct Pending {
+    pub id: i64,
+    pub attempts: u32,
+    pub message: Message,
+}
+
+/// The oldest notification of `receiver` due at `now_ms`.
+pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<Option<Pending>> {
+    let row = conn
+        .query_row(
+            "SELECT id, attempts, message FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
+            params![receiver, now_ms],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    Ok(row.and_then(|(id, attempts, text)| {
+        serde_json::from_str(&text).ok().map(|message| Pending { id, attempts: attempts as u32, message })
+    }))
+}
+
+/// Removes a sent (or given up) notification.
+pub fn done(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM outbox WHERE id = ?1", [id]).map(|_| ())
+}
+
+/// Schedules another attempt.
+pub fn retry_at(conn: &Connection, id: i64, attempts: u32, next_ms: i64) -> rusqlite::Result<()> {
+    conn.execute("UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE id = ?1", params![id, attempts as i64, next_ms])
+        .map(|_| ())
+}
+
+/// Delay before attempt `attempts + 1`: 1 s doubling to 5 minutes.
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+}

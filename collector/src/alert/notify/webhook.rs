@@ -1,0 +1,166 @@
+//! The generic webhook: `POST` of the JSON [`Message`](super::Message) to a
+//! URL, optionally signed: `X-Tierwatch-Signature: sha256=<hex HMAC-SHA256
+//! of the body>`, with the secret from a file or an environment variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use tierwatch_runtime::duration;
+use tierwatch_runtime::http_client::HttpConn;
+use tierwatch_yamlconf::Problems;
+
+use super::Message;
+
+/// As written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://host[:port]/path` (https receivers: put a TLS proxy in front, or use Alertmanager).
+    pub url: String,
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub hmac_secret_env: Option<String>,
+    #[serde(default = "default_timeout", with = "duration::serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Validated.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub hmac_secret_file: Option<PathBuf>,
+    pub hmac_secret_env: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Checks `raw`; `key` is its key path for problems.
+pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> Option<Webhook> {
+    let Some(rest) = raw.url.strip_prefix("http://") else {
+        p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
+        return None;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, port)) => match port.parse::<u16>() {
+            Ok(n) if n != 0 => (h.trim_matches(['[', ']']).to_string(), n),
+            _ => {
+                p.push(format!("{key}.url"), format!("bad port {port:?}"));
+                return None;
+            }
+        },
+        None => (authority.to_string(), 80),
+    };
+    let file = raw.hmac_secret_file.as_deref().map(|f| if f.is_absolute() { f.to_path_buf() } else { base.join(f) });
+    if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+        p.push(format!("{key}.hmac_secret_file"), format!("file {} does not exist", f.display()));
+    }
+    if file.is_some() && raw.hmac_secret_env.is_some() {
+        p.push(format!("{key}.hmac_secret_env"), "give the secret by file or by environment variable, not both");
+    }
+    Some(Webhook {
+        url: raw.url.clone(),
+        host,
+        port,
+        path: path.to_string(),
+        hmac_secret_file: file,
+        hmac_secret_env: raw.hmac_secret_env.clone(),
+        timeout: raw.timeout,
+    })
+}
+
+/// Lower-case hex HMAC-SHA256 of `body` with `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    tierwatch_protocol::ids::hex(ring::hmac::sign(&key, body).as_ref())
+}
+
+/// How a send ended.
+pub enum Outcome {
+    Sent,
+    /// Retry later.
+    Failed(String),
+    /// The receiver refused it for good (4xx other than 408 and 429).
+    Refused(String),
+}
+
+/// A connection to one webhook.
+pub struct Client {
+    hook: Webhook,
+    conn: HttpConn,
+}
+
+impl Client {
+    /// A client for `hook`.
+    pub fn new(hook: Webhook) -> Client {
+        let conn = HttpConn::new(hook.host.clone(), hook.port, None);
+        Client { hook, conn }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, m: &Message) -> Outcome {
+        let body = match serde_json::to_vec(m) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Refused(format!("encoding: {e}")),
+        };
+        let mut req = Request::post(self.hook.path.as_str())
+            .header(HOST, self.conn.authority())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("tierwatch-collector/", env!("CARGO_PKG_VERSION")));
+        match super::secret(self.hook.hmac_secret_file.as_ref(), self.hook.hmac_secret_env.as_ref()) {
+            Ok(Some(s)) => req = req.header("X-Tierwatch-Signature", format!("sha256={}", signature(&s, &body))),
+            Ok(None) => {}
+            Err(e) => return Outcome::Failed(format!("HMAC secret: {e}")),
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Refused(format!("building request: {e}")),
+        };
+        match tokio::time::timeout(self.hook.timeout, self.conn.send(req)).await {
+            Err(_) => {
+                self.conn.reset();
+                Outcome::Failed(format!("no answer within {:?}", self.hook.timeout))
+            }
+            Ok(Err(e)) => Outcome::Failed(e),
+            Ok(Ok(r)) if r.status.is_success() => Outcome::Sent,
+            Ok(Ok(r)) => {
+                let text = String::from_utf8_lossy(&r.body).chars().take(300).collect::<String>();
+                if r.status.is_client_error()
+                    && r.status != StatusCode::REQUEST_TIMEOUT
+                    && r.status != StatusCode::TOO_MANY_REQUESTS
+                {
+                    Outcome::Refused(format!("{}: {text}", r.status))
+                } else {
+                    Outcome::Failed(format!("{}: {text}", r.status))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signature_matches_rfc4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            super::signature("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
