@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, by the command each provides.
 declare -A wanted=(
-  [promtool]=prometheus    # promtool check metrics on the collector's /metrics
+  [promtool]=prometheus    # promtool check metrics; remote_write receiver (lab)
+  [prometheus-alertmanager]=prometheus-alertmanager  # alert notifier tests
   [ip]=iproute2            # network namespaces, veth, tc (lab tests)
   [ethtool]=ethtool        # lab: checksum offload off on bridged veths
   [fping]=fping            # lab: impairment accuracy, reference measurements

@@ -143,7 +143,8 @@ fn probe_statuses(st: &crate::store::NodeState) -> Vec<ProbeStatus> {
     probes
 }
 
-fn rfc3339(ms: i64) -> Option<String> {
+/// `ms` since the epoch as RFC 3339 (UTC).
+pub fn rfc3339(ms: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
     t.format(&time::format_description::well_known::Rfc3339).ok()
 }

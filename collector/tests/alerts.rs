@@ -135,3 +135,83 @@ async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves(
     assert_eq!(lab.metric(r#"tierwatch_collector_incidents_total{event="resolved"}"#).await, Some(1.0));
     lab.stop().await;
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on loopback.
+struct Alertmanager {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    fn start() -> Option<Alertmanager> {
+        let have = std::process::Command::new("prometheus-alertmanager")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            assert!(
+                std::env::var("CI").is_err(),
+                "prometheus-alertmanager must be installed in CI (scripts/test.sh installs it)"
+            );
+            eprintln!("SKIPPED: prometheus-alertmanager is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("am.yml"), "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
+            .unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", dir.path().join("am.yml").display()))
+            .arg(format!("--storage.path={}", dir.path().display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(Alertmanager { child, addr, _dir: dir })
+    }
+
+    async fn alerts(&self) -> Option<Vec<serde_json::Value>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        s.write_all(b"GET /api/v2/alerts HTTP/1.0\r\nHost: am\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str::<Vec<serde_json::Value>>(body).ok()
+    }
+}
+
+#[tokio::test]
+async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
+    let Some(am) = Alertmanager::start() else { return };
+    until("Alertmanager up", || async { am.alerts().await.is_some() }).await;
+    let top = format!("rules: rules.yaml\nnotify:\n  - name: am\n    alertmanager:\n      url: http://{}\n", am.addr);
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES)]).await;
+    let client = lab.client(&lab.pki, "an-giang");
+    lab.push(client.clone(), probe(1, 1, "nui-cam", false)).await.unwrap();
+    until("the alert in Alertmanager", || async { am.alerts().await.is_some_and(|a| !a.is_empty()) }).await;
+    let alerts = am.alerts().await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["labels"]["alertname"], "tierwatch_unreachable");
+    assert_eq!(a["labels"]["incident"], "nui-cam/unreachable");
+    assert_eq!(a["labels"]["severity"], "critical");
+    assert_eq!(a["annotations"]["node_name"], "Xã Núi Cấm");
+    assert_eq!(a["status"]["state"], "active");
+    lab.push(client.clone(), probe(2, 1, "nui-cam", true)).await.unwrap();
+    // A resolved alert leaves Alertmanager's list of alerts.
+    until("the alert resolved in Alertmanager", || async { am.alerts().await.is_some_and(|a| a.is_empty()) }).await;
+    lab.stop().await;
+}

@@ -138,8 +138,7 @@ pub fn spawn_notifiers(
 }
 
 async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
-    let notify::Kind::Webhook(hook) = receiver.kind.clone();
-    let mut client = notify::webhook::Client::new(hook);
+    let mut client = notify::Client::new(&receiver.kind);
     let name = receiver.name.clone();
     loop {
         let now = tierwatch_protocol::now_ms();
@@ -175,19 +174,19 @@ async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: 
         let conn = alerting.conn.clone();
         let (id, attempts) = (pending.id, pending.attempts + 1);
         let result = match outcome {
-            notify::webhook::Outcome::Sent => {
+            notify::Outcome::Sent => {
                 metrics.notification(&name, "sent");
                 tracing::info!(receiver = %name, id = %pending.message.id, "notification sent");
                 tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
                     .await
             }
-            notify::webhook::Outcome::Refused(why) => {
+            notify::Outcome::Refused(why) => {
                 metrics.notification(&name, "refused");
                 tracing::error!(receiver = %name, id = %pending.message.id, reason = %why, "notification refused by the receiver; dropped");
                 tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
                     .await
             }
-            notify::webhook::Outcome::Failed(why) => {
+            notify::Outcome::Failed(why) => {
                 metrics.notification(&name, "failed");
                 let wait = notify::backoff(pending.attempts);
                 tracing::warn!(receiver = %name, id = %pending.message.id, attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "notification failed");

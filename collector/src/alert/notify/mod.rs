@@ -3,6 +3,7 @@
 //! a restart loses no pending notification and sends none twice. One task
 //! per receiver sends its rows oldest first, retrying with backoff.
 
+pub mod alertmanager;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ pub struct RawReceiver {
     pub send_resolved: bool,
     #[serde(default)]
     pub webhook: Option<webhook::RawWebhook>,
+    #[serde(default)]
+    pub alertmanager: Option<alertmanager::RawAlertmanager>,
 }
 
 fn yes() -> bool {
@@ -52,6 +55,68 @@ pub struct Receiver {
 #[derive(Debug, Clone)]
 pub enum Kind {
     Webhook(webhook::Webhook),
+    Alertmanager(alertmanager::Alertmanager),
+}
+
+/// How a send ended.
+pub enum Outcome {
+    Sent,
+    /// Retry later.
+    Failed(String),
+    /// The receiver refused it for good (4xx other than 408 and 429).
+    Refused(String),
+}
+
+/// Sends `req` on `conn` within `timeout` and classifies the answer.
+pub async fn exchange(
+    conn: &mut tierwatch_runtime::http_client::HttpConn,
+    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    timeout: Duration,
+) -> Outcome {
+    use hyper::StatusCode;
+    match tokio::time::timeout(timeout, conn.send(req)).await {
+        Err(_) => {
+            conn.reset();
+            Outcome::Failed(format!("no answer within {timeout:?}"))
+        }
+        Ok(Err(e)) => Outcome::Failed(e),
+        Ok(Ok(r)) if r.status.is_success() => Outcome::Sent,
+        Ok(Ok(r)) => {
+            let text = String::from_utf8_lossy(&r.body).chars().take(300).collect::<String>();
+            if r.status.is_client_error()
+                && r.status != StatusCode::REQUEST_TIMEOUT
+                && r.status != StatusCode::TOO_MANY_REQUESTS
+            {
+                Outcome::Refused(format!("{}: {text}", r.status))
+            } else {
+                Outcome::Failed(format!("{}: {text}", r.status))
+            }
+        }
+    }
+}
+
+/// A connected receiver of any kind.
+pub enum Client {
+    Webhook(webhook::Client),
+    Alertmanager(alertmanager::Client),
+}
+
+impl Client {
+    /// A client for `kind`.
+    pub fn new(kind: &Kind) -> Client {
+        match kind {
+            Kind::Webhook(w) => Client::Webhook(webhook::Client::new(w.clone())),
+            Kind::Alertmanager(a) => Client::Alertmanager(alertmanager::Client::new(a.clone())),
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, m: &Message) -> Outcome {
+        match self {
+            Client::Webhook(c) => c.send(m).await,
+            Client::Alertmanager(c) => c.send(std::slice::from_ref(&m.incident), m.status == "resolved", m.at_ms).await,
+        }
+    }
 }
 
 impl Receiver {
@@ -90,10 +155,11 @@ pub fn validate(raw: &[RawReceiver], base: &Path, p: &mut Problems) -> Vec<Recei
                 p.push(format!("notify[{i}].match.{k}"), "can match problem, node, scope or severity");
             }
         }
-        let kind = match &r.webhook {
-            Some(w) => webhook::validate(w, base, &key("webhook"), p).map(Kind::Webhook),
-            None => {
-                p.push(key("webhook"), "give the receiver's kind: webhook");
+        let kind = match (&r.webhook, &r.alertmanager) {
+            (Some(w), None) => webhook::validate(w, base, &key("webhook"), p).map(Kind::Webhook),
+            (None, Some(a)) => alertmanager::validate(a, &key("alertmanager"), p).map(Kind::Alertmanager),
+            _ => {
+                p.push(key("webhook"), "give exactly one receiver kind: webhook or alertmanager");
                 None
             }
         };

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Request, StatusCode};
+use hyper::Request;
 use serde::Deserialize;
 use tierwatch_runtime::duration;
 use tierwatch_runtime::http_client::HttpConn;
 use tierwatch_yamlconf::Problems;
 
-use super::Message;
+use super::{Message, Outcome};
 
 /// As written.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,15 +90,6 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     tierwatch_protocol::ids::hex(ring::hmac::sign(&key, body).as_ref())
 }
 
-/// How a send ended.
-pub enum Outcome {
-    Sent,
-    /// Retry later.
-    Failed(String),
-    /// The receiver refused it for good (4xx other than 408 and 429).
-    Refused(String),
-}
-
 /// A connection to one webhook.
 pub struct Client {
     hook: Webhook,
@@ -131,25 +122,7 @@ impl Client {
             Ok(r) => r,
             Err(e) => return Outcome::Refused(format!("building request: {e}")),
         };
-        match tokio::time::timeout(self.hook.timeout, self.conn.send(req)).await {
-            Err(_) => {
-                self.conn.reset();
-                Outcome::Failed(format!("no answer within {:?}", self.hook.timeout))
-            }
-            Ok(Err(e)) => Outcome::Failed(e),
-            Ok(Ok(r)) if r.status.is_success() => Outcome::Sent,
-            Ok(Ok(r)) => {
-                let text = String::from_utf8_lossy(&r.body).chars().take(300).collect::<String>();
-                if r.status.is_client_error()
-                    && r.status != StatusCode::REQUEST_TIMEOUT
-                    && r.status != StatusCode::TOO_MANY_REQUESTS
-                {
-                    Outcome::Refused(format!("{}: {text}", r.status))
-                } else {
-                    Outcome::Failed(format!("{}: {text}", r.status))
-                }
-            }
-        }
+        super::exchange(&mut self.conn, req, self.hook.timeout).await
     }
 }
 
