@@ -1,7 +1,10 @@
 //! Collects probe outcomes and seals them into batches every push interval.
 //! It owns the boot id and the sequence numbers. An empty batch is still
-//! sealed: it is the node's heartbeat.
+//! sealed: it is the node's heartbeat. A probe whose result flips (up to
+//! down, or back) is sealed at once, so the collector can page within the
+//! round trip, not a push interval later.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +41,24 @@ pub async fn run(
 ) {
     let mut sequence = 0u64;
     let mut pending: Vec<Series> = Vec::new();
+    let mut last_success: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick fires at once
     loop {
         tokio::select! {
             r = results.recv() => match r {
-                Some(m) => take(m, &mut pending, &metrics),
+                Some(m) => {
+                    let flipped = match &m {
+                        Measurement::Probe(o) => last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success),
+                        Measurement::Node(_) => false,
+                    };
+                    take(m, &mut pending, &metrics);
+                    if flipped {
+                        sequence += 1;
+                        seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+                    }
+                }
                 None => break,
             },
             _ = tick.tick() => {
