@@ -180,16 +180,26 @@ fn main() {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     std::fs::write(dir.path().join("p.yml"), "global: {}\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n")
         .unwrap();
-    let mut prom = std::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--web.enable-remote-write-receiver")
-        .arg("--log.level=error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Kills Prometheus even when the bench panics.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Guard(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.enable-remote-write-receiver")
+            .arg("--log.level=error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..300 {
         if std::net::TcpStream::connect(addr).is_ok() {
             break;
@@ -198,6 +208,4 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(2));
     rt.block_on(run("Prometheus 2.42 receiver", &format!("http://{addr}/api/v1/write"), || prometheus_samples(addr)));
-    let _ = prom.kill();
-    let _ = prom.wait();
 }
