@@ -225,7 +225,7 @@ impl Worker {
                 for (i, q) in self.queues.iter().enumerate() {
                     let (rows, dropped) = queue::trim(&tx, &q.name, &q.state, body.len() as u64, q.max_bytes)?;
                     if rows > 0 {
-                        self.metrics.remote_write_dropped(&q.name, dropped);
+                        self.metrics.remote_write_samples(&q.name, "dropped", dropped);
                         tracing::warn!(remote = %q.name, rows, samples = dropped, "remote_write queue full: dropped the oldest");
                     }
                     queue::push(&tx, &q.name, job.created_ms, *samples, body)?;

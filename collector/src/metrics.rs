@@ -239,11 +239,6 @@ impl Metrics {
         self.rw_samples.with_label_values(&[remote, result]).inc_by(n);
     }
 
-    /// Counts samples dropped because the queue of `remote` was full.
-    pub fn remote_write_dropped(&self, remote: &str, n: u64) {
-        self.remote_write_samples(remote, "dropped", n);
-    }
-
     /// Counts one request with its status code (or `error`, `timeout`).
     pub fn remote_write_request(&self, remote: &str, code: &str) {
         self.rw_requests.with_label_values(&[remote, code]).inc();

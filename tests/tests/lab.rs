@@ -231,10 +231,6 @@ fn example_scenario_degraded_commune_link() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Issue 5's acceptance test. A commune's link is cut for ten minutes
 /// (`TW_OUTAGE_SECS` shortens it by hand) while its agent keeps probing;
 /// after the restore a real Prometheus, fed by the collector's remote_write,
@@ -270,27 +266,27 @@ fn backfill_after_a_ten_minute_outage_reaches_prometheus_once() -> anyhow::Resul
         ),
         ..SystemSpec::default()
     };
-    let test_start = now_ms();
+    let test_start = tierwatch_tests::now_ms();
     let tw = lab.start_tierwatch(&spec)?;
     let series = r#"tierwatch_probe_success{node="c1",target="provincial-gateway"}"#;
     wait_for(Duration::from_secs(60), "c1's probes in Prometheus", || {
-        prom.scalar(&format!("count_over_time({series}[5m])"), now_ms() as f64 / 1000.0)
+        prom.scalar(&format!("count_over_time({series}[5m])"), tierwatch_tests::now_ms() as f64 / 1000.0)
             .ok()
             .flatten()
             .filter(|&n| n >= 2.0)
     })?;
 
-    let cut_ms = now_ms();
+    let cut_ms = tierwatch_tests::now_ms();
     lab.link_mut("c1")?.set_up(false)?;
     std::thread::sleep(outage);
     lab.link_mut("c1")?.set_up(true)?;
-    let restore_ms = now_ms();
+    let restore_ms = tierwatch_tests::now_ms();
 
     // The first fresh batch shows the backlog (the agent's own telemetry); then it drains.
     let backlog =
         tw.wait_metric(Duration::from_secs(60), "tierwatch_agent_spool_batches", &[("node", "c1")], |v| v > 0.0)?;
     tw.wait_metric(Duration::from_secs(600), "tierwatch_agent_spool_batches", &[("node", "c1")], |v| v == 0.0)?;
-    let drained_ms = now_ms();
+    let drained_ms = tierwatch_tests::now_ms();
     tw.wait_metric(
         Duration::from_secs(120),
         "tierwatch_collector_remote_write_queue_batches",
@@ -299,8 +295,8 @@ fn backfill_after_a_ten_minute_outage_reaches_prometheus_once() -> anyhow::Resul
     )?;
 
     // Every probe round of the outage is in Prometheus, at its own time.
-    let at = now_ms() as f64 / 1000.0;
-    let window = Duration::from_millis((now_ms() - test_start) as u64 + 60_000);
+    let at = tierwatch_tests::now_ms() as f64 / 1000.0;
+    let window = Duration::from_millis((tierwatch_tests::now_ms() - test_start) as u64 + 60_000);
     let samples = prom.samples(series, window, at)?;
     let during: Vec<(i64, f64)> = samples.iter().copied().filter(|(t, _)| *t > cut_ms && *t < restore_ms).collect();
     let expected = outage.as_millis() as f64 / probe_interval.as_millis() as f64;

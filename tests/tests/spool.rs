@@ -46,7 +46,7 @@ fn backlog_after_an_outage_replays_behind_live_batches() -> anyhow::Result<()> {
     wait_for(Duration::from_secs(15), "a backlog of 25 batches", || (unsent(agent_health)? >= 25).then_some(()))?;
     let h = health(agent_health).unwrap_or_default();
     assert!(h["oldest_unsent_age_seconds"].as_f64().unwrap_or(0.0) >= 4.0, "{h}");
-    let restored_ms = tierwatch_protocol_now_ms();
+    let restored_ms = tierwatch_tests::now_ms();
     let mut collector = lb.start_collector("collector.log", "")?;
     drained(agent_health, Duration::from_secs(60), &agent)?;
     let (_, metrics) = http_get(agent_health, "/metrics")?;
@@ -87,10 +87,6 @@ fn backlog_after_an_outage_replays_behind_live_batches() -> anyhow::Result<()> {
     );
     exactly_once(&[lb.path("agent.log")], &[lb.path("collector.log")])?;
     Ok(())
-}
-
-fn tierwatch_protocol_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[test]

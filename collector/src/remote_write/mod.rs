@@ -90,7 +90,9 @@ pub struct RemoteWrite {
 const RESERVED: [&str; 5] =
     ["content-type", "content-encoding", "x-prometheus-remote-write-version", "host", "content-length"];
 
-fn split_url(url: &str) -> Result<(bool, String, u16, String), String> {
+/// Splits `http(s)://host[:port][/path]` into (https, host, port, path),
+/// IPv6 hosts in brackets; shared by remote_write and the notifiers.
+pub(crate) fn split_url(url: &str) -> Result<(bool, String, u16, String), String> {
     let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {

@@ -48,23 +48,16 @@ pub struct Webhook {
 
 /// Checks `raw`; `key` is its key path for problems.
 pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> Option<Webhook> {
-    let Some(rest) = raw.url.strip_prefix("http://") else {
+    if !raw.url.starts_with("http://") {
         p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
         return None;
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, port)) => match port.parse::<u16>() {
-            Ok(n) if n != 0 => (h.trim_matches(['[', ']']).to_string(), n),
-            _ => {
-                p.push(format!("{key}.url"), format!("bad port {port:?}"));
-                return None;
-            }
-        },
-        None => (authority.to_string(), 80),
+    }
+    let (_, host, port, path) = match crate::remote_write::split_url(&raw.url) {
+        Ok(parts) => parts,
+        Err(e) => {
+            p.push(format!("{key}.url"), e);
+            return None;
+        }
     };
     let file = raw.hmac_secret_file.as_deref().map(|f| if f.is_absolute() { f.to_path_buf() } else { base.join(f) });
     if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
@@ -77,7 +70,7 @@ pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> O
         url: raw.url.clone(),
         host,
         port,
-        path: path.to_string(),
+        path,
         hmac_secret_file: file,
         hmac_secret_env: raw.hmac_secret_env.clone(),
         timeout: raw.timeout,
