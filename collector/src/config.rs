@@ -43,6 +43,24 @@ pub struct RawConfig {
     /// Who gets the incidents.
     #[serde(default)]
     pub notify: Vec<crate::alert::notify::RawReceiver>,
+    /// Planned maintenance: incidents of the nodes matched are not paged.
+    #[serde(default)]
+    pub maintenance: Vec<crate::alert::maintenance::RawWindow>,
+    /// Who may change state through the API (maintenance, acknowledgements).
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+/// Access to the API's changing endpoints (`POST`, `DELETE`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// File holding the bearer token; without a token, only loopback clients may change state.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -124,6 +142,9 @@ pub struct Config {
     pub rules: Rules,
     pub rules_file: Option<PathBuf>,
     pub receivers: Vec<crate::alert::notify::Receiver>,
+    pub maintenance: Vec<crate::alert::maintenance::Window>,
+    /// Bearer token for the API's changing endpoints; none: loopback only.
+    pub api_token: Option<String>,
 }
 
 /// Errors loading the configuration.
@@ -167,6 +188,19 @@ impl Config {
         let topology_file = resolve(&raw.topology);
         let remote_write = crate::remote_write::validate(&raw.remote_write, base, &mut problems);
         let receivers = crate::alert::notify::validate(&raw.notify, base, &mut problems);
+        let maintenance = crate::alert::maintenance::validate_config(&raw.maintenance, &mut problems);
+        let token_file = raw.api.token_file.as_deref().map(resolve);
+        let api_token = match crate::alert::notify::secret(token_file.as_ref(), raw.api.token_env.as_ref()) {
+            Ok(Some(t)) if t.is_empty() => {
+                problems.push("api", "the API token is empty");
+                None
+            }
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(if token_file.is_some() { "api.token_file" } else { "api.token_env" }, e);
+                None
+            }
+        };
         let max_age = Duration::from_millis(ingest.limits.max_age_ms.max(0) as u64);
         if max_age < Duration::from_secs(3600) {
             problems
@@ -177,7 +211,7 @@ impl Config {
         let rules_file = raw.rules.as_deref().map(resolve);
         let rules = match &rules_file {
             Some(f) => Rules::load(f)?,
-            None => Rules { min_children: 3, group_wait: Duration::from_secs(10), rules: Vec::new() },
+            None => Rules::default(),
         };
         Ok(Config {
             file: file.to_path_buf(),
@@ -193,6 +227,8 @@ impl Config {
             rules,
             rules_file,
             receivers,
+            maintenance,
+            api_token,
         })
     }
 }

@@ -69,6 +69,20 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX outbox_due ON outbox (receiver, next_ms, id);",
+    // 4: maintenance windows set through the API, and when each receiver was
+    // last paged about each open incident (for repeat intervals).
+    "CREATE TABLE maintenance (
+        id TEXT PRIMARY KEY,
+        starts_ms INTEGER NOT NULL,
+        ends_ms INTEGER NOT NULL,
+        window TEXT NOT NULL
+    );
+    CREATE TABLE reminder (
+        receiver TEXT NOT NULL,
+        key TEXT NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (receiver, key)
+    ) WITHOUT ROWID;",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

@@ -27,6 +27,8 @@ pub struct Http {
     pub ready: AtomicBool,
     /// remote_write queues, for their gauges.
     pub queues: Vec<QueueSpec>,
+    /// Bearer token of the API's changing endpoints; none: loopback only.
+    pub api_token: Option<String>,
 }
 
 /// The router of the HTTP listener.
@@ -37,13 +39,12 @@ pub fn router(state: Arc<Http>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/alerts/history", get(alert_history))
+        .merge(crate::alert_api::routes())
         .with_state(state)
 }
 
 async fn index() -> impl IntoResponse {
-    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/healthz        liveness\n/readyz         readiness\n"
+    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/healthz        liveness\n/readyz         readiness\n"
 }
 
 async fn metrics(State(s): State<Arc<Http>>) -> Response {
@@ -151,29 +152,4 @@ pub fn rfc3339(ms: i64) -> Option<String> {
 
 async fn nodes(State(s): State<Arc<Http>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "nodes": node_statuses(&s, tierwatch_protocol::now_ms()) }))
-}
-
-/// `/api/v1/alerts`: the incidents open now, each with its alerts and the nodes it covers.
-async fn alerts(State(s): State<Arc<Http>>) -> Response {
-    let open = s.alerting.as_ref().map(|a| a.open()).unwrap_or_default();
-    axum::Json(serde_json::json!({ "alerting": s.alerting.is_some(), "incidents": open })).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct HistoryQuery {
-    limit: Option<usize>,
-}
-
-/// `/api/v1/alerts/history?limit=N`: incident openings, updates and resolutions, newest first.
-async fn alert_history(
-    State(s): State<Arc<Http>>,
-    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
-) -> Response {
-    let Some(a) = &s.alerting else {
-        return axum::Json(serde_json::json!({ "alerting": false, "history": [] })).into_response();
-    };
-    match a.history(q.limit.unwrap_or(100).min(10_000)).await {
-        Ok(h) => axum::Json(serde_json::json!({ "alerting": true, "history": h })).into_response(),
-        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("history unavailable: {e}\n")).into_response(),
-    }
 }

@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod alert;
+pub mod alert_api;
 pub mod config;
 pub mod db;
 pub mod exposition;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod outbound;
 pub mod pki;
 pub mod remote_write;
 pub mod seqset;

@@ -127,7 +127,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
             crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
         })??;
         let engine = Engine::new(config.rules.clone(), Arc::new(config.topology.clone()), tierwatch_protocol::now_ms());
-        let a = Alerting::new(engine, conn, config.receivers.clone())
+        let a = Alerting::new(engine, conn, config.receivers.clone(), config.maintenance.clone())
             .map_err(|source| crate::db::DbError::Sqlite { file: config.state_dir.join(crate::db::FILE), source })?;
         Some(Arc::new(a))
     };
@@ -149,6 +149,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         node_down_after: config.node_down_after,
         ready: Default::default(),
         queues: queues.clone(),
+        api_token: config.api_token.clone(),
     });
 
     let tracker = TaskTracker::new();
@@ -172,7 +173,8 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let router = http::router(http_state.clone());
     let http_token = token.clone();
     tracker.spawn(async move {
-        let server = axum::serve(http_listener, router).with_graceful_shutdown(http_token.cancelled_owned());
+        let server = axum::serve(http_listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(http_token.cancelled_owned());
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP listener failed");
         }

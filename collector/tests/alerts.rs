@@ -18,6 +18,11 @@ use tierwatch_protocol::{Batch, Label, MetricKind, Point, Series, PROTOCOL_VERSI
 const RULES: &str = "grouping:\n  group_wait: 0s\nrules:\n  - name: wan_link_down\n    metric: tierwatch_probe_success\n    match: {tier: province, probe: icmp}\n    subject: target\n    below: 1\n    problem: unreachable\n    severity: critical\n    summary: \"WAN link to {{ target }} is down (seen from {{ node_name }})\"\n";
 
 fn probe(seq: u64, boot: u8, target: &str, ok: bool) -> Vec<u8> {
+    probes(seq, boot, &[(target, ok)])
+}
+
+/// A batch of the province's ICMP results, one per (target, ok).
+fn probes(seq: u64, boot: u8, results: &[(&str, bool)]) -> Vec<u8> {
     let now = tierwatch_protocol::now_ms();
     Batch {
         version: PROTOCOL_VERSION,
@@ -27,12 +32,15 @@ fn probe(seq: u64, boot: u8, target: &str, ok: bool) -> Vec<u8> {
         sequence: seq,
         config_hash: vec![0; 32],
         created_ms: now,
-        series: vec![Series {
-            name: "tierwatch_probe_success".into(),
-            kind: MetricKind::Gauge as i32,
-            labels: vec![Label::new("probe", "icmp"), Label::new("target", target)],
-            points: vec![Point { timestamp_ms: now, value: if ok { 1.0 } else { 0.0 } }],
-        }],
+        series: results
+            .iter()
+            .map(|(target, ok)| Series {
+                name: "tierwatch_probe_success".into(),
+                kind: MetricKind::Gauge as i32,
+                labels: vec![Label::new("probe", "icmp"), Label::new("target", *target)],
+                points: vec![Point { timestamp_ms: now, value: if *ok { 1.0 } else { 0.0 } }],
+            })
+            .collect(),
         events: vec![],
         push_interval_ms: 1000,
     }
@@ -213,5 +221,203 @@ async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
     lab.push(client.clone(), probe(2, 1, "nui-cam", true)).await.unwrap();
     // A resolved alert leaves Alertmanager's list of alerts.
     until("the alert resolved in Alertmanager", || async { am.alerts().await.is_some_and(|a| a.is_empty()) }).await;
+    lab.stop().await;
+}
+
+/// A fake Telegram Bot API: what each `POST /bot<token>/sendMessage` carried.
+type Sent = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+async fn bot_api(
+    State(sent): State<Sent>,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+    body: Bytes,
+) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let token = rest.strip_prefix("bot").and_then(|r| r.strip_suffix("/sendMessage")).unwrap_or("?").to_string();
+    sent.lock().unwrap().push((token, v));
+    r#"{"ok":true,"result":{}}"#.into()
+}
+
+/// A local SMTP sink: accepts every mail, keeps (envelope, data).
+type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
+async fn smtp_sink() -> (std::net::SocketAddr, Mails) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mails: Mails = Arc::default();
+    let keep = mails.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+                let mut envelope = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 sink\r\n",
+                        "MAIL" | "RCPT" => {
+                            envelope.push(line.clone());
+                            b"250 OK\r\n"
+                        }
+                        "DATA" => {
+                            w.write_all(b"354 go ahead\r\n").await.unwrap();
+                            let mut data = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                data.push_str(&l);
+                                data.push('\n');
+                            }
+                            keep.lock().unwrap().push((std::mem::take(&mut envelope), data));
+                            b"250 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, mails)
+}
+
+#[tokio::test]
+async fn telegram_and_email_get_the_page_repeats_until_acknowledged_and_the_resolve() {
+    let (smtp, mails) = smtp_sink().await;
+    let sent: Sent = Arc::default();
+    let bot = axum::Router::new().route("/{*rest}", axum::routing::post(bot_api)).with_state(sent.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bot_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, bot).await });
+    // SAFETY of the test: no other test of this binary reads this variable.
+    std::env::set_var("TW_TEST_BOT_TOKEN", "123:abc");
+    let top = format!(
+        "rules: rules.yaml\napi:\n  token_file: api.token\nnotify:\n  - name: tg\n    repeat_interval: 2s\n    telegram:\n      bot_token_env: TW_TEST_BOT_TOKEN\n      chat_id: \"-1001\"\n      api_url: http://{bot_addr}\n  - name: mail\n    email:\n      smtp_host: 127.0.0.1\n      smtp_port: {}\n      security: none\n      from: Tierwatch <tierwatch@angiang.gov.vn>\n      to: [\"Trực ban <oncall@angiang.gov.vn>\"]\n",
+        smtp.port()
+    );
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken\n")]).await;
+    let client = lab.client(&lab.pki, "an-giang");
+    lab.push(client.clone(), probe(1, 1, "nui-cam", false)).await.unwrap();
+    until("the page on Telegram", || async { !sent.lock().unwrap().is_empty() }).await;
+    until("the page by email", || async { !mails.lock().unwrap().is_empty() }).await;
+    {
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent[0].0, "123:abc", "the token from the environment");
+        assert_eq!(sent[0].1["chat_id"], -1001);
+        let text = sent[0].1["text"].as_str().unwrap();
+        assert!(text.starts_with("[FIRING] [critical] WAN link to nui-cam is down"), "{text}");
+        assert!(text.contains("Incident: nui-cam/unreachable (Xã Núi Cấm, nui-cam)"), "{text}");
+        let mails = mails.lock().unwrap();
+        let (envelope, data) = &mails[0];
+        assert_eq!(envelope, &["MAIL FROM:<tierwatch@angiang.gov.vn>", "RCPT TO:<oncall@angiang.gov.vn>"]);
+        assert!(data.contains("Subject: [FIRING] [critical] WAN link to nui-cam is down"), "{data}");
+        assert!(data.contains("Message-ID: <nui-cam.unreachable.opened."), "{data}");
+    }
+    // Not acknowledged: Telegram repeats every 2 s; email (4 h default) does not.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let texts = |sent: &Sent| -> Vec<String> {
+        sent.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v["text"].as_str().unwrap().lines().next().unwrap().to_string())
+            .collect()
+    };
+    let repeats = texts(&sent).iter().filter(|t| t.starts_with("[STILL FIRING]")).count();
+    assert!((1..=3).contains(&repeats), "{:?}", texts(&sent));
+    assert_eq!(mails.lock().unwrap().len(), 1);
+
+    // Acknowledging takes the token; then the repeats stop.
+    let ack = r#"{"key": "nui-cam/unreachable", "by": "Lan", "comment": "ISP ticket 42"}"#;
+    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = lab.call("POST", "/api/v1/alerts/ack", r#"{"key": "nope", "by": "Lan"}"#, Some("t0ken")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    until("the acknowledgement by email", || async { mails.lock().unwrap().len() == 2 }).await;
+    assert!(mails.lock().unwrap()[1].1.contains("Acknowledged by Lan at "), "{:?}", mails.lock().unwrap()[1]);
+    until("the acknowledgement on Telegram", || async {
+        texts(&sent).last().is_some_and(|t| t.starts_with("[ACKNOWLEDGED]"))
+    })
+    .await;
+    let before = texts(&sent).len();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(texts(&sent).len(), before, "no repeat once acknowledged: {:?}", texts(&sent));
+    assert_eq!(incidents(&lab).await[0]["ack"]["by"], "Lan");
+
+    lab.push(client.clone(), probe(2, 1, "nui-cam", true)).await.unwrap();
+    until("the resolve on Telegram", || async { texts(&sent).last().is_some_and(|t| t.starts_with("[RESOLVED]")) })
+        .await;
+    until("the resolve by email", || async { mails.lock().unwrap().len() == 3 }).await;
+    assert_eq!(
+        history(&lab).await,
+        ["opened nui-cam/unreachable", "acknowledged nui-cam/unreachable", "resolved nui-cam/unreachable"]
+    );
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn maintenance_windows_from_the_api_mute_exactly_their_nodes() {
+    let hook_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let got = receiver_on(hook_addr).await;
+    let top = format!("rules: rules.yaml\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{hook_addr}/hook\n      hmac_secret_file: hook.secret\n");
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("hook.secret", "s3cret\n")]).await;
+    let (status, body) = lab
+        .call(
+            "POST",
+            "/api/v1/maintenance",
+            r#"{"match": {"node": "nui-cam"}, "duration": "tomorrow", "reason": ""}"#,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("body.reason: say why") && body.contains("body.duration: invalid duration"), "{body}");
+    // No token configured: loopback may change state.
+    let (status, body) = lab
+        .call(
+            "POST",
+            "/api/v1/maintenance",
+            r#"{"match": {"node": "nui-cam"}, "duration": "1h", "reason": "thay router", "by": "Lan"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["window"]["id"].as_str().unwrap().to_string();
+
+    // Kept across a restart.
+    lab.restart().await;
+    let (_, body) = lab.get("/api/v1/maintenance").await;
+    assert!(body.contains(&id) && body.contains("thay router"), "{body}");
+
+    let client = lab.client(&lab.pki, "an-giang");
+    lab.push(client.clone(), probes(1, 1, &[("nui-cam", false), ("giang-thanh", false)])).await.unwrap();
+    until("the unmuted page", || async { !events(&got).is_empty() }).await;
+    let (_, body) = lab.get("/api/v1/alerts").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["incidents"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["incidents"][0]["key"], "giang-thanh/unreachable");
+    assert_eq!(v["muted"][0]["key"], "nui-cam/unreachable", "{body}");
+    assert!(v["muted"][0]["muted"].as_str().unwrap().contains("thay router"), "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(events(&got), ["opened giang-thanh/unreachable"], "the node in maintenance is not paged");
+
+    // The window ends early while nui-cam is still down: it pages now.
+    let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    lab.push(client.clone(), probes(2, 1, &[("nui-cam", false), ("giang-thanh", false)])).await.unwrap();
+    until("the page after the window", || async { events(&got).len() == 2 }).await;
+    assert_eq!(events(&got), ["opened giang-thanh/unreachable", "opened nui-cam/unreachable"]);
+    let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     lab.stop().await;
 }

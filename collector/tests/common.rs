@@ -130,10 +130,22 @@ impl Lab {
 
     /// GETs `path` from the HTTP listener.
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        self.call("GET", path, "", None).await
+    }
+
+    /// Sends `method path` with a JSON `body` (and a bearer `token`) to the HTTP listener.
+    pub async fn call(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> (StatusCode, String) {
         let tcp = TcpStream::connect(self.http).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get(path).header("host", "collector").body(Full::new(Bytes::new())).unwrap();
+        let mut req = Request::builder().method(method).uri(path).header("host", "collector");
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
         let resp = send.send_request(req).await.unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -82,6 +82,11 @@ impl Problems {
         self.0.len()
     }
 
+    /// The problems as `(key path, message)`, for callers without a file (an API body).
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.0.iter()
+    }
+
     /// Turns the recorded problems into an error located in `text`, or `Ok` when none.
     pub fn into_result(self, file: &Path, text: &str) -> Result<(), ConfigError> {
         if self.0.is_empty() {
@@ -99,6 +104,18 @@ impl Problems {
             })
             .collect();
         Err(ConfigError { file: file.to_path_buf(), problems })
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (path, message)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{path}: {message}")?;
+        }
+        Ok(())
     }
 }
 

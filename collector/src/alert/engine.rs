@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tierwatch_protocol::{Label, NodeId};
 
+use super::flap::Flaps;
 use super::incident::{self, Active, Incident, Scope};
+use super::maintenance::Window;
 use super::rules::{render, Rule, RuleKind, Rules, Severity};
 use super::state::{is_firing, step, Phase, Reading, Transition};
 use crate::store::Store;
@@ -67,6 +69,21 @@ pub struct IncidentView {
     /// Nodes behind the root cause or the children grouped, with their names.
     pub affected: Vec<(String, String)>,
     pub alerts: Vec<AlertView>,
+    /// Set while a maintenance window keeps it from paging: which and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted: Option<String>,
+    /// Set once someone took it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<Ack>,
+}
+
+/// An acknowledgement: someone is on it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub by: String,
+    #[serde(default)]
+    pub comment: String,
+    pub at_ms: i64,
 }
 
 /// What changed in one evaluation.
@@ -80,6 +97,28 @@ pub enum Change {
         incident: IncidentView,
         ended_ms: i64,
     },
+    /// Someone acknowledged it (through the API).
+    Acknowledged(IncidentView),
+}
+
+impl Change {
+    /// The history and notification event name.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Change::Opened(_) => "opened",
+            Change::Updated(_) => "updated",
+            Change::Resolved { .. } => "resolved",
+            Change::Acknowledged(_) => "acknowledged",
+        }
+    }
+
+    /// The incident as it stands after the change.
+    pub fn view(&self) -> &IncidentView {
+        match self {
+            Change::Opened(v) | Change::Updated(v) | Change::Acknowledged(v) => v,
+            Change::Resolved { incident, .. } => incident,
+        }
+    }
 }
 
 /// The engine's state between evaluations.
@@ -95,6 +134,10 @@ pub struct Engine {
     /// enough for every node to push and every heartbeat to decide.
     restored: std::collections::HashSet<String>,
     restored_until_ms: i64,
+    flaps: Flaps,
+    windows: Vec<Window>,
+    /// Incidents kept from paging by a maintenance window, by key.
+    muted: BTreeMap<String, IncidentView>,
 }
 
 fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) -> Option<String> + 'a {
@@ -114,14 +157,39 @@ impl Engine {
     /// An engine for `rules` over `topo`; nodes count as heard from at `started_ms`.
     pub fn new(rules: Rules, topo: Arc<Topology>, started_ms: i64) -> Engine {
         Engine {
-            rules,
             topo,
             started_ms,
             instances: HashMap::new(),
             open: BTreeMap::new(),
             restored: Default::default(),
             restored_until_ms: 0,
+            flaps: Flaps::new(rules.flapping),
+            windows: Vec::new(),
+            muted: BTreeMap::new(),
+            rules,
         }
+    }
+
+    /// The incidents a maintenance window keeps from paging.
+    pub fn muted_incidents(&self) -> impl Iterator<Item = &IncidentView> {
+        self.muted.values()
+    }
+
+    /// Replaces the maintenance windows (checked at every evaluation).
+    pub fn set_windows(&mut self, windows: Vec<Window>) {
+        self.windows = windows;
+    }
+
+    /// The maintenance windows, configured and set through the API.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// Acknowledges the open incident `key`; `None` if there is none.
+    pub fn acknowledge(&mut self, key: &str, ack: Ack) -> Option<Change> {
+        let v = self.open.get_mut(key)?;
+        v.ack = Some(ack);
+        Some(Change::Acknowledged(v.clone()))
     }
 
     /// The incidents currently paged.
@@ -143,6 +211,7 @@ impl Engine {
             .unwrap_or(3);
         self.restored_until_ms = self.started_ms + (missed as i64 + 1) * DEFAULT_PUSH_INTERVAL.as_millis() as i64;
         for i in open {
+            self.flaps.restore(&i, self.started_ms);
             self.restored.insert(i.key.clone());
             self.open.insert(i.key.clone(), i);
         }
@@ -276,7 +345,7 @@ impl Engine {
             })
             .collect();
         let incidents = incident::group(&active, &self.topo, suspect, self.rules.min_children);
-        let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
+        let mut present: BTreeMap<String, IncidentView> = BTreeMap::new();
         for inc in &incidents {
             // Held: an ancestor is late. Waiting: a problem that may yet be grouped.
             let waiting = inc.problem != incident::UNREACHABLE
@@ -284,7 +353,24 @@ impl Engine {
             if (inc.held || waiting) && !self.open.contains_key(&inc.key()) {
                 continue;
             }
-            now_open.insert(inc.key(), self.view(inc, &firing, &active));
+            present.insert(inc.key(), self.view(inc, &firing, &active));
+        }
+        let present = self.flaps.apply(present, now_ms);
+        let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
+        self.muted.clear();
+        for (key, mut view) in present {
+            match self.open.get(&key) {
+                Some(old) => view.ack = old.ack.clone(),
+                None => {
+                    // Not paged yet: a maintenance window keeps it quiet.
+                    if let Some(w) = self.muted_by(&view, now_ms) {
+                        view.muted = Some(w.describe());
+                        self.muted.insert(key, view);
+                        continue;
+                    }
+                }
+            }
+            now_open.insert(key, view);
         }
         let mut changes = Vec::new();
         for (key, view) in &now_open {
@@ -308,6 +394,29 @@ impl Engine {
         }
         self.open = now_open;
         changes
+    }
+
+    /// The active window that covers `v`: every alert about its own node
+    /// (every alert, for a children incident; the node, when it has none,
+    /// as a flapping incident) matches the window.
+    fn muted_by(&self, v: &IncidentView, now_ms: i64) -> Option<&Window> {
+        let node_labels = |id: &str| self.topo.get_str(id).map(|n| n.identity_labels());
+        let covers = |w: &Window, node: &str, labels: &BTreeMap<String, String>| {
+            let identity = node_labels(node);
+            w.matches(|k| {
+                identity
+                    .as_ref()
+                    .and_then(|i| i.iter().find(|(n, _)| *n == k).map(|(_, v)| *v))
+                    .or_else(|| labels.get(k).map(String::as_str))
+            })
+        };
+        let mut windows = self.windows.iter().filter(|w| w.active(now_ms));
+        let relevant: Vec<&AlertView> =
+            v.alerts.iter().filter(|a| v.scope == "children" || a.subject == v.node).collect();
+        if relevant.is_empty() {
+            return windows.find(|w| covers(w, &v.node, &BTreeMap::new()));
+        }
+        windows.find(|w| relevant.iter().all(|a| covers(w, &a.subject, &a.labels)))
     }
 
     fn view(&self, inc: &Incident, firing: &[(&AlertKey, &Instance)], active: &[Active]) -> IncidentView {
@@ -367,6 +476,8 @@ impl Engine {
             summary,
             affected,
             alerts,
+            muted: None,
+            ack: None,
         }
     }
 }
@@ -413,6 +524,7 @@ mod tests {
                 Change::Opened(i) => format!("open {}", i.key),
                 Change::Updated(i) => format!("update {}", i.key),
                 Change::Resolved { incident, .. } => format!("resolve {}", incident.key),
+                Change::Acknowledged(i) => format!("ack {}", i.key),
             })
             .collect()
     }
@@ -495,5 +607,45 @@ mod tests {
         }
         assert_eq!(kinds(&e.evaluate(&store, 9000)), ["resolve p/unreachable"]);
         assert_eq!(e.open_incidents().count(), 0, "nothing left open");
+    }
+
+    #[test]
+    fn a_maintenance_window_mutes_exactly_its_nodes_until_it_ends() {
+        let (mut e, store) = setup();
+        let window = |node: &str| Window {
+            id: "mw-1".into(),
+            matchers: BTreeMap::from([("node".into(), node.into())]),
+            starts_ms: 0,
+            ends_ms: 5000,
+            reason: "router swap".into(),
+            by: None,
+            source: "api".into(),
+        };
+        e.set_windows(vec![window("c1")]);
+        push(&store, "p", 1000, &[("c1", 0.0), ("c2", 0.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 1000)), ["open c2/unreachable"]);
+        let muted: Vec<_> = e.muted_incidents().collect();
+        assert_eq!(muted.len(), 1);
+        assert!(muted[0].muted.as_deref().unwrap().contains("router swap"), "{muted:?}");
+        // A tier matcher covers both; c2 was paged before, so it stays open.
+        e.set_windows(vec![Window { matchers: BTreeMap::from([("tier".into(), "commune".into())]), ..window("") }]);
+        assert!(e.evaluate(&store, 2000).is_empty());
+        // The window ends with c1 still down: it pages now.
+        push(&store, "p", 5000, &[("c1", 0.0), ("c2", 0.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 5000)), ["open c1/unreachable"]);
+        assert_eq!(e.muted_incidents().count(), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_stays_with_the_incident() {
+        let (mut e, store) = setup();
+        push(&store, "p", 1000, &[("c1", 0.0)]);
+        e.evaluate(&store, 1000);
+        let ack = Ack { by: "Trực ban".into(), comment: "on my way".into(), at_ms: 1500 };
+        assert!(e.acknowledge("c9/unreachable", ack.clone()).is_none());
+        assert_eq!(kinds(&[e.acknowledge("c1/unreachable", ack.clone()).unwrap()]), ["ack c1/unreachable"]);
+        push(&store, "p", 2000, &[("c1", 0.0), ("c2", 0.0)]);
+        e.evaluate(&store, 2000);
+        assert_eq!(e.open_incidents().find(|v| v.key == "c1/unreachable").unwrap().ack, Some(ack));
     }
 }

@@ -6,7 +6,9 @@
 //! without waiting for a tick) and every second (heartbeats).
 
 pub mod engine;
+pub mod flap;
 pub mod incident;
+pub mod maintenance;
 pub mod notify;
 pub mod persist;
 pub mod rules;
@@ -21,13 +23,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
-use engine::{Change, Engine, IncidentView};
+use engine::{Ack, Change, Engine, IncidentView};
+use maintenance::Window;
 
 /// Shared by the runner, ingest (which triggers it) and the HTTP API.
 pub struct Alerting {
     engine: Mutex<Engine>,
     conn: Arc<Mutex<Connection>>,
     receivers: Vec<notify::Receiver>,
+    /// Windows from `collector.yaml`; the API's live in the database.
+    configured: Vec<Window>,
     /// Wakes the runner after a stored batch.
     pub trigger: Notify,
     /// Wakes the notifiers after notifications were queued.
@@ -35,17 +40,26 @@ pub struct Alerting {
 }
 
 impl Alerting {
-    /// Restores the incidents open at the last stop into `engine`.
-    pub fn new(mut engine: Engine, conn: Connection, receivers: Vec<notify::Receiver>) -> rusqlite::Result<Alerting> {
+    /// Restores the incidents open and the maintenance windows set at the last stop into `engine`.
+    pub fn new(
+        mut engine: Engine,
+        conn: Connection,
+        receivers: Vec<notify::Receiver>,
+        configured: Vec<Window>,
+    ) -> rusqlite::Result<Alerting> {
         let open = persist::load_open(&conn)?;
         if !open.is_empty() {
             tracing::info!(incidents = open.len(), "alert: incidents still open from before the restart");
         }
         engine.restore(open);
+        let mut windows = configured.clone();
+        windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);
+        engine.set_windows(windows);
         Ok(Alerting {
             engine: Mutex::new(engine),
             conn: Arc::new(Mutex::new(conn)),
             receivers,
+            configured,
             trigger: Notify::new(),
             queued: Notify::new(),
         })
@@ -58,6 +72,71 @@ impl Alerting {
     /// The incidents currently open.
     pub fn open(&self) -> Vec<IncidentView> {
         self.engine().open_incidents().cloned().collect()
+    }
+
+    /// The incidents a maintenance window keeps from paging.
+    pub fn muted(&self) -> Vec<IncidentView> {
+        self.engine().muted_incidents().cloned().collect()
+    }
+
+    /// Every maintenance window not yet over at `now_ms`.
+    pub fn windows(&self, now_ms: i64) -> Vec<Window> {
+        self.engine().windows().iter().filter(|w| w.ends_ms > now_ms).cloned().collect()
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stores a window set through the API; it applies from the next evaluation.
+    pub async fn add_window(&self, w: Window) -> Result<(), String> {
+        let stored = w.clone();
+        self.db(move |c| maintenance::insert(c, &stored)).await?;
+        tracing::info!(window = %w.id, reason = %w.reason, by = w.by.as_deref().unwrap_or(""), "maintenance window set");
+        let mut e = self.engine();
+        let mut windows = e.windows().to_vec();
+        windows.push(w);
+        e.set_windows(windows);
+        Ok(())
+    }
+
+    /// Ends a window set through the API now; false if there is none by that id.
+    pub async fn delete_window(&self, id: &str) -> Result<bool, String> {
+        if self.configured.iter().any(|w| w.id == id) {
+            return Err(format!("{id} is set in collector.yaml; remove it there"));
+        }
+        let owned = id.to_string();
+        let found = self.db(move |c| maintenance::delete(c, &owned)).await?;
+        if found {
+            tracing::info!(window = %id, "maintenance window removed");
+            let mut e = self.engine();
+            let windows = e.windows().iter().filter(|w| w.id != id).cloned().collect();
+            e.set_windows(windows);
+        }
+        Ok(found)
+    }
+
+    /// Acknowledges the open incident `key`: recorded, notified, no more repeats.
+    pub async fn acknowledge(&self, key: &str, ack: Ack) -> Result<Option<IncidentView>, String> {
+        let Some(change) = self.engine().acknowledge(key, ack) else {
+            return Ok(None);
+        };
+        let view = change.view().clone();
+        tracing::info!(incident = %key, by = %view.ack.as_ref().map(|a| a.by.as_str()).unwrap_or(""), "incident acknowledged");
+        let receivers = self.receivers.clone();
+        let now = tierwatch_protocol::now_ms();
+        let queued = self.db(move |c| persist::record(c, &[change], &receivers, now)).await?;
+        if queued > 0 {
+            self.queued.notify_waiters();
+        }
+        Ok(Some(view))
     }
 
     /// The newest `limit` history entries.
@@ -74,6 +153,7 @@ impl Alerting {
 
 /// Evaluates until `token` is cancelled.
 pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, token: CancellationToken) {
+    let mut next_repeat_check = 0;
     loop {
         tokio::select! {
             _ = alerting.trigger.notified() => {}
@@ -88,6 +168,16 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
         };
         metrics.incidents_open.set(open as i64);
         if changes.is_empty() {
+            if open > 0 && now >= next_repeat_check {
+                next_repeat_check = now + 1000;
+                let views = alerting.open();
+                let receivers = alerting.receivers.clone();
+                match alerting.db(move |c| notify::enqueue_repeats(c, &receivers, &views, now)).await {
+                    Ok(0) => {}
+                    Ok(_) => alerting.queued.notify_waiters(),
+                    Err(e) => tracing::error!(error = %e, "alert: queueing repeats failed"),
+                }
+            }
             continue;
         }
         for c in &changes {
@@ -104,6 +194,7 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
                     metrics.incident("resolved");
                     tracing::info!(incident = %incident.key, summary = %incident.summary, "incident resolved");
                 }
+                Change::Acknowledged(_) => {}
             }
         }
         let conn = alerting.conn.clone();

@@ -33,11 +33,7 @@ pub fn record(
 ) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     for c in changes {
-        let (event, view) = match c {
-            Change::Opened(v) => ("opened", v),
-            Change::Updated(v) => ("updated", v),
-            Change::Resolved { incident, .. } => ("resolved", incident),
-        };
+        let (event, view) = (c.event(), c.view());
         let json = serde_json::to_string(view).unwrap_or_default();
         match c {
             Change::Resolved { .. } => {

@@ -19,6 +19,8 @@ use serde::Deserialize;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
+use super::flap::FlapPolicy;
+
 /// How urgent an alert is; routes choose receivers by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,7 +69,39 @@ pub struct RawRules {
     #[serde(default)]
     pub grouping: RawGrouping,
     #[serde(default)]
+    pub flapping: RawFlapping,
+    #[serde(default)]
     pub rules: Vec<RawRule>,
+}
+
+/// When a bouncing incident becomes one "flapping" incident.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlapping {
+    /// Openings within `window` that make an incident flapping; 0 turns detection off.
+    #[serde(default = "default_flap_opens")]
+    pub opens: usize,
+    #[serde(default = "default_flap_window", with = "duration::serde")]
+    pub window: Duration,
+    /// The flapping incident resolves once its problem held still this long.
+    #[serde(default = "default_flap_quiet", with = "duration::serde")]
+    pub quiet: Duration,
+}
+
+impl Default for RawFlapping {
+    fn default() -> Self {
+        RawFlapping { opens: default_flap_opens(), window: default_flap_window(), quiet: default_flap_quiet() }
+    }
+}
+
+fn default_flap_opens() -> usize {
+    FlapPolicy::default().opens
+}
+fn default_flap_window() -> Duration {
+    FlapPolicy::default().window
+}
+fn default_flap_quiet() -> Duration {
+    FlapPolicy::default().quiet
 }
 
 /// How alerts are grouped by the topology.
@@ -212,7 +246,19 @@ impl Rule {
 pub struct Rules {
     pub min_children: usize,
     pub group_wait: Duration,
+    pub flapping: FlapPolicy,
     pub rules: Vec<Rule>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            min_children: default_min_children(),
+            group_wait: default_group_wait(),
+            flapping: FlapPolicy::default(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 fn name_ok(s: &str) -> bool {
@@ -238,6 +284,12 @@ impl Rules {
         let mut rules = Vec::new();
         if raw.grouping.min_children < 2 {
             p.push("grouping.min_children", "must be at least 2");
+        }
+        if raw.flapping.opens == 1 {
+            p.push("flapping.opens", "1 would make every incident flapping; use 2 or more, or 0 to turn it off");
+        }
+        if raw.flapping.opens > 0 && raw.flapping.window.is_zero() {
+            p.push("flapping.window", "must be longer than 0s");
         }
         for (i, r) in raw.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}].{k}");
@@ -328,7 +380,8 @@ impl Rules {
             });
         }
         p.into_result(file, text)?;
-        Ok(Rules { min_children: raw.grouping.min_children, group_wait: raw.grouping.group_wait, rules })
+        let flapping = FlapPolicy { opens: raw.flapping.opens, window: raw.flapping.window, quiet: raw.flapping.quiet };
+        Ok(Rules { min_children: raw.grouping.min_children, group_wait: raw.grouping.group_wait, flapping, rules })
     }
 }
 

@@ -90,45 +90,6 @@ pub struct RemoteWrite {
 const RESERVED: [&str; 5] =
     ["content-type", "content-encoding", "x-prometheus-remote-write-version", "host", "content-length"];
 
-/// Splits `http(s)://host[:port][/path]` into (https, host, port, path),
-/// IPv6 hosts in brackets; shared by remote_write and the notifiers.
-pub(crate) fn split_url(url: &str) -> Result<(bool, String, u16, String), String> {
-    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(format!("{url:?} must start with http:// or https://"));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-        let (h, p) = r.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
-        (h.to_string(), p.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    let port = match port {
-        None => {
-            if https {
-                443
-            } else {
-                80
-            }
-        }
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("{url:?}: bad port {p:?}"))?,
-    };
-    Ok((https, host, port, path.to_string()))
-}
-
 /// Validates the `remote_write` list; problems go to `p` with their key path.
 pub fn validate(raw: &[RawRemoteWrite], base: &Path, p: &mut Problems) -> Vec<RemoteWrite> {
     let resolve = |q: &Path| if q.is_absolute() { q.to_path_buf() } else { base.join(q) };
@@ -136,7 +97,11 @@ pub fn validate(raw: &[RawRemoteWrite], base: &Path, p: &mut Problems) -> Vec<Re
     let mut names = std::collections::HashSet::new();
     for (i, r) in raw.iter().enumerate() {
         let key = |k: &str| format!("remote_write[{i}].{k}");
-        let Ok((https, host, port, path)) = split_url(&r.url).map_err(|e| p.push(key("url"), e)) else { continue };
+        let Ok(crate::outbound::Url { https, host, port, path }) =
+            crate::outbound::split_url(&r.url).map_err(|e| p.push(key("url"), e))
+        else {
+            continue;
+        };
         let name = r.name.clone().unwrap_or_else(|| format!("{host}:{port}"));
         if name.is_empty() || !names.insert(name.clone()) {
             p.push(
@@ -200,21 +165,4 @@ pub fn validate(raw: &[RawRemoteWrite], base: &Path, p: &mut Problems) -> Vec<Re
         });
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_split() {
-        assert_eq!(
-            split_url("http://127.0.0.1:9090/api/v1/write").unwrap(),
-            (false, "127.0.0.1".into(), 9090, "/api/v1/write".into())
-        );
-        assert_eq!(split_url("https://vm.example/insert/0/prometheus").unwrap().2, 443);
-        assert_eq!(split_url("http://[::1]/w").unwrap().1, "::1");
-        assert!(split_url("ftp://x").is_err());
-        assert!(split_url("http://x:0/").is_err());
-    }
 }

@@ -17,10 +17,7 @@ use hyper::header::{
 use hyper::{Request, StatusCode};
 use rand::Rng;
 use rusqlite::Connection;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tierwatch_runtime::http_client::{HttpConn, Tls};
-use tokio_rustls::TlsConnector;
+use tierwatch_runtime::http_client::HttpConn;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{self, QueueState, Row};
@@ -35,8 +32,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub enum SenderError {
     #[error("remote_write {name}: reading {what}: {source}")]
     Secret { name: String, what: String, source: std::io::Error },
-    #[error("remote_write {name}: TLS: {source}")]
-    Tls { name: String, source: tierwatch_runtime::tls::TlsError },
     #[error("remote_write {name}: {reason}")]
     Other { name: String, reason: String },
 }
@@ -63,26 +58,7 @@ impl Prepared {
         let name = remote.name.clone();
         let other = |reason: String| SenderError::Other { name: name.clone(), reason };
         let tls = if remote.https {
-            let roots = match &remote.ca {
-                Some(ca) => tierwatch_runtime::tls::load_roots(ca)
-                    .map_err(|source| SenderError::Tls { name: name.clone(), source })?,
-                None => {
-                    let mut roots = rustls::RootCertStore::empty();
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                    roots
-                }
-            };
-            let mut c = ClientConfig::builder_with_provider(tierwatch_runtime::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| other(format!("TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let server_name = ServerName::try_from(remote.host.clone())
-                .map_err(|e| other(format!("TLS name {:?}: {e}", remote.host)))?;
-            Some(Tls { connector: TlsConnector::from(Arc::new(c)), server_name })
+            Some(crate::outbound::client_tls(&remote.host, remote.ca.as_deref()).map_err(other)?)
         } else {
             None
         };

@@ -4,6 +4,9 @@
 //! per receiver sends its rows oldest first, retrying with backoff.
 
 pub mod alertmanager;
+pub mod email;
+pub mod telegram;
+pub mod text;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -31,15 +34,26 @@ pub struct RawReceiver {
     /// Send resolutions too.
     #[serde(default = "yes")]
     pub send_resolved: bool,
+    /// Page again this often while an incident is open and not acknowledged
+    /// (`0s`: never). Not for Alertmanager, which repeats by its own routes.
+    #[serde(default, with = "tierwatch_runtime::duration::serde_opt")]
+    pub repeat_interval: Option<Duration>,
     #[serde(default)]
     pub webhook: Option<webhook::RawWebhook>,
     #[serde(default)]
     pub alertmanager: Option<alertmanager::RawAlertmanager>,
+    #[serde(default)]
+    pub telegram: Option<telegram::RawTelegram>,
+    #[serde(default)]
+    pub email: Option<email::RawEmail>,
 }
 
 fn yes() -> bool {
     true
 }
+
+/// Repeat interval of a receiver that sets none (Alertmanager's default too).
+pub const DEFAULT_REPEAT: Duration = Duration::from_secs(4 * 3600);
 
 /// A validated receiver.
 #[derive(Debug, Clone)]
@@ -48,6 +62,7 @@ pub struct Receiver {
     pub min_severity: Option<Severity>,
     pub matchers: BTreeMap<String, String>,
     pub send_resolved: bool,
+    pub repeat_interval: Option<Duration>,
     pub kind: Kind,
 }
 
@@ -56,6 +71,8 @@ pub struct Receiver {
 pub enum Kind {
     Webhook(webhook::Webhook),
     Alertmanager(alertmanager::Alertmanager),
+    Telegram(telegram::Telegram),
+    Email(email::Email),
 }
 
 /// How a send ended.
@@ -99,6 +116,8 @@ pub async fn exchange(
 pub enum Client {
     Webhook(webhook::Client),
     Alertmanager(alertmanager::Client),
+    Telegram(telegram::Client),
+    Email(email::Client),
 }
 
 impl Client {
@@ -107,6 +126,8 @@ impl Client {
         match kind {
             Kind::Webhook(w) => Client::Webhook(webhook::Client::new(w.clone())),
             Kind::Alertmanager(a) => Client::Alertmanager(alertmanager::Client::new(a.clone())),
+            Kind::Telegram(t) => Client::Telegram(telegram::Client::new(t.clone())),
+            Kind::Email(e) => Client::Email(email::Client::new(e.clone())),
         }
     }
 
@@ -115,6 +136,8 @@ impl Client {
         match self {
             Client::Webhook(c) => c.send(m).await,
             Client::Alertmanager(c) => c.send(std::slice::from_ref(&m.incident), m.status == "resolved", m.at_ms).await,
+            Client::Telegram(c) => c.send(m).await,
+            Client::Email(c) => c.send(m).await,
         }
     }
 }
@@ -155,20 +178,40 @@ pub fn validate(raw: &[RawReceiver], base: &Path, p: &mut Problems) -> Vec<Recei
                 p.push(format!("notify[{i}].match.{k}"), "can match problem, node, scope or severity");
             }
         }
-        let kind = match (&r.webhook, &r.alertmanager) {
-            (Some(w), None) => webhook::validate(w, base, &key("webhook"), p).map(Kind::Webhook),
-            (None, Some(a)) => alertmanager::validate(a, &key("alertmanager"), p).map(Kind::Alertmanager),
-            _ => {
-                p.push(key("webhook"), "give exactly one receiver kind: webhook or alertmanager");
+        let kinds = [r.webhook.is_some(), r.alertmanager.is_some(), r.telegram.is_some(), r.email.is_some()];
+        let kind = if kinds.iter().filter(|&&k| k).count() != 1 {
+            p.push(key("webhook"), "give exactly one receiver kind: webhook, alertmanager, telegram or email");
+            None
+        } else if let Some(w) = &r.webhook {
+            webhook::validate(w, base, &key("webhook"), p).map(Kind::Webhook)
+        } else if let Some(a) = &r.alertmanager {
+            alertmanager::validate(a, &key("alertmanager"), p).map(Kind::Alertmanager)
+        } else if let Some(t) = &r.telegram {
+            telegram::validate(t, base, &key("telegram"), p).map(Kind::Telegram)
+        } else {
+            r.email.as_ref().and_then(|e| email::validate(e, base, &key("email"), p)).map(Kind::Email)
+        };
+        let repeat_interval = match (&kind, r.repeat_interval) {
+            (Some(Kind::Alertmanager(_)), Some(_)) => {
+                p.push(key("repeat_interval"), "Alertmanager repeats by its own route's repeat_interval");
                 None
             }
+            (_, Some(d)) if d.is_zero() => None,
+            (_, Some(d)) if d < Duration::from_secs(1) => {
+                p.push(key("repeat_interval"), "must be at least 1s (or 0s for never)");
+                None
+            }
+            (_, Some(d)) => Some(d),
+            (_, None) => Some(DEFAULT_REPEAT),
         };
         if let Some(kind) = kind {
+            let repeat_interval = if matches!(kind, Kind::Alertmanager(_)) { None } else { repeat_interval };
             out.push(Receiver {
                 name: r.name.clone(),
                 min_severity: r.min_severity,
                 matchers: r.matchers.clone(),
                 send_resolved: r.send_resolved,
+                repeat_interval,
                 kind,
             });
         }
@@ -205,16 +248,20 @@ pub struct Message {
 impl Message {
     /// The message for one change at `now_ms`.
     pub fn from_change(c: &Change, now_ms: i64) -> Message {
-        let (event, incident, at) = match c {
-            Change::Opened(v) => ("opened", v, now_ms),
-            Change::Updated(v) => ("updated", v, now_ms),
-            Change::Resolved { incident, ended_ms } => ("resolved", incident, *ended_ms),
+        let at = match c {
+            Change::Resolved { ended_ms, .. } => *ended_ms,
+            _ => now_ms,
         };
+        Message::new(c.event(), c.view(), at)
+    }
+
+    /// The message of `event` about `incident` at `at_ms`.
+    pub fn new(event: &str, incident: &IncidentView, at_ms: i64) -> Message {
         Message {
-            id: format!("{}/{event}/{at}", incident.key),
+            id: format!("{}/{event}/{at_ms}", incident.key),
             status: if event == "resolved" { "resolved" } else { "firing" }.to_string(),
             event: event.to_string(),
-            at_ms: at,
+            at_ms,
             incident: incident.clone(),
         }
     }
@@ -231,15 +278,67 @@ pub fn enqueue(
     for c in changes {
         let m = Message::from_change(c, now_ms);
         let resolved = matches!(c, Change::Resolved { .. });
-        let body = serde_json::to_string(&m).unwrap_or_default();
         for r in receivers.iter().filter(|r| r.routes(&m.incident, resolved)) {
-            tx.execute(
-                "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message) VALUES (?1, ?2, 0, ?2, ?3)",
-                params![r.name, now_ms, body],
-            )?;
+            // Alertmanager has its own acknowledgement (silences).
+            if matches!(c, Change::Acknowledged(_)) && matches!(r.kind, Kind::Alertmanager(_)) {
+                continue;
+            }
+            queue(tx, r, &m, now_ms)?;
             n += 1;
         }
+        if resolved {
+            tx.execute("DELETE FROM reminder WHERE key = ?1", [&m.incident.key])?;
+        }
     }
+    Ok(n)
+}
+
+fn queue(tx: &Transaction<'_>, r: &Receiver, m: &Message, now_ms: i64) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(m).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message) VALUES (?1, ?2, 0, ?2, ?3)",
+        params![r.name, now_ms, body],
+    )?;
+    if r.repeat_interval.is_some() && m.status == "firing" {
+        tx.execute(
+            "INSERT INTO reminder (receiver, key, last_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (receiver, key) DO UPDATE SET last_ms = excluded.last_ms",
+            params![r.name, m.incident.key, now_ms],
+        )?;
+    }
+    Ok(())
+}
+
+/// Queues a `repeated` message for every open, unacknowledged incident a
+/// receiver with a repeat interval was paged about longer ago than that
+/// interval. Returns how many were queued.
+pub fn enqueue_repeats(
+    conn: &mut Connection,
+    receivers: &[Receiver],
+    open: &[IncidentView],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    for r in receivers {
+        let Some(every) = r.repeat_interval else { continue };
+        for v in open.iter().filter(|v| v.ack.is_none()) {
+            let last: Option<i64> = tx
+                .query_row(
+                    "SELECT last_ms FROM reminder WHERE receiver = ?1 AND key = ?2",
+                    params![r.name, v.key],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            // Only incidents this receiver was paged about.
+            if last.is_some_and(|t| now_ms - t >= every.as_millis() as i64) {
+                queue(&tx, r, &Message::new("repeated", v, now_ms), now_ms)?;
+                n += 1;
+            }
+        }
+    }
+    tx.commit()?;
     Ok(n)
 }
 

@@ -52,7 +52,7 @@ pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> O
         p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
         return None;
     }
-    let (_, host, port, path) = match crate::remote_write::split_url(&raw.url) {
+    let crate::outbound::Url { host, port, path, .. } = match crate::outbound::split_url(&raw.url) {
         Ok(parts) => parts,
         Err(e) => {
             p.push(format!("{key}.url"), e);

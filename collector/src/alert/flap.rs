@@ -1,0 +1,222 @@
+//! Flap detection: an incident that opens `opens` times within `window`
+//! becomes one "flapping" incident instead of a page per bounce. It stays
+//! open until the underlying incident has kept its state (open or closed)
+//! for `quiet`; then it resolves, and if the problem is still there, the
+//! ordinary incident opens again.
+//!
+//! Counting happens before notification (on the incidents the engine would
+//! page), so a link that bounces during a maintenance window or while held
+//! still counts.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use super::engine::IncidentView;
+
+/// The problem name of a flapping incident.
+pub const FLAPPING: &str = "flapping";
+
+/// When an incident counts as flapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlapPolicy {
+    /// Openings within `window` that make it flapping; 0 disables detection.
+    pub opens: usize,
+    pub window: Duration,
+    /// How long the state must hold still for the flapping to end.
+    pub quiet: Duration,
+}
+
+impl Default for FlapPolicy {
+    fn default() -> Self {
+        FlapPolicy { opens: 3, window: Duration::from_secs(600), quiet: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Flapping {
+    last_change_ms: i64,
+    view: IncidentView,
+}
+
+/// Openings per incident key and the keys flapping now.
+#[derive(Debug, Default)]
+pub struct Flaps {
+    policy: FlapPolicy,
+    opens: HashMap<String, VecDeque<i64>>,
+    flapping: HashMap<String, Flapping>,
+    present: HashSet<String>,
+}
+
+/// The key of the flapping incident standing for `key`.
+pub fn flapping_key(key: &str) -> String {
+    format!("{key}/{FLAPPING}")
+}
+
+impl Flaps {
+    /// A tracker with `policy`.
+    pub fn new(policy: FlapPolicy) -> Flaps {
+        Flaps { policy, ..Default::default() }
+    }
+
+    /// Feeds the incidents present at `now_ms` and returns them with every
+    /// flapping one replaced by its flapping incident.
+    pub fn apply(
+        &mut self,
+        mut present: BTreeMap<String, IncidentView>,
+        now_ms: i64,
+    ) -> BTreeMap<String, IncidentView> {
+        for key in present.keys() {
+            if !self.present.contains(key) {
+                self.opens.entry(key.clone()).or_default().push_back(now_ms);
+                if let Some(f) = self.flapping.get_mut(key) {
+                    f.last_change_ms = now_ms;
+                }
+            }
+        }
+        for key in &self.present {
+            if !present.contains_key(key) {
+                if let Some(f) = self.flapping.get_mut(key) {
+                    f.last_change_ms = now_ms;
+                }
+            }
+        }
+        self.present = present.keys().cloned().collect();
+        let window = self.policy.window.as_millis() as i64;
+        self.opens.retain(|_, q| {
+            while q.front().is_some_and(|&t| now_ms - t > window) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        if self.policy.opens > 0 {
+            for (key, q) in &self.opens {
+                if q.len() >= self.policy.opens && !self.flapping.contains_key(key) {
+                    if let Some(v) = present.get(key) {
+                        let view = self.flapping_view(v, q.len(), q.front().copied().unwrap_or(now_ms));
+                        tracing::warn!(incident = %key, opens = q.len(), "incident is flapping");
+                        self.flapping.insert(key.clone(), Flapping { last_change_ms: now_ms, view });
+                    }
+                }
+            }
+        }
+        let quiet = self.policy.quiet.as_millis() as i64;
+        let opens = &mut self.opens;
+        self.flapping.retain(|key, f| {
+            let goes_on = now_ms - f.last_change_ms < quiet;
+            if !goes_on {
+                tracing::info!(incident = %key, "incident stopped flapping");
+                opens.remove(key);
+            }
+            goes_on
+        });
+        for (key, f) in &self.flapping {
+            present.remove(key);
+            present.insert(f.view.key.clone(), f.view.clone());
+        }
+        present
+    }
+
+    /// Takes back a flapping incident that was open before a restart; its
+    /// quiet period starts again at `now_ms`.
+    pub fn restore(&mut self, view: &IncidentView, now_ms: i64) {
+        if let Some(base) = view.key.strip_suffix(&format!("/{FLAPPING}")) {
+            self.flapping.insert(base.to_string(), Flapping { last_change_ms: now_ms, view: view.clone() });
+        }
+    }
+
+    fn flapping_view(&self, v: &IncidentView, opens: usize, since_ms: i64) -> IncidentView {
+        let mut f = v.clone();
+        f.key = flapping_key(&v.key);
+        f.summary = format!(
+            "{} is flapping: {} {} times in {}",
+            v.node_name,
+            v.problem,
+            opens,
+            tierwatch_runtime::duration::format(self.policy.window)
+        );
+        f.problem = FLAPPING.to_string();
+        f.since_ms = since_ms;
+        // Fixed for its life: a bounce changes the alerts, not the page.
+        f.alerts.clear();
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(key: &str) -> IncidentView {
+        IncidentView {
+            key: key.into(),
+            node: "c1".into(),
+            node_name: "Xã 1".into(),
+            problem: "unreachable".into(),
+            scope: "node".into(),
+            severity: super::super::rules::Severity::Critical,
+            since_ms: 0,
+            summary: "down".into(),
+            affected: vec![],
+            alerts: vec![],
+            muted: None,
+            ack: None,
+        }
+    }
+
+    fn policy() -> FlapPolicy {
+        FlapPolicy { opens: 3, window: Duration::from_secs(60), quiet: Duration::from_secs(30) }
+    }
+
+    fn keys(m: &BTreeMap<String, IncidentView>) -> Vec<&str> {
+        m.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn the_third_bounce_becomes_one_flapping_incident_until_quiet() {
+        let mut f = Flaps::new(policy());
+        let down = || BTreeMap::from([("c1/unreachable".to_string(), view("c1/unreachable"))]);
+        let mut t = 0;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(keys(&f.apply(down(), t)).join(","));
+            t += 5_000;
+            seen.push(keys(&f.apply(BTreeMap::new(), t)).join(","));
+            t += 5_000;
+        }
+        assert_eq!(seen, ["c1/unreachable", "", "c1/unreachable", ""]);
+        // Third opening: flapping, and it stays through further bounces.
+        for _ in 0..5 {
+            assert_eq!(keys(&f.apply(down(), t)), ["c1/unreachable/flapping"]);
+            t += 5_000;
+            assert_eq!(keys(&f.apply(BTreeMap::new(), t)), ["c1/unreachable/flapping"]);
+            t += 5_000;
+        }
+        let last = t - 5_000;
+        let out = f.apply(BTreeMap::new(), last + 29_000);
+        assert_eq!(out["c1/unreachable/flapping"].summary, "Xã 1 is flapping: unreachable 3 times in 1m");
+        // Down again, then steadily for 30 s: the flapping ends, the outage shows.
+        assert_eq!(keys(&f.apply(down(), last + 31_000)), ["c1/unreachable/flapping"]);
+        assert_eq!(keys(&f.apply(down(), last + 60_000)), ["c1/unreachable/flapping"]);
+        assert_eq!(keys(&f.apply(down(), last + 61_000)), ["c1/unreachable"]);
+    }
+
+    #[test]
+    fn slow_bounces_outside_the_window_do_not_flap() {
+        let mut f = Flaps::new(policy());
+        for i in 0..10 {
+            let t = i * 40_000;
+            let out = f.apply(BTreeMap::from([("k".to_string(), view("k"))]), t);
+            assert_eq!(keys(&out), ["k"]);
+            f.apply(BTreeMap::new(), t + 1_000);
+        }
+    }
+
+    #[test]
+    fn zero_disables() {
+        let mut f = Flaps::new(FlapPolicy { opens: 0, ..policy() });
+        for t in 0..20 {
+            let present = if t % 2 == 0 { BTreeMap::from([("k".to_string(), view("k"))]) } else { BTreeMap::new() };
+            assert!(f.apply(present, t * 1000).keys().all(|k| k == "k"));
+        }
+    }
+}

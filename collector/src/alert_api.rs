@@ -1,0 +1,183 @@
+//! The alert API on the HTTP listener: open and muted incidents, history,
+//! acknowledgements and maintenance windows. Reading is open; changing
+//! (`POST`, `DELETE`) takes the bearer token of `api.token_file`, or comes
+//! from loopback when no token is configured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::alert::engine::Ack;
+use crate::alert::maintenance::{self, RawWindow};
+use crate::alert::Alerting;
+use crate::http::Http;
+
+/// The alert routes.
+pub fn routes() -> Router<Arc<Http>> {
+    Router::new()
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/history", get(history))
+        .route("/api/v1/alerts/ack", post(ack))
+        .route("/api/v1/maintenance", get(windows).post(add_window))
+        .route("/api/v1/maintenance/{id}", delete(delete_window))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError(status, message.into()).into_response()
+}
+
+/// A refusal: the status and what to tell the caller.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The alerting of a caller allowed to change state.
+fn changer<'a>(s: &'a Http, peer: SocketAddr, headers: &HeaderMap) -> Result<&'a Arc<Alerting>, ApiError> {
+    authorize(s, peer, headers)?;
+    s.alerting
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "alerting is off (no rules: in collector.yaml)".into()))
+}
+
+/// Checks the caller may change state.
+fn authorize(s: &Http, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &s.api_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            // Comparing digests: timing tells nothing about the token itself.
+            let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+            if digest(given.as_bytes()).as_ref() == digest(token.as_bytes()).as_ref() {
+                Ok(())
+            } else {
+                Err(ApiError(StatusCode::UNAUTHORIZED, "give the API token as Authorization: Bearer <token>".into()))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "no api.token_file is configured: state can only be changed from the collector itself".into(),
+        )),
+    }
+}
+
+/// `GET /api/v1/alerts`: incidents paged and open, and those a maintenance window keeps quiet.
+async fn alerts(State(s): State<Arc<Http>>) -> Response {
+    let (open, muted) = s.alerting.as_ref().map(|a| (a.open(), a.muted())).unwrap_or_default();
+    Json(json!({ "alerting": s.alerting.is_some(), "incidents": open, "muted": muted })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/alerts/history?limit=N`: openings, updates, acknowledgements and resolutions, newest first.
+async fn history(State(s): State<Arc<Http>>, Query(q): Query<HistoryQuery>) -> Response {
+    let Some(a) = &s.alerting else {
+        return Json(json!({ "alerting": false, "history": [] })).into_response();
+    };
+    match a.history(q.limit.unwrap_or(100).min(10_000)).await {
+        Ok(h) => Json(json!({ "alerting": true, "history": h })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("history unavailable: {e}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    key: String,
+    by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// `POST /api/v1/alerts/ack` `{"key", "by", "comment"}`: someone is on it; repeats stop.
+async fn ack(
+    State(s): State<Arc<Http>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let a = match changer(&s, peer, &headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let req: AckRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if req.by.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "by: say who takes it on");
+    }
+    let ack = Ack { by: req.by.trim().to_string(), comment: req.comment, at_ms: tierwatch_protocol::now_ms() };
+    match a.acknowledge(&req.key, ack).await {
+        Ok(Some(v)) => Json(json!({ "incident": v })).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no open incident {:?}", req.key)),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not record it: {e}")),
+    }
+}
+
+/// `GET /api/v1/maintenance`: the windows not over yet.
+async fn windows(State(s): State<Arc<Http>>) -> Response {
+    let now = tierwatch_protocol::now_ms();
+    let w = s.alerting.as_ref().map(|a| a.windows(now)).unwrap_or_default();
+    Json(json!({ "windows": w })).into_response()
+}
+
+/// `POST /api/v1/maintenance`: a window as in `collector.yaml` (`start` defaults to now).
+async fn add_window(
+    State(s): State<Arc<Http>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let a = match changer(&s, peer, &headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let raw: RawWindow = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let mut p = tierwatch_yamlconf::Problems::default();
+    let id = format!("mw-{}", tierwatch_protocol::ids::hex(&rand::random::<[u8; 6]>()));
+    let Some(w) = maintenance::validate(&raw, id, "api", tierwatch_protocol::now_ms(), "body", &mut p) else {
+        return error(StatusCode::BAD_REQUEST, p.to_string());
+    };
+    match a.add_window(w.clone()).await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ "window": w }))).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not store it: {e}")),
+    }
+}
+
+/// `DELETE /api/v1/maintenance/{id}`: ends a window set through the API.
+async fn delete_window(
+    State(s): State<Arc<Http>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let a = match changer(&s, peer, &headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match a.delete_window(&id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no maintenance window {id:?}")),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
