@@ -148,7 +148,12 @@ async fn end_to_end(n: u64) {
     let spool = Arc::new(spool);
     let tls = client_config(&aconf).unwrap();
     let token = CancellationToken::new();
-    let dest = Destination { index: 0, name: "any".into(), pusher: Pusher::new(&aconf, aconf.endpoints.clone(), tls) };
+    let dest = Destination {
+        index: 0,
+        name: "any".into(),
+        pusher: Pusher::new(&aconf, aconf.endpoints.clone(), tls),
+        push_interval: aconf.push_interval,
+    };
     let t = Instant::now();
     // The newest batch goes first as "live", then the backlog.
     let task = tokio::spawn(deliver::run(dest, spool.clone(), 0, metrics, token.clone()));

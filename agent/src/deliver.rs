@@ -22,6 +22,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 // 100 agents retrying are a few TLS handshakes per second at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
+/// The longest wait between attempts: never more than one push interval, so
+/// a node is back at the collector within an interval of its link's return
+/// (its heartbeat then clears before it could be declared down).
+fn max_backoff(push_interval: Duration) -> Duration {
+    MAX_BACKOFF.min(push_interval.max(FIRST_BACKOFF))
+}
+
 /// A byte-rate limiter for the backlog; bursts of up to one second of rate.
 #[derive(Debug)]
 pub struct ReplayCap {
@@ -67,6 +74,8 @@ pub struct Destination {
     /// Label value for metrics and logs.
     pub name: String,
     pub pusher: Pusher,
+    /// The node's push interval: caps the backoff.
+    pub push_interval: Duration,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -162,7 +171,7 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(max_backoff(dest.push_interval));
             }
         }
     }

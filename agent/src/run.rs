@@ -147,7 +147,12 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let senders_token = CancellationToken::new();
     let senders = TaskTracker::new();
     for (index, (_, name, endpoints)) in dests.into_iter().enumerate() {
-        let dest = Destination { index, name, pusher: Pusher::new(&config, endpoints, tls.clone()) };
+        let dest = Destination {
+            index,
+            name,
+            pusher: Pusher::new(&config, endpoints, tls.clone()),
+            push_interval: config.push_interval,
+        };
         senders.spawn(deliver::run(
             dest,
             spool.clone(),

@@ -135,6 +135,13 @@ pub struct Engine {
     restored: std::collections::HashSet<String>,
     restored_until_ms: i64,
     flaps: Flaps,
+    /// Nodes that pushed before this start (from the ledger): judged by
+    /// heartbeat from the start. A node never heard from is unknown, not
+    /// down: an agent not yet installed pages nothing.
+    known: HashSet<NodeId>,
+    /// Nodes late at the last evaluation, and when each was last heard again after being late.
+    late: HashSet<NodeId>,
+    returned: HashMap<NodeId, i64>,
     windows: Vec<Window>,
     /// Incidents kept from paging by a maintenance window, by key.
     muted: BTreeMap<String, IncidentView>,
@@ -164,6 +171,9 @@ impl Engine {
             restored: Default::default(),
             restored_until_ms: 0,
             flaps: Flaps::new(rules.flapping),
+            known: HashSet::new(),
+            late: HashSet::new(),
+            returned: HashMap::new(),
             windows: Vec::new(),
             muted: BTreeMap::new(),
             rules,
@@ -197,6 +207,11 @@ impl Engine {
         self.open.values()
     }
 
+    /// Nodes that pushed before this start: their heartbeats count from the start.
+    pub fn set_known(&mut self, known: HashSet<NodeId>) {
+        self.known = known;
+    }
+
     /// Restores incidents paged before a restart, so they are not paged again.
     pub fn restore(&mut self, open: Vec<IncidentView>) {
         let missed = self
@@ -217,17 +232,48 @@ impl Engine {
         }
     }
 
-    fn readings(&self, store: &Store, now_ms: i64) -> Readings {
-        let mut out = HashMap::new();
-        let mut suspect = HashSet::new();
+    /// How long each node (known or heard from) has been silent, in ms,
+    /// and its push interval. The silence of a node behind one that just
+    /// came back counts from that return: its agent needs a moment to
+    /// reconnect, and must not be paged for the parent's outage.
+    fn silences(&mut self, store: &Store, now_ms: i64) -> HashMap<NodeId, (i64, i64)> {
+        let mut raw: Vec<(usize, NodeId, i64, i64)> = Vec::new();
         store.for_each_node(i64::MIN, |node, state| {
+            // Never heard from: unknown, neither down nor late.
+            if state.last_push_ms.is_none() && !self.known.contains(&node.id) {
+                return;
+            }
             let interval = if state.push_interval_ms > 0 {
                 state.push_interval_ms as i64
             } else {
                 DEFAULT_PUSH_INTERVAL.as_millis() as i64
             };
             let heard = state.last_push_ms.unwrap_or(self.started_ms).max(self.started_ms);
-            let age = now_ms - heard;
+            let depth = incident::ancestors(&self.topo, &node.id).count();
+            raw.push((depth, node.id.clone(), now_ms - heard, interval));
+        });
+        // Parents first, so a return seen now already covers their children.
+        raw.sort_by_key(|(depth, ..)| *depth);
+        let mut out = HashMap::new();
+        for (_, id, age, interval) in raw {
+            let back = incident::ancestors(&self.topo, &id).filter_map(|a| self.returned.get(a)).max().copied();
+            let age = back.map_or(age, |b| age.min(now_ms - b));
+            let late = age > interval + interval / 2;
+            if !late && self.late.remove(&id) {
+                self.returned.insert(id.clone(), now_ms);
+            } else if late {
+                self.late.insert(id.clone());
+            }
+            out.insert(id, (age, interval));
+        }
+        out
+    }
+
+    fn readings(&self, store: &Store, silences: &HashMap<NodeId, (i64, i64)>, now_ms: i64) -> Readings {
+        let mut out = HashMap::new();
+        let mut suspect = HashSet::new();
+        store.for_each_node(i64::MIN, |node, state| {
+            let Some(&(age, interval)) = silences.get(&node.id) else { return };
             // Late by more than half an interval: suspect. A parent that pushed
             // up to one interval after its children is then always suspect
             // when they are declared down (missed >= 2), so they wait for it.
@@ -292,7 +338,8 @@ impl Engine {
 
     /// Evaluates every rule at `now_ms`; returns the incident changes to notify.
     pub fn evaluate(&mut self, store: &Store, now_ms: i64) -> Vec<Change> {
-        let (readings, suspect) = self.readings(store, now_ms);
+        let silences = self.silences(store, now_ms);
+        let (readings, suspect) = self.readings(store, &silences, now_ms);
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
         keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
         for key in keys {
@@ -647,5 +694,45 @@ mod tests {
         push(&store, "p", 2000, &[("c1", 0.0), ("c2", 0.0)]);
         e.evaluate(&store, 2000);
         assert_eq!(e.open_incidents().find(|v| v.key == "c1/unreachable").unwrap().ack, Some(ack));
+    }
+
+    #[test]
+    fn a_node_never_heard_from_is_unknown_unless_it_pushed_before_a_restart() {
+        let (mut e, store) = setup();
+        push(&store, "p", 100_000, &[]);
+        assert!(e.evaluate(&store, 100_000).is_empty(), "agents not installed yet page nothing");
+        let (mut e, store) = setup();
+        e.set_known([NodeId::new("c1").unwrap()].into_iter().collect());
+        push(&store, "p", 100_000, &[]);
+        assert_eq!(kinds(&e.evaluate(&store, 100_000)), ["open c1/unreachable"]);
+    }
+
+    #[test]
+    fn communes_get_time_to_reconnect_after_their_province_returns() {
+        let (mut e, store) = setup();
+        for c in ["p", "c1", "c2", "c3", "c4"] {
+            push(&store, c, 1000, &[]);
+        }
+        let mut pages = Vec::new();
+        for t in (1250..=8000).step_by(250) {
+            pages.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert_eq!(pages, ["open p/unreachable"]);
+        // The province is back; its communes reconnect one after the other.
+        let mut pages = Vec::new();
+        for t in (8250..=14000).step_by(250) {
+            push(&store, "p", t, &[]);
+            if t >= 9000 {
+                push(&store, "c1", t, &[]);
+            }
+            if t >= 9500 {
+                for c in ["c2", "c3"] {
+                    push(&store, c, t, &[]);
+                }
+            }
+            // c4 never comes back.
+            pages.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert_eq!(pages, ["resolve p/unreachable", "open c4/unreachable"], "only the commune that stayed silent");
     }
 }

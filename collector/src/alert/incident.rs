@@ -73,7 +73,8 @@ impl Incident {
     }
 }
 
-fn ancestors<'a>(topo: &'a Topology, id: &NodeId) -> impl Iterator<Item = &'a NodeId> + 'a {
+/// The ancestors of `id`, nearest first.
+pub(crate) fn ancestors<'a>(topo: &'a Topology, id: &NodeId) -> impl Iterator<Item = &'a NodeId> + 'a {
     let mut cur = topo.get(id).and_then(|n| n.parent.as_ref());
     std::iter::from_fn(move || {
         let here = cur?;

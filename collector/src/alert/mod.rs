@@ -51,6 +51,7 @@ impl Alerting {
         if !open.is_empty() {
             tracing::info!(incidents = open.len(), "alert: incidents still open from before the restart");
         }
+        engine.set_known(persist::known_nodes(&conn)?);
         engine.restore(open);
         let mut windows = configured.clone();
         windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);

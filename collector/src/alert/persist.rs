@@ -78,3 +78,16 @@ pub fn history(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<HistoryE
     })?;
     rows.collect()
 }
+
+/// The nodes that ever pushed a batch (the exactly-once ledger knows them).
+pub fn known_nodes(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<tierwatch_protocol::NodeId>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT node FROM ledger")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = std::collections::HashSet::new();
+    for row in rows {
+        if let Ok(id) = tierwatch_protocol::NodeId::new(&row?) {
+            out.insert(id);
+        }
+    }
+    Ok(out)
+}

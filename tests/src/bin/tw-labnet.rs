@@ -8,8 +8,13 @@
 //!   Prints `ready` once both channels are open, then one line per command.
 //! - `tw-labnet get ADDR PATH`: HTTP/1.0 GET from inside a namespace; prints
 //!   the status code on the first line, then the body.
+//! - `tw-labnet send METHOD ADDR PATH BODY [TOKEN]`: the same with a JSON
+//!   body and an optional bearer token.
 //! - `tw-labnet listen ADDR...`: accepts TCP connections on each address and
 //!   closes them (a plain TCP service).
+//! - `tw-labnet hooks ADDR`: a webhook receiver: answers every request 200
+//!   (keeping connections alive) and prints `<ms since epoch> <body>` per
+//!   request, the body on one line, after a first `ready` line.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -27,17 +32,28 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bridge") if args.len() == 3 => bridge(&args[1], &args[2]),
-        Some("get") if args.len() == 3 => get(&args[1], &args[2]),
+        Some("get") if args.len() == 3 => http("GET", &args[1], &args[2], "", None),
+        Some("send") if args.len() == 5 || args.len() == 6 => {
+            http(&args[1], &args[2], &args[3], &args[4], args.get(5).map(String::as_str))
+        }
         Some("listen") if args.len() >= 2 => listen(&args[1..]),
-        _ => bail!("usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | listen ADDR..."),
+        Some("hooks") if args.len() == 2 => hooks(&args[1]),
+        _ => bail!(
+            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR"
+        ),
     }
 }
 
-fn get(addr: &str, path: &str) -> anyhow::Result<()> {
+fn http(method: &str, addr: &str, path: &str, body: &str, token: Option<&str>) -> anyhow::Result<()> {
     let addr: SocketAddr = addr.parse().context("address")?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
@@ -45,6 +61,51 @@ fn get(addr: &str, path: &str) -> anyhow::Result<()> {
     let code = head.split(' ').nth(1).context("no status")?;
     println!("{code}");
     print!("{body}");
+    Ok(())
+}
+
+fn hooks(addr: &str) -> anyhow::Result<()> {
+    let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "ready")?;
+    for conn in l.incoming() {
+        let Ok(conn) = conn else { continue };
+        let out = out.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut w = conn.try_clone()?;
+            let mut r = std::io::BufReader::new(conn);
+            loop {
+                let mut len = 0usize;
+                let mut line = String::new();
+                if r.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                loop {
+                    line.clear();
+                    r.read_line(&mut line)?;
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = l.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body)?;
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+                let text = String::from_utf8_lossy(&body).replace('\n', " ");
+                {
+                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                    writeln!(o, "{at} {text}")?;
+                    o.flush()?;
+                }
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
+            }
+        });
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 
 pub mod impair;
 pub mod netns;
+pub mod receivers;
 pub mod services;
 pub mod system;
 

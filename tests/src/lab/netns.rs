@@ -55,6 +55,23 @@ impl Netns {
         Ok((code.trim().parse().context("status code")?, body.to_string()))
     }
 
+    /// Sends `method path` with a JSON `body` (and a bearer `token`) from inside the namespace.
+    pub fn http_send(
+        &self,
+        method: &str,
+        addr: std::net::SocketAddr,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let addr = addr.to_string();
+        let mut args = vec!["send", method, &addr, path, body];
+        args.extend(token);
+        let out = self.exec(crate::bin("tw-labnet"), &args)?;
+        let (code, body) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+        Ok((code.trim().parse().context("status code")?, body.to_string()))
+    }
+
     /// A command that runs `program ARGS` inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut c = Command::new("ip");

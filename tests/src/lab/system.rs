@@ -63,6 +63,9 @@ pub struct Tierwatch {
     pub agents: Vec<Proc>,
     _service: Proc,
     central: super::netns::Netns,
+    /// Where collector.yaml, the PKI, the state and the logs are.
+    pub dir: std::path::PathBuf,
+    restarts: usize,
 }
 
 fn ms(d: Duration) -> String {
@@ -117,18 +120,16 @@ impl Lab {
             ),
         )?;
         let service = self.start_listener(&self.province.ns, &[&format!("{}:{SERVICE_PORT}", addrs::SERVICE)])?;
-        let mut cmd = self.central.ns.command(
-            crate::bin("tierwatch-collector"),
-            &["--config", path(&dir.join("collector.yaml"))?, "--log-format", "json"],
-        );
-        cmd.stdout(Stdio::null());
-        let collector = Proc::spawn_command("collector", &mut cmd, &dir.join("collector.log"))?;
-        let tw = Tierwatch { collector, agents: Vec::new(), _service: service, central: self.central.ns.clone() };
-        crate::wait_for(Duration::from_secs(10), "collector ready", || {
-            tw.get("/readyz").ok().filter(|(c, _)| *c == 200)
-        })
-        .with_context(|| tw.collector.log_text())?;
-        let mut tw = tw;
+        let collector = spawn_collector(&self.central.ns, &dir, "collector.log")?;
+        let mut tw = Tierwatch {
+            collector,
+            agents: Vec::new(),
+            _service: service,
+            central: self.central.ns.clone(),
+            dir: dir.clone(),
+            restarts: 0,
+        };
+        tw.wait_ready()?;
         let wanted = |n: &Node| spec.only_nodes.as_ref().is_none_or(|only| only.contains(&n.id));
         for node in self.agent_nodes().filter(|n| wanted(n)) {
             pki.node(&node.id)?;
@@ -189,6 +190,15 @@ impl Lab {
     }
 }
 
+fn spawn_collector(ns: &super::netns::Netns, dir: &Path, log: &str) -> anyhow::Result<Proc> {
+    let mut cmd = ns.command(
+        crate::bin("tierwatch-collector"),
+        &["--config", path(&dir.join("collector.yaml"))?, "--log-format", "json"],
+    );
+    cmd.stdout(Stdio::null());
+    Proc::spawn_command("collector", &mut cmd, &dir.join(log))
+}
+
 fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
@@ -201,6 +211,37 @@ impl Tierwatch {
         }
         self.collector.terminate(Duration::from_secs(30))?;
         Ok(())
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        crate::wait_for(Duration::from_secs(10), "collector ready", || {
+            self.get("/readyz").ok().filter(|(c, _)| *c == 200)
+        })
+        .with_context(|| self.collector.log_text())
+        .map(|_| ())
+    }
+
+    /// Stops the collector (SIGTERM) and starts it again on the same state;
+    /// its log goes to `collector-<n>.log`. Returns once it is ready.
+    pub fn restart_collector(&mut self) -> anyhow::Result<()> {
+        self.collector.terminate(Duration::from_secs(30))?;
+        self.restarts += 1;
+        self.collector = spawn_collector(&self.central, &self.dir, &format!("collector-{}.log", self.restarts))?;
+        self.wait_ready()
+    }
+
+    /// Sends `method path` with a JSON body (and a bearer token) to the collector's HTTP port.
+    pub fn send(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+        self.central.http_send(method, (addrs::CENTRAL, HTTP_PORT).into(), path, body, token)
+    }
+
+    /// `/api/v1/alerts` as JSON.
+    pub fn alerts(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.get("/api/v1/alerts")?;
+        if code != 200 {
+            bail!("/api/v1/alerts answered {code}");
+        }
+        Ok(serde_json::from_str(&body)?)
     }
 
     /// GETs `path` from the collector's HTTP port, from inside `central`.

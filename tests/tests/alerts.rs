@@ -1,0 +1,173 @@
+//! Alerts in the lab, end to end: real agents in network namespaces, the
+//! real collector with the shipped `config/rules.yaml`, pages to a webhook
+//! receiver and to a real Alertmanager (checked through its
+//! `/api/v2/alerts`). Links are cut in the middle like a provider outage.
+//! Root only: when not root the test says why and skips; in CI it runs.
+
+use std::time::{Duration, Instant};
+
+use tierwatch_tests::lab::receivers::{Alertmanager, Hooks};
+use tierwatch_tests::lab::system::SystemSpec;
+use tierwatch_tests::lab::{Lab, LabSpec};
+use tierwatch_tests::{require_lab, wait_for};
+
+const TOKEN: &str = "lab-api-token";
+
+/// The shipped rules, with a flapping quiet period short enough for a test.
+fn lab_rules() -> anyhow::Result<String> {
+    let shipped = std::fs::read_to_string(tierwatch_tests::workspace().join("config/rules.yaml"))?;
+    anyhow::ensure!(shipped.contains("  quiet: 5m\n"), "config/rules.yaml changed: update this test");
+    Ok(shipped.replace("  quiet: 5m\n", "  quiet: 15s\n"))
+}
+
+/// The events received since `from` (an index into the receiver's list).
+fn since(hooks: &Hooks, from: usize) -> Vec<String> {
+    hooks.events().into_iter().skip(from).collect()
+}
+
+fn pages_since(hooks: &Hooks, from: usize) -> Vec<String> {
+    since(hooks, from).iter().filter_map(|e| e.strip_prefix("opened ").map(str::to_string)).collect()
+}
+
+fn wait_event(hooks: &Hooks, from: usize, event: &str, within: Duration) -> anyhow::Result<()> {
+    wait_for(within, &format!("webhook {event:?}"), || since(hooks, from).iter().any(|e| e == event).then_some(()))
+        .map_err(|e| anyhow::anyhow!("{e}; received since: {:?}", since(hooks, from)))
+}
+
+/// Waits until nothing is open at the collector nor active in Alertmanager.
+fn nothing_open(tw: &tierwatch_tests::lab::system::Tierwatch, am: &Alertmanager) -> anyhow::Result<()> {
+    wait_for(Duration::from_secs(20), "no open incident at the collector", || {
+        let v = tw.alerts().ok()?;
+        v["incidents"].as_array()?.is_empty().then_some(())
+    })?;
+    wait_for(Duration::from_secs(20), "no alert left in Alertmanager", || am.incidents().ok()?.is_empty().then_some(()))
+        .map(|_| ())
+}
+
+#[test]
+fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()> {
+    require_lab!("pages_name_the_root_cause_once_and_resolve_in_the_lab");
+    let mut lab = Lab::build(LabSpec::communes(3).beside_others())?;
+    let central = lab.central.ns.clone();
+    let dir = lab.dir.path().to_path_buf();
+    let hooks = Hooks::start(&central, "127.0.0.1:9500".parse()?, &dir)?;
+    let Some(am) = Alertmanager::start(&central, "127.0.0.1:9093".parse()?, &dir)? else { return Ok(()) };
+    std::fs::write(dir.join("rules.yaml"), lab_rules()?)?;
+    std::fs::write(dir.join("api.token"), TOKEN)?;
+    let spec = SystemSpec {
+        collector_extra: format!(
+            "rules: {rules}\napi:\n  token_file: {token}\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{hooks}/hook\n  - name: am\n    alertmanager:\n      url: http://{am}\n",
+            rules = dir.join("rules.yaml").display(),
+            token = dir.join("api.token").display(),
+            hooks = hooks.addr,
+            am = am.addr,
+        ),
+        ..SystemSpec::default()
+    };
+    let mut tw = lab.start_tierwatch(&spec)?;
+    let log = |tw: &tierwatch_tests::lab::system::Tierwatch| tw.collector.log_text();
+
+    // A healthy province pages nothing (the central node runs no agent: unknown, not down).
+    std::thread::sleep(Duration::from_secs(8));
+    anyhow::ensure!(hooks.events().is_empty(), "pages while healthy: {:?}", hooks.events());
+
+    // 1. One commune's link: one page naming that commune.
+    let mark = hooks.events().len();
+    let cut = Instant::now();
+    lab.link_mut("c1")?.set_up(false)?;
+    wait_event(&hooks, mark, "opened c1/unreachable", Duration::from_secs(20))?;
+    eprintln!("c1 cut: paged after {:?}", cut.elapsed());
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(pages_since(&hooks, mark), ["c1/unreachable"], "{:?}", since(&hooks, mark));
+    let page = hooks.received()[mark].1.clone();
+    assert_eq!(page["incident"]["node_name"], "Xã Thử Nghiệm 1");
+    assert!(page["incident"]["summary"].as_str().unwrap_or("").contains("c1"), "{page}");
+    wait_for(Duration::from_secs(10), "c1 in Alertmanager", || {
+        (am.incidents().ok()? == ["c1/unreachable"]).then_some(())
+    })?;
+    lab.link_mut("c1")?.set_up(true)?;
+    wait_event(&hooks, mark, "resolved c1/unreachable", Duration::from_secs(30))?;
+    nothing_open(&tw, &am)?;
+
+    // 2. The provincial uplink: one page naming the province and every commune
+    // behind it; a collector restart during the outage pages nothing again.
+    let mark = hooks.events().len();
+    let cut = Instant::now();
+    lab.link_mut("uplink")?.set_up(false)?;
+    wait_event(&hooks, mark, "opened province/unreachable", Duration::from_secs(20))?;
+    eprintln!("uplink cut: paged after {:?}", cut.elapsed());
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(pages_since(&hooks, mark), ["province/unreachable"], "{:?}", since(&hooks, mark));
+    let open = tw.alerts()?;
+    let affected: Vec<&str> = open["incidents"][0]["affected"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x[0].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(affected, ["c1", "c2", "c3"], "{open}");
+    assert_eq!(am.incidents()?, ["province/unreachable"]);
+    tw.restart_collector()?;
+    // Long enough for the restarted collector to judge every node again by
+    // heartbeat (3 x its default 10 s interval, nodes announce theirs only
+    // when they push).
+    std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(
+        pages_since(&hooks, mark),
+        ["province/unreachable"],
+        "paged again after the restart: {:?}",
+        since(&hooks, mark)
+    );
+    let open = tw.alerts()?;
+    assert_eq!(open["incidents"].as_array().map(Vec::len), Some(1), "{open}");
+    assert!(
+        open["incidents"][0]["alerts"].as_array().is_some_and(|a| a.iter().any(|x| x["rule"] == "node_down")),
+        "re-detected after the restart, not only restored: {open}"
+    );
+    lab.link_mut("uplink")?.set_up(true)?;
+    wait_event(&hooks, mark, "resolved province/unreachable", Duration::from_secs(40))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", log(&tw)))?;
+    nothing_open(&tw, &am)?;
+    let resolves = since(&hooks, mark).iter().filter(|e| e.starts_with("resolved ")).count();
+    assert_eq!(resolves, 1, "{:?}", since(&hooks, mark));
+
+    // 3. A flapping link: two pages, then one flapping page, then its resolve.
+    let mark = hooks.events().len();
+    for _ in 0..5 {
+        lab.link_mut("c2")?.set_up(false)?;
+        std::thread::sleep(Duration::from_secs(4));
+        lab.link_mut("c2")?.set_up(true)?;
+        std::thread::sleep(Duration::from_secs(8));
+    }
+    wait_event(&hooks, mark, "resolved c2/unreachable/flapping", Duration::from_secs(40))?;
+    assert_eq!(
+        pages_since(&hooks, mark),
+        ["c2/unreachable", "c2/unreachable", "c2/unreachable/flapping"],
+        "{:?}",
+        since(&hooks, mark)
+    );
+    nothing_open(&tw, &am)?;
+
+    // 4. A maintenance window mutes exactly its node.
+    let mark = hooks.events().len();
+    let window = r#"{"match": {"node": "c3"}, "duration": "1h", "reason": "thay router", "by": "Lan"}"#;
+    let (code, _) = tw.send("POST", "/api/v1/maintenance", window, None)?;
+    assert_eq!(code, 401, "changing state takes the token");
+    let (code, body) = tw.send("POST", "/api/v1/maintenance", window, Some(TOKEN))?;
+    assert_eq!(code, 201, "{body}");
+    lab.link_mut("c1")?.set_up(false)?;
+    lab.link_mut("c3")?.set_up(false)?;
+    wait_event(&hooks, mark, "opened c1/unreachable", Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(pages_since(&hooks, mark), ["c1/unreachable"], "{:?}", since(&hooks, mark));
+    let open = tw.alerts()?;
+    assert_eq!(open["muted"][0]["key"], "c3/unreachable", "{open}");
+    assert_eq!(am.incidents()?, ["c1/unreachable"]);
+    lab.link_mut("c1")?.set_up(true)?;
+    lab.link_mut("c3")?.set_up(true)?;
+    wait_event(&hooks, mark, "resolved c1/unreachable", Duration::from_secs(30))?;
+    nothing_open(&tw, &am)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let c3: Vec<String> = since(&hooks, mark).into_iter().filter(|e| e.contains("c3")).collect();
+    assert!(c3.is_empty(), "the node in maintenance was notified: {c3:?}");
+    tw.stop()?;
+    Ok(())
+}
