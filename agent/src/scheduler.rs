@@ -59,7 +59,7 @@ pub fn spawn(
         let (icmp, results, token) = (icmp.clone(), results.clone(), token.clone());
         tracker.spawn(async move {
             let mut schedule = Schedule::new(Instant::now(), target.interval, target.jitter, &mut rand::thread_rng());
-            let mut prober = Prober::new(target.clone());
+            let mut prober = Prober::new(target.clone()).reporting_early(results.clone());
             loop {
                 let at = schedule.next_start(Instant::now(), &mut rand::thread_rng());
                 tokio::select! {

@@ -171,3 +171,57 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
     tw.stop()?;
     Ok(())
 }
+
+/// Probing each WAN end with one echo a second in 5 s rounds: without fast
+/// failure detection a cut shows only when a whole round went unanswered
+/// (5 to 10 s after the cut); with it, about a second. A jittery but
+/// healthy link raises nothing.
+#[test]
+fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()> {
+    require_lab!("a_silent_wan_end_fails_its_probe_before_the_round_ends");
+    use rand::Rng;
+    use tierwatch_tests::lab::impair::Impairment;
+    let mut lab = Lab::build(LabSpec::communes(1).beside_others())?;
+    let spec = SystemSpec {
+        push_interval: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(5),
+        probe_timeout: Duration::from_secs(1),
+        icmp_count: 5,
+        icmp_spacing: Some(Duration::from_secs(1)),
+        only_nodes: Some(vec!["province".into()]),
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    let success = [("node", "province"), ("probe", "icmp"), ("target", "c1")];
+    tw.wait_metric(Duration::from_secs(20), "tierwatch_probe_success", &success, |v| v == 1.0)?;
+    // A round has measured the link: the watch has its round-trip estimate.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..5000)));
+        let cut = Instant::now();
+        lab.link_mut("c1")?.set_up(false)?;
+        tw.wait_metric(Duration::from_secs(15), "tierwatch_probe_success", &success, |v| v == 0.0)?;
+        took.push(cut.elapsed());
+        lab.link_mut("c1")?.set_up(true)?;
+        tw.wait_metric(Duration::from_secs(15), "tierwatch_probe_success", &success, |v| v == 1.0)?;
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    eprintln!("cut to probe failure at the collector: {took:?}");
+    assert!(took.iter().all(|t| *t < Duration::from_secs(4)), "{took:?}");
+    let province = &tw.agents[0];
+    let early = province.log_text().matches("reported before the round ends").count();
+    assert!(early >= 3, "{early} early reports in the province's log");
+
+    // Healthy but jittery (40 ± 30 ms each way): the watch stays quiet.
+    lab.link_mut("c1")?.impair_both(
+        Impairment::delay(Duration::from_millis(40), Duration::from_millis(30)),
+        Impairment::delay(Duration::from_millis(40), Duration::from_millis(30)),
+    )?;
+    std::thread::sleep(Duration::from_secs(40));
+    let after = province.log_text().matches("reported before the round ends").count();
+    assert_eq!(after, early, "a jittery link was reported silent");
+    assert_eq!(tw.metric("tierwatch_probe_success", &success)?, Some(1.0));
+    tw.stop()?;
+    Ok(())
+}

@@ -453,7 +453,10 @@ targets:
         let c = Config::parse(&dir.path().join("agent.yaml"), GOOD).unwrap();
         assert_eq!(c.node.as_str(), "nui-cam");
         assert_eq!(c.endpoints[0].port, 7443);
-        assert_eq!(c.targets[0].spec, ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750) });
+        assert_eq!(
+            c.targets[0].spec,
+            ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750), fast_down: true }
+        );
         assert_eq!(c.targets[1].interval, Duration::from_secs(60));
         assert_eq!(c.ca, dir.path().join("ca.crt"));
         assert_eq!(c.health, Some(SocketAddr::from(([127, 0, 0, 1], 9401))));
@@ -494,7 +497,7 @@ targets:
         write_pki(dir.path());
         let text = GOOD.replace("    host: 10.1.0.1\n", "    host: 10.1.0.1\n    interval: 2s\n    count: 3\n");
         let c = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap();
-        let ProbeSpec::Icmp { count, spacing } = c.targets[0].spec else { panic!("icmp") };
+        let ProbeSpec::Icmp { count, spacing, .. } = c.targets[0].spec else { panic!("icmp") };
         assert!(spacing * (count - 1) + c.targets[0].timeout <= c.targets[0].interval, "{spacing:?}");
         let text = text.replace("interval: 2s", "interval: 2s\n    spacing: 1s");
         let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();

@@ -156,6 +156,11 @@ pub struct TargetSpec {
     /// Gap between echo requests (icmp); default spreads them over half the interval, at most 1 s apart.
     #[serde(default, with = "duration::serde_opt")]
     pub spacing: Option<Duration>,
+    /// Report a silent target before the round ends (icmp, default true):
+    /// a request unanswered past the target's usual round trip is checked
+    /// with three more at once; none answered, the probe fails immediately.
+    #[serde(default)]
+    pub fast_down: Option<bool>,
     /// URL to fetch (http): `http://` or `https://`.
     #[serde(default)]
     pub url: Option<String>,
@@ -209,7 +214,7 @@ pub struct HttpSpec {
 /// What one probe does, resolved from the target and the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeSpec {
-    Icmp { count: u32, spacing: Duration },
+    Icmp { count: u32, spacing: Duration, fast_down: bool },
     Tcp { port: u16 },
     Http(Box<HttpSpec>),
     Tls { port: u16, server_name: String, ca: Option<PathBuf> },
@@ -263,6 +268,7 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("port", t.port.is_some(), &[Tcp, Tls, Dns]),
         ("count", t.count.is_some(), &[Icmp]),
         ("spacing", t.spacing.is_some(), &[Icmp]),
+        ("fast_down", t.fast_down.is_some(), &[Icmp]),
         ("url", t.url.is_some(), &[Http]),
         ("expect_status", t.expect_status.is_some(), &[Http]),
         ("body_contains", t.body_contains.is_some(), &[Http]),
@@ -353,7 +359,7 @@ pub(super) fn validate(
                     ),
                 );
             }
-            ProbeSpec::Icmp { count, spacing }
+            ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true) }
         }
         ProbeKind::Tcp => match t.port {
             Some(port) if port != 0 => ProbeSpec::Tcp { port },

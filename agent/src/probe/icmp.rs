@@ -85,9 +85,55 @@ struct Reply {
 #[derive(Debug)]
 struct RoundState {
     replies: Mutex<Vec<Option<Reply>>>,
+    /// Send time of each request, for the watch.
+    sent: Mutex<Vec<Option<Instant>>>,
+    /// Woken on every reply, send and the end of sending.
     arrived: Notify,
     duplicates: AtomicU32,
     late: AtomicU32,
+    /// Every request is out and answered or timed out.
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl RoundState {
+    fn new(count: usize) -> Self {
+        RoundState {
+            replies: Mutex::new(vec![None; count]),
+            sent: Mutex::new(vec![None; count]),
+            arrived: Notify::new(),
+            duplicates: AtomicU32::new(0),
+            late: AtomicU32::new(0),
+            finished: Default::default(),
+        }
+    }
+
+    fn answered(&self, i: usize) -> bool {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).get(i).is_some_and(Option::is_some)
+    }
+
+    fn any_answered(&self) -> bool {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).iter().any(Option::is_some)
+    }
+
+    /// The newest request sent: its index and send time.
+    fn newest_sent(&self) -> Option<(usize, Instant)> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter().enumerate().rev().find_map(|(i, t)| t.map(|t| (i, t)))
+    }
+}
+
+/// Fast failure detection inside a round: a request not answered within
+/// `rto` (a retransmission timeout from the target's recent RTTs) is
+/// checked at once with `confirm` more requests; when none of those is
+/// answered within `rto` either, the target is reported silent through
+/// `silent` without waiting for the round to end. A target up with one
+/// request per second is then reported down about a second after it stops
+/// answering, and a single lost packet never is.
+pub struct Watch {
+    pub rto: Duration,
+    pub confirm: u32,
+    /// Gets the index of the request after which the target fell silent.
+    pub silent: tokio::sync::oneshot::Sender<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +199,8 @@ pub struct Round {
     pub late: u32,
     /// RTTs measured with kernel receive timestamps (the others with the receiver's clock).
     pub kernel_timestamps: u32,
+    /// Set when the watch found the target silent after this request.
+    pub silent_from: Option<usize>,
 }
 
 /// Statistics of a round, SmokePing-style.
@@ -239,24 +287,42 @@ impl IcmpEngine {
     }
 
     /// Sends `count` echo requests to `dest`, `spacing` apart, and waits up to
-    /// `timeout` for each reply.
+    /// `timeout` for each reply; with a `watch`, reports a silent target early.
     pub async fn round(
         &self,
         dest: IpAddr,
         count: u32,
         spacing: Duration,
         timeout: Duration,
+        watch: Option<Watch>,
     ) -> Result<Round, IcmpError> {
         let family = match dest {
             IpAddr::V4(_) => self.v4.clone(),
             IpAddr::V6(_) => self.v6.clone().map_err(IcmpError::NoIpv6)?,
         };
-        let state = Arc::new(RoundState {
-            replies: Mutex::new(vec![None; count as usize]),
-            arrived: Notify::new(),
-            duplicates: AtomicU32::new(0),
-            late: AtomicU32::new(0),
-        });
+        let state = Arc::new(RoundState::new(count as usize));
+        let main = self.run_round(&family, dest, count, spacing, timeout, &state);
+        let (mut round, silent_from) = match watch {
+            None => (main.await, None),
+            Some(w) => {
+                let watcher = self.watch(&family, dest, &state, w);
+                let (round, silent) = tokio::join!(main, watcher);
+                (round, silent)
+            }
+        };
+        round.silent_from = silent_from;
+        Ok(round)
+    }
+
+    async fn run_round(
+        &self,
+        family: &Family,
+        dest: IpAddr,
+        count: u32,
+        spacing: Duration,
+        timeout: Duration,
+        state: &Arc<RoundState>,
+    ) -> Round {
         let start = Instant::now();
         let mut sent = Vec::with_capacity(count as usize);
         let mut round = Round {
@@ -267,13 +333,18 @@ impl IcmpEngine {
             duplicates: 0,
             late: 0,
             kernel_timestamps: 0,
+            silent_from: None,
         };
         for i in 0..count as usize {
             tokio::time::sleep_until(start + spacing * i as u32).await;
             let seq = self.shared.register(dest, state.clone(), i);
             let (sent_at, sent_wall) = (Instant::now(), SystemTime::now());
-            match self.shared.send(&family, dest, seq).await {
-                Ok(()) => sent.push((seq, Some((sent_at, sent_wall)))),
+            match self.shared.send(family, dest, seq).await {
+                Ok(()) => {
+                    sent.push((seq, Some((sent_at, sent_wall))));
+                    state.sent.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(sent_at);
+                    state.arrived.notify_waiters();
+                }
                 Err(e) => {
                     round.send_errors += 1;
                     round.first_error.get_or_insert_with(|| e.to_string());
@@ -321,7 +392,72 @@ impl IcmpEngine {
         self.shared.release(&seqs);
         round.duplicates = state.duplicates.load(Ordering::Relaxed);
         round.late = state.late.load(Ordering::Relaxed);
-        Ok(round)
+        state.finished.store(true, Ordering::Release);
+        state.arrived.notify_waiters();
+        round
+    }
+
+    /// Watches the newest request of the round; see [`Watch`]. Returns the
+    /// index after which the target fell silent, if it did.
+    async fn watch(&self, family: &Family, dest: IpAddr, state: &RoundState, w: Watch) -> Option<usize> {
+        let mut cleared: Option<usize> = None;
+        loop {
+            let progress = state.arrived.notified();
+            if state.finished.load(Ordering::Acquire) {
+                return None;
+            }
+            let deadline = match state.newest_sent() {
+                Some((i, _)) if state.answered(i) || cleared == Some(i) => None,
+                Some((i, at)) => {
+                    let due = at + w.rto;
+                    if Instant::now() >= due {
+                        // Overdue: ask again at once before calling it silent.
+                        if self.confirm(family, dest, w.confirm, w.rto).await || state.answered(i) {
+                            cleared = Some(i);
+                            continue;
+                        }
+                        let _ = w.silent.send(i);
+                        return Some(i);
+                    }
+                    Some(due)
+                }
+                None => None,
+            };
+            match deadline {
+                Some(d) => tokio::select! {
+                    _ = progress => {}
+                    _ = tokio::time::sleep_until(d) => {}
+                },
+                None => progress.await,
+            }
+        }
+    }
+
+    /// Sends `n` requests back to back; true if any is answered within `wait`.
+    async fn confirm(&self, family: &Family, dest: IpAddr, n: u32, wait: Duration) -> bool {
+        let state = Arc::new(RoundState::new(n as usize));
+        let mut seqs = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            let seq = self.shared.register(dest, state.clone(), i);
+            seqs.push(seq);
+            let _ = self.shared.send(family, dest, seq).await;
+        }
+        let deadline = Instant::now() + wait;
+        let answered = loop {
+            let arrived = state.arrived.notified();
+            if state.any_answered() {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        };
+        self.shared.release(&seqs);
+        answered
     }
 }
 
@@ -514,6 +650,14 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 impl Round {
+    /// True unless the watch found the target silent and nothing sent after that was answered.
+    pub fn reachable_at_end(&self) -> bool {
+        match self.silent_from {
+            None => self.rtts.iter().any(Option::is_some),
+            Some(i) => self.rtts.iter().skip(i + 1).any(Option::is_some),
+        }
+    }
+
     /// Requests sent (including ones the kernel refused).
     pub fn sent(&self) -> u32 {
         self.rtts.len() as u32
@@ -570,6 +714,7 @@ mod tests {
             duplicates: 0,
             late: 0,
             kernel_timestamps: 0,
+            silent_from: None,
         };
         let s = r.stats().unwrap();
         assert_eq!((s.sent, s.received), (5, 4));
@@ -626,12 +771,7 @@ mod tests {
             slots: Mutex::new(HashMap::new()),
             stray: AtomicU64::new(0),
         };
-        let state = Arc::new(RoundState {
-            replies: Mutex::new(vec![None; 2]),
-            arrived: Notify::new(),
-            duplicates: AtomicU32::new(0),
-            late: AtomicU32::new(0),
-        });
+        let state = Arc::new(RoundState::new(2));
         let gw = IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1));
         let other = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 1));
         let a = shared.register(gw, state.clone(), 0);
@@ -669,7 +809,7 @@ mod tests {
             }
         };
         let r = engine
-            .round(IpAddr::V4(Ipv4Addr::LOCALHOST), 5, Duration::from_millis(10), Duration::from_secs(1))
+            .round(IpAddr::V4(Ipv4Addr::LOCALHOST), 5, Duration::from_millis(10), Duration::from_secs(1), None)
             .await
             .unwrap();
         let s = r.stats().expect("loopback answers");
@@ -693,7 +833,9 @@ mod tests {
             eprintln!("SKIPPED pings_ipv6_loopback: {e}");
             return;
         }
-        match engine.round(IpAddr::V6(Ipv6Addr::LOCALHOST), 3, Duration::from_millis(10), Duration::from_secs(1)).await
+        match engine
+            .round(IpAddr::V6(Ipv6Addr::LOCALHOST), 3, Duration::from_millis(10), Duration::from_secs(1), None)
+            .await
         {
             Ok(r) => {
                 let s = r.stats();

@@ -114,6 +114,47 @@ pub struct Prober {
     roots: Option<Result<Arc<RootCertStore>, String>>,
     last_fingerprint: Option<u64>,
     verbose: bool,
+    /// The target's round-trip times so far (icmp), for fast failure detection.
+    rtt: RttEstimate,
+    last_success: Option<bool>,
+    /// Where an early failure goes (the batcher), without waiting for the round.
+    early: Option<tokio::sync::mpsc::Sender<Measurement>>,
+}
+
+/// Smoothed round-trip time and its variation (RFC 6298), and from them the
+/// time after which a reply is overdue.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RttEstimate {
+    srtt: f64,
+    rttvar: f64,
+    samples: u64,
+}
+
+/// Below this a reply is never called overdue: scheduling on a busy host,
+/// and the WAN's own queueing, take that much now and then.
+const MIN_RTO: Duration = Duration::from_millis(250);
+/// Requests sent at once to confirm that an overdue one means a silent target.
+const CONFIRM: u32 = 3;
+
+impl RttEstimate {
+    /// Takes one measured round trip.
+    pub fn add(&mut self, rtt: Duration) {
+        let r = rtt.as_secs_f64();
+        if self.samples == 0 {
+            self.srtt = r;
+            self.rttvar = r / 2.0;
+        } else {
+            self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
+            self.srtt = 0.875 * self.srtt + 0.125 * r;
+        }
+        self.samples += 1;
+    }
+
+    /// When a reply is overdue: SRTT + 4 RTTVAR, within [250 ms, `timeout`];
+    /// `None` before any round trip was measured.
+    pub fn rto(&self, timeout: Duration) -> Option<Duration> {
+        (self.samples > 0).then(|| Duration::from_secs_f64(self.srtt + 4.0 * self.rttvar).max(MIN_RTO).min(timeout))
+    }
 }
 
 impl Prober {
@@ -124,7 +165,21 @@ impl Prober {
             ProbeSpec::Tls { ca, .. } => Some(tls::roots(ca.as_deref())),
             _ => None,
         };
-        Prober { target, roots, last_fingerprint: None, verbose: false }
+        Prober {
+            target,
+            roots,
+            last_fingerprint: None,
+            verbose: false,
+            rtt: RttEstimate::default(),
+            last_success: None,
+            early: None,
+        }
+    }
+
+    /// Sends early failures (a silent ICMP target) to `tx` as they are found.
+    pub fn reporting_early(mut self, tx: tokio::sync::mpsc::Sender<Measurement>) -> Self {
+        self.early = Some(tx);
+        self
     }
 
     /// Fills `Outcome::detail` with human-readable lines (for `tierwatch-agent probe`).
@@ -141,7 +196,7 @@ impl Prober {
     /// Runs one probe.
     pub async fn run(&mut self, icmp: &Icmp) -> Outcome {
         let started = Instant::now();
-        let ts = tierwatch_protocol::now_ms();
+        let mut ts = tierwatch_protocol::now_ms();
         let t = &self.target;
         let mut out = Outcome {
             target: t.name.clone(),
@@ -156,10 +211,26 @@ impl Prober {
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
         match &t.spec {
-            ProbeSpec::Icmp { count, spacing } => match resolve(&t.host).await {
+            ProbeSpec::Icmp { count, spacing, fast_down } => match resolve(&t.host).await {
                 Ok(ip) => {
                     out.note(|| format!("resolved {} to {ip}", t.host));
-                    Box::pin(icmp_round(&mut out, icmp, ip, *count, *spacing, t.timeout, ts)).await
+                    // Only a target that was up can fall silent early.
+                    let early = match (&self.early, self.rtt.rto(t.timeout)) {
+                        (Some(tx), Some(rto)) if *fast_down && self.last_success == Some(true) => Some((rto, tx)),
+                        _ => None,
+                    };
+                    let round = IcmpRound { ip, count: *count, spacing: *spacing, timeout: t.timeout, ts };
+                    let early_ts = Box::pin(icmp_round(&mut out, icmp, round, early, &mut self.rtt)).await;
+                    // Stamped after its early report, so the round's result
+                    // (perhaps the target answering again) is the newer one.
+                    if let Some(e) = early_ts.filter(|e| *e >= ts) {
+                        ts = e + 1;
+                        for s in &mut out.series {
+                            for p in &mut s.points {
+                                p.timestamp_ms = ts;
+                            }
+                        }
+                    }
                 }
                 Err(e) => out.error = Some(e),
             },
@@ -194,6 +265,7 @@ impl Prober {
         let probe = out.kind.as_str();
         out.push(&catalogue::PROBE_SUCCESS, &[("probe", probe)], out.success as u8 as f64, ts);
         out.push(&catalogue::PROBE_DURATION, &[("probe", probe)], out.duration.as_secs_f64(), ts);
+        self.last_success = Some(out.success);
         out
     }
 }
@@ -265,32 +337,75 @@ fn http_outcome(
     }
 }
 
-async fn icmp_round(
-    out: &mut Outcome,
-    icmp: &Icmp,
+/// What one ICMP round sends.
+struct IcmpRound {
     ip: IpAddr,
     count: u32,
     spacing: Duration,
     timeout: Duration,
+    /// The probe's timestamp.
     ts: i64,
-) {
+}
+
+/// Runs one round; with `early` (overdue after, where to), a silent target
+/// is reported at once as a failed probe. Returns when that happened (ms).
+async fn icmp_round(
+    out: &mut Outcome,
+    icmp: &Icmp,
+    r: IcmpRound,
+    early: Option<(Duration, &tokio::sync::mpsc::Sender<Measurement>)>,
+    rtt: &mut RttEstimate,
+) -> Option<i64> {
+    let IcmpRound { ip, count, spacing, timeout, ts } = r;
     let engine = match icmp {
         Icmp::Ready(e) => e,
         Icmp::Unavailable(why) => {
             out.error = Some(why.to_string());
-            return;
+            return None;
         }
     };
     out.note(|| {
         format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
     });
-    let round = match engine.round(ip, count, spacing, timeout).await {
+    let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
+    let watch = early.map(|(rto, _)| icmp::Watch { rto, confirm: CONFIRM, silent: silent_tx });
+    let running = engine.round(ip, count, spacing, timeout, watch);
+    tokio::pin!(running);
+    let mut early_ts = None;
+    let result = tokio::select! {
+        r = &mut running => r,
+        Ok(i) = silent_rx => {
+            let now = tierwatch_protocol::now_ms();
+            early_ts = Some(now);
+            if let Some((rto, tx)) = early {
+                let mut e = Outcome {
+                    target: out.target.clone(),
+                    kind: out.kind,
+                    success: false,
+                    duration: Duration::ZERO,
+                    series: Vec::new(),
+                    detail: Vec::new(),
+                    error: Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once")),
+                    verbose: false,
+                };
+                e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
+                tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
+                // A full channel only delays the news to the round's end.
+                let _ = tx.try_send(Measurement::Probe(e));
+            }
+            running.await
+        }
+    };
+    let round = match result {
         Ok(r) => r,
         Err(e) => {
             out.error = Some(e.to_string());
-            return;
+            return early_ts;
         }
     };
+    for d in round.rtts.iter().flatten() {
+        rtt.add(*d);
+    }
     for (i, rtt) in round.rtts.iter().enumerate() {
         out.note(|| match rtt {
             Some(d) => format!("  seq {i}: reply in {:.3} ms", d.as_secs_f64() * 1000.0),
@@ -321,7 +436,13 @@ async fn icmp_round(
             ] {
                 out.push(def, &[], v, ts);
             }
-            out.success = true;
+            out.success = round.reachable_at_end();
+            if !out.success {
+                out.error = Some(format!(
+                    "silent since request {}: no reply to it or after it",
+                    round.silent_from.unwrap_or_default()
+                ));
+            }
         }
         None => {
             out.push(&catalogue::ICMP_RECEIVED, &[], 0.0, ts);
@@ -331,6 +452,7 @@ async fn icmp_round(
             );
         }
     }
+    early_ts
 }
 
 async fn tcp_connect(out: &mut Outcome, addr: SocketAddr, timeout: Duration, ts: i64) {
@@ -460,5 +582,32 @@ fn dns_outcome(
         out.error = Some(format!("answers [{}] differ from the expected [{}]", answers.join(", "), want.join(", ")));
     } else {
         out.success = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overdue_follows_the_link_and_stays_within_bounds() {
+        let mut e = RttEstimate::default();
+        let timeout = Duration::from_secs(1);
+        assert_eq!(e.rto(timeout), None, "no estimate before a reply");
+        // A steady 20 ms link: the floor applies.
+        for _ in 0..50 {
+            e.add(Duration::from_millis(20));
+        }
+        assert_eq!(e.rto(timeout), Some(MIN_RTO));
+        // A jittery 200 ± 100 ms link: SRTT + 4 RTTVAR, well above any reply seen.
+        let mut e = RttEstimate::default();
+        for i in 0..200 {
+            e.add(Duration::from_millis(if i % 2 == 0 { 100 } else { 300 }));
+        }
+        let rto = e.rto(timeout).unwrap();
+        assert!(rto > Duration::from_millis(450) && rto < timeout, "{rto:?}");
+        // Never beyond the probe's own timeout.
+        e.add(Duration::from_secs(5));
+        assert_eq!(e.rto(timeout), Some(timeout));
     }
 }

@@ -26,6 +26,8 @@ pub struct SystemSpec {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     pub icmp_count: u32,
+    /// Gap between echo requests of the province's probes of the communes' WAN ends (default: the agent's).
+    pub icmp_spacing: Option<Duration>,
     /// Extra YAML target entries for every agent, appended to the defaults.
     pub extra_targets: String,
     /// Run agents only on these nodes (default: the province and every commune).
@@ -47,6 +49,7 @@ impl Default for SystemSpec {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             icmp_count: 3,
+            icmp_spacing: None,
             extra_targets: String::new(),
             only_nodes: None,
             collector_extra: String::new(),
@@ -169,6 +172,9 @@ impl Lab {
                     c.id,
                     addrs::commune_wan(i + 1)
                 ));
+                if let Some(s) = spec.icmp_spacing {
+                    extra.push_str(&format!("    spacing: {}\n", ms(s)));
+                }
             }
         }
         format!(
