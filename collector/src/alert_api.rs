@@ -28,10 +28,6 @@ pub fn routes() -> Router<Arc<Http>> {
         .route("/api/v1/maintenance/{id}", delete(delete_window))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    ApiError(status, message.into()).into_response()
-}
-
 /// A refusal: the status and what to tell the caller.
 struct ApiError(StatusCode, String);
 
@@ -92,7 +88,7 @@ async fn history(State(s): State<Arc<Http>>, Query(q): Query<HistoryQuery>) -> R
     };
     match a.history(q.limit.unwrap_or(100).min(10_000)).await {
         Ok(h) => Json(json!({ "alerting": true, "history": h })).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("history unavailable: {e}")),
+        Err(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("history unavailable: {e}")).into_response(),
     }
 }
 
@@ -105,29 +101,28 @@ struct AckRequest {
     comment: String,
 }
 
+/// A JSON request body, or a 400 saying what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))
+}
+
 /// `POST /api/v1/alerts/ack` `{"key", "by", "comment"}`: someone is on it; repeats stop.
 async fn ack(
     State(s): State<Arc<Http>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let a = match changer(&s, peer, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let req: AckRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
+) -> Result<Response, ApiError> {
+    let a = changer(&s, peer, &headers)?;
+    let req: AckRequest = parse(&body)?;
     if req.by.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "by: say who takes it on");
+        return Err(ApiError(StatusCode::BAD_REQUEST, "by: say who takes it on".into()));
     }
     let ack = Ack { by: req.by.trim().to_string(), comment: req.comment, at_ms: tierwatch_protocol::now_ms() };
     match a.acknowledge(&req.key, ack).await {
-        Ok(Some(v)) => Json(json!({ "incident": v })).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no open incident {:?}", req.key)),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not record it: {e}")),
+        Ok(Some(v)) => Ok(Json(json!({ "incident": v })).into_response()),
+        Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, format!("no open incident {:?}", req.key))),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("could not record it: {e}"))),
     }
 }
 
@@ -144,23 +139,16 @@ async fn add_window(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let a = match changer(&s, peer, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let raw: RawWindow = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
+) -> Result<Response, ApiError> {
+    let a = changer(&s, peer, &headers)?;
+    let raw: RawWindow = parse(&body)?;
     let mut p = tierwatch_yamlconf::Problems::default();
     let id = format!("mw-{}", tierwatch_protocol::ids::hex(&rand::random::<[u8; 6]>()));
-    let Some(w) = maintenance::validate(&raw, id, "api", tierwatch_protocol::now_ms(), "body", &mut p) else {
-        return error(StatusCode::BAD_REQUEST, p.to_string());
-    };
+    let w = maintenance::validate(&raw, id, "api", tierwatch_protocol::now_ms(), "body", &mut p)
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, p.to_string()))?;
     match a.add_window(w.clone()).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "window": w }))).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("could not store it: {e}")),
+        Ok(()) => Ok((StatusCode::CREATED, Json(json!({ "window": w }))).into_response()),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("could not store it: {e}"))),
     }
 }
 
@@ -170,14 +158,11 @@ async fn delete_window(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let a = match changer(&s, peer, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let a = changer(&s, peer, &headers)?;
     match a.delete_window(&id).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no maintenance window {id:?}")),
-        Err(e) => error(StatusCode::CONFLICT, e),
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no maintenance window {id:?}"))),
+        Err(e) => Err(ApiError(StatusCode::CONFLICT, e)),
     }
 }

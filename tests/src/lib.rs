@@ -93,6 +93,14 @@ impl Pki {
         Ok(Pki { dir: dir.to_path_buf() })
     }
 
+    /// The PKI already in `dir`, or a new one.
+    pub fn open_or_new(dir: &Path) -> anyhow::Result<Pki> {
+        if dir.join("ca.crt").is_file() {
+            return Ok(Pki { dir: dir.to_path_buf() });
+        }
+        Self::new(dir)
+    }
+
     /// Issues a client certificate for `node`.
     pub fn node(&self, node: &str) -> anyhow::Result<()> {
         collector_cli(&[

@@ -75,6 +75,11 @@ impl Alertmanager {
     /// Starts it on `addr` inside `ns` with a route to nowhere; `None` (with
     /// a message) when it is not installed outside CI.
     pub fn start(ns: &Netns, addr: SocketAddr, dir: &Path) -> anyhow::Result<Option<Alertmanager>> {
+        Self::start_with(ns, addr, dir, "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
+    }
+
+    /// As [`Alertmanager::start`] with the configuration `config` (YAML).
+    pub fn start_with(ns: &Netns, addr: SocketAddr, dir: &Path, config: &str) -> anyhow::Result<Option<Alertmanager>> {
         if !crate::have("prometheus-alertmanager") {
             if std::env::var("CI").is_ok() {
                 bail!("prometheus-alertmanager must be installed in CI (scripts/test.sh installs it)");
@@ -84,7 +89,7 @@ impl Alertmanager {
         }
         let dir = dir.join("alertmanager");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("am.yml"), "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")?;
+        std::fs::write(dir.join("am.yml"), config)?;
         let config = format!("--config.file={}", dir.join("am.yml").display());
         let storage = format!("--storage.path={}", dir.display());
         let listen = format!("--web.listen-address={addr}");

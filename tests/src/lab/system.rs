@@ -95,22 +95,26 @@ impl Lab {
     pub fn start_tierwatch(&self, spec: &SystemSpec) -> anyhow::Result<Tierwatch> {
         let dir = self.dir.path().join("tierwatch");
         std::fs::create_dir_all(&dir)?;
-        let pki = Pki::new(&dir.join("pki"))?;
+        // A second start in the same lab keeps the first one's PKI and state.
+        let fresh = !dir.join("pki/ca.crt").is_file();
+        let pki = Pki::open_or_new(&dir.join("pki"))?;
         let ingest = SocketAddrV4::new(addrs::CENTRAL, INGEST_PORT);
         // The server certificate must name the lab address agents connect to.
-        crate::collector_cli(&[
-            "pki",
-            "issue",
-            "--dir",
-            path(&pki.dir)?,
-            "--node",
-            "lab-collector",
-            "--server",
-            "--san",
-            &addrs::CENTRAL.to_string(),
-            "--days",
-            "2",
-        ])?;
+        if fresh {
+            crate::collector_cli(&[
+                "pki",
+                "issue",
+                "--dir",
+                path(&pki.dir)?,
+                "--node",
+                "lab-collector",
+                "--server",
+                "--san",
+                &addrs::CENTRAL.to_string(),
+                "--days",
+                "2",
+            ])?;
+        }
         std::fs::write(dir.join("topology.yaml"), self.topology_yaml())?;
         std::fs::write(
             dir.join("collector.yaml"),
@@ -135,7 +139,9 @@ impl Lab {
         tw.wait_ready()?;
         let wanted = |n: &Node| spec.only_nodes.as_ref().is_none_or(|only| only.contains(&n.id));
         for node in self.agent_nodes().filter(|n| wanted(n)) {
-            pki.node(&node.id)?;
+            if !pki.dir.join(format!("{}.crt", node.id)).is_file() {
+                pki.node(&node.id)?;
+            }
             let file = dir.join(format!("{}.yaml", node.id));
             std::fs::write(&file, self.agent_yaml(node, spec, ingest))?;
             let mut cmd =
