@@ -173,8 +173,9 @@ fn detect(rounds: usize, quiet: u64) -> anyhow::Result<()> {
         table.push((count, got));
     }
     println!(
-        "\nDetection latency, WAN link cut to webhook, probe interval 5 s, timeout 1 s ({} cuts per row):",
-        rounds
+        "\nDetection latency, WAN link cut to webhook, probe interval 5 s, timeout 1 s ({rounds} and {} cuts; the reference ran through all {}):",
+        rounds.div_ceil(2),
+        rounds + rounds.div_ceil(2)
     );
     println!("{:<52} {:>8} {:>8} {:>8} {:>8} {:>14}", "stack", "median", "min", "p90", "max", "median ratio");
     let all_ref: Vec<f64> = table.iter().flat_map(|(_, g)| g.iter().map(|r| r.1)).collect();
