@@ -83,6 +83,18 @@ const MIGRATIONS: &[&str] = &[
         last_ms INTEGER NOT NULL,
         PRIMARY KEY (receiver, key)
     ) WITHOUT ROWID;",
+    // 5: security events with their evidence, stored with their batch.
+    "CREATE TABLE security_event (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        attributes TEXT NOT NULL
+    );
+    CREATE INDEX security_event_at ON security_event (at_ms);
+    CREATE INDEX security_event_node ON security_event (node, at_ms);",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

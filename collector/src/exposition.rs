@@ -95,6 +95,18 @@ pub fn render(store: &Store, metrics: &Metrics, now_ms: i64, stale_after_ms: i64
             info,
             1.0,
         );
+        for ((kind, severity), n) in &state.security_counts {
+            let mut ls = id.clone();
+            ls.push(label("kind", kind));
+            ls.push(label("severity", severity));
+            fams.push(
+                crate::security::EVENTS_TOTAL,
+                MetricKind::Counter,
+                "Security events the node's sensors reported, by kind and severity (stored ones, exactly once).",
+                ls,
+                *n as f64,
+            );
+        }
         for ((name, labels), v) in &state.series {
             let help = catalogue::find(name)
                 .map(|d| d.help)

@@ -29,6 +29,8 @@ pub struct Http {
     pub queues: Vec<QueueSpec>,
     /// Bearer token of the API's changing endpoints; none: loopback only.
     pub api_token: Option<String>,
+    /// The state database, for the security event list.
+    pub security_db: Arc<std::sync::Mutex<rusqlite::Connection>>,
 }
 
 /// The router of the HTTP listener.
@@ -39,12 +41,13 @@ pub fn router(state: Arc<Http>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/security/events", get(security_events))
         .merge(crate::alert_api::routes())
         .with_state(state)
 }
 
 async fn index() -> impl IntoResponse {
-    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/healthz        liveness\n/readyz         readiness\n"
+    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/api/v1/security/events security events with evidence (?node=&kind=&since_ms=&limit=)\n/healthz        liveness\n/readyz         readiness\n"
 }
 
 async fn metrics(State(s): State<Arc<Http>>) -> Response {
@@ -152,4 +155,22 @@ pub fn rfc3339(ms: i64) -> Option<String> {
 
 async fn nodes(State(s): State<Arc<Http>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "nodes": node_statuses(&s, tierwatch_protocol::now_ms()) }))
+}
+
+/// `/api/v1/security/events?node=&kind=&since_ms=&limit=`: stored security events with their evidence, newest first.
+async fn security_events(
+    State(s): State<Arc<Http>>,
+    axum::extract::Query(q): axum::extract::Query<crate::security::Query>,
+) -> Response {
+    let db = s.security_db.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        crate::security::list(&db.lock().unwrap_or_else(|p| p.into_inner()), &q).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match listed {
+        Ok(events) => Json(serde_json::json!({ "events": events })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("security events unavailable: {e}\n")).into_response(),
+    }
 }

@@ -224,7 +224,14 @@ async fn process(
     } else {
         None
     };
-    let job = Job { node: node.clone(), boot: batch.boot_id.clone(), sequence, created_ms: batch.created_ms, write };
+    let job = Job {
+        node: node.clone(),
+        boot: batch.boot_id.clone(),
+        sequence,
+        created_ms: batch.created_ms,
+        write,
+        events: batch.events.clone(),
+    };
     let outcome = match ingest.ledger.record(job).await {
         Ok(o) => o,
         Err(e) => {

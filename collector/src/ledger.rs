@@ -40,6 +40,8 @@ pub struct Job {
     pub created_ms: i64,
     /// Encoded remote_write request and its sample count, when receivers are configured.
     pub write: Option<(Vec<u8>, u64)>,
+    /// Its security events, stored with it.
+    pub events: Vec<tierwatch_protocol::Event>,
 }
 
 /// What the ledger decided.
@@ -151,7 +153,7 @@ impl Ledger {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.clone();
         // The channel is bounded: wait for room off the runtime.
-        tokio::task::spawn_blocking(move || tx.send((job, reply)))
+        tokio::task::spawn_blocking(move || tx.send((job, reply)).map_err(|_| ()))
             .await
             .map_err(|_| LedgerError::Stopped)?
             .map_err(|_| LedgerError::Stopped)?;
@@ -207,6 +209,7 @@ impl Worker {
     /// One transaction for the group; memory is updated only after it commits.
     fn commit(&mut self, group: &[(Job, Reply)]) -> rusqlite::Result<Vec<Outcome>> {
         let tx = self.conn.transaction()?;
+        let now_ms = tierwatch_protocol::now_ms();
         let mut staged: HashMap<BootKey, Boot> = HashMap::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut added = vec![false; self.queues.len()];
@@ -233,6 +236,9 @@ impl Worker {
                     q.state.rows.fetch_add(1, Ordering::Relaxed);
                     added[i] = true;
                 }
+            }
+            if !job.events.is_empty() {
+                crate::security::insert(&tx, &job.node, &job.events, now_ms)?;
             }
             outcomes.push(Outcome::Stored);
         }
@@ -270,6 +276,10 @@ impl Worker {
     /// Forgets boots that can send nothing acceptable any more, and the
     /// least recent beyond [`MAX_BOOTS_PER_NODE`] per node.
     fn prune(&mut self, now_ms: i64) -> rusqlite::Result<()> {
+        let events = crate::security::prune(&self.conn, now_ms)?;
+        if events > 0 {
+            tracing::info!(events, "security: deleted events past their retention");
+        }
         let cutoff = now_ms - self.max_age_ms;
         let mut gone: HashSet<BootKey> =
             self.boots.iter().filter(|(_, b)| b.max_created_ms < cutoff).map(|(k, _)| k.clone()).collect();
@@ -311,6 +321,7 @@ mod tests {
             sequence: seq,
             created_ms: tierwatch_protocol::now_ms(),
             write: Some((vec![1, 2, 3], 1)),
+            events: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pki;
 pub mod remote_write;
+pub mod security;
 pub mod seqset;
 pub mod server;
 pub mod status;

@@ -98,6 +98,20 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         })??);
     }
 
+    // The security event list of the API reads on its own connection; the
+    // counters continue from what is stored.
+    let dir = config.state_dir.clone();
+    let security_db = tokio::task::spawn_blocking(move || -> Result<_, crate::db::DbError> {
+        let conn = crate::db::open(&dir)?;
+        let counts = crate::security::counts(&conn)
+            .map_err(|source| crate::db::DbError::Sqlite { file: dir.join(crate::db::FILE), source })?;
+        Ok((conn, counts))
+    })
+    .await
+    .map_err(|e| crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) })??;
+    store.seed_security_counts(security_db.1);
+    let security_db = Arc::new(std::sync::Mutex::new(security_db.0));
+
     let ingest_listener = TcpListener::bind(config.ingest.listen).await.map_err(|source| StartError::Bind {
         what: "ingest",
         addr: config.ingest.listen,
@@ -150,6 +164,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ready: Default::default(),
         queues: queues.clone(),
         api_token: config.api_token.clone(),
+        security_db,
     });
 
     let tracker = TaskTracker::new();

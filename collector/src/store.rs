@@ -36,7 +36,14 @@ pub struct NodeState {
     /// The agent's push interval as announced in its batches (ms; 0: unknown).
     pub push_interval_ms: u32,
     pub series: HashMap<SeriesKey, SeriesValue>,
+    /// Security events stored per (kind, severity), since the state database began.
+    pub security_counts: std::collections::BTreeMap<(String, String), u64>,
+    /// The newest security events, for the alert engine's event rules.
+    pub recent_events: std::collections::VecDeque<tierwatch_protocol::Event>,
 }
+
+/// Security events kept per node for event rules; a flood keeps the newest.
+pub const RECENT_EVENTS: usize = 1024;
 
 /// The collector's current state.
 pub struct Store {
@@ -75,6 +82,16 @@ impl Store {
         if batch.push_interval_ms > 0 {
             state.push_interval_ms = batch.push_interval_ms;
         }
+        for e in batch.events {
+            *state
+                .security_counts
+                .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
+                .or_default() += 1;
+            if state.recent_events.len() >= RECENT_EVENTS {
+                state.recent_events.pop_front();
+            }
+            state.recent_events.push_back(e);
+        }
         for s in batch.series {
             let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
             let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);
@@ -92,6 +109,16 @@ impl Store {
             }
         }
         true
+    }
+
+    /// Starts the security event counters from what the state database holds.
+    pub fn seed_security_counts(&self, counts: Vec<(String, String, String, u64)>) {
+        for (node, kind, severity, n) in counts {
+            let Ok(id) = NodeId::new(&node) else { continue };
+            if let Some(mut state) = self.lock(&id) {
+                state.security_counts.insert((kind, severity), n);
+            }
+        }
     }
 
     /// Calls `f` for each node in topology order with its state locked;

@@ -147,6 +147,15 @@ pub struct Engine {
     muted: BTreeMap<String, IncidentView>,
 }
 
+/// An event's severity on the rules' scale.
+fn event_severity(s: i32) -> Severity {
+    match tierwatch_protocol::Severity::try_from(s) {
+        Ok(tierwatch_protocol::Severity::Critical) => Severity::Critical,
+        Ok(tierwatch_protocol::Severity::Warning) => Severity::Warning,
+        _ => Severity::Info,
+    }
+}
+
 fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) -> Option<String> + 'a {
     move |k: &str| match k {
         "value" => Some(value.to_string()),
@@ -330,6 +339,43 @@ impl Engine {
                             out.insert(key, (reading, subject, value));
                         }
                     }
+                    RuleKind::Event { kind, severity, hold, group_by } => {
+                        // One alert per kind (and `group_by` attributes) with an event within `hold`.
+                        let hold_ms = hold.as_millis() as i64;
+                        let mut groups: BTreeMap<Vec<Label>, f64> = BTreeMap::new();
+                        for e in &state.recent_events {
+                            if now_ms - e.timestamp_ms >= hold_ms
+                                || kind.as_ref().is_some_and(|k| *k != e.kind)
+                                || severity.is_some_and(|s| s != event_severity(e.severity))
+                            {
+                                continue;
+                            }
+                            let lookup = |k: &str| {
+                                identity.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).or_else(|| {
+                                    if k == "kind" {
+                                        Some(e.kind.as_str())
+                                    } else {
+                                        e.attributes.get(k).map(String::as_str)
+                                    }
+                                })
+                            };
+                            if !rule.matches(lookup) {
+                                continue;
+                            }
+                            let mut labels = vec![Label::new("kind", e.kind.clone())];
+                            for g in group_by {
+                                if let Some(v) = e.attributes.get(g) {
+                                    labels.push(Label::new(g.clone(), v.clone()));
+                                }
+                            }
+                            labels.sort();
+                            *groups.entry(labels).or_default() += 1.0;
+                        }
+                        for (labels, count) in groups {
+                            let key = AlertKey { rule: ri, node: node.id.clone(), labels };
+                            out.insert(key, (Reading::Breach, node.id.clone(), count));
+                        }
+                    }
                 }
             }
         });
@@ -347,6 +393,11 @@ impl Engine {
             let (reading, subject, value) = match readings.get(&key) {
                 Some((r, s, v)) => (*r, s.clone(), *v),
                 None => match self.instances.get(&key) {
+                    // An event alert with no event within its hold is over;
+                    // other series gone quiet keep their state.
+                    Some(i) if matches!(rule.kind, RuleKind::Event { .. }) => {
+                        (Reading::Clear, i.subject.clone(), i.value)
+                    }
                     Some(i) => (Reading::Missing, i.subject.clone(), i.value),
                     None => continue,
                 },
@@ -734,5 +785,55 @@ mod tests {
             pages.extend(kinds(&e.evaluate(&store, t)));
         }
         assert_eq!(pages, ["resolve p/unreachable", "open c4/unreachable"], "only the commune that stayed silent");
+    }
+
+    #[test]
+    fn security_events_fire_per_source_and_clear_after_their_hold() {
+        let (topo, store) = {
+            let (e, store) = setup();
+            (e.topo.clone(), store)
+        };
+        let rules = Rules::parse(
+            Path::new("r.yaml"),
+            "grouping:\n  group_wait: 0s\nrules:\n  - name: scans\n    event: {kind: port_scan, hold: 10s, group_by: [src]}\n    problem: security\n    severity: warning\n    summary: \"{{ node_name }}: {{ kind }} from {{ src }} ({{ value }})\"\n",
+        )
+        .unwrap();
+        let mut e = Engine::new(rules, topo, 0);
+        let event = |kind: &str, src: &str, at: i64| tierwatch_protocol::Event {
+            kind: kind.into(),
+            severity: tierwatch_protocol::Severity::Warning as i32,
+            timestamp_ms: at,
+            attributes: BTreeMap::from([("src".to_string(), src.to_string())]),
+        };
+        let batch = Batch {
+            node_id: "c1".into(),
+            push_interval_ms: 1000,
+            events: vec![
+                event("port_scan", "10.2.1.50", 1000),
+                event("port_scan", "10.2.1.50", 1500),
+                event("arp_spoof", "x", 1500),
+            ],
+            ..Default::default()
+        };
+        store.ingest(&NodeId::new("c1").unwrap(), batch, 2000);
+        let c = e.evaluate(&store, 2000);
+        assert_eq!(kinds(&c), ["open c1/security"]);
+        let Change::Opened(v) = &c[0] else { panic!() };
+        assert_eq!(v.summary, "Xã 1: port_scan from 10.2.1.50 (2)");
+        assert_eq!(v.alerts[0].labels["src"], "10.2.1.50");
+        // A second source joins the same incident.
+        let batch = Batch {
+            node_id: "c1".into(),
+            push_interval_ms: 1000,
+            events: vec![event("port_scan", "10.2.1.77", 5000)],
+            ..Default::default()
+        };
+        store.ingest(&NodeId::new("c1").unwrap(), batch, 5000);
+        assert_eq!(kinds(&e.evaluate(&store, 5000)), ["update c1/security"]);
+        // The first source's hold ends at 11.5 s, the second's at 15 s.
+        push(&store, "c1", 12_000, &[]);
+        assert_eq!(kinds(&e.evaluate(&store, 12_000)), ["update c1/security"]);
+        push(&store, "c1", 15_000, &[]);
+        assert_eq!(kinds(&e.evaluate(&store, 15_000)), ["resolve c1/security"]);
     }
 }

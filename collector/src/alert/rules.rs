@@ -142,6 +142,9 @@ pub struct RawRule {
     /// Heartbeat rules: pushes missed before the node is down.
     #[serde(default)]
     pub heartbeat: Option<RawHeartbeat>,
+    /// Event rules: security events the node's sensors reported.
+    #[serde(default)]
+    pub event: Option<RawEventRule>,
     /// Exact label values (identity labels included: `tier`, `node`, ...).
     #[serde(default, rename = "match")]
     pub matchers: BTreeMap<String, String>,
@@ -183,6 +186,28 @@ pub struct RawHeartbeat {
     pub missed: u32,
 }
 
+/// Which security events an event rule takes, and for how long one counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventRule {
+    /// Only this event kind (`port_scan`, `arp_spoof`, ...); default: every kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Only events of this severity; default: every severity.
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// The alert fires with an event and clears this long after the last one.
+    #[serde(default = "default_hold", with = "duration::serde")]
+    pub hold: Duration,
+    /// Event attributes that make separate alerts (`[src]`: one per source); the kind always does.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(900)
+}
+
 /// What a rule compares.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -215,6 +240,7 @@ impl Condition {
 pub enum RuleKind {
     Threshold { metric: String, condition: Condition, until_now: bool },
     Heartbeat { missed: u32 },
+    Event { kind: Option<String>, severity: Option<Severity>, hold: Duration, group_by: Vec<String> },
 }
 
 /// A validated rule.
@@ -306,13 +332,48 @@ impl Rules {
                     p.push(key("match"), format!("{k:?} is not a label name"));
                 }
             }
-            let kind = match (&r.metric, &r.heartbeat) {
-                (Some(_), Some(_)) => {
-                    p.push(key("heartbeat"), "a rule is either a metric threshold or a heartbeat, not both");
-                    continue;
+            let kinds = [r.metric.is_some(), r.heartbeat.is_some(), r.event.is_some()];
+            if kinds.iter().filter(|&&k| k).count() > 1 {
+                p.push(key("metric"), "a rule is one of a metric threshold, a heartbeat or an event rule");
+                continue;
+            }
+            if let Some(e) = &r.event {
+                if e.hold.is_zero() {
+                    p.push(key("event.hold"), "must be longer than 0s");
                 }
-                (None, None) => {
-                    p.push(key("metric"), "give a metric (threshold rule) or heartbeat: {missed: N}");
+                for (k, set) in [
+                    ("above", r.above.is_some()),
+                    ("below", r.below.is_some()),
+                    ("for", r.for_.is_some()),
+                    ("subject", r.subject.is_some()),
+                ] {
+                    if set {
+                        p.push(key(k), "event rules take no threshold, for or subject");
+                    }
+                }
+                rules.push(Rule {
+                    name: r.name.clone(),
+                    kind: RuleKind::Event {
+                        kind: e.kind.clone(),
+                        severity: e.severity,
+                        hold: e.hold,
+                        group_by: e.group_by.clone(),
+                    },
+                    matchers: r.matchers.clone(),
+                    not_match: r.not_match.clone(),
+                    for_: Duration::ZERO,
+                    clear_for: Duration::ZERO,
+                    subject: None,
+                    problem: r.problem.clone(),
+                    severity: r.severity,
+                    summary: r.summary.clone(),
+                    description: r.description.clone(),
+                });
+                continue;
+            }
+            let kind = match (&r.metric, &r.heartbeat) {
+                (Some(_), Some(_)) | (None, None) => {
+                    p.push(key("metric"), "give a metric (threshold rule), heartbeat: {missed: N} or event: {...}");
                     continue;
                 }
                 (None, Some(h)) => {
