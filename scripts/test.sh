@@ -14,6 +14,7 @@ declare -A wanted=(
   [ping]=iputils-ping
   [nginx]=nginx            # lab: HTTP/HTTPS services
   [dnsmasq]=dnsmasq-base   # lab: DNS (and DHCP) service
+  [nmap]=nmap              # lab: port scans for the LAN sensor
   [ss]=iproute2
   [kill]=procps
   [sysctl]=procps

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tierwatch_protocol::{Batch, Series, PROTOCOL_VERSION};
+use tierwatch_protocol::{Batch, Event, Series, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,7 @@ pub async fn run(
 ) {
     let mut sequence = 0u64;
     let mut pending: Vec<Series> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
     let mut last_success: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,50 +50,60 @@ pub async fn run(
         tokio::select! {
             r = results.recv() => match r {
                 Some(m) => {
-                    let flipped = match &m {
+                    // A flipped probe or a security event goes out at once.
+                    let urgent = match &m {
                         Measurement::Probe(o) => last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success),
                         Measurement::Node(_) => false,
+                        Measurement::Event(_) => true,
                     };
-                    take(m, &mut pending, &metrics);
-                    if flipped {
+                    take(m, &mut pending, &mut events, &metrics);
+                    if urgent {
                         sequence += 1;
-                        seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+                        seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
                 sequence += 1;
-                seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+                seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
             }
             _ = token.cancelled() => {
                 // Probes finishing their round still deliver; then seal what is left.
                 results.close();
                 while let Some(m) = results.recv().await {
-                    take(m, &mut pending, &metrics);
+                    take(m, &mut pending, &mut events, &metrics);
                 }
                 break;
             }
         }
     }
-    if !pending.is_empty() {
+    if !pending.is_empty() || !events.is_empty() {
         sequence += 1;
-        seal(&stamp, sequence, &mut pending, &spool, &metrics).await;
+        seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
     }
 }
 
-fn take(m: Measurement, pending: &mut Vec<Series>, metrics: &Metrics) {
+fn take(m: Measurement, pending: &mut Vec<Series>, events: &mut Vec<Event>, metrics: &Metrics) {
     match m {
         Measurement::Probe(outcome) => {
             metrics.probe(outcome.kind.as_str(), outcome.success);
             pending.extend(outcome.series);
         }
         Measurement::Node(series) => pending.extend(series),
+        Measurement::Event(e) => events.push(e),
     }
 }
 
 /// Builds batch `sequence` from `pending` and writes it to the spool.
-async fn seal(stamp: &Stamp, sequence: u64, pending: &mut Vec<Series>, spool: &Arc<Spool>, metrics: &Metrics) {
+async fn seal(
+    stamp: &Stamp,
+    sequence: u64,
+    pending: &mut Vec<Series>,
+    events: &mut Vec<Event>,
+    spool: &Arc<Spool>,
+    metrics: &Metrics,
+) {
     let now = tierwatch_protocol::now_ms();
     metrics.refresh(spool.oldest_unsent_ms(), now);
     let mut series = std::mem::take(pending);
@@ -106,7 +117,7 @@ async fn seal(stamp: &Stamp, sequence: u64, pending: &mut Vec<Series>, spool: &A
         config_hash: stamp.config_hash.to_vec(),
         created_ms: now,
         series,
-        events: Vec::new(),
+        events: std::mem::take(events),
         push_interval_ms: stamp.push_interval.as_millis().min(u32::MAX as u128) as u32,
     };
     let body = Bytes::from(batch.encode_to_vec());

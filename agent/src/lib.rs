@@ -12,4 +12,5 @@ pub mod probe;
 pub mod push;
 pub mod run;
 pub mod scheduler;
+pub mod sensor;
 pub mod spool;

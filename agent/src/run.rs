@@ -124,6 +124,16 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     if let Some(spec) = &config.node_health {
         crate::scheduler::spawn_node_health(spec, tx.clone(), &probe_token, &probes);
     }
+    let lan_sensor = match config.lan.clone() {
+        Some(spec) => match crate::sensor::spawn_lan(spec, tx.clone(), probe_token.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "LAN sensor thread could not start");
+                None
+            }
+        },
+        None => None,
+    };
     crate::scheduler::spawn(&config.targets, icmp, tx, &probe_token, &probes);
     probes.close();
 
@@ -177,6 +187,10 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         // spools the rest, the senders deliver what they can within the
         // grace period; the spool keeps the remainder for the next start.
         probes.wait().await;
+        if let Some(h) = lan_sensor {
+            // It sees the token within its read timeout; its last events reach the batcher.
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
         batcher_token.cancel();
         let _ = batcher.await;
         let deadline = tokio::time::Instant::now() + FINAL_PUSH_GRACE;

@@ -38,6 +38,9 @@ pub struct RawConfig {
     pub defaults: Defaults,
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
+    /// Security sensors (docs/security.md).
+    #[serde(default)]
+    pub sensors: crate::sensor::RawSensors,
 }
 
 /// How to reach the collector.
@@ -248,6 +251,8 @@ pub struct Config {
     pub health: Option<SocketAddr>,
     pub node_health: Option<NodeHealthSpec>,
     pub targets: Vec<Target>,
+    /// The LAN sensor, when an interface is configured.
+    pub lan: Option<crate::sensor::LanSpec>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
 }
@@ -369,6 +374,7 @@ impl Config {
         if d.interval < Duration::from_millis(100) {
             p.push("defaults.interval", "must be at least 100ms");
         }
+        let lan = crate::sensor::validate(&raw.sensors, &mut p);
         let mut targets = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {
@@ -407,6 +413,7 @@ impl Config {
             },
             health: raw.health.map(|h| h.listen),
             node_health: raw.node_health,
+            lan,
             targets,
             hash,
         })

@@ -45,6 +45,8 @@ pub enum Measurement {
     Probe(Outcome),
     /// One sample of the node's health.
     Node(Vec<Series>),
+    /// A security event from a sensor.
+    Event(tierwatch_protocol::Event),
 }
 
 /// What one probe run measured.

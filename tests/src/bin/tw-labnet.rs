@@ -12,6 +12,8 @@
 //!   body and an optional bearer token.
 //! - `tw-labnet listen ADDR...`: accepts TCP connections on each address and
 //!   closes them (a plain TCP service).
+//! - `tw-labnet arp-spoof IF SENDER_IP TARGET_IP COUNT`: sends COUNT ARP
+//!   replies from IF in which IF's MAC claims SENDER_IP, 200 ms apart.
 //! - `tw-labnet hooks ADDR`: a webhook receiver: answers every request 200
 //!   (keeping connections alive) and prints `<ms since epoch> <body>` per
 //!   request, the body on one line, after a first `ready` line.
@@ -38,8 +40,9 @@ fn main() -> anyhow::Result<()> {
         }
         Some("listen") if args.len() >= 2 => listen(&args[1..]),
         Some("hooks") if args.len() == 2 => hooks(&args[1]),
+        Some("arp-spoof") if args.len() == 5 => arp_spoof(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?),
         _ => bail!(
-            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR"
+            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT"
         ),
     }
 }
@@ -61,6 +64,21 @@ fn http(method: &str, addr: &str, path: &str, body: &str, token: Option<&str>) -
     let code = head.split(' ').nth(1).context("no status")?;
     println!("{code}");
     print!("{body}");
+    Ok(())
+}
+
+fn arp_spoof(name: &str, sender: std::net::Ipv4Addr, target: std::net::Ipv4Addr, count: u32) -> anyhow::Result<()> {
+    let iface =
+        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
+    let mac = iface.mac.context("interface without MAC")?.octets();
+    let (mut tx, _) = channel(name)?;
+    let frame = tierwatch_agent::sensor::capture::synth::arp_reply(mac, mac, sender, target);
+    for _ in 0..count {
+        if let Some(r) = tx.send_to(&frame, None) {
+            r.context("sending")?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 

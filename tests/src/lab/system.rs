@@ -40,6 +40,8 @@ pub struct SystemSpec {
     pub agent_collector_extra: String,
     /// Extra YAML lines inside each agent's `spool:` section (indented two spaces).
     pub spool_extra: String,
+    /// Extra top-level YAML for each agent (`sensors:`).
+    pub agent_extra: String,
 }
 
 impl Default for SystemSpec {
@@ -56,6 +58,7 @@ impl Default for SystemSpec {
             log_batches: false,
             agent_collector_extra: String::new(),
             spool_extra: String::new(),
+            agent_extra: String::new(),
         }
     }
 }
@@ -185,7 +188,7 @@ impl Lab {
         }
         format!(
             "node: {id}\nlog_level: {level}\ncollector:\n  endpoints: [\"https://{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{id}.crt\n  key: pki/{id}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
-             spool:\n  dir: spool/{id}\n{spool_extra}health: null\ndefaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
+             spool:\n  dir: spool/{id}\n{spool_extra}health: null\n{agent_extra}defaults:\n  interval: {interval}\n  timeout: {timeout}\n  jitter: 0ms\n  icmp_count: {count}\ntargets:\n\
              \x20 - name: provincial-gateway\n    probe: icmp\n    host: {gateway}\n\
              \x20 - name: provincial-service\n    probe: tcp\n    host: {service}\n    port: {SERVICE_PORT}\n{extra}",
             id = node.id,
@@ -198,6 +201,7 @@ impl Lab {
             extra = extra,
             collector_extra = spec.agent_collector_extra,
             spool_extra = spec.spool_extra,
+            agent_extra = spec.agent_extra,
         )
     }
 }

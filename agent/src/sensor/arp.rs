@@ -1,0 +1,261 @@
+//! ARP watch, as arpwatch does it: the IP-to-MAC table of the LAN from the
+//! ARP packets seen. A new station is an info event (listed, not paged); a
+//! station whose MAC changes is a warning, and critical when the address is
+//! a gateway or this node's own (someone claims it: the classic spoof for a
+//! man in the middle); changing back and forth is flip-flop; an ARP packet
+//! whose Ethernet source differs from the sender it claims is suspicious.
+//! VRRP and HSRP virtual MACs are allowed to move. The table is bounded.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tierwatch_protocol::{Event, Severity};
+
+use super::mac;
+
+/// What the watch knows beforehand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArpPolicy {
+    /// Addresses whose takeover is critical (the default gateway; this node's own are added).
+    pub gateways: Vec<Ipv4Addr>,
+    /// MACs allowed to answer for changing addresses (a failover pair), besides VRRP/HSRP.
+    pub allow_macs: Vec<[u8; 6]>,
+    /// This node's own (address, MAC) on the interface.
+    pub own: Vec<(Ipv4Addr, [u8; 6])>,
+    /// Stations remembered; beyond, the least recently seen is forgotten.
+    pub max_stations: usize,
+    /// This many MAC changes of one address within `flip_window` is flip-flop.
+    pub flips: usize,
+    pub flip_window: Duration,
+}
+
+impl Default for ArpPolicy {
+    fn default() -> Self {
+        ArpPolicy {
+            gateways: Vec::new(),
+            allow_macs: Vec::new(),
+            own: Vec::new(),
+            max_stations: 4096,
+            flips: 3,
+            flip_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// VRRP (00:00:5e:00:01:xx, 00:00:5e:00:02:xx) and HSRP (00:00:0c:07:ac:xx, 00:00:0c:9f:fx:xx) virtual MACs.
+pub fn virtual_mac(m: &[u8; 6]) -> bool {
+    matches!(m, [0x00, 0x00, 0x5e, 0x00, 0x01 | 0x02, _] | [0x00, 0x00, 0x0c, 0x07, 0xac, _])
+        || (m[..4] == [0x00, 0x00, 0x0c, 0x9f] && m[4] & 0xf0 == 0xf0)
+}
+
+#[derive(Debug)]
+struct Station {
+    mac: [u8; 6],
+    last_ms: i64,
+    changes: VecDeque<i64>,
+}
+
+/// The table and its policy.
+#[derive(Debug)]
+pub struct ArpWatch {
+    policy: ArpPolicy,
+    table: HashMap<Ipv4Addr, Station>,
+    /// Last event per address and kind, so a storm of forged replies is one event a minute.
+    reported: HashMap<(Ipv4Addr, &'static str), i64>,
+}
+
+const QUIET_MS: i64 = 60_000;
+
+impl ArpWatch {
+    /// A watch with `policy`; its own addresses count as gateways.
+    pub fn new(mut policy: ArpPolicy) -> Self {
+        let own: Vec<Ipv4Addr> = policy.own.iter().map(|(ip, _)| *ip).collect();
+        policy.gateways.extend(own);
+        ArpWatch { policy, table: HashMap::new(), reported: HashMap::new() }
+    }
+
+    /// Stations in the table.
+    pub fn stations(&self) -> usize {
+        self.table.len()
+    }
+
+    fn allowed(&self, m: &[u8; 6]) -> bool {
+        virtual_mac(m) || self.policy.allow_macs.contains(m)
+    }
+
+    /// One ARP packet: Ethernet source, and the sender it claims.
+    pub fn observe(&mut self, eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: Ipv4Addr, now_ms: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        // ARP probes (sender 0.0.0.0) claim nothing.
+        if sender_ip.is_unspecified() {
+            return out;
+        }
+        let event = |kind: &str, severity: Severity, attrs: &[(&str, String)]| Event {
+            kind: kind.to_string(),
+            severity: severity as i32,
+            timestamp_ms: now_ms,
+            attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        };
+        let gateway = self.policy.gateways.contains(&sender_ip);
+        // Someone else claims this node's own address.
+        if let Some(own_mac) = self.policy.own.iter().find(|(ip, _)| *ip == sender_ip).map(|(_, m)| *m) {
+            if own_mac != sender_mac && !self.allowed(&sender_mac) {
+                if self.once(sender_ip, "arp_spoof", now_ms) {
+                    out.push(event(
+                        "arp_spoof",
+                        Severity::Critical,
+                        &[
+                            ("src", sender_ip.to_string()),
+                            ("src_mac", mac(&sender_mac)),
+                            ("eth_src", mac(&eth_src)),
+                            ("expected_mac", mac(&own_mac)),
+                            ("why", "claims this node's own address".into()),
+                        ],
+                    ));
+                }
+                return out;
+            }
+        }
+        if eth_src != sender_mac && !self.allowed(&sender_mac) && self.once(sender_ip, "arp_mismatch", now_ms) {
+            out.push(event(
+                "arp_mismatch",
+                Severity::Warning,
+                &[("src", sender_ip.to_string()), ("src_mac", mac(&sender_mac)), ("eth_src", mac(&eth_src))],
+            ));
+        }
+        if !self.table.contains_key(&sender_ip) && self.table.len() >= self.policy.max_stations {
+            if let Some(oldest) = self.table.iter().min_by_key(|(_, s)| s.last_ms).map(|(k, _)| *k) {
+                self.table.remove(&oldest);
+            }
+        }
+        let flip_window = self.policy.flip_window.as_millis() as i64;
+        let flips = self.policy.flips;
+        let allowed = self.allowed(&sender_mac);
+        match self.table.get_mut(&sender_ip) {
+            None => {
+                self.table.insert(sender_ip, Station { mac: sender_mac, last_ms: now_ms, changes: VecDeque::new() });
+                out.push(event(
+                    "arp_new_station",
+                    Severity::Info,
+                    &[("src", sender_ip.to_string()), ("src_mac", mac(&sender_mac))],
+                ));
+            }
+            Some(s) => {
+                s.last_ms = now_ms;
+                if s.mac == sender_mac {
+                    return out;
+                }
+                let old = s.mac;
+                s.mac = sender_mac;
+                if allowed {
+                    return out;
+                }
+                s.changes.push_back(now_ms);
+                while s.changes.front().is_some_and(|&t| now_ms - t > flip_window) {
+                    s.changes.pop_front();
+                }
+                let (kind, severity) = if s.changes.len() >= flips {
+                    ("arp_flipflop", if gateway { Severity::Critical } else { Severity::Warning })
+                } else if gateway {
+                    ("arp_spoof", Severity::Critical)
+                } else {
+                    ("arp_change", Severity::Warning)
+                };
+                let changes = s.changes.len();
+                if self.once(sender_ip, kind, now_ms) {
+                    let why = if gateway {
+                        "a gateway's address moved to another MAC"
+                    } else {
+                        "the address moved to another MAC"
+                    };
+                    out.push(event(
+                        kind,
+                        severity,
+                        &[
+                            ("src", sender_ip.to_string()),
+                            ("src_mac", mac(&sender_mac)),
+                            ("previous_mac", mac(&old)),
+                            ("eth_src", mac(&eth_src)),
+                            ("changes", changes.to_string()),
+                            ("why", why.into()),
+                        ],
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// True (and remembered) unless `kind` was reported for `ip` within the last minute.
+    fn once(&mut self, ip: Ipv4Addr, kind: &'static str, now_ms: i64) -> bool {
+        if self.reported.len() >= self.policy.max_stations {
+            self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
+        }
+        match self.reported.get(&(ip, kind)) {
+            Some(&t) if now_ms - t < QUIET_MS => false,
+            _ => {
+                // Still full of recent storms: report, but remember nothing more.
+                if self.reported.len() < self.policy.max_stations * 2 {
+                    self.reported.insert((ip, kind), now_ms);
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const PC: [u8; 6] = [2, 0, 0, 0, 0, 20];
+    const EVIL: [u8; 6] = [2, 0, 0, 0, 6, 0x66];
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn kinds(v: &[Event]) -> Vec<String> {
+        v.iter().map(|e| format!("{}:{}", e.kind, e.severity)).collect()
+    }
+
+    #[test]
+    fn a_forged_gateway_reply_is_critical_a_moved_pc_a_warning() {
+        let mut w = ArpWatch::new(ArpPolicy { gateways: vec![ip("10.2.1.254")], ..Default::default() });
+        assert_eq!(kinds(&w.observe(GW, GW, ip("10.2.1.254"), 0)), ["arp_new_station:1"]);
+        assert_eq!(kinds(&w.observe(PC, PC, ip("10.2.1.20"), 0)), ["arp_new_station:1"]);
+        assert!(w.observe(GW, GW, ip("10.2.1.254"), 10).is_empty(), "known station, same MAC");
+        let spoof = w.observe(EVIL, EVIL, ip("10.2.1.254"), 20);
+        assert_eq!(kinds(&spoof), ["arp_spoof:3"]);
+        assert_eq!(spoof[0].attributes["previous_mac"], "02:00:00:00:00:01");
+        assert_eq!(spoof[0].attributes["src_mac"], "02:00:00:00:06:66");
+        assert_eq!(kinds(&w.observe(EVIL, EVIL, ip("10.2.1.20"), 30)), ["arp_change:2"]);
+        // The real gateway answers again, the attacker again: flip-flop, critical.
+        w.observe(GW, GW, ip("10.2.1.254"), 40);
+        let f = w.observe(EVIL, EVIL, ip("10.2.1.254"), 50);
+        assert_eq!(kinds(&f), ["arp_flipflop:3"]);
+    }
+
+    #[test]
+    fn own_address_mismatch_virtual_macs_and_bounds() {
+        let own = (ip("10.2.1.1"), [2, 0, 0, 0, 0, 9]);
+        let mut w = ArpWatch::new(ArpPolicy { own: vec![own], max_stations: 10, ..Default::default() });
+        assert_eq!(kinds(&w.observe(EVIL, EVIL, ip("10.2.1.1"), 0)), ["arp_spoof:3"]);
+        assert!(w.observe(EVIL, EVIL, ip("10.2.1.1"), 1000).is_empty(), "a storm is one event a minute");
+        assert_eq!(kinds(&w.observe(EVIL, EVIL, ip("10.2.1.1"), 61_000)), ["arp_spoof:3"]);
+        // Ethernet source and claimed sender differ.
+        assert_eq!(kinds(&w.observe(EVIL, PC, ip("10.2.1.20"), 0)), ["arp_mismatch:2", "arp_new_station:1"]);
+        // A VRRP address moving between routers is normal.
+        let vrrp = [0, 0, 0x5e, 0, 1, 7];
+        w.observe(GW, vrrp, ip("10.2.1.253"), 0);
+        assert!(w.observe(PC, vrrp, ip("10.2.1.253"), 1).is_empty());
+        assert!(virtual_mac(&[0, 0, 0x0c, 0x07, 0xac, 1]) && !virtual_mac(&PC));
+        for i in 0..100u8 {
+            w.observe(PC, [2, 0, 0, 1, 0, i], Ipv4Addr::new(10, 2, 2, i), i as i64);
+        }
+        assert!(w.stations() <= 10);
+        assert!(w.observe(PC, PC, ip("0.0.0.0"), 0).is_empty(), "ARP probes claim nothing");
+    }
+}

@@ -1,0 +1,336 @@
+//! Passive capture on one LAN interface with pnet's datalink channel, on a
+//! dedicated thread: Linux pnet has no kernel filter, so every frame comes
+//! to user space, and the work per frame is a few header reads and at most
+//! one hash lookup. The loop survives the interface going down and up
+//! (the receiver errors: back off, reopen), and stops within its read
+//! timeout of cancellation.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use pnet::datalink::{self, Channel, NetworkInterface};
+use pnet::packet::arp::ArpPacket;
+use pnet::packet::ethernet::{EtherTypes, EthernetPacket};
+use pnet::packet::icmp::{IcmpPacket, IcmpTypes};
+use pnet::packet::ip::IpNextHeaderProtocols;
+use pnet::packet::ipv4::Ipv4Packet;
+use pnet::packet::tcp::{TcpFlags, TcpPacket};
+use pnet::packet::Packet;
+use tierwatch_protocol::Event;
+use tokio_util::sync::CancellationToken;
+
+use super::arp::{ArpPolicy, ArpWatch};
+use super::scan::{ScanDetector, ScanPolicy};
+use super::LanSpec;
+
+/// A SYN not answered within this is a failed attempt (a filtered port).
+const SYN_TIMEOUT_MS: i64 = 3_000;
+/// SYNs awaiting an answer, at most (a SYN flood must not grow memory).
+const MAX_PENDING: usize = 65_536;
+
+/// What the frames of one interface feed: the detectors and the SYNs awaiting an answer.
+pub struct Sensors {
+    scan: ScanDetector,
+    arp: ArpWatch,
+    /// (client, server, server port) → (time of the SYN, client MAC).
+    pending: HashMap<(Ipv4Addr, Ipv4Addr, u16), (i64, [u8; 6])>,
+    last_sweep_ms: i64,
+    /// Frames seen, for the agent's metrics.
+    pub frames: u64,
+}
+
+impl Sensors {
+    /// Sensors with their policies.
+    pub fn new(scan: ScanPolicy, arp: ArpPolicy) -> Self {
+        Sensors {
+            scan: ScanDetector::new(scan),
+            arp: ArpWatch::new(arp),
+            pending: HashMap::new(),
+            last_sweep_ms: 0,
+            frames: 0,
+        }
+    }
+
+    /// Sources and stations tracked, SYNs pending.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.scan.sources(), self.arp.stations(), self.pending.len())
+    }
+
+    /// Feeds one Ethernet frame seen at `now_ms`; events found go to `out`.
+    pub fn frame(&mut self, data: &[u8], now_ms: i64, out: &mut Vec<Event>) {
+        self.frames += 1;
+        if now_ms - self.last_sweep_ms >= 1000 {
+            self.sweep(now_ms, out);
+        }
+        let Some(eth) = EthernetPacket::new(data) else { return };
+        let src_mac: [u8; 6] = eth.get_source().octets();
+        match eth.get_ethertype() {
+            EtherTypes::Arp => {
+                if let Some(arp) = ArpPacket::new(eth.payload()) {
+                    let sender = arp.get_sender_hw_addr().octets();
+                    out.extend(self.arp.observe(src_mac, sender, arp.get_sender_proto_addr(), now_ms));
+                }
+            }
+            EtherTypes::Ipv4 => {
+                if let Some(ip) = Ipv4Packet::new(eth.payload()) {
+                    self.ipv4(&ip, src_mac, now_ms, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ipv4(&mut self, ip: &Ipv4Packet<'_>, src_mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) {
+        let (src, dst) = (ip.get_source(), ip.get_destination());
+        match ip.get_next_level_protocol() {
+            IpNextHeaderProtocols::Tcp => {
+                let Some(tcp) = TcpPacket::new(ip.payload()) else { return };
+                let flags = tcp.get_flags();
+                let syn = flags & TcpFlags::SYN != 0;
+                let ack = flags & TcpFlags::ACK != 0;
+                let rst = flags & TcpFlags::RST != 0;
+                if syn && !ack {
+                    if self.pending.len() < MAX_PENDING {
+                        self.pending.insert((src, dst, tcp.get_destination()), (now_ms, src_mac));
+                    }
+                } else if syn && ack {
+                    // The server answered: an open port, not a failure.
+                    self.pending.remove(&(dst, src, tcp.get_source()));
+                } else if rst {
+                    // The server refused: a closed port.
+                    if let Some((_, mac)) = self.pending.remove(&(dst, src, tcp.get_source())) {
+                        out.extend(self.scan.failed(dst, Some(mac), src, tcp.get_source(), now_ms));
+                    }
+                }
+            }
+            IpNextHeaderProtocols::Icmp => {
+                let Some(icmp) = IcmpPacket::new(ip.payload()) else { return };
+                // Port unreachable quotes the datagram that was refused: its
+                // source is the prober, its destination the closed port.
+                if icmp.get_icmp_type() == IcmpTypes::DestinationUnreachable && icmp.get_icmp_code().0 == 3 {
+                    let quoted = icmp.payload().get(4..).and_then(Ipv4Packet::new);
+                    if let Some(q) = quoted.filter(|q| q.get_next_level_protocol() == IpNextHeaderProtocols::Udp) {
+                        let header = q.get_header_length() as usize * 4;
+                        if let Some(udp) = q.packet().get(header..header + 4) {
+                            let port = u16::from_be_bytes([udp[2], udp[3]]);
+                            out.extend(self.scan.failed(q.get_source(), None, q.get_destination(), port, now_ms));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Unanswered SYNs become failed attempts; idle sources are forgotten.
+    fn sweep(&mut self, now_ms: i64, out: &mut Vec<Event>) {
+        self.last_sweep_ms = now_ms;
+        let expired: Vec<((Ipv4Addr, Ipv4Addr, u16), [u8; 6])> = self
+            .pending
+            .iter()
+            .filter(|(_, (t, _))| now_ms - t >= SYN_TIMEOUT_MS)
+            .map(|(k, (_, mac))| (*k, *mac))
+            .collect();
+        for ((client, server, port), mac) in expired {
+            self.pending.remove(&(client, server, port));
+            out.extend(self.scan.failed(client, Some(mac), server, port, now_ms));
+        }
+        self.scan.expire(now_ms);
+    }
+}
+
+fn find(name: &str) -> Option<NetworkInterface> {
+    datalink::interfaces().into_iter().find(|i| i.name == name)
+}
+
+/// This node's own (IPv4, MAC) pairs on `iface`.
+pub fn own_addresses(iface: &NetworkInterface) -> Vec<(Ipv4Addr, [u8; 6])> {
+    let Some(mac) = iface.mac.map(|m| m.octets()) else { return Vec::new() };
+    iface
+        .ips
+        .iter()
+        .filter_map(|n| match n.ip() {
+            std::net::IpAddr::V4(v4) => Some((v4, mac)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Captures on `spec.interface` until `token` is cancelled; events go to `emit`.
+pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event)) {
+    let mut backoff = Duration::from_millis(500);
+    let mut sensors: Option<Sensors> = None;
+    let mut events = Vec::new();
+    while !token.is_cancelled() {
+        let Some(iface) = find(&spec.interface) else {
+            tracing::warn!(interface = %spec.interface, retry_in_ms = backoff.as_millis() as u64, "LAN sensor: no such interface");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
+        };
+        let config = datalink::Config {
+            read_timeout: Some(Duration::from_millis(250)),
+            promiscuous: spec.promiscuous,
+            ..Default::default()
+        };
+        let mut rx = match datalink::channel(&iface, config) {
+            Ok(Channel::Ethernet(_, rx)) => rx,
+            Ok(_) => {
+                tracing::error!(interface = %spec.interface, "LAN sensor: not an Ethernet interface; stopped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(interface = %spec.interface, error = %e, retry_in_ms = backoff.as_millis() as u64, "LAN sensor: cannot capture (needs CAP_NET_RAW)");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        // Addresses may have changed while the interface was away.
+        let mut arp = spec.arp.clone();
+        arp.own = own_addresses(&iface);
+        let s = sensors.get_or_insert_with(|| Sensors::new(spec.scan.clone(), arp.clone()));
+        tracing::info!(interface = %spec.interface, promiscuous = spec.promiscuous, own = ?arp.own.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>(), "LAN sensor capturing");
+        let opened = Instant::now();
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            match rx.next() {
+                Ok(frame) => {
+                    s.frame(frame, tierwatch_protocol::now_ms(), &mut events);
+                    for e in events.drain(..) {
+                        emit(e);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    s.sweep(tierwatch_protocol::now_ms(), &mut events);
+                    for e in events.drain(..) {
+                        emit(e);
+                    }
+                }
+                Err(e) => {
+                    // The interface went down or away: never spin on it.
+                    tracing::warn!(interface = %spec.interface, error = %e, "LAN sensor: capture failed; reopening");
+                    if opened.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_millis(500);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Synthetic frames, for tests and the sensor benchmark.
+pub mod synth {
+    use std::net::Ipv4Addr;
+
+    use pnet::packet::arp::{ArpHardwareTypes, ArpOperations, MutableArpPacket};
+    use pnet::packet::ethernet::{EtherTypes, MutableEthernetPacket};
+    use pnet::packet::ip::IpNextHeaderProtocols;
+    use pnet::packet::ipv4::MutableIpv4Packet;
+    use pnet::packet::tcp::MutableTcpPacket;
+    use pnet::util::MacAddr;
+
+    fn ethernet(buf: &mut [u8], src: [u8; 6], dst: [u8; 6], ethertype: pnet::packet::ethernet::EtherType) {
+        if let Some(mut e) = MutableEthernetPacket::new(buf) {
+            e.set_source(MacAddr::from(src));
+            e.set_destination(MacAddr::from(dst));
+            e.set_ethertype(ethertype);
+        }
+    }
+
+    /// A TCP segment `src:sport -> dst:dport` with `flags`, from `src_mac`.
+    pub fn tcp(src_mac: [u8; 6], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; 14 + 20 + 20];
+        ethernet(&mut buf, src_mac, [2, 0, 0, 0, 0, 1], EtherTypes::Ipv4);
+        if let Some(mut ip) = MutableIpv4Packet::new(&mut buf[14..]) {
+            ip.set_version(4);
+            ip.set_header_length(5);
+            ip.set_total_length(40);
+            ip.set_ttl(64);
+            ip.set_next_level_protocol(IpNextHeaderProtocols::Tcp);
+            ip.set_source(src);
+            ip.set_destination(dst);
+        }
+        if let Some(mut t) = MutableTcpPacket::new(&mut buf[34..]) {
+            t.set_source(sport);
+            t.set_destination(dport);
+            t.set_data_offset(5);
+            t.set_flags(flags);
+        }
+        buf
+    }
+
+    /// An ARP reply in which `sender_mac` claims `sender_ip`, sent from `eth_src`.
+    pub fn arp_reply(eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+        let mut buf = vec![0u8; 14 + 28];
+        ethernet(&mut buf, eth_src, [0xff; 6], EtherTypes::Arp);
+        if let Some(mut a) = MutableArpPacket::new(&mut buf[14..]) {
+            a.set_hardware_type(ArpHardwareTypes::Ethernet);
+            a.set_protocol_type(EtherTypes::Ipv4);
+            a.set_hw_addr_len(6);
+            a.set_proto_addr_len(4);
+            a.set_operation(ArpOperations::Reply);
+            a.set_sender_hw_addr(MacAddr::from(sender_mac));
+            a.set_sender_proto_addr(sender_ip);
+            a.set_target_hw_addr(MacAddr::from([0xff; 6]));
+            a.set_target_proto_addr(target_ip);
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synth;
+    use super::*;
+    use pnet::packet::tcp::TcpFlags;
+
+    #[test]
+    fn syn_rst_and_silence_become_a_scan_an_open_port_does_not() {
+        let mut s = Sensors::new(ScanPolicy { threshold: 10, ..Default::default() }, ArpPolicy::default());
+        let (attacker, victim) = (Ipv4Addr::new(10, 2, 1, 50), Ipv4Addr::new(10, 2, 1, 1));
+        let mac = [2, 0, 0, 0, 1, 0x32];
+        let mut out = Vec::new();
+        // 5 closed ports (RST), 5 filtered ones (no answer), one open (SYN-ACK).
+        for p in 1..=11u16 {
+            s.frame(&synth::tcp(mac, attacker, 40000, victim, p, TcpFlags::SYN), 0, &mut out);
+            match p {
+                1..=5 => s.frame(
+                    &synth::tcp([2; 6], victim, p, attacker, 40000, TcpFlags::RST | TcpFlags::ACK),
+                    10,
+                    &mut out,
+                ),
+                11 => s.frame(
+                    &synth::tcp([2; 6], victim, p, attacker, 40000, TcpFlags::SYN | TcpFlags::ACK),
+                    10,
+                    &mut out,
+                ),
+                _ => {}
+            }
+        }
+        assert!(out.is_empty(), "5 refused so far");
+        s.frame(&[0u8; 3], 5_000, &mut out);
+        assert_eq!(out.len(), 1, "the 5 unanswered SYNs timed out: 10 failures");
+        assert_eq!(out[0].attributes["src"], "10.2.1.50");
+        assert_eq!(out[0].attributes["src_mac"], "02:00:00:00:01:32");
+        assert!(!out[0].attributes["ports"].split(',').any(|p| p == "11"), "the open port is no failure");
+        // A forged ARP reply claiming a gateway.
+        let mut s = Sensors::new(
+            ScanPolicy::default(),
+            ArpPolicy { own: vec![(victim, [2, 0, 0, 0, 0, 1])], ..Default::default() },
+        );
+        let mut out = Vec::new();
+        s.frame(&synth::arp_reply(mac, mac, victim, attacker), 0, &mut out);
+        assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["arp_spoof"]);
+        // Garbage never panics.
+        for n in 0..80 {
+            s.frame(&vec![0x45; n], 0, &mut out);
+        }
+    }
+}

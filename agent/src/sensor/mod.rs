@@ -1,0 +1,176 @@
+//! Security sensors of the agent: what it sees on its LAN (port scans, ARP
+//! spoofing) becomes security events in its batches (docs/security.md).
+
+pub mod arp;
+pub mod capture;
+pub mod scan;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tierwatch_runtime::duration;
+use tierwatch_yamlconf::Problems;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::Measurement;
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    parts.try_into().ok()
+}
+
+fn parse_net(s: &str) -> Option<(Ipv4Addr, u8)> {
+    match s.split_once('/') {
+        Some((ip, len)) => Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)),
+        None => Some((s.parse().ok()?, 32)),
+    }
+}
+
+/// `sensors:` as written.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSensors {
+    /// Passive capture on a LAN interface; off unless an interface is named.
+    #[serde(default)]
+    pub lan: Option<RawLan>,
+}
+
+/// `sensors.lan`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLan {
+    pub interface: String,
+    /// See every frame on the wire (a mirror port, or a hub), not only this node's and broadcasts.
+    #[serde(default)]
+    pub promiscuous: bool,
+    #[serde(default)]
+    pub scan: RawScan,
+    #[serde(default)]
+    pub arp: RawArp,
+}
+
+/// `sensors.lan.scan`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScan {
+    /// Distinct failed (host, port) attempts of one source within `window` (default 25).
+    #[serde(default)]
+    pub threshold: Option<usize>,
+    /// Default 15m.
+    #[serde(default, with = "duration::serde_opt")]
+    pub window: Option<Duration>,
+    /// Sources never reported: addresses or networks (`10.0.0.5`, `10.0.0.0/24`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Sources tracked at once (default 10,000).
+    #[serde(default)]
+    pub max_sources: Option<usize>,
+}
+
+/// `sensors.lan.arp`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArp {
+    /// Addresses whose takeover is critical, besides this node's own (the LAN's default gateway).
+    #[serde(default)]
+    pub gateways: Vec<Ipv4Addr>,
+    /// MACs allowed to take over addresses (a failover pair); VRRP and HSRP are allowed already.
+    #[serde(default)]
+    pub allow_macs: Vec<String>,
+    /// Stations remembered (default 4,096).
+    #[serde(default)]
+    pub max_stations: Option<usize>,
+}
+
+/// The LAN sensor, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanSpec {
+    pub interface: String,
+    pub promiscuous: bool,
+    pub scan: scan::ScanPolicy,
+    pub arp: arp::ArpPolicy,
+}
+
+/// Validates `sensors.lan`; problems go to `p`.
+pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
+    let lan = raw.lan.as_ref()?;
+    if lan.interface.is_empty() || lan.interface.len() > 15 {
+        p.push("sensors.lan.interface", "give the interface name (at most 15 characters, as `ip link` shows it)");
+    }
+    let mut scan = scan::ScanPolicy::default();
+    if let Some(t) = lan.scan.threshold {
+        if t < 2 {
+            p.push("sensors.lan.scan.threshold", "must be at least 2");
+        }
+        scan.threshold = t;
+    }
+    if let Some(w) = lan.scan.window {
+        if w < Duration::from_secs(1) {
+            p.push("sensors.lan.scan.window", "must be at least 1s");
+        }
+        scan.window = w;
+    }
+    if let Some(m) = lan.scan.max_sources {
+        if m == 0 {
+            p.push("sensors.lan.scan.max_sources", "must be at least 1");
+        }
+        scan.max_sources = m.max(1);
+    }
+    for (i, a) in lan.scan.allow.iter().enumerate() {
+        match parse_net(a) {
+            Some(n) => scan.allow.push(n),
+            None => p.push(format!("sensors.lan.scan.allow[{i}]"), format!("{a:?} is not an IPv4 address or network")),
+        }
+    }
+    let mut arp = arp::ArpPolicy { gateways: lan.arp.gateways.clone(), ..Default::default() };
+    for (i, m) in lan.arp.allow_macs.iter().enumerate() {
+        match parse_mac(m) {
+            Some(m) => arp.allow_macs.push(m),
+            None => {
+                p.push(format!("sensors.lan.arp.allow_macs[{i}]"), format!("{m:?} is not a MAC (aa:bb:cc:dd:ee:ff)"))
+            }
+        }
+    }
+    if let Some(m) = lan.arp.max_stations {
+        arp.max_stations = m.max(1);
+    }
+    Some(LanSpec { interface: lan.interface.clone(), promiscuous: lan.promiscuous, scan, arp })
+}
+
+/// Starts the LAN sensor on its own thread; events go to the batcher.
+pub fn spawn_lan(
+    spec: LanSpec,
+    tx: mpsc::Sender<Measurement>,
+    token: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("lan-sensor".into()).spawn(move || {
+        capture::run(&spec, &token, |e| {
+            tracing::warn!(kind = %e.kind, src = e.attributes.get("src").map(String::as_str).unwrap_or(""), "security event");
+            // A full channel waits rather than drop evidence; a closed one
+            // means the agent is stopping, and the token follows.
+            let _ = tx.blocking_send(Measurement::Event(e));
+        });
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_macs() {
+        assert_eq!(parse_net("10.0.0.0/24"), Some(("10.0.0.0".parse().unwrap(), 24)));
+        assert_eq!(parse_net("10.0.0.5"), Some(("10.0.0.5".parse().unwrap(), 32)));
+        assert_eq!(parse_net("10.0.0.0/33"), None);
+        assert_eq!(parse_mac("02:00:00:00:01:32"), Some([2, 0, 0, 0, 1, 0x32]));
+        assert_eq!(parse_mac("02:00:00:00:01"), None);
+        assert_eq!(mac(&[2, 0, 0, 0, 1, 0x32]), "02:00:00:00:01:32");
+    }
+}
