@@ -1,6 +1,6 @@
 //! Security sensors in the lab, with real tools and packets: nmap SYN and
 //! connect scans from hosts on a commune's LAN, forged ARP replies claiming
-//! the commune's gateway address. The commune's agent captures on its LAN
+//! the commune's gateway address, a dnsmasq DHCP server started on the LAN. The commune's agent captures on its LAN
 //! bridge (`lan0`, the gateway placement); the evidence must reach the
 //! collector's API and page through the shipped rules. Root only.
 
@@ -19,8 +19,8 @@ fn events(tw: &tierwatch_tests::lab::system::Tierwatch, query: &str) -> Vec<serd
 }
 
 #[test]
-fn scans_and_arp_spoofing_on_a_commune_lan_are_reported_with_evidence() -> anyhow::Result<()> {
-    require_lab!("scans_and_arp_spoofing_on_a_commune_lan_are_reported_with_evidence");
+fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence() -> anyhow::Result<()> {
+    require_lab!("scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence");
     if !tierwatch_tests::have("nmap") {
         anyhow::ensure!(std::env::var("CI").is_err(), "nmap must be installed in CI (scripts/test.sh installs it)");
         eprintln!("SKIPPED: nmap is not installed (scripts/test.sh installs it)");
@@ -31,7 +31,10 @@ fn scans_and_arp_spoofing_on_a_commune_lan_are_reported_with_evidence() -> anyho
     let spec = SystemSpec {
         only_nodes: Some(vec!["c1".into()]),
         collector_extra: format!("rules: {}\n", rules.display()),
-        agent_extra: "sensors:\n  lan:\n    interface: lan0\n".into(),
+        agent_extra: format!(
+            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
+            addrs::commune_lan(1)
+        ),
         ..SystemSpec::default()
     };
     let tw = lab.start_tierwatch(&spec)?;
@@ -65,6 +68,15 @@ fn scans_and_arp_spoofing_on_a_commune_lan_are_reported_with_evidence() -> anyho
         wait_for(Duration::from_secs(10), "an arp_spoof event", || events(&tw, "?kind=arp_spoof").into_iter().next())?;
     assert_eq!(spoof["severity"], "critical");
     assert_eq!(spoof["attributes"]["src"], gateway.as_str());
+    // A DHCP server started on the LAN answers a client: rogue.
+    let rogue = &lab.lan_hosts[1];
+    let _dhcp = lab.start_dhcp_server(&rogue.ns, "10.2.1.100".parse()?, "10.2.1.150".parse()?)?;
+    attacker.ns.exec(tierwatch_tests::bin("tw-labnet"), &["dhcp-discover", "eth0", "3"])?;
+    let dhcp =
+        wait_for(Duration::from_secs(10), "a rogue_dhcp event", || events(&tw, "?kind=rogue_dhcp").into_iter().next())?;
+    assert_eq!(dhcp["severity"], "critical");
+    assert_eq!(dhcp["attributes"]["src"], rogue.addr.to_string().as_str(), "{dhcp}");
+    assert!(dhcp["attributes"]["offered"].as_str().is_some_and(|o| o.starts_with("10.2.1.1")), "{dhcp}");
     // Paged as one critical security incident of the commune.
     let incident = wait_for(Duration::from_secs(30), "the c1/security incident", || {
         let v = tw.alerts().ok()?;

@@ -21,6 +21,7 @@ use tierwatch_protocol::Event;
 use tokio_util::sync::CancellationToken;
 
 use super::arp::{ArpPolicy, ArpWatch};
+use super::dhcp::DhcpWatch;
 use super::scan::{ScanDetector, ScanPolicy};
 use super::LanSpec;
 
@@ -33,6 +34,7 @@ const MAX_PENDING: usize = 65_536;
 pub struct Sensors {
     scan: ScanDetector,
     arp: ArpWatch,
+    dhcp: DhcpWatch,
     /// (client, server, server port) → (time of the SYN, client MAC).
     pending: HashMap<(Ipv4Addr, Ipv4Addr, u16), (i64, [u8; 6])>,
     last_sweep_ms: i64,
@@ -41,11 +43,12 @@ pub struct Sensors {
 }
 
 impl Sensors {
-    /// Sensors with their policies.
-    pub fn new(scan: ScanPolicy, arp: ArpPolicy) -> Self {
+    /// Sensors with their policies; `dhcp_servers` are the LAN's own DHCP servers.
+    pub fn new(scan: ScanPolicy, arp: ArpPolicy, dhcp_servers: Vec<Ipv4Addr>) -> Self {
         Sensors {
             scan: ScanDetector::new(scan),
             arp: ArpWatch::new(arp),
+            dhcp: DhcpWatch::new(dhcp_servers),
             pending: HashMap::new(),
             last_sweep_ms: 0,
             frames: 0,
@@ -101,6 +104,15 @@ impl Sensors {
                     // The server refused: a closed port.
                     if let Some((_, mac)) = self.pending.remove(&(dst, src, tcp.get_source())) {
                         out.extend(self.scan.failed(dst, Some(mac), src, tcp.get_source(), now_ms));
+                    }
+                }
+            }
+            IpNextHeaderProtocols::Udp => {
+                // DHCP replies only: server port 67 to client port 68.
+                let p = ip.payload();
+                if p.len() > 8 && p[0..2] == [0, 67] && p[2..4] == [0, 68] {
+                    if let Some(r) = super::dhcp::parse(&p[8..], src) {
+                        out.extend(self.dhcp.observe(r, src_mac, now_ms));
                     }
                 }
             }
@@ -190,7 +202,7 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
         // Addresses may have changed while the interface was away.
         let mut arp = spec.arp.clone();
         arp.own = own_addresses(&iface);
-        let s = sensors.get_or_insert_with(|| Sensors::new(spec.scan.clone(), arp.clone()));
+        let s = sensors.get_or_insert_with(|| Sensors::new(spec.scan.clone(), arp.clone(), spec.dhcp_servers.clone()));
         tracing::info!(interface = %spec.interface, promiscuous = spec.promiscuous, own = ?arp.own.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>(), "LAN sensor capturing");
         let opened = Instant::now();
         loop {
@@ -266,6 +278,58 @@ pub mod synth {
         buf
     }
 
+    /// A BOOTP/DHCP payload: a reply of `message_type` (2 offer, 5 ack) from `server`.
+    pub fn dhcp_reply(message_type: u8, server: Ipv4Addr, offered: Ipv4Addr, client_mac: [u8; 6]) -> Vec<u8> {
+        bootp(2, message_type, Some(server), offered, client_mac)
+    }
+
+    fn bootp(op: u8, message_type: u8, server: Option<Ipv4Addr>, yiaddr: Ipv4Addr, chaddr: [u8; 6]) -> Vec<u8> {
+        let mut b = vec![0u8; 240];
+        b[0] = op;
+        b[1] = 1;
+        b[2] = 6;
+        b[4..8].copy_from_slice(&0x7477_0001u32.to_be_bytes());
+        b[10] = 0x80; // broadcast answers: the client has no address yet
+        b[16..20].copy_from_slice(&yiaddr.octets());
+        b[28..34].copy_from_slice(&chaddr);
+        b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        b.extend_from_slice(&[53, 1, message_type]);
+        if let Some(s) = server {
+            b.extend_from_slice(&[54, 4]);
+            b.extend_from_slice(&s.octets());
+        }
+        b.push(255);
+        b
+    }
+
+    /// A UDP datagram in a broadcast Ethernet frame, with a valid IP checksum.
+    pub fn udp(src_mac: [u8; 6], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 14 + 20 + 8 + payload.len();
+        let mut buf = vec![0u8; len];
+        ethernet(&mut buf, src_mac, [0xff; 6], EtherTypes::Ipv4);
+        if let Some(mut ip) = MutableIpv4Packet::new(&mut buf[14..]) {
+            ip.set_version(4);
+            ip.set_header_length(5);
+            ip.set_total_length((20 + 8 + payload.len()) as u16);
+            ip.set_ttl(64);
+            ip.set_next_level_protocol(IpNextHeaderProtocols::Udp);
+            ip.set_source(src);
+            ip.set_destination(dst);
+            let c = pnet::packet::ipv4::checksum(&ip.to_immutable());
+            ip.set_checksum(c);
+        }
+        buf[34..36].copy_from_slice(&sport.to_be_bytes());
+        buf[36..38].copy_from_slice(&dport.to_be_bytes());
+        buf[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        buf[42..].copy_from_slice(payload);
+        buf
+    }
+
+    /// A DHCPDISCOVER broadcast by a client with `mac`.
+    pub fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
+        udp(mac, Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67, &bootp(1, 1, None, Ipv4Addr::UNSPECIFIED, mac))
+    }
+
     /// An ARP reply in which `sender_mac` claims `sender_ip`, sent from `eth_src`.
     pub fn arp_reply(eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
         let mut buf = vec![0u8; 14 + 28];
@@ -293,7 +357,7 @@ mod tests {
 
     #[test]
     fn syn_rst_and_silence_become_a_scan_an_open_port_does_not() {
-        let mut s = Sensors::new(ScanPolicy { threshold: 10, ..Default::default() }, ArpPolicy::default());
+        let mut s = Sensors::new(ScanPolicy { threshold: 10, ..Default::default() }, ArpPolicy::default(), Vec::new());
         let (attacker, victim) = (Ipv4Addr::new(10, 2, 1, 50), Ipv4Addr::new(10, 2, 1, 1));
         let mac = [2, 0, 0, 0, 1, 0x32];
         let mut out = Vec::new();
@@ -324,10 +388,17 @@ mod tests {
         let mut s = Sensors::new(
             ScanPolicy::default(),
             ArpPolicy { own: vec![(victim, [2, 0, 0, 0, 0, 1])], ..Default::default() },
+            vec![victim],
         );
         let mut out = Vec::new();
         s.frame(&synth::arp_reply(mac, mac, victim, attacker), 0, &mut out);
         assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["arp_spoof"]);
+        // A DHCP offer from a server that is not the LAN's.
+        out.clear();
+        let rogue = Ipv4Addr::new(10, 2, 1, 11);
+        let offer = synth::dhcp_reply(2, rogue, Ipv4Addr::new(10, 2, 1, 100), [2, 0, 0, 0, 0, 7]);
+        s.frame(&synth::udp([2, 0, 0, 0, 0, 11], rogue, 67, Ipv4Addr::BROADCAST, 68, &offer), 0, &mut out);
+        assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["rogue_dhcp"]);
         // Garbage never panics.
         for n in 0..80 {
             s.frame(&vec![0x45; n], 0, &mut out);

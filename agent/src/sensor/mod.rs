@@ -1,8 +1,10 @@
 //! Security sensors of the agent: what it sees on its LAN (port scans, ARP
-//! spoofing) becomes security events in its batches (docs/security.md).
+//! spoofing, rogue DHCP servers) becomes security events in its batches
+//! (docs/security.md).
 
 pub mod arp;
 pub mod capture;
+pub mod dhcp;
 pub mod scan;
 
 use std::net::Ipv4Addr;
@@ -54,6 +56,17 @@ pub struct RawLan {
     pub scan: RawScan,
     #[serde(default)]
     pub arp: RawArp,
+    #[serde(default)]
+    pub dhcp: RawDhcp,
+}
+
+/// `sensors.lan.dhcp`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcp {
+    /// The LAN's own DHCP servers; empty: the first one seen is taken as the LAN's.
+    #[serde(default)]
+    pub servers: Vec<Ipv4Addr>,
 }
 
 /// `sensors.lan.scan`.
@@ -96,6 +109,7 @@ pub struct LanSpec {
     pub promiscuous: bool,
     pub scan: scan::ScanPolicy,
     pub arp: arp::ArpPolicy,
+    pub dhcp_servers: Vec<Ipv4Addr>,
 }
 
 /// Validates `sensors.lan`; problems go to `p`.
@@ -141,7 +155,13 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
     if let Some(m) = lan.arp.max_stations {
         arp.max_stations = m.max(1);
     }
-    Some(LanSpec { interface: lan.interface.clone(), promiscuous: lan.promiscuous, scan, arp })
+    Some(LanSpec {
+        interface: lan.interface.clone(),
+        promiscuous: lan.promiscuous,
+        scan,
+        arp,
+        dhcp_servers: lan.dhcp.servers.clone(),
+    })
 }
 
 /// Starts the LAN sensor on its own thread; events go to the batcher.

@@ -14,6 +14,7 @@
 //!   closes them (a plain TCP service).
 //! - `tw-labnet arp-spoof IF SENDER_IP TARGET_IP COUNT`: sends COUNT ARP
 //!   replies from IF in which IF's MAC claims SENDER_IP, 200 ms apart.
+//! - `tw-labnet dhcp-discover IF COUNT`: broadcasts COUNT DHCPDISCOVERs from IF, 300 ms apart.
 //! - `tw-labnet hooks ADDR`: a webhook receiver: answers every request 200
 //!   (keeping connections alive) and prints `<ms since epoch> <body>` per
 //!   request, the body on one line, after a first `ready` line.
@@ -40,9 +41,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some("listen") if args.len() >= 2 => listen(&args[1..]),
         Some("hooks") if args.len() == 2 => hooks(&args[1]),
+        Some("dhcp-discover") if args.len() == 3 => dhcp_discover(&args[1], args[2].parse()?),
         Some("arp-spoof") if args.len() == 5 => arp_spoof(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?),
         _ => bail!(
-            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT"
+            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT | dhcp-discover IF COUNT"
         ),
     }
 }
@@ -78,6 +80,21 @@ fn arp_spoof(name: &str, sender: std::net::Ipv4Addr, target: std::net::Ipv4Addr,
             r.context("sending")?;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn dhcp_discover(name: &str, count: u32) -> anyhow::Result<()> {
+    let iface =
+        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
+    let mac = iface.mac.context("interface without MAC")?.octets();
+    let (mut tx, _) = channel(name)?;
+    let frame = tierwatch_agent::sensor::capture::synth::dhcp_discover(mac);
+    for _ in 0..count {
+        if let Some(r) = tx.send_to(&frame, None) {
+            r.context("sending")?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
     Ok(())
 }
