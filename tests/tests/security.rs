@@ -88,3 +88,70 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
     tw.stop()?;
     Ok(())
 }
+
+/// Three minutes of ordinary LAN life through the commune's gateway: web
+/// and DNS requests to the province, pings, DHCP exchanges with the
+/// commune's own server, ARP from known hosts. No security alert may come
+/// of it; only info events (new stations, the DHCP server seen).
+#[test]
+fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
+    require_lab!("ordinary_lan_traffic_raises_no_security_alert");
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(2).beside_others())?;
+    let _nginx = lab.start_nginx()?;
+    let _dns = lab.start_dnsmasq(&[("portal.angiang.gov.vn", addrs::PORTAL)])?;
+    let c1 = &lab.communes[0];
+    let _dhcp = lab.start_dhcp_server_on(&c1.ns, "lan0", "10.2.1.100".parse()?, "10.2.1.150".parse()?)?;
+    let rules = tierwatch_tests::workspace().join("config/rules.yaml");
+    let spec = SystemSpec {
+        only_nodes: Some(vec!["c1".into()]),
+        collector_extra: format!("rules: {}\n", rules.display()),
+        agent_extra: format!(
+            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
+            addrs::commune_lan(1)
+        ),
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    // A DNS client for the LAN hosts: the agent's own one-shot probe.
+    let probe_conf = tw.dir.join("lan-probe.yaml");
+    std::fs::write(
+        &probe_conf,
+        format!(
+            "node: c1\ncollector:\n  endpoints: [\"https://{}:7443\"]\n  ca: pki/ca.crt\n  cert: pki/c1.crt\n  key: pki/c1.key\nspool:\n  dir: spool/lan-probe\nhealth: null\nnode_health: null\ntargets:\n  - name: dns\n    probe: dns\n    host: {}\n    query: portal.angiang.gov.vn\n",
+            addrs::CENTRAL,
+            addrs::DNS
+        ),
+    )?;
+    let agent = tierwatch_tests::bin("tierwatch-agent");
+    let (gateway, portal) = (addrs::commune_lan(1).to_string(), format!("http://{}/", addrs::PORTAL));
+    let conf = probe_conf.to_string_lossy().to_string();
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(180) {
+        for h in &lab.lan_hosts {
+            h.ns.exec("curl", &["-s", "-o", "/dev/null", "--max-time", "3", &portal])?;
+            h.ns.exec("ping", &["-c", "1", "-W", "1", &gateway])?;
+        }
+        if rounds % 5 == 0 {
+            let h = &lab.lan_hosts[rounds / 5 % 2];
+            h.ns.exec(&agent, &["probe", "--config", &conf, "dns"])?;
+            h.ns.exec(tierwatch_tests::bin("tw-labnet"), &["dhcp-discover", "eth0", "1"])?;
+        }
+        rounds += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let all = events(&tw, "?limit=1000");
+    let alarming: Vec<&serde_json::Value> = all.iter().filter(|e| e["severity"] != "info").collect();
+    let kinds: std::collections::BTreeSet<&str> = all.iter().filter_map(|e| e["kind"].as_str()).collect();
+    eprintln!("{rounds} rounds of LAN traffic in {:?}; info events: {kinds:?}", started.elapsed());
+    assert!(alarming.is_empty(), "security events from ordinary traffic: {alarming:?}");
+    assert!(kinds.contains("arp_new_station"), "the sensor saw the LAN: {kinds:?}");
+    let open = tw.alerts()?;
+    let security: Vec<&serde_json::Value> = open["incidents"]
+        .as_array()
+        .map(|a| a.iter().filter(|i| i["problem"] == "security").collect())
+        .unwrap_or_default();
+    assert!(security.is_empty(), "{security:?}");
+    tw.stop()?;
+    Ok(())
+}

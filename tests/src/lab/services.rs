@@ -178,11 +178,22 @@ impl Lab {
     /// Starts dnsmasq as a DHCP server on `host`'s `eth0` (for example a
     /// rogue server on a commune LAN), leasing `first..=last`.
     pub fn start_dhcp_server(&self, host: &Netns, first: Ipv4Addr, last: Ipv4Addr) -> anyhow::Result<Proc> {
+        self.start_dhcp_server_on(host, "eth0", first, last)
+    }
+
+    /// As [`Lab::start_dhcp_server`], on `interface` (`lan0`: the commune's own server).
+    pub fn start_dhcp_server_on(
+        &self,
+        host: &Netns,
+        interface: &str,
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+    ) -> anyhow::Result<Proc> {
         let dir = self.dir.path().join(format!("dhcp-{}", host.name));
         std::fs::create_dir_all(&dir)?;
         let args = [
             "--port=0".to_string(),
-            "--interface=eth0".into(),
+            format!("--interface={interface}"),
             format!("--dhcp-range={first},{last},255.255.255.0,1h"),
             format!("--dhcp-leasefile={}/leases", dir.display()),
         ];
