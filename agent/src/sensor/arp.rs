@@ -125,8 +125,13 @@ impl ArpWatch {
             ));
         }
         if !self.table.contains_key(&sender_ip) && self.table.len() >= self.policy.max_stations {
-            if let Some(oldest) = self.table.iter().min_by_key(|(_, s)| s.last_ms).map(|(k, _)| *k) {
-                self.table.remove(&oldest);
+            // The least recently seen tenth at once: a flood of spoofed
+            // senders costs O(log n) per frame, not a scan of the table each.
+            let mut ages: Vec<(i64, Ipv4Addr)> = self.table.iter().map(|(k, s)| (s.last_ms, *k)).collect();
+            let n = (self.policy.max_stations / 10).max(1).min(ages.len());
+            ages.select_nth_unstable(n - 1);
+            for (_, k) in &ages[..n] {
+                self.table.remove(k);
             }
         }
         let flip_window = self.policy.flip_window.as_millis() as i64;
@@ -189,14 +194,14 @@ impl ArpWatch {
 
     /// True (and remembered) unless `kind` was reported for `ip` within the last minute.
     fn once(&mut self, ip: Ipv4Addr, kind: &'static str, now_ms: i64) -> bool {
-        if self.reported.len() >= self.policy.max_stations {
+        if self.reported.len() >= self.policy.max_stations * 2 {
             self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
         }
         match self.reported.get(&(ip, kind)) {
             Some(&t) if now_ms - t < QUIET_MS => false,
             _ => {
                 // Still full of recent storms: report, but remember nothing more.
-                if self.reported.len() < self.policy.max_stations * 2 {
+                if self.reported.len() < self.policy.max_stations * 4 {
                     self.reported.insert((ip, kind), now_ms);
                 }
                 true

@@ -25,6 +25,49 @@ use super::dhcp::DhcpWatch;
 use super::scan::{ScanDetector, ScanPolicy};
 use super::LanSpec;
 
+/// Events of one kind let through per minute; the rest are counted in one
+/// `events_suppressed` event, so a hostile flood cannot flood the batches.
+const EVENTS_PER_KIND_PER_MINUTE: u32 = 60;
+
+/// Caps the events per kind and minute.
+#[derive(Debug, Default)]
+struct Limiter {
+    minute_start: i64,
+    counts: HashMap<String, u32>,
+    suppressed: std::collections::BTreeMap<String, u64>,
+}
+
+impl Limiter {
+    fn admit(&mut self, found: &mut Vec<Event>, now_ms: i64, out: &mut Vec<Event>) {
+        if now_ms - self.minute_start >= 60_000 {
+            if !self.suppressed.is_empty() {
+                let attributes = std::mem::take(&mut self.suppressed)
+                    .into_iter()
+                    .map(|(k, n)| (k, n.to_string()))
+                    .chain([("window_s".to_string(), "60".to_string())])
+                    .collect();
+                out.push(Event {
+                    kind: "events_suppressed".into(),
+                    severity: tierwatch_protocol::Severity::Warning as i32,
+                    timestamp_ms: now_ms,
+                    attributes,
+                });
+            }
+            self.counts.clear();
+            self.minute_start = now_ms;
+        }
+        for e in found.drain(..) {
+            let n = self.counts.entry(e.kind.clone()).or_default();
+            if *n < EVENTS_PER_KIND_PER_MINUTE {
+                *n += 1;
+                out.push(e);
+            } else {
+                *self.suppressed.entry(e.kind).or_default() += 1;
+            }
+        }
+    }
+}
+
 /// A SYN not answered within this is a failed attempt (a filtered port).
 const SYN_TIMEOUT_MS: i64 = 3_000;
 /// SYNs awaiting an answer, at most (a SYN flood must not grow memory).
@@ -38,6 +81,9 @@ pub struct Sensors {
     /// (client, server, server port) → (time of the SYN, client MAC).
     pending: HashMap<(Ipv4Addr, Ipv4Addr, u16), (i64, [u8; 6])>,
     last_sweep_ms: i64,
+    limiter: Limiter,
+    /// Events found by the detectors, before the limiter.
+    found: Vec<Event>,
     /// Frames seen, for the agent's metrics.
     pub frames: u64,
 }
@@ -51,6 +97,8 @@ impl Sensors {
             dhcp: DhcpWatch::new(dhcp_servers),
             pending: HashMap::new(),
             last_sweep_ms: 0,
+            limiter: Limiter::default(),
+            found: Vec::new(),
             frames: 0,
         }
     }
@@ -66,6 +114,15 @@ impl Sensors {
         if now_ms - self.last_sweep_ms >= 1000 {
             self.sweep(now_ms, out);
         }
+        let mut found = std::mem::take(&mut self.found);
+        self.dispatch(data, now_ms, &mut found);
+        if !found.is_empty() {
+            self.limiter.admit(&mut found, now_ms, out);
+        }
+        self.found = found;
+    }
+
+    fn dispatch(&mut self, data: &[u8], now_ms: i64, out: &mut Vec<Event>) {
         let Some(eth) = EthernetPacket::new(data) else { return };
         let src_mac: [u8; 6] = eth.get_source().octets();
         match eth.get_ethertype() {
@@ -137,6 +194,13 @@ impl Sensors {
 
     /// Unanswered SYNs become failed attempts; idle sources are forgotten.
     fn sweep(&mut self, now_ms: i64, out: &mut Vec<Event>) {
+        let mut found = std::mem::take(&mut self.found);
+        self.sweep_into(now_ms, &mut found);
+        self.limiter.admit(&mut found, now_ms, out);
+        self.found = found;
+    }
+
+    fn sweep_into(&mut self, now_ms: i64, out: &mut Vec<Event>) {
         self.last_sweep_ms = now_ms;
         let expired: Vec<((Ipv4Addr, Ipv4Addr, u16), [u8; 6])> = self
             .pending
@@ -399,6 +463,17 @@ mod tests {
         let offer = synth::dhcp_reply(2, rogue, Ipv4Addr::new(10, 2, 1, 100), [2, 0, 0, 0, 0, 7]);
         s.frame(&synth::udp([2, 0, 0, 0, 0, 11], rogue, 67, Ipv4Addr::BROADCAST, 68, &offer), 0, &mut out);
         assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["rogue_dhcp"]);
+        // A flood of new stations: at most 60 events a minute, then one count of the rest.
+        let mut s = Sensors::new(ScanPolicy::default(), ArpPolicy::default(), Vec::new());
+        let mut out = Vec::new();
+        for i in 0..1000u32 {
+            let m = [2, 0, 0, 0, (i >> 8) as u8, i as u8];
+            s.frame(&synth::arp_reply(m, m, Ipv4Addr::from(0x0a02_0000 + i), victim), 1 + i as i64, &mut out);
+        }
+        s.frame(&[0u8; 3], 61_000, &mut out);
+        assert_eq!(out.len(), 61, "{:?}", out.last());
+        let last = out.last().unwrap();
+        assert_eq!((last.kind.as_str(), last.attributes["arp_new_station"].as_str()), ("events_suppressed", "940"));
         // Garbage never panics.
         for n in 0..80 {
             s.frame(&vec![0x45; n], 0, &mut out);
