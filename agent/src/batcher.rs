@@ -50,11 +50,11 @@ pub async fn run(
         tokio::select! {
             r = results.recv() => match r {
                 Some(m) => {
-                    // A flipped probe or a security event goes out at once.
+                    // A flipped probe or a security event worth an alert goes out at once.
                     let urgent = match &m {
                         Measurement::Probe(o) => last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success),
                         Measurement::Node(_) => false,
-                        Measurement::Event(_) => true,
+                        Measurement::Event(e) => e.severity > tierwatch_protocol::Severity::Info as i32,
                     };
                     take(m, &mut pending, &mut events, &metrics);
                     if urgent {

@@ -134,6 +134,16 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         },
         None => None,
     };
+    let host_sensor = match config.host.clone() {
+        Some(spec) => match crate::sensor::spawn_host(spec, tx.clone(), probe_token.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "host sensor thread could not start");
+                None
+            }
+        },
+        None => None,
+    };
     crate::scheduler::spawn(&config.targets, icmp, tx, &probe_token, &probes);
     probes.close();
 
@@ -187,8 +197,8 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         // spools the rest, the senders deliver what they can within the
         // grace period; the spool keeps the remainder for the next start.
         probes.wait().await;
-        if let Some(h) = lan_sensor {
-            // It sees the token within its read timeout; its last events reach the batcher.
+        for h in [lan_sensor, host_sensor].into_iter().flatten() {
+            // Each sees the token within half a second; its last events reach the batcher.
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         batcher_token.cancel();

@@ -155,3 +155,53 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
     tw.stop()?;
     Ok(())
 }
+
+/// The host sensors of a commune's agent: a scripted burst of SSH failures
+/// in its authentication log, a success after them, a new listening port.
+#[test]
+fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow::Result<()> {
+    require_lab!("ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported");
+    let lab = Lab::build(LabSpec::communes(1).beside_others())?;
+    let log = lab.dir.path().join("auth.log");
+    std::fs::write(&log, "Nov 28 09:00:00 c1 sshd[1]: Server listening on 0.0.0.0 port 22.\n")?;
+    let spec = SystemSpec {
+        only_nodes: Some(vec!["c1".into()]),
+        agent_extra: format!(
+            "sensors:\n  host:\n    ssh:\n      log: {}\n    listeners:\n      interval: 1s\n",
+            log.display()
+        ),
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let burst: String = (0..12)
+        .map(|i| format!("Nov 28 09:30:{i:02} c1 sshd[9{i:02}]: Failed password for invalid user admin{i} from 10.2.1.66 port 5{i:04} ssh2\n"))
+        .collect();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    std::io::Write::write_all(&mut f, burst.as_bytes())?;
+    let brute = wait_for(Duration::from_secs(10), "an ssh_bruteforce event", || {
+        events(&tw, "?kind=ssh_bruteforce").into_iter().next()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n--- agent log\n{}", tw.agents[0].log_text()))?;
+    assert_eq!(brute["attributes"]["src"], "10.2.1.66");
+    assert_eq!(brute["attributes"]["failures"], "10");
+    std::io::Write::write_all(
+        &mut f,
+        b"Nov 28 09:31:00 c1 sshd[999]: Accepted password for admin from 10.2.1.66 port 50999 ssh2\n",
+    )?;
+    let success = wait_for(Duration::from_secs(10), "an ssh_success_after_failures event", || {
+        events(&tw, "?kind=ssh_success_after_failures").into_iter().next()
+    })?;
+    assert_eq!(success["severity"], "critical");
+    assert_eq!(success["attributes"]["user"], "admin");
+
+    // A new listener in the commune node's namespace.
+    let _listener = lab.start_listener(&lab.communes[0].ns, &["0.0.0.0:4444"])?;
+    let new = wait_for(Duration::from_secs(10), "a new_listener event", || {
+        events(&tw, "?kind=new_listener").into_iter().find(|e| e["attributes"]["port"] == "4444")
+    })?;
+    assert_eq!(new["severity"], "warning");
+    assert_eq!(new["attributes"]["process"], "tw-labnet", "{new}");
+    tw.stop()?;
+    Ok(())
+}

@@ -253,6 +253,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// The LAN sensor, when an interface is configured.
     pub lan: Option<crate::sensor::LanSpec>,
+    /// The host sensors, unless all are off.
+    pub host: Option<crate::sensor::HostSpec>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
 }
@@ -375,6 +377,7 @@ impl Config {
             p.push("defaults.interval", "must be at least 100ms");
         }
         let lan = crate::sensor::validate(&raw.sensors, &mut p);
+        let host = crate::sensor::validate_host(&raw.sensors.host, base, &mut p);
         let mut targets = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {
@@ -414,6 +417,7 @@ impl Config {
             health: raw.health.map(|h| h.listen),
             node_health: raw.node_health,
             lan,
+            host,
             targets,
             hash,
         })

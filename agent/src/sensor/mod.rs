@@ -1,10 +1,12 @@
 //! Security sensors of the agent: what it sees on its LAN (port scans, ARP
-//! spoofing, rogue DHCP servers) becomes security events in its batches
-//! (docs/security.md).
+//! spoofing, rogue DHCP servers) and on its host (new listening ports, SSH
+//! brute force) becomes security events in its batches (docs/security.md).
 
 pub mod arp;
+pub mod auth;
 pub mod capture;
 pub mod dhcp;
+pub mod listen;
 pub mod scan;
 
 use std::net::Ipv4Addr;
@@ -42,6 +44,152 @@ pub struct RawSensors {
     /// Passive capture on a LAN interface; off unless an interface is named.
     #[serde(default)]
     pub lan: Option<RawLan>,
+    /// The node itself: listening ports, SSH logins (on by default).
+    #[serde(default)]
+    pub host: RawHost,
+}
+
+/// `sensors.host`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    #[serde(default)]
+    pub listeners: RawListeners,
+    #[serde(default)]
+    pub ssh: RawSsh,
+}
+
+/// `sensors.host.listeners`: listening-port drift against the baseline at start.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListeners {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_listen_interval", with = "duration::serde")]
+    pub interval: Duration,
+    /// Ports never reported.
+    #[serde(default)]
+    pub allow: Vec<u16>,
+}
+
+impl Default for RawListeners {
+    fn default() -> Self {
+        RawListeners { enabled: true, interval: default_listen_interval(), allow: Vec::new() }
+    }
+}
+
+/// `sensors.host.ssh`: brute force from the authentication log.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Followed like `tail -F` (nothing happens while it does not exist).
+    #[serde(default = "default_auth_log")]
+    pub log: std::path::PathBuf,
+    /// Failed logins of one source within `window` (default 10 in 5m).
+    #[serde(default)]
+    pub failures: Option<usize>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub window: Option<Duration>,
+    /// Sources never reported (a jump host): addresses or networks.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl Default for RawSsh {
+    fn default() -> Self {
+        RawSsh { enabled: true, log: default_auth_log(), failures: None, window: None, allow: Vec::new() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_auth_log() -> std::path::PathBuf {
+    "/var/log/auth.log".into()
+}
+
+/// The host sensors, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    /// Check interval and allowed ports, when on.
+    pub listeners: Option<(Duration, Vec<u16>)>,
+    pub ssh: Option<(std::path::PathBuf, auth::SshPolicy)>,
+}
+
+/// Validates `sensors.host`; `None` when every host sensor is off.
+pub fn validate_host(raw: &RawHost, base: &std::path::Path, p: &mut Problems) -> Option<HostSpec> {
+    let listeners = raw.listeners.enabled.then(|| {
+        if raw.listeners.interval < Duration::from_secs(1) {
+            p.push("sensors.host.listeners.interval", "must be at least 1s");
+        }
+        (raw.listeners.interval.max(Duration::from_secs(1)), raw.listeners.allow.clone())
+    });
+    let ssh = raw.ssh.enabled.then(|| {
+        let mut policy = auth::SshPolicy::default();
+        if let Some(f) = raw.ssh.failures {
+            if f < 2 {
+                p.push("sensors.host.ssh.failures", "must be at least 2");
+            }
+            policy.failures = f.max(2);
+        }
+        if let Some(w) = raw.ssh.window {
+            policy.window = w;
+        }
+        for (i, a) in raw.ssh.allow.iter().enumerate() {
+            match parse_net(a) {
+                Some(n) => policy.allow.push(n),
+                None => {
+                    p.push(format!("sensors.host.ssh.allow[{i}]"), format!("{a:?} is not an IPv4 address or network"))
+                }
+            }
+        }
+        let log = if raw.ssh.log.is_absolute() { raw.ssh.log.clone() } else { base.join(&raw.ssh.log) };
+        (log, policy)
+    });
+    (listeners.is_some() || ssh.is_some()).then_some(HostSpec { listeners, ssh })
+}
+
+/// Starts the host sensors on their own thread (file and /proc reads block).
+pub fn spawn_host(
+    spec: HostSpec,
+    tx: mpsc::Sender<Measurement>,
+    token: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("host-sensor".into()).spawn(move || {
+        let mut tail = spec.ssh.as_ref().map(|(path, _)| auth::Tail::new(path.clone()));
+        let mut ssh = spec.ssh.as_ref().map(|(_, p)| auth::SshWatch::new(p.clone()));
+        let mut listen = listen::ListenWatch::new(spec.listeners.as_ref().map(|l| l.1.clone()).unwrap_or_default());
+        let mut next_listen = std::time::Instant::now();
+        let emit = |e: tierwatch_protocol::Event| {
+            tracing::warn!(kind = %e.kind, src = e.attributes.get("src").map(String::as_str).unwrap_or(""), "security event");
+            let _ = tx.blocking_send(Measurement::Event(e));
+        };
+        while !token.is_cancelled() {
+            let now = tierwatch_protocol::now_ms();
+            if let (Some(t), Some(w)) = (tail.as_mut(), ssh.as_mut()) {
+                for line in t.lines() {
+                    if let Some(e) = w.observe(&line, now) {
+                        emit(e);
+                    }
+                }
+            }
+            if let Some((interval, _)) = &spec.listeners {
+                if std::time::Instant::now() >= next_listen {
+                    next_listen += *interval;
+                    let current = listen::current(std::path::Path::new("/proc/self/net"));
+                    for e in listen.check(current, listen::owner, now) {
+                        emit(e);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
 }
 
 /// `sensors.lan`.
