@@ -247,7 +247,7 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         write!(f, "one\ntw").unwrap();
         assert_eq!(t.lines(), ["one"]);
-        write!(f, "o\n").unwrap();
+        f.write_all(b"o\n").unwrap();
         assert_eq!(t.lines(), ["two"]);
         // Rotated: a new file under the same name is read from its start.
         std::fs::rename(&path, dir.path().join("auth.log.1")).unwrap();
