@@ -52,7 +52,10 @@ pub async fn run(
                 Some(m) => {
                     // A flipped probe or a security event worth an alert goes out at once.
                     let urgent = match &m {
-                        Measurement::Probe(o) => last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success),
+                        Measurement::Probe(o) => {
+                            last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success)
+                                || o.events.iter().any(|e| e.severity > tierwatch_protocol::Severity::Info as i32)
+                        }
                         Measurement::Node(_) => false,
                         Measurement::Event(e) => e.severity > tierwatch_protocol::Severity::Info as i32,
                     };
@@ -89,6 +92,7 @@ fn take(m: Measurement, pending: &mut Vec<Series>, events: &mut Vec<Event>, metr
         Measurement::Probe(outcome) => {
             metrics.probe(outcome.kind.as_str(), outcome.success);
             pending.extend(outcome.series);
+            events.extend(outcome.events);
         }
         Measurement::Node(series) => pending.extend(series),
         Measurement::Event(e) => events.push(e),

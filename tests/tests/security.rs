@@ -205,3 +205,41 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
     tw.stop()?;
     Ok(())
 }
+
+/// The province's portal, probed over HTTP by the province's agent, is
+/// defaced: gambling links injected by nginx's page. A defacement event
+/// with the words as evidence reaches the collector and pages.
+#[test]
+fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
+    require_lab!("a_defaced_portal_raises_defacement");
+    let lab = Lab::build(LabSpec::communes(1).beside_others())?;
+    let nginx = lab.start_nginx()?;
+    let rules = tierwatch_tests::workspace().join("config/rules.yaml");
+    let spec = SystemSpec {
+        only_nodes: Some(vec!["province".into()]),
+        collector_extra: format!("rules: {}\n", rules.display()),
+        extra_targets: format!("  - {{name: portal, probe: http, url: \"http://{}/\"}}\n", addrs::PORTAL),
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    let ok = [("node", "province"), ("probe", "http"), ("target", "portal")];
+    tw.wait_metric(Duration::from_secs(15), "tierwatch_probe_success", &ok, |v| v == 1.0)?;
+    // A news item is no defacement.
+    nginx.set_page("<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến. Thông báo lịch nghỉ Tết.</body></html>\n")?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(events(&tw, "?kind=defacement").is_empty());
+    let defaced = Instant::now();
+    nginx.set_page("<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến. Thông báo lịch nghỉ Tết. <a href=\"https://x.example/\">Nhà cái uy tín - tài xỉu online</a></body></html>\n")?;
+    let e =
+        wait_for(Duration::from_secs(10), "a defacement event", || events(&tw, "?kind=defacement").into_iter().next())?;
+    eprintln!("defacement at the collector {:?} after the page changed: {e}", defaced.elapsed());
+    assert_eq!(e["severity"], "critical");
+    assert_eq!(e["attributes"]["words"], "nhà cái,tài xỉu");
+    assert_eq!(e["attributes"]["src"], format!("http://{}/", addrs::PORTAL).as_str());
+    wait_for(Duration::from_secs(30), "the province/security incident", || {
+        let v = tw.alerts().ok()?;
+        v["incidents"].as_array()?.iter().find(|i| i["key"] == "province/security").cloned()
+    })?;
+    tw.stop()?;
+    Ok(())
+}

@@ -156,6 +156,9 @@ pub struct TargetSpec {
     /// Gap between echo requests (icmp); default spreads them over half the interval, at most 1 s apart.
     #[serde(default, with = "duration::serde_opt")]
     pub spacing: Option<Duration>,
+    /// Watch the page for defacement against the first one seen (http, default true).
+    #[serde(default)]
+    pub defacement: Option<bool>,
     /// Report a silent target before the round ends (icmp, default true):
     /// a request unanswered past the target's usual round trip is checked
     /// with three more at once; none answered, the probe fails immediately.
@@ -209,6 +212,8 @@ pub struct HttpSpec {
     pub server_name: Option<String>,
     /// Connect here instead of the URL's host.
     pub connect_to: Option<String>,
+    /// Watch the page for defacement (docs/security.md).
+    pub defacement: bool,
 }
 
 /// What one probe does, resolved from the target and the defaults.
@@ -269,6 +274,7 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("count", t.count.is_some(), &[Icmp]),
         ("spacing", t.spacing.is_some(), &[Icmp]),
         ("fast_down", t.fast_down.is_some(), &[Icmp]),
+        ("defacement", t.defacement.is_some(), &[Http]),
         ("url", t.url.is_some(), &[Http]),
         ("expect_status", t.expect_status.is_some(), &[Http]),
         ("body_contains", t.body_contains.is_some(), &[Http]),
@@ -429,6 +435,7 @@ pub(super) fn validate(
                 ca,
                 server_name: t.server_name.clone(),
                 connect_to: t.host.clone(),
+                defacement: t.defacement.unwrap_or(true),
             }))
         }
     };

@@ -56,6 +56,8 @@ pub struct Fetch {
     pub fingerprint: Option<u64>,
     /// Unmet body expectations, in words; empty when all held.
     pub body_failures: Vec<String>,
+    /// What defacement is judged on, when the target watches for it.
+    pub page: Option<super::deface::Page>,
     pub final_url: String,
     /// Why the fetch did not complete.
     pub error: Option<String>,
@@ -199,6 +201,9 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
         f.phases.transfer += t.elapsed();
         f.body_bytes = buf.len();
         f.fingerprint = Some(fingerprint(&buf));
+        if spec.defacement {
+            f.page = Some(super::deface::page(&buf));
+        }
         let text = String::from_utf8_lossy(&buf).to_lowercase();
         for want in &spec.body_contains {
             if !text.contains(&want.to_lowercase()) {

@@ -2,6 +2,7 @@
 //! A [`Prober`] belongs to one target and keeps what must survive between
 //! rounds (trust roots, the previous content fingerprint).
 
+pub mod deface;
 pub mod dns;
 pub mod http;
 pub mod icmp;
@@ -64,6 +65,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Whether `detail` is filled (the `probe` command) or skipped (the agent).
     pub verbose: bool,
+    /// Security events the probe found (a defaced page).
+    pub events: Vec<tierwatch_protocol::Event>,
 }
 
 impl Outcome {
@@ -115,6 +118,8 @@ pub struct Prober {
     /// Trust roots of TLS-speaking probes, loaded once.
     roots: Option<Result<Arc<RootCertStore>, String>>,
     last_fingerprint: Option<u64>,
+    /// The page's baseline, for defacement (http).
+    deface: deface::Watch,
     verbose: bool,
     /// The target's round-trip times so far (icmp), for fast failure detection.
     rtt: RttEstimate,
@@ -171,6 +176,7 @@ impl Prober {
             target,
             roots,
             last_fingerprint: None,
+            deface: deface::Watch::default(),
             verbose: false,
             rtt: RttEstimate::default(),
             last_success: None,
@@ -209,6 +215,7 @@ impl Prober {
             detail: Vec::new(),
             error: None,
             verbose: self.verbose,
+            events: Vec::new(),
         };
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
@@ -249,7 +256,22 @@ impl Prober {
             ProbeSpec::Http(spec) => {
                 let roots = self.roots.clone().and_then(Result::ok);
                 match tokio::time::timeout(t.timeout, Box::pin(http::fetch(spec, roots))).await {
-                    Ok(f) => http_outcome(&mut out, spec, f, ts, &mut self.last_fingerprint),
+                    Ok(mut f) => {
+                        if let Some(page) = f.page.take() {
+                            let url = if f.final_url.is_empty() { spec.url.clone() } else { f.final_url.clone() };
+                            if let Some(e) = self.deface.check(page, &url, ts) {
+                                out.note(|| {
+                                    format!(
+                                        "security event {}: {}",
+                                        e.kind,
+                                        e.attributes.get("why").map(String::as_str).unwrap_or("")
+                                    )
+                                });
+                                out.events.push(e);
+                            }
+                        }
+                        http_outcome(&mut out, spec, f, ts, &mut self.last_fingerprint)
+                    }
                     Err(_) => out.error = Some(format!("no complete response within {:?}", t.timeout)),
                 }
             }
@@ -389,6 +411,7 @@ async fn icmp_round(
                     detail: Vec::new(),
                     error: Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once")),
                     verbose: false,
+                    events: Vec::new(),
                 };
                 e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
                 tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
