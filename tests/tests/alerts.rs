@@ -13,11 +13,15 @@ use tierwatch_tests::{require_lab, wait_for};
 
 const TOKEN: &str = "lab-api-token";
 
-/// The shipped rules, with a flapping quiet period short enough for a test.
+/// The shipped rules, with a flapping quiet period short enough for a test,
+/// and heartbeats judged over 6 of the lab's 0.5 s pushes (3 s) instead of 3,
+/// so a busy CI machine's scheduling stall is not an outage.
 fn lab_rules() -> anyhow::Result<String> {
     let shipped = std::fs::read_to_string(tierwatch_tests::workspace().join("config/rules.yaml"))?;
-    anyhow::ensure!(shipped.contains("  quiet: 5m\n"), "config/rules.yaml changed: update this test");
-    Ok(shipped.replace("  quiet: 5m\n", "  quiet: 15s\n"))
+    for want in ["  quiet: 5m\n", "heartbeat: {missed: 3}"] {
+        anyhow::ensure!(shipped.contains(want), "config/rules.yaml changed ({want:?}): update this test");
+    }
+    Ok(shipped.replace("  quiet: 5m\n", "  quiet: 15s\n").replace("heartbeat: {missed: 3}", "heartbeat: {missed: 6}"))
 }
 
 /// The events received since `from` (an index into the receiver's list).
@@ -107,9 +111,9 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
     assert_eq!(am.incidents()?, ["province/unreachable"]);
     tw.restart_collector()?;
     // Long enough for the restarted collector to judge every node again by
-    // heartbeat (3 x its default 10 s interval, nodes announce theirs only
+    // heartbeat (6 x its default 10 s interval: nodes announce theirs only
     // when they push).
-    std::thread::sleep(Duration::from_secs(35));
+    std::thread::sleep(Duration::from_secs(65));
     assert_eq!(
         pages_since(&hooks, mark),
         ["province/unreachable"],
@@ -210,8 +214,12 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
     eprintln!("cut to probe failure at the collector: {took:?}");
     assert!(took.iter().all(|t| *t < Duration::from_secs(4)), "{took:?}");
     let province = &tw.agents[0];
+    assert_eq!(province.name, "province");
     let early = province.log_text().matches("reported before the round ends").count();
-    assert!(early >= 3, "{early} early reports in the province's log");
+    // Without the early report, a cut shows only when a whole round (5 s)
+    // went unanswered; a cut landing just before a round ends may still
+    // be caught by that round's last request.
+    assert!(early >= 2, "{early} early reports in the province's log");
 
     // Healthy but jittery (40 ± 30 ms each way): the watch stays quiet.
     lab.link_mut("c1")?.impair_both(
