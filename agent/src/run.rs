@@ -124,26 +124,17 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     if let Some(spec) = &config.node_health {
         crate::scheduler::spawn_node_health(spec, tx.clone(), &probe_token, &probes);
     }
-    let lan_sensor = match config.lan.clone() {
-        Some(spec) => match crate::sensor::spawn_lan(spec, tx.clone(), probe_token.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(error = %e, "LAN sensor thread could not start");
-                None
-            }
-        },
-        None => None,
+    let started = |what: &str, r: std::io::Result<std::thread::JoinHandle<()>>| {
+        r.map_err(|e| tracing::error!(error = %e, sensor = what, "sensor thread could not start")).ok()
     };
-    let host_sensor = match config.host.clone() {
-        Some(spec) => match crate::sensor::spawn_host(spec, tx.clone(), probe_token.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(error = %e, "host sensor thread could not start");
-                None
-            }
-        },
-        None => None,
-    };
+    let lan_sensor = config
+        .lan
+        .clone()
+        .and_then(|spec| started("lan", crate::sensor::spawn_lan(spec, tx.clone(), probe_token.clone())));
+    let host_sensor = config
+        .host
+        .clone()
+        .and_then(|spec| started("host", crate::sensor::spawn_host(spec, tx.clone(), probe_token.clone())));
     crate::scheduler::spawn(&config.targets, icmp, tx, &probe_token, &probes);
     probes.close();
 

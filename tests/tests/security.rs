@@ -18,6 +18,20 @@ fn events(tw: &tierwatch_tests::lab::system::Tierwatch, query: &str) -> Vec<serd
         .unwrap_or_default()
 }
 
+/// The shipped rules; c1's agent alone, capturing on its LAN bridge with
+/// the commune itself as the LAN's DHCP server.
+fn lan_sensor_on_c1() -> SystemSpec {
+    SystemSpec {
+        only_nodes: Some(vec!["c1".into()]),
+        collector_extra: format!("rules: {}\n", tierwatch_tests::workspace().join("config/rules.yaml").display()),
+        agent_extra: format!(
+            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
+            addrs::commune_lan(1)
+        ),
+        ..SystemSpec::default()
+    }
+}
+
 #[test]
 fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence() -> anyhow::Result<()> {
     require_lab!("scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence");
@@ -27,17 +41,7 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
         return Ok(());
     }
     let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(2).beside_others())?;
-    let rules = tierwatch_tests::workspace().join("config/rules.yaml");
-    let spec = SystemSpec {
-        only_nodes: Some(vec!["c1".into()]),
-        collector_extra: format!("rules: {}\n", rules.display()),
-        agent_extra: format!(
-            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
-            addrs::commune_lan(1)
-        ),
-        ..SystemSpec::default()
-    };
-    let tw = lab.start_tierwatch(&spec)?;
+    let tw = lab.start_tierwatch(&lan_sensor_on_c1())?;
     let gateway = addrs::commune_lan(1).to_string();
     // Ordinary traffic first: the LAN hosts talk to their gateway.
     for h in &lab.lan_hosts {
@@ -101,17 +105,7 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
     let _dns = lab.start_dnsmasq(&[("portal.angiang.gov.vn", addrs::PORTAL)])?;
     let c1 = &lab.communes[0];
     let _dhcp = lab.start_dhcp_server_on(&c1.ns, "lan0", "10.2.1.100".parse()?, "10.2.1.150".parse()?)?;
-    let rules = tierwatch_tests::workspace().join("config/rules.yaml");
-    let spec = SystemSpec {
-        only_nodes: Some(vec!["c1".into()]),
-        collector_extra: format!("rules: {}\n", rules.display()),
-        agent_extra: format!(
-            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
-            addrs::commune_lan(1)
-        ),
-        ..SystemSpec::default()
-    };
-    let tw = lab.start_tierwatch(&spec)?;
+    let tw = lab.start_tierwatch(&lan_sensor_on_c1())?;
     // A DNS client for the LAN hosts: the agent's own one-shot probe.
     let probe_conf = tw.dir.join("lan-probe.yaml");
     std::fs::write(
