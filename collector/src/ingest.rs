@@ -40,6 +40,8 @@ pub struct Ingest {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub handshake_timeout: Duration,
+    /// The collector's own security detections.
+    pub detect: crate::detect::Detector,
 }
 
 /// Accepts connections until `token` is cancelled; each connection is a task on `tracker`.
@@ -89,11 +91,13 @@ async fn connection(
         Ok(Err(e)) => {
             ingest.metrics.tls_handshake_failures.inc();
             tracing::warn!(peer = %peer, error = %e, "TLS handshake refused");
+            ingest.detect.tls_failure(peer.ip(), &e.to_string(), tierwatch_protocol::now_ms());
             return;
         }
         Err(_) => {
             ingest.metrics.tls_handshake_failures.inc();
             tracing::warn!(peer = %peer, timeout_ms = ingest.handshake_timeout.as_millis() as u64, "TLS handshake timed out");
+            ingest.detect.tls_failure(peer.ip(), "handshake timed out", tierwatch_protocol::now_ms());
             return;
         }
     };
@@ -199,6 +203,7 @@ async fn process(
     };
     if batch.node_id != node.as_str() {
         tracing::warn!(peer = %peer, node = %node, claimed = %batch.node_id, "push refused: certificate and batch name different nodes");
+        ingest.detect.impersonation(&node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
         return (
             Some(BatchResult::Forbidden),
             refuse(
@@ -252,6 +257,7 @@ async fn process(
         let ack = Ack { sequence, duplicate: true, ..Default::default() };
         return (Some(BatchResult::Duplicate), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
     }
+    ingest.detect.batch(&node, &batch, now);
     ingest.store.ingest(&node, batch, now);
     if let Some(a) = &ingest.alerting {
         a.trigger.notify_one();

@@ -8,6 +8,7 @@ pub mod alert;
 pub mod alert_api;
 pub mod config;
 pub mod db;
+pub mod detect;
 pub mod exposition;
 pub mod http;
 pub mod ingest;

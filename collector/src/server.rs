@@ -154,6 +154,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         limits: config.ingest.limits.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
         handshake_timeout: config.ingest.handshake_timeout,
+        detect: crate::detect::Detector::new(security_db.clone(), store.clone()),
     });
     let http_state = Arc::new(Http {
         store: store.clone(),

@@ -82,16 +82,7 @@ impl Store {
         if batch.push_interval_ms > 0 {
             state.push_interval_ms = batch.push_interval_ms;
         }
-        for e in batch.events {
-            *state
-                .security_counts
-                .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
-                .or_default() += 1;
-            if state.recent_events.len() >= RECENT_EVENTS {
-                state.recent_events.pop_front();
-            }
-            state.recent_events.push_back(e);
-        }
+        record(&mut state, batch.events);
         for s in batch.series {
             let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
             let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);
@@ -109,6 +100,13 @@ impl Store {
             }
         }
         true
+    }
+
+    /// Adds security events the collector found itself to `node`'s counters and recent events.
+    pub fn record_events(&self, node: &NodeId, events: &[tierwatch_protocol::Event]) {
+        if let Some(mut state) = self.lock(node) {
+            record(&mut state, events.to_vec());
+        }
     }
 
     /// Starts the security event counters from what the state database holds.
@@ -194,5 +192,18 @@ mod tests {
         let mut n = 0;
         s.for_each_node(101, |_, st| n += st.series.len());
         assert_eq!(n, 0);
+    }
+}
+
+fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {
+    for e in events {
+        *state
+            .security_counts
+            .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
+            .or_default() += 1;
+        if state.recent_events.len() >= RECENT_EVENTS {
+            state.recent_events.pop_front();
+        }
+        state.recent_events.push_back(e);
     }
 }

@@ -98,3 +98,65 @@ async fn events_are_stored_once_listed_counted_and_paged() {
     assert_eq!(lab.metric(SCAN).await, Some(1.0));
     lab.stop().await;
 }
+
+fn batch_of(node: &str, boot: u8, seq: u64, created_ms: i64, config: u8) -> Vec<u8> {
+    Batch {
+        version: PROTOCOL_VERSION,
+        node_id: node.into(),
+        agent_version: "t".into(),
+        boot_id: vec![boot; 16],
+        sequence: seq,
+        config_hash: vec![config; 32],
+        created_ms,
+        series: vec![],
+        events: vec![],
+        push_interval_ms: 1000,
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn the_collector_reports_impersonation_handshake_storms_config_changes_and_skew() {
+    let topology = format!("{}  - id: trung-tam\n    tier: central\n    name: Trung tâm\n", common::TOPOLOGY);
+    let mut lab = Lab::start_full_with_files("", "", &[("topology.yaml", &topology)]).await;
+    let now = tierwatch_protocol::now_ms();
+    let client = lab.client(&lab.pki, "nui-cam");
+    // Configuration: boot 1 with A, boot 1's backlog after boot 2 with B: one change.
+    lab.push(client.clone(), batch_of("nui-cam", 1, 1, now - 5000, 0xA)).await.unwrap();
+    lab.push(client.clone(), batch_of("nui-cam", 2, 1, now - 1000, 0xB)).await.unwrap();
+    lab.push(client.clone(), batch_of("nui-cam", 1, 2, now - 4000, 0xA)).await.unwrap();
+    // A clock ten minutes ahead.
+    lab.push(client.clone(), batch_of("nui-cam", 2, 2, now + 600_000, 0xB)).await.unwrap();
+    // nui-cam's certificate pushing for giang-thanh: refused, and reported.
+    let (status, _) = lab.push(client.clone(), batch_of("giang-thanh", 9, 1, now, 0)).await.unwrap();
+    assert_eq!(status, 403);
+    // A storm of handshakes with a foreign CA's certificate.
+    let evil = lab.client(&lab.dir.path().join("evil"), "nui-cam");
+    for i in 0..12 {
+        assert!(lab.push(evil.clone(), batch_of("nui-cam", 3, i, now, 0)).await.is_err());
+    }
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = events(&lab, "").await;
+        if got.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kinds: Vec<(&str, &str)> =
+        got.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["node"].as_str().unwrap_or(""))).collect();
+    for want in [
+        ("config_changed", "nui-cam"),
+        ("clock_skew", "nui-cam"),
+        ("node_impersonation", "nui-cam"),
+        ("tls_handshake_failures", "trung-tam"),
+    ] {
+        assert_eq!(kinds.iter().filter(|k| **k == want).count(), 1, "{want:?} once in {kinds:?}");
+    }
+    let imp = got.iter().find(|e| e["kind"] == "node_impersonation").unwrap();
+    assert_eq!(imp["attributes"]["claimed_node"], "giang-thanh");
+    assert_eq!(imp["severity"], "critical");
+    let storm = got.iter().find(|e| e["kind"] == "tls_handshake_failures").unwrap();
+    assert_eq!(storm["attributes"]["src"], "127.0.0.1");
+    lab.stop().await;
+}

@@ -1,0 +1,210 @@
+//! Detections the collector makes itself, from what reaches its ingest
+//! port: repeated TLS handshake failures from one address (a scanner, or a
+//! node with a wrong certificate), a valid certificate pushing for another
+//! node, an agent whose configuration changed, an agent clock running
+//! ahead. They become security events like the agents' own: stored, listed,
+//! counted and paged through the event rules.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tierwatch_protocol::{Batch, Event, NodeId, Severity};
+
+use crate::store::Store;
+
+/// TLS handshake failures from one address within [`TLS_WINDOW_MS`] that make an event.
+pub const TLS_FAILURES: usize = 10;
+const TLS_WINDOW_MS: i64 = 300_000;
+/// An agent clock this far ahead of the collector's is reported.
+pub const CLOCK_AHEAD_MS: i64 = 120_000;
+/// One event per node (or address) and kind at most this often.
+const QUIET_MS: i64 = 3_600_000;
+const MAX_ADDRESSES: usize = 10_000;
+
+/// The collector's own detector.
+pub struct Detector {
+    db: Arc<Mutex<Connection>>,
+    store: Arc<Store>,
+    /// Where events with no node of their own are filed (the central node).
+    home: Option<NodeId>,
+    tls: Mutex<HashMap<IpAddr, VecDeque<i64>>>,
+    reported: Mutex<HashMap<(String, &'static str), i64>>,
+    /// Per node: the newest boot seen, its configuration hash and its newest batch time.
+    configs: Mutex<HashMap<NodeId, (Vec<u8>, Vec<u8>, i64)>>,
+}
+
+fn event(kind: &str, severity: Severity, now_ms: i64, attrs: &[(&str, String)]) -> Event {
+    Event {
+        kind: kind.into(),
+        severity: severity as i32,
+        timestamp_ms: now_ms,
+        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+    }
+}
+
+impl Detector {
+    /// A detector storing through `db` and reporting to `store`.
+    pub fn new(db: Arc<Mutex<Connection>>, store: Arc<Store>) -> Self {
+        let home =
+            store.topology().nodes().iter().find(|n| n.tier == crate::topology::Tier::Central).map(|n| n.id.clone());
+        Detector {
+            db,
+            store,
+            home,
+            tls: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True (and remembered) unless `kind` was reported for `who` within the quiet period.
+    fn once(&self, who: &str, kind: &'static str, now_ms: i64) -> bool {
+        let mut r = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() > MAX_ADDRESSES {
+            r.retain(|_, t| now_ms - *t < QUIET_MS);
+        }
+        match r.get(&(who.to_string(), kind)) {
+            Some(t) if now_ms - t < QUIET_MS => false,
+            _ => {
+                r.insert((who.to_string(), kind), now_ms);
+                true
+            }
+        }
+    }
+
+    /// A TLS handshake on the ingest port failed.
+    pub fn tls_failure(&self, peer: IpAddr, reason: &str, now_ms: i64) {
+        let count = {
+            let mut t = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+            if !t.contains_key(&peer) && t.len() >= MAX_ADDRESSES {
+                t.retain(|_, q| q.back().is_some_and(|b| now_ms - b < TLS_WINDOW_MS));
+                if t.len() >= MAX_ADDRESSES {
+                    return;
+                }
+            }
+            let q = t.entry(peer).or_default();
+            q.push_back(now_ms);
+            while q.front().is_some_and(|f| now_ms - f > TLS_WINDOW_MS) || q.len() > TLS_FAILURES * 2 {
+                q.pop_front();
+            }
+            q.len()
+        };
+        if count < TLS_FAILURES || !self.once(&peer.to_string(), "tls_handshake_failures", now_ms) {
+            return;
+        }
+        let Some(home) = self.home.clone() else {
+            tracing::warn!(peer = %peer, failures = count, "repeated TLS handshake failures (no central node to file them under)");
+            return;
+        };
+        self.emit(
+            home,
+            event(
+                "tls_handshake_failures",
+                Severity::Warning,
+                now_ms,
+                &[
+                    ("src", peer.to_string()),
+                    ("failures", count.to_string()),
+                    ("window_s", (TLS_WINDOW_MS / 1000).to_string()),
+                    ("last_error", reason.chars().take(200).collect()),
+                ],
+            ),
+        );
+    }
+
+    /// A valid certificate of `node` pushed a batch claiming `claimed`.
+    pub fn impersonation(&self, node: &NodeId, claimed: &str, peer: IpAddr, now_ms: i64) {
+        if !self.once(node.as_str(), "node_impersonation", now_ms) {
+            return;
+        }
+        self.emit(
+            node.clone(),
+            event(
+                "node_impersonation",
+                Severity::Critical,
+                now_ms,
+                &[
+                    ("src", peer.to_string()),
+                    ("claimed_node", claimed.chars().take(64).collect()),
+                    ("why", "this node's certificate pushed a batch for another node".into()),
+                ],
+            ),
+        );
+    }
+
+    /// Checks an accepted batch of `node`. Configuration is compared
+    /// between boots, newest first: a backlog from the previous boot
+    /// arriving after the new one's batches is not a change.
+    pub fn batch(&self, node: &NodeId, batch: &Batch, now_ms: i64) {
+        let changed = {
+            let mut c = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+            match c.get(node) {
+                Some((boot, _, created)) if *boot == batch.boot_id || batch.created_ms <= *created => None,
+                previous => {
+                    let old = previous.map(|(_, hash, _)| hash.clone());
+                    c.insert(node.clone(), (batch.boot_id.clone(), batch.config_hash.clone(), batch.created_ms));
+                    old.filter(|h| !h.is_empty() && *h != batch.config_hash)
+                }
+            }
+        };
+        if let Some(previous) = changed {
+            let hex = tierwatch_protocol::ids::hex;
+            self.emit(
+                node.clone(),
+                event(
+                    "config_changed",
+                    Severity::Warning,
+                    now_ms,
+                    &[
+                        ("src", node.to_string()),
+                        ("previous_hash", hex(&previous)),
+                        ("config_hash", hex(&batch.config_hash)),
+                        ("why", "the agent restarted with another configuration".into()),
+                    ],
+                ),
+            );
+        }
+        let ahead = batch.created_ms - now_ms;
+        if ahead > CLOCK_AHEAD_MS && self.once(node.as_str(), "clock_skew", now_ms) {
+            self.emit(
+                node.clone(),
+                event(
+                    "clock_skew",
+                    Severity::Warning,
+                    now_ms,
+                    &[
+                        ("src", node.to_string()),
+                        ("ahead_s", (ahead / 1000).to_string()),
+                        (
+                            "why",
+                            "the agent's clock runs ahead of the collector's: its samples land in the future".into(),
+                        ),
+                    ],
+                ),
+            );
+        }
+    }
+
+    fn emit(&self, node: NodeId, e: Event) {
+        tracing::warn!(node = %node, kind = %e.kind, src = e.attributes.get("src").map(String::as_str).unwrap_or(""), "security event (collector)");
+        self.store.record_events(&node, std::slice::from_ref(&e));
+        let db = self.db.clone();
+        let received = tierwatch_protocol::now_ms();
+        // Off the runtime: the insert waits for SQLite.
+        let stored = std::thread::Builder::new().name("detect-store".into()).spawn(move || {
+            let mut c = db.lock().unwrap_or_else(|p| p.into_inner());
+            let r = c.transaction().and_then(|tx| {
+                crate::security::insert(&tx, &node, &[e], received)?;
+                tx.commit()
+            });
+            if let Err(err) = r {
+                tracing::error!(error = %err, "storing a collector security event failed");
+            }
+        });
+        if let Err(err) = stored {
+            tracing::error!(error = %err, "storing a collector security event failed");
+        }
+    }
+}
