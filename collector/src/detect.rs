@@ -23,6 +23,9 @@ pub const CLOCK_AHEAD_MS: i64 = 120_000;
 const QUIET_MS: i64 = 3_600_000;
 const MAX_ADDRESSES: usize = 10_000;
 
+/// A node's newest boot seen: its id, configuration hash and newest batch time.
+type NewestBoot = (Vec<u8>, Vec<u8>, i64);
+
 /// The collector's own detector.
 pub struct Detector {
     db: Arc<Mutex<Connection>>,
@@ -31,8 +34,7 @@ pub struct Detector {
     home: Option<NodeId>,
     tls: Mutex<HashMap<IpAddr, VecDeque<i64>>>,
     reported: Mutex<HashMap<(String, &'static str), i64>>,
-    /// Per node: the newest boot seen, its configuration hash and its newest batch time.
-    configs: Mutex<HashMap<NodeId, (Vec<u8>, Vec<u8>, i64)>>,
+    configs: Mutex<HashMap<NodeId, NewestBoot>>,
 }
 
 fn event(kind: &str, severity: Severity, now_ms: i64, attrs: &[(&str, String)]) -> Event {

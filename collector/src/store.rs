@@ -131,6 +131,19 @@ impl Store {
     }
 }
 
+fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {
+    for e in events {
+        *state
+            .security_counts
+            .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
+            .or_default() += 1;
+        if state.recent_events.len() >= RECENT_EVENTS {
+            state.recent_events.pop_front();
+        }
+        state.recent_events.push_back(e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,18 +205,5 @@ mod tests {
         let mut n = 0;
         s.for_each_node(101, |_, st| n += st.series.len());
         assert_eq!(n, 0);
-    }
-}
-
-fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {
-    for e in events {
-        *state
-            .security_counts
-            .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
-            .or_default() += 1;
-        if state.recent_events.len() >= RECENT_EVENTS {
-            state.recent_events.pop_front();
-        }
-        state.recent_events.push_back(e);
     }
 }
