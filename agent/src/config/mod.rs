@@ -377,7 +377,7 @@ impl Config {
             p.push("defaults.interval", "must be at least 100ms");
         }
         let lan = crate::sensor::validate(&raw.sensors, &mut p);
-        let host = crate::sensor::validate_host(&raw.sensors.host, base, &mut p);
+        let host = crate::sensor::validate_host(&raw.sensors.host, base, &resolve(&raw.spool.dir), file, &mut p);
         let mut targets = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {

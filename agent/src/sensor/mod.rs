@@ -6,6 +6,7 @@ pub mod arp;
 pub mod auth;
 pub mod capture;
 pub mod dhcp;
+pub mod files;
 pub mod listen;
 pub mod scan;
 
@@ -57,6 +58,45 @@ pub struct RawHost {
     pub listeners: RawListeners,
     #[serde(default)]
     pub ssh: RawSsh,
+    #[serde(default)]
+    pub files: RawFiles,
+}
+
+/// `sensors.host.files`: file integrity against a baseline kept beside the spool.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Files and directories (walked, links not followed); the agent's own
+    /// binary and configuration are always added.
+    #[serde(default = "default_file_paths")]
+    pub paths: Vec<std::path::PathBuf>,
+    #[serde(default = "default_file_interval", with = "duration::serde")]
+    pub interval: Duration,
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles {
+            enabled: true,
+            paths: default_file_paths(),
+            interval: default_file_interval(),
+            max_files: default_max_files(),
+        }
+    }
+}
+
+fn default_file_paths() -> Vec<std::path::PathBuf> {
+    vec!["/etc".into()]
+}
+fn default_file_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_files() -> usize {
+    20_000
 }
 
 /// `sensors.host.listeners`: listening-port drift against the baseline at start.
@@ -119,10 +159,29 @@ pub struct HostSpec {
     /// Check interval and allowed ports, when on.
     pub listeners: Option<(Duration, Vec<u16>)>,
     pub ssh: Option<(std::path::PathBuf, auth::SshPolicy)>,
+    /// Watched paths, critical ones (the agent's own), interval, max files, baseline file.
+    pub files: Option<FilesSpec>,
 }
 
-/// Validates `sensors.host`; `None` when every host sensor is off.
-pub fn validate_host(raw: &RawHost, base: &std::path::Path, p: &mut Problems) -> Option<HostSpec> {
+/// File integrity, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesSpec {
+    pub paths: Vec<std::path::PathBuf>,
+    pub critical: Vec<std::path::PathBuf>,
+    pub interval: Duration,
+    pub max_files: usize,
+    pub baseline: std::path::PathBuf,
+}
+
+/// Validates `sensors.host`; `None` when every host sensor is off. The file
+/// baseline lives in `state_dir`; `config_file` is watched as critical.
+pub fn validate_host(
+    raw: &RawHost,
+    base: &std::path::Path,
+    state_dir: &std::path::Path,
+    config_file: &std::path::Path,
+    p: &mut Problems,
+) -> Option<HostSpec> {
     let listeners = raw.listeners.enabled.then(|| {
         if raw.listeners.interval < Duration::from_secs(1) {
             p.push("sensors.host.listeners.interval", "must be at least 1s");
@@ -151,7 +210,24 @@ pub fn validate_host(raw: &RawHost, base: &std::path::Path, p: &mut Problems) ->
         let log = if raw.ssh.log.is_absolute() { raw.ssh.log.clone() } else { base.join(&raw.ssh.log) };
         (log, policy)
     });
-    (listeners.is_some() || ssh.is_some()).then_some(HostSpec { listeners, ssh })
+    let files = raw.files.enabled.then(|| {
+        if raw.files.interval < Duration::from_secs(10) {
+            p.push("sensors.host.files.interval", "must be at least 10s");
+        }
+        let mut critical = vec![config_file.to_path_buf()];
+        critical.extend(std::env::current_exe().ok());
+        let mut paths: Vec<std::path::PathBuf> =
+            raw.files.paths.iter().map(|f| if f.is_absolute() { f.clone() } else { base.join(f) }).collect();
+        paths.extend(critical.iter().cloned());
+        FilesSpec {
+            paths,
+            critical,
+            interval: raw.files.interval.max(Duration::from_secs(10)),
+            max_files: raw.files.max_files.max(1),
+            baseline: state_dir.join("file-baseline"),
+        }
+    });
+    (listeners.is_some() || ssh.is_some() || files.is_some()).then_some(HostSpec { listeners, ssh, files })
 }
 
 /// Starts the host sensors on their own thread (file and /proc reads block).
@@ -165,6 +241,11 @@ pub fn spawn_host(
         let mut ssh = spec.ssh.as_ref().map(|(_, p)| auth::SshWatch::new(p.clone()));
         let mut listen = listen::ListenWatch::new(spec.listeners.as_ref().map(|l| l.1.clone()).unwrap_or_default());
         let mut next_listen = std::time::Instant::now();
+        let mut files = spec
+            .files
+            .as_ref()
+            .map(|f| files::FileWatch::new(f.paths.clone(), f.critical.clone(), f.max_files, f.baseline.clone()));
+        let mut next_files = std::time::Instant::now();
         let emit = |e: tierwatch_protocol::Event| {
             tracing::warn!(kind = %e.kind, src = e.attributes.get("src").map(String::as_str).unwrap_or(""), "security event");
             let _ = tx.blocking_send(Measurement::Event(e));
@@ -183,6 +264,14 @@ pub fn spawn_host(
                     next_listen += *interval;
                     let current = listen::current(std::path::Path::new("/proc/self/net"));
                     for e in listen.check(current, listen::owner, now) {
+                        emit(e);
+                    }
+                }
+            }
+            if let (Some(w), Some(f)) = (files.as_mut(), &spec.files) {
+                if std::time::Instant::now() >= next_files {
+                    next_files += f.interval;
+                    for e in w.check(now) {
                         emit(e);
                     }
                 }
