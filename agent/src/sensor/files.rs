@@ -23,6 +23,9 @@ pub struct Entry {
     pub sha256: String,
 }
 
+/// One difference: kind, severity, path, the entry before and after.
+type Change<'a> = (&'static str, Severity, PathBuf, Option<&'a Entry>, Option<&'a Entry>);
+
 /// The baseline and where it lives.
 #[derive(Debug)]
 pub struct FileWatch {
@@ -124,7 +127,7 @@ impl FileWatch {
             self.baseline = Some(current);
             return Vec::new();
         };
-        let mut changes: Vec<(&'static str, Severity, PathBuf, Option<&Entry>, Option<&Entry>)> = Vec::new();
+        let mut changes: Vec<Change<'_>> = Vec::new();
         for (p, e) in &current {
             match old.get(p) {
                 None => changes.push(("file_added", Severity::Info, p.clone(), None, Some(e))),
