@@ -72,6 +72,13 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
         wait_for(Duration::from_secs(10), "an arp_spoof event", || events(&tw, "?kind=arp_spoof").into_iter().next())?;
     assert_eq!(spoof["severity"], "critical");
     assert_eq!(spoof["attributes"]["src"], gateway.as_str());
+    // The LAN interface goes down and comes back: the sensor reopens it
+    // (backing off, never spinning) and keeps watching.
+    let c1 = &lab.communes[0].ns;
+    c1.ip(&["link", "set", "dev", "lan0", "down"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    c1.ip(&["link", "set", "dev", "lan0", "up"])?;
+    std::thread::sleep(Duration::from_secs(3));
     // A DHCP server started on the LAN answers a client: rogue.
     let rogue = &lab.lan_hosts[1];
     let _dhcp = lab.start_dhcp_server(&rogue.ns, "10.2.1.100".parse()?, "10.2.1.150".parse()?)?;
@@ -81,6 +88,9 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
     assert_eq!(dhcp["severity"], "critical");
     assert_eq!(dhcp["attributes"]["src"], rogue.addr.to_string().as_str(), "{dhcp}");
     assert!(dhcp["attributes"]["offered"].as_str().is_some_and(|o| o.starts_with("10.2.1.1")), "{dhcp}");
+    let log = tw.agents[0].log_text();
+    let reopened = log.matches("LAN sensor capturing").count();
+    assert!(reopened >= 2 || !log.contains("capture failed"), "opened {reopened} times:\n{log}");
     // Paged as one critical security incident of the commune.
     let incident = wait_for(Duration::from_secs(30), "the c1/security incident", || {
         let v = tw.alerts().ok()?;

@@ -329,12 +329,20 @@ impl Engine {
                             } else {
                                 Reading::Between
                             };
-                            let subject = rule
-                                .subject
-                                .as_deref()
-                                .and_then(|l| labels.iter().find(|x| x.name == l))
-                                .and_then(|l| self.topo.get_str(&l.value))
-                                .map_or_else(|| node.id.clone(), |n| n.id.clone());
+                            // A rule about the node a label names applies only
+                            // where it names one: the province's probe of its own
+                            // upstream gateway is no commune's WAN link.
+                            let subject = match rule.subject.as_deref() {
+                                None => node.id.clone(),
+                                Some(l) => match labels
+                                    .iter()
+                                    .find(|x| x.name == l)
+                                    .and_then(|x| self.topo.get_str(&x.value))
+                                {
+                                    Some(n) => n.id.clone(),
+                                    None => continue,
+                                },
+                            };
                             let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
                             out.insert(key, (reading, subject, value));
                         }
@@ -835,5 +843,13 @@ mod tests {
         assert_eq!(kinds(&e.evaluate(&store, 12_000)), ["update c1/security"]);
         push(&store, "c1", 15_000, &[]);
         assert_eq!(kinds(&e.evaluate(&store, 15_000)), ["resolve c1/security"]);
+    }
+
+    #[test]
+    fn a_subject_label_naming_no_node_is_not_taken() {
+        let (mut e, store) = setup();
+        // The province's probe of its upstream gateway fails: no commune is cut.
+        push(&store, "p", 1000, &[("provincial-gateway", 0.0), ("c1", 1.0)]);
+        assert!(e.evaluate(&store, 1000).is_empty());
     }
 }
