@@ -154,6 +154,95 @@ fn event(kind: &str, severity: Severity, src: IpAddr, now_ms: i64, attrs: &[(&st
     Event { kind: kind.into(), severity: severity as i32, timestamp_ms: now_ms, attributes }
 }
 
+/// Where authentication lines come from.
+#[derive(Debug)]
+pub enum Lines {
+    /// A log file, followed like `tail -F`.
+    File(Tail),
+    /// sshd's messages in the systemd journal (`journalctl --follow`), for
+    /// systems without a syslog daemon (Debian 12's default).
+    Journal(Journal),
+}
+
+impl Lines {
+    /// `journal` for the journal, else the file at `path`.
+    pub fn new(path: PathBuf) -> Lines {
+        if path.as_os_str() == "journal" {
+            Lines::Journal(Journal::default())
+        } else {
+            Lines::File(Tail::new(path))
+        }
+    }
+
+    /// The complete lines that arrived since the last call.
+    pub fn lines(&mut self) -> Vec<String> {
+        match self {
+            Lines::File(t) => t.lines(),
+            Lines::Journal(j) => j.lines(),
+        }
+    }
+}
+
+/// `journalctl --follow` of sshd's messages, read by a thread of its own;
+/// started again (at most every 30 s) if it ends.
+#[derive(Debug, Default)]
+pub struct Journal {
+    rx: Option<std::sync::mpsc::Receiver<String>>,
+    started: Option<std::time::Instant>,
+}
+
+impl Journal {
+    fn lines(&mut self) -> Vec<String> {
+        let alive = self.rx.is_some();
+        if !alive && self.started.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+            self.started = Some(std::time::Instant::now());
+            self.rx = Self::spawn();
+        }
+        let Some(rx) = &self.rx else { return Vec::new() };
+        let mut out = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(l) => out.push(l),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.rx = None;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn spawn() -> Option<std::sync::mpsc::Receiver<String>> {
+        use std::io::BufRead;
+        let child = std::process::Command::new("journalctl")
+            .args(["--follow", "--lines=0", "--output=short", "--no-pager", "_COMM=sshd"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "SSH sensor: journalctl cannot run; retrying in 30 s");
+                return None;
+            }
+        };
+        let stdout = child.stdout.take()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
+        let spawned = std::thread::Builder::new().name("journal".into()).spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+        spawned.ok().map(|_| rx)
+    }
+}
+
 /// Follows a log file as `tail -F` does: from its end at the first open,
 /// from the start of a new file after rotation (another inode, or shorter).
 #[derive(Debug)]

@@ -124,7 +124,8 @@ impl Default for RawListeners {
 pub struct RawSsh {
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Followed like `tail -F` (nothing happens while it does not exist).
+    /// Followed like `tail -F` (nothing happens while it does not exist);
+    /// `journal` reads sshd's messages from the systemd journal instead.
     #[serde(default = "default_auth_log")]
     pub log: std::path::PathBuf,
     /// Failed logins of one source within `window` (default 10 in 5m).
@@ -207,7 +208,11 @@ pub fn validate_host(
                 }
             }
         }
-        let log = if raw.ssh.log.is_absolute() { raw.ssh.log.clone() } else { base.join(&raw.ssh.log) };
+        let log = if raw.ssh.log.is_absolute() || raw.ssh.log.as_os_str() == "journal" {
+            raw.ssh.log.clone()
+        } else {
+            base.join(&raw.ssh.log)
+        };
         (log, policy)
     });
     let files = raw.files.enabled.then(|| {
@@ -237,7 +242,7 @@ pub fn spawn_host(
     token: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("host-sensor".into()).spawn(move || {
-        let mut tail = spec.ssh.as_ref().map(|(path, _)| auth::Tail::new(path.clone()));
+        let mut tail = spec.ssh.as_ref().map(|(path, _)| auth::Lines::new(path.clone()));
         let mut ssh = spec.ssh.as_ref().map(|(_, p)| auth::SshWatch::new(p.clone()));
         let mut listen = listen::ListenWatch::new(spec.listeners.as_ref().map(|l| l.1.clone()).unwrap_or_default());
         let mut next_listen = std::time::Instant::now();
@@ -313,6 +318,9 @@ pub struct RawScan {
     /// Distinct failed (host, port) attempts of one source within `window` (default 25).
     #[serde(default)]
     pub threshold: Option<usize>,
+    /// Distinct failed ports of one host (default 15).
+    #[serde(default)]
+    pub vertical_threshold: Option<usize>,
     /// Default 15m.
     #[serde(default, with = "duration::serde_opt")]
     pub window: Option<Duration>,
@@ -361,6 +369,12 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
             p.push("sensors.lan.scan.threshold", "must be at least 2");
         }
         scan.threshold = t;
+    }
+    if let Some(t) = lan.scan.vertical_threshold {
+        if t < 2 {
+            p.push("sensors.lan.scan.vertical_threshold", "must be at least 2");
+        }
+        scan.vertical_threshold = t;
     }
     if let Some(w) = lan.scan.window {
         if w < Duration::from_secs(1) {

@@ -18,6 +18,9 @@ use tierwatch_protocol::{Event, Severity};
 pub struct ScanPolicy {
     /// Distinct failed (host, port) attempts that make a scan.
     pub threshold: usize,
+    /// Distinct failed ports of one host that make a scan of that host
+    /// (tighter: one victim's ports are rarely tried by accident).
+    pub vertical_threshold: usize,
     pub window: Duration,
     /// Sources never reported (the province's own scanners), as (network, prefix length).
     pub allow: Vec<(Ipv4Addr, u8)>,
@@ -27,7 +30,13 @@ pub struct ScanPolicy {
 
 impl Default for ScanPolicy {
     fn default() -> Self {
-        ScanPolicy { threshold: 25, window: Duration::from_secs(900), allow: Vec::new(), max_sources: 10_000 }
+        ScanPolicy {
+            threshold: 25,
+            vertical_threshold: 15,
+            window: Duration::from_secs(900),
+            allow: Vec::new(),
+            max_sources: 10_000,
+        }
     }
 }
 
@@ -101,7 +110,10 @@ impl ScanDetector {
         if s.distinct.len() < threshold * 2 && s.distinct.insert((host, port)) {
             s.attempts.push_back((now_ms, host, port));
         }
-        if s.distinct.len() < threshold || s.reported_ms.is_some_and(|r| now_ms - r < window) {
+        let vertical = self.policy.vertical_threshold;
+        let crossed = s.distinct.len() >= threshold
+            || (s.distinct.len() >= vertical && s.distinct.iter().filter(|(h, _)| *h == host).count() >= vertical);
+        if !crossed || s.reported_ms.is_some_and(|r| now_ms - r < window) {
             return None;
         }
         s.reported_ms = Some(now_ms);
@@ -182,11 +194,11 @@ mod tests {
         assert_eq!(events.len(), 1);
         let e = &events[0];
         assert_eq!(e.attributes["src"], "10.2.1.50");
-        assert_eq!(e.attributes["attempts"], "25");
+        assert_eq!(e.attributes["attempts"], "15");
         assert_eq!(e.attributes["shape"], "vertical");
         assert_eq!(e.attributes["targets"], "10.2.1.1");
         assert_eq!(e.attributes["src_mac"], "02:00:00:00:01:32");
-        assert_eq!(e.timestamp_ms, 250, "reported at the 25th distinct attempt");
+        assert_eq!(e.timestamp_ms, 150, "one host's ports: reported at the 15th");
         // After the window, a scan still going is reported again.
         let again = d.failed(ip("10.2.1.50"), None, ip("10.2.1.1"), 2000, 1_000_000);
         assert!(again.is_none(), "the old attempts left the window");

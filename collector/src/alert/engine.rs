@@ -334,14 +334,13 @@ impl Engine {
                             // upstream gateway is no commune's WAN link.
                             let subject = match rule.subject.as_deref() {
                                 None => node.id.clone(),
-                                Some(l) => match labels
-                                    .iter()
-                                    .find(|x| x.name == l)
-                                    .and_then(|x| self.topo.get_str(&x.value))
-                                {
-                                    Some(n) => n.id.clone(),
-                                    None => continue,
-                                },
+                                Some(l) => {
+                                    match labels.iter().find(|x| x.name == l).and_then(|x| self.topo.get_str(&x.value))
+                                    {
+                                        Some(n) => n.id.clone(),
+                                        None => continue,
+                                    }
+                                }
                             };
                             let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
                             out.insert(key, (reading, subject, value));
