@@ -35,6 +35,8 @@ pub struct Detector {
     tls: Mutex<HashMap<IpAddr, VecDeque<i64>>>,
     reported: Mutex<HashMap<(String, &'static str), i64>>,
     configs: Mutex<HashMap<NodeId, NewestBoot>>,
+    /// Per node: the newest boot's id, highest sequence and that batch's creation time.
+    sequences: Mutex<HashMap<NodeId, (Vec<u8>, u64, i64)>>,
 }
 
 fn event(kind: &str, severity: Severity, now_ms: i64, attrs: &[(&str, String)]) -> Event {
@@ -58,6 +60,7 @@ impl Detector {
             tls: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
+            sequences: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,6 +170,48 @@ impl Detector {
                     ],
                 ),
             );
+        }
+        // Within a boot, sequence and creation time rise together: a lower
+        // sequence created later than a higher one was rewritten or forged.
+        let rewound = {
+            let mut m = self.sequences.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get_mut(node) {
+                Some((boot, top, created)) if *boot == batch.boot_id => {
+                    if batch.sequence > *top {
+                        (*top, *created) = (batch.sequence, batch.created_ms);
+                        None
+                    } else if batch.created_ms > *created + 5_000 {
+                        Some((*top, *created))
+                    } else {
+                        None
+                    }
+                }
+                Some((_, _, created)) if batch.created_ms <= *created => None,
+                _ => {
+                    m.insert(node.clone(), (batch.boot_id.clone(), batch.sequence, batch.created_ms));
+                    None
+                }
+            }
+        };
+        if let Some((top, created)) = rewound {
+            if self.once(node.as_str(), "sequence_rewound", now_ms) {
+                self.emit(
+                    node.clone(),
+                    event(
+                        "sequence_rewound",
+                        Severity::Warning,
+                        now_ms,
+                        &[
+                            ("src", node.to_string()),
+                            ("sequence", batch.sequence.to_string()),
+                            ("created_ms", batch.created_ms.to_string()),
+                            ("newest_sequence", top.to_string()),
+                            ("newest_created_ms", created.to_string()),
+                            ("why", "a lower sequence number created after a higher one of the same boot".into()),
+                        ],
+                    ),
+                );
+            }
         }
         let ahead = batch.created_ms - now_ms;
         if ahead > CLOCK_AHEAD_MS && self.once(node.as_str(), "clock_skew", now_ms) {

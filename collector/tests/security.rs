@@ -125,8 +125,11 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     lab.push(client.clone(), batch_of("nui-cam", 1, 1, now - 5000, 0xA)).await.unwrap();
     lab.push(client.clone(), batch_of("nui-cam", 2, 1, now - 1000, 0xB)).await.unwrap();
     lab.push(client.clone(), batch_of("nui-cam", 1, 2, now - 4000, 0xA)).await.unwrap();
+    // A lower sequence of boot 2 created after a higher one: rewound.
+    lab.push(client.clone(), batch_of("nui-cam", 2, 5, now - 900, 0xB)).await.unwrap();
+    lab.push(client.clone(), batch_of("nui-cam", 2, 4, now + 9_000, 0xB)).await.unwrap();
     // A clock ten minutes ahead.
-    lab.push(client.clone(), batch_of("nui-cam", 2, 2, now + 600_000, 0xB)).await.unwrap();
+    lab.push(client.clone(), batch_of("nui-cam", 2, 6, now + 600_000, 0xB)).await.unwrap();
     // nui-cam's certificate pushing for giang-thanh: refused, and reported.
     let (status, _) = lab.push(client.clone(), batch_of("giang-thanh", 9, 1, now, 0)).await.unwrap();
     assert_eq!(status, 403);
@@ -138,7 +141,7 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     let mut got = Vec::new();
     for _ in 0..50 {
         got = events(&lab, "").await;
-        if got.len() >= 4 {
+        if got.len() >= 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -148,6 +151,7 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     for want in [
         ("config_changed", "nui-cam"),
         ("clock_skew", "nui-cam"),
+        ("sequence_rewound", "nui-cam"),
         ("node_impersonation", "nui-cam"),
         ("tls_handshake_failures", "trung-tam"),
     ] {
