@@ -26,6 +26,9 @@ const MAX_ADDRESSES: usize = 10_000;
 /// A node's newest boot seen: its id, configuration hash and newest batch time.
 type NewestBoot = (Vec<u8>, Vec<u8>, i64);
 
+/// A node's newest boot: its id, highest sequence and that batch's creation time.
+type TopSequence = (Vec<u8>, u64, i64);
+
 /// The collector's own detector.
 pub struct Detector {
     db: Arc<Mutex<Connection>>,
@@ -35,8 +38,7 @@ pub struct Detector {
     tls: Mutex<HashMap<IpAddr, VecDeque<i64>>>,
     reported: Mutex<HashMap<(String, &'static str), i64>>,
     configs: Mutex<HashMap<NodeId, NewestBoot>>,
-    /// Per node: the newest boot's id, highest sequence and that batch's creation time.
-    sequences: Mutex<HashMap<NodeId, (Vec<u8>, u64, i64)>>,
+    sequences: Mutex<HashMap<NodeId, TopSequence>>,
 }
 
 fn event(kind: &str, severity: Severity, now_ms: i64, attrs: &[(&str, String)]) -> Event {
