@@ -84,8 +84,6 @@ pub struct Sensors {
     limiter: Limiter,
     /// Events found by the detectors, before the limiter.
     found: Vec<Event>,
-    /// Frames seen, for the agent's metrics.
-    pub frames: u64,
 }
 
 impl Sensors {
@@ -99,7 +97,6 @@ impl Sensors {
             last_sweep_ms: 0,
             limiter: Limiter::default(),
             found: Vec::new(),
-            frames: 0,
         }
     }
 
@@ -110,7 +107,6 @@ impl Sensors {
 
     /// Feeds one Ethernet frame seen at `now_ms`; events found go to `out`.
     pub fn frame(&mut self, data: &[u8], now_ms: i64, out: &mut Vec<Event>) {
-        self.frames += 1;
         if now_ms - self.last_sweep_ms >= 1000 {
             self.sweep(now_ms, out);
         }

@@ -61,14 +61,12 @@ struct Source {
 pub struct ScanDetector {
     policy: ScanPolicy,
     sources: HashMap<Ipv4Addr, Source>,
-    /// Sources forgotten to stay within `max_sources`.
-    pub evicted: u64,
 }
 
 impl ScanDetector {
     /// A detector with `policy`.
     pub fn new(policy: ScanPolicy) -> Self {
-        ScanDetector { policy, sources: HashMap::new(), evicted: 0 }
+        ScanDetector { policy, sources: HashMap::new() }
     }
 
     /// Sources tracked now.
@@ -155,7 +153,6 @@ impl ScanDetector {
     /// O(log n) per frame, not a scan of the table each.
     fn evict(&mut self, now_ms: i64) {
         let window = self.policy.window.as_millis() as i64;
-        let before = self.sources.len();
         self.sources.retain(|_, s| now_ms - s.last_ms <= window);
         if self.sources.len() >= self.policy.max_sources {
             let mut ages: Vec<(i64, Ipv4Addr)> = self.sources.iter().map(|(k, s)| (s.last_ms, *k)).collect();
@@ -165,7 +162,6 @@ impl ScanDetector {
                 self.sources.remove(k);
             }
         }
-        self.evicted += (before - self.sources.len()) as u64;
     }
 
     /// Forgets sources idle for longer than the window (called now and then).
