@@ -20,6 +20,9 @@ pub struct RawConfig {
     /// Log filter when `RUST_LOG` is unset (`info`, `debug`, `tierwatch_collector=debug`, ...).
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Language of notifications, incident summaries and the status page: `vi` or `en`.
+    #[serde(default)]
+    pub language: crate::i18n::Language,
     /// Path of `topology.yaml`, relative to this file.
     pub topology: PathBuf,
     pub ingest: RawIngest,
@@ -130,6 +133,7 @@ fn default_handshake_timeout() -> Duration {
 pub struct Config {
     pub file: PathBuf,
     pub log_level: String,
+    pub language: crate::i18n::Language,
     pub ingest: RawIngest,
     pub http: RawHttp,
     pub node_down_after: Duration,
@@ -210,12 +214,13 @@ impl Config {
         let topology = Topology::load(&topology_file)?;
         let rules_file = raw.rules.as_deref().map(resolve);
         let rules = match &rules_file {
-            Some(f) => Rules::load(f)?,
-            None => Rules::default(),
+            Some(f) => Rules::load(f, raw.language)?,
+            None => Rules { language: raw.language, ..Rules::default() },
         };
         Ok(Config {
             file: file.to_path_buf(),
             log_level: raw.log_level,
+            language: raw.language,
             ingest,
             http: raw.http,
             node_down_after: raw.node_down_after,

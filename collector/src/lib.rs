@@ -11,6 +11,7 @@ pub mod db;
 pub mod detect;
 pub mod exposition;
 pub mod http;
+pub mod i18n;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;

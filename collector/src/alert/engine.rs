@@ -14,7 +14,7 @@ use tierwatch_protocol::{Label, NodeId};
 use super::flap::Flaps;
 use super::incident::{self, Active, Incident, Scope};
 use super::maintenance::Window;
-use super::rules::{render, Rule, RuleKind, Rules, Severity};
+use super::rules::{render_in, Rule, RuleKind, Rules, Severity};
 use super::state::{is_firing, step, Phase, Reading, Transition};
 use crate::store::Store;
 use crate::topology::{Node, Topology};
@@ -170,6 +170,11 @@ fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) ->
 }
 
 impl Engine {
+    /// The language of the incident texts.
+    pub fn language(&self) -> crate::i18n::Language {
+        self.rules.language
+    }
+
     /// An engine for `rules` over `topo`; nodes count as heard from at `started_ms`.
     pub fn new(rules: Rules, topo: Arc<Topology>, started_ms: i64) -> Engine {
         Engine {
@@ -179,7 +184,7 @@ impl Engine {
             open: BTreeMap::new(),
             restored: Default::default(),
             restored_until_ms: 0,
-            flaps: Flaps::new(rules.flapping),
+            flaps: Flaps::new(rules.flapping, rules.language),
             known: HashSet::new(),
             late: HashSet::new(),
             returned: HashMap::new(),
@@ -526,6 +531,7 @@ impl Engine {
 
     fn view(&self, inc: &Incident, firing: &[(&AlertKey, &Instance)], active: &[Active]) -> IncidentView {
         let name = |id: &NodeId| self.topo.get(id).map_or_else(|| id.to_string(), |n| n.name.clone());
+        let t = self.rules.language.texts();
         let alerts: Vec<AlertView> = inc
             .alerts
             .iter()
@@ -533,7 +539,7 @@ impl Engine {
                 let (k, inst) = firing[i];
                 let rule: &Rule = &self.rules.rules[k.rule];
                 let summary = match self.topo.get(&k.node) {
-                    Some(node) => render(&rule.summary, &vars(node, &k.labels, inst.value)),
+                    Some(node) => render_in(&rule.summary, &vars(node, &k.labels, inst.value), t.days),
                     None => rule.summary.clone(),
                 };
                 AlertView {
@@ -550,21 +556,18 @@ impl Engine {
             .collect();
         let affected: Vec<(String, String)> = inc.affected.iter().map(|n| (n.to_string(), name(n))).collect();
         let names = affected.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let node_name = name(&inc.node);
+        let count = affected.len().to_string();
+        let vars =
+            [("node", node_name.as_str()), ("problem", t.problem(&inc.problem)), ("count", &count), ("names", &names)];
         let summary = match (inc.scope, affected.is_empty()) {
-            (Scope::Children, _) => {
-                format!("{} nodes behind {} show {}: {names}", affected.len(), name(&inc.node), inc.problem)
-            }
-            (Scope::Node, false) => format!(
-                "{} is {}; {} node(s) behind it are cut off: {names}",
-                name(&inc.node),
-                inc.problem,
-                affected.len()
-            ),
+            (Scope::Children, _) => t.fill(t.incident_children, &vars),
+            (Scope::Node, false) => t.fill(t.incident_cut_off, &vars),
             (Scope::Node, true) => alerts
                 .iter()
                 .find(|a| a.subject == inc.node.as_str())
                 .or(alerts.first())
-                .map_or_else(|| format!("{}: {}", name(&inc.node), inc.problem), |a| a.summary.clone()),
+                .map_or_else(|| t.fill(t.incident_plain, &vars), |a| a.summary.clone()),
         };
         IncidentView {
             key: inc.key(),
@@ -682,6 +685,22 @@ mod tests {
         assert!(e.evaluate(&store, 1000).is_empty(), "still true: no second page");
         push(&store, "p", 2000, &[("c1", 1.0)]);
         assert_eq!(kinds(&e.evaluate(&store, 2000)), ["resolve c1/unreachable"]);
+    }
+
+    #[test]
+    fn incident_texts_follow_the_configured_language() {
+        let (e, store) = setup();
+        let rules = Rules { language: crate::i18n::Language::Vi, ..e.rules.clone() };
+        let mut e = Engine::new(rules, e.topo.clone(), 0);
+        for c in ["c1", "c2", "c3", "c4", "p"] {
+            push(&store, c, 1000, &[]);
+        }
+        e.evaluate(&store, 1000);
+        for t in (1500..=8000).step_by(250) {
+            e.evaluate(&store, t);
+        }
+        let v = e.open_incidents().next().expect("the province's incident");
+        assert_eq!(v.summary, "Tỉnh mất kết nối; 4 điểm phía sau bị mất kết nối theo: Xã 1, Xã 2, Xã 3, Xã 4");
     }
 
     #[test]

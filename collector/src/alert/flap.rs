@@ -42,6 +42,7 @@ struct Flapping {
 #[derive(Debug, Default)]
 pub struct Flaps {
     policy: FlapPolicy,
+    language: crate::i18n::Language,
     opens: HashMap<String, VecDeque<i64>>,
     flapping: HashMap<String, Flapping>,
     present: HashSet<String>,
@@ -53,9 +54,9 @@ pub fn flapping_key(key: &str) -> String {
 }
 
 impl Flaps {
-    /// A tracker with `policy`.
-    pub fn new(policy: FlapPolicy) -> Flaps {
-        Flaps { policy, ..Default::default() }
+    /// A tracker with `policy`, writing its summaries in `language`.
+    pub fn new(policy: FlapPolicy, language: crate::i18n::Language) -> Flaps {
+        Flaps { policy, language, ..Default::default() }
     }
 
     /// Feeds the incidents present at `now_ms` and returns them with every
@@ -127,12 +128,11 @@ impl Flaps {
     fn flapping_view(&self, v: &IncidentView, opens: usize, since_ms: i64) -> IncidentView {
         let mut f = v.clone();
         f.key = flapping_key(&v.key);
-        f.summary = format!(
-            "{} is flapping: {} {} times in {}",
-            v.node_name,
-            v.problem,
-            opens,
-            tierwatch_runtime::duration::format(self.policy.window)
+        let t = self.language.texts();
+        let (opens, window) = (opens.to_string(), tierwatch_runtime::duration::format(self.policy.window));
+        f.summary = t.fill(
+            t.incident_flapping,
+            &[("node", &v.node_name), ("problem", t.problem(&v.problem)), ("count", &opens), ("window", &window)],
         );
         f.problem = FLAPPING.to_string();
         f.since_ms = since_ms;
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_third_bounce_becomes_one_flapping_incident_until_quiet() {
-        let mut f = Flaps::new(policy());
+        let mut f = Flaps::new(policy(), Default::default());
         let down = || BTreeMap::from([("c1/unreachable".to_string(), view("c1/unreachable"))]);
         let mut t = 0;
         let mut seen = Vec::new();
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn slow_bounces_outside_the_window_do_not_flap() {
-        let mut f = Flaps::new(policy());
+        let mut f = Flaps::new(policy(), Default::default());
         for i in 0..10 {
             let t = i * 40_000;
             let out = f.apply(BTreeMap::from([("k".to_string(), view("k"))]), t);
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn zero_disables() {
-        let mut f = Flaps::new(FlapPolicy { opens: 0, ..policy() });
+        let mut f = Flaps::new(FlapPolicy { opens: 0, ..policy() }, Default::default());
         for t in 0..20 {
             let present = if t % 2 == 0 { BTreeMap::from([("k".to_string(), view("k"))]) } else { BTreeMap::new() };
             assert!(f.apply(present, t * 1000).keys().all(|k| k == "k"));

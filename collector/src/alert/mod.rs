@@ -37,6 +37,8 @@ pub struct Alerting {
     pub trigger: Notify,
     /// Wakes the notifiers after notifications were queued.
     pub queued: Notify,
+    /// The language of notification texts.
+    pub language: crate::i18n::Language,
 }
 
 impl Alerting {
@@ -57,6 +59,7 @@ impl Alerting {
         windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);
         engine.set_windows(windows);
         Ok(Alerting {
+            language: engine.language(),
             engine: Mutex::new(engine),
             conn: Arc::new(Mutex::new(conn)),
             receivers,
@@ -230,7 +233,7 @@ pub fn spawn_notifiers(
 }
 
 async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
-    let mut client = notify::Client::new(&receiver.kind);
+    let mut client = notify::Client::new(&receiver.kind, alerting.language);
     let name = receiver.name.clone();
     loop {
         let now = tierwatch_protocol::now_ms();

@@ -20,6 +20,7 @@ use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
 use super::flap::FlapPolicy;
+use crate::i18n::Language;
 
 /// How urgent an alert is; routes choose receivers by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
@@ -174,9 +175,30 @@ pub struct RawRule {
     pub problem: String,
     pub severity: Severity,
     /// One line; `{{ label }}`, `{{ value }}`, `{{ node_name }}` are replaced.
-    pub summary: String,
+    /// Either one text or one per language (`{en: ..., vi: ...}`).
+    pub summary: Localized,
     #[serde(default)]
-    pub description: Option<String>,
+    pub description: Option<Localized>,
+}
+
+/// A text written once, or once per language.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Localized {
+    One(String),
+    PerLanguage(std::collections::BTreeMap<Language, String>),
+}
+
+impl Localized {
+    /// The text in `lang`; else the English one; else any.
+    fn pick(&self, lang: Language) -> String {
+        match self {
+            Localized::One(s) => s.clone(),
+            Localized::PerLanguage(m) => {
+                m.get(&lang).or_else(|| m.get(&Language::En)).or_else(|| m.values().next()).cloned().unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// Heartbeat settings.
@@ -270,6 +292,8 @@ impl Rule {
 /// The validated rule set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
+    /// The language summaries were picked in, and that incident texts use.
+    pub language: Language,
     pub min_children: usize,
     pub group_wait: Duration,
     pub flapping: FlapPolicy,
@@ -279,6 +303,7 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Rules {
+            language: Language::default(),
             min_children: default_min_children(),
             group_wait: default_group_wait(),
             flapping: FlapPolicy::default(),
@@ -293,18 +318,18 @@ fn name_ok(s: &str) -> bool {
 
 impl Rules {
     /// Loads and validates `file`, every problem with its line.
-    pub fn load(file: &Path) -> Result<Rules, ConfigError> {
+    pub fn load(file: &Path, language: Language) -> Result<Rules, ConfigError> {
         let (raw, text) = tierwatch_yamlconf::load::<RawRules>(file)?;
-        Self::from_raw(raw, file, &text)
+        Self::from_raw(raw, file, &text, language)
     }
 
     /// Parses and validates rules text (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Rules, ConfigError> {
         let raw = tierwatch_yamlconf::parse::<RawRules>(file, text)?;
-        Self::from_raw(raw, file, text)
+        Self::from_raw(raw, file, text, Language::En)
     }
 
-    fn from_raw(raw: RawRules, file: &Path, text: &str) -> Result<Rules, ConfigError> {
+    fn from_raw(raw: RawRules, file: &Path, text: &str, language: Language) -> Result<Rules, ConfigError> {
         let mut p = Problems::default();
         let mut names = std::collections::HashSet::new();
         let mut rules = Vec::new();
@@ -323,6 +348,9 @@ impl Rules {
                 p.push(key("name"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.name));
             } else if !names.insert(r.name.clone()) {
                 p.push(key("name"), format!("{:?} is used by another rule", r.name));
+            }
+            if matches!(&r.summary, Localized::PerLanguage(m) if m.is_empty()) {
+                p.push(key("summary"), "give the text, or one per language: {en: ..., vi: ...}");
             }
             if !name_ok(&r.problem) {
                 p.push(key("problem"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.problem));
@@ -366,8 +394,8 @@ impl Rules {
                     subject: None,
                     problem: r.problem.clone(),
                     severity: r.severity,
-                    summary: r.summary.clone(),
-                    description: r.description.clone(),
+                    summary: r.summary.pick(language),
+                    description: r.description.as_ref().map(|d| d.pick(language)),
                 });
                 continue;
             }
@@ -436,19 +464,30 @@ impl Rules {
                 subject: r.subject.clone(),
                 problem: r.problem.clone(),
                 severity: r.severity,
-                summary: r.summary.clone(),
-                description: r.description.clone(),
+                summary: r.summary.pick(language),
+                description: r.description.as_ref().map(|d| d.pick(language)),
             });
         }
         p.into_result(file, text)?;
         let flapping = FlapPolicy { opens: raw.flapping.opens, window: raw.flapping.window, quiet: raw.flapping.quiet };
-        Ok(Rules { min_children: raw.grouping.min_children, group_wait: raw.grouping.group_wait, flapping, rules })
+        Ok(Rules {
+            language,
+            min_children: raw.grouping.min_children,
+            group_wait: raw.grouping.group_wait,
+            flapping,
+            rules,
+        })
     }
 }
 
 /// Replaces `{{ key }}` in `template` by `vars(key)`; `{{ key | percent }}`,
 /// `| ms` and `| days` format numbers. Unknown keys are left visible.
 pub fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    render_in(template, vars, "days")
+}
+
+/// [`render`] with `days_word` after `| days` numbers (the language's word).
+pub fn render_in(template: &str, vars: &dyn Fn(&str) -> Option<String>, days_word: &str) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -469,7 +508,7 @@ pub fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
             (Some(v), Some(f)) => match (v.parse::<f64>(), f) {
                 (Ok(n), "percent") => format!("{:.1}%", n * 100.0),
                 (Ok(n), "ms") => format!("{:.1} ms", n * 1000.0),
-                (Ok(n), "days") => format!("{:.1} days", n / 86400.0),
+                (Ok(n), "days") => format!("{:.1} {days_word}", n / 86400.0),
                 _ => v,
             },
         };
@@ -487,7 +526,7 @@ mod tests {
     #[test]
     fn shipped_rules_are_valid() {
         let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rules.yaml"));
-        let r = Rules::load(file).unwrap_or_else(|e| panic!("{e}"));
+        let r = Rules::load(file, Language::Vi).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = r.rules.iter().map(|r| r.name.as_str()).collect();
         for want in [
             "node_down",
@@ -502,6 +541,18 @@ mod tests {
         ] {
             assert!(names.contains(&want), "default rule {want} missing: {names:?}");
         }
+        // The province reads Vietnamese: every shipped summary has its own Vietnamese text.
+        let raw: RawRules = serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        for rule in &raw.rules {
+            match &rule.summary {
+                Localized::PerLanguage(m) => {
+                    assert!(m.contains_key(&Language::Vi) && m.contains_key(&Language::En), "{}", rule.name)
+                }
+                Localized::One(_) => panic!("rule {} has one summary for both languages", rule.name),
+            }
+        }
+        let en = Rules::load(file, Language::En).unwrap();
+        assert_ne!(en.rules[0].summary, r.rules[0].summary);
     }
 
     #[test]

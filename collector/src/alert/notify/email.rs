@@ -136,12 +136,13 @@ pub fn validate(raw: &RawEmail, base: &Path, key: &str, p: &mut Problems) -> Opt
 /// Sends through one SMTP server; a connection per message (pages are rare).
 pub struct Client {
     email: Email,
+    texts: &'static crate::i18n::Texts,
 }
 
 impl Client {
     /// A client for `email`.
-    pub fn new(email: Email) -> Client {
-        Client { email }
+    pub fn new(email: Email, language: crate::i18n::Language) -> Client {
+        Client { email, texts: language.texts() }
     }
 
     fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
@@ -180,7 +181,7 @@ impl Client {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e),
         };
-        let (subject, body) = super::text::render(m);
+        let (subject, body) = super::text::render(m, self.texts);
         // The same Message-ID on every attempt: a mail sent twice (the
         // answer lost) threads as one in the reader's client.
         let id: String =

@@ -3,45 +3,48 @@
 //! from a phone at 3 a.m.
 
 use super::Message;
+use crate::i18n::Texts;
 
-/// Subject and plain-text body of `m`.
-pub fn render(m: &Message) -> (String, String) {
+/// Subject and plain-text body of `m`, in the language of `t`.
+pub fn render(m: &Message, t: &Texts) -> (String, String) {
     let i = &m.incident;
     let tag = match (m.event.as_str(), i.problem.as_str()) {
-        ("resolved", _) => "RESOLVED",
-        ("acknowledged", _) => "ACKNOWLEDGED",
-        ("repeated", _) => "STILL FIRING",
-        (_, super::super::flap::FLAPPING) => "FLAPPING",
-        _ => "FIRING",
+        ("resolved", _) => t.tag_resolved,
+        ("acknowledged", _) => t.tag_acknowledged,
+        ("repeated", _) => t.tag_repeated,
+        (_, super::super::flap::FLAPPING) => t.tag_flapping,
+        _ => t.tag_firing,
     };
-    let subject = format!("[{tag}] [{}] {}", i.severity.as_str(), i.summary);
+    let subject = format!("[{tag}] [{}] {}", t.severity(i.severity), i.summary);
     let mut body = vec![subject.clone(), String::new()];
     let at = |ms: i64| crate::http::rfc3339(ms).unwrap_or_else(|| ms.to_string());
-    body.push(format!("Incident: {} ({}, {})", i.key, i.node_name, i.node));
-    body.push(format!("Since:    {}", at(i.since_ms)));
+    // Labels padded to one column, whatever their length in the language.
+    let width =
+        [t.label_incident, t.label_since, t.label_ended].iter().map(|l| l.chars().count()).max().unwrap_or(0) + 1;
+    let line = |label: &str, value: String| format!("{:<width$} {value}", format!("{label}:"));
+    body.push(line(t.label_incident, format!("{} ({}, {})", i.key, i.node_name, i.node)));
+    body.push(line(t.label_since, at(i.since_ms)));
     if m.event == "resolved" {
         let secs = (m.at_ms - i.since_ms).max(0) / 1000;
-        body.push(format!(
-            "Ended:    {} (lasted {})",
-            at(m.at_ms),
-            tierwatch_runtime::duration::format(std::time::Duration::from_secs(secs as u64))
-        ));
+        let lasted = tierwatch_runtime::duration::format(std::time::Duration::from_secs(secs as u64));
+        body.push(line(t.label_ended, format!("{} ({})", at(m.at_ms), t.fill(t.lasted, &[("duration", &lasted)]))));
     }
     if let Some(a) = &i.ack {
         let comment = if a.comment.is_empty() { String::new() } else { format!(": {}", a.comment) };
-        body.push(format!("Acknowledged by {} at {}{comment}", a.by, at(a.at_ms)));
+        body.push(t.fill(t.acknowledged_by, &[("by", &a.by), ("at", &at(a.at_ms)), ("comment", &comment)]));
     }
     if !i.affected.is_empty() {
         let names: Vec<&str> = i.affected.iter().map(|(_, n)| n.as_str()).collect();
-        body.push(format!("Affected ({}): {}", names.len(), names.join(", ")));
+        body.push(t.fill(t.affected, &[("count", &names.len().to_string()), ("names", &names.join(", "))]));
     }
     if !i.alerts.is_empty() {
         body.push(String::new());
         for a in i.alerts.iter().take(20) {
-            body.push(format!("- {} ({} on {})", a.summary, a.rule, a.node));
+            let text = t.fill(t.alert_line, &[("summary", &a.summary), ("rule", &a.rule), ("node", &a.node)]);
+            body.push(format!("- {text}"));
         }
         if i.alerts.len() > 20 {
-            body.push(format!("- and {} more", i.alerts.len() - 20));
+            body.push(format!("- {}", t.fill(t.and_more, &[("count", &(i.alerts.len() - 20).to_string())])));
         }
     }
     body.push(String::new());
@@ -80,7 +83,8 @@ mod tests {
             muted: None,
             ack: Some(Ack { by: "Lan".into(), comment: "ISP ticket 42".into(), at_ms: 1_764_300_060_000 }),
         };
-        let (subject, body) = render(&Message::new("resolved", &v, 1_764_300_330_000));
+        let m = Message::new("resolved", &v, 1_764_300_330_000);
+        let (subject, body) = render(&m, crate::i18n::Language::En.texts());
         assert_eq!(
             subject,
             "[RESOLVED] [critical] Tỉnh An Giang is unreachable; 2 node(s) behind it are cut off: Xã A, Xã B"
@@ -92,6 +96,19 @@ mod tests {
             "Acknowledged by Lan at 2025-11-28T03:21:00Z: ISP ticket 42",
             "Affected (2): Xã A, Xã B",
             "- Tỉnh An Giang (p) has stopped reporting (node_down on p)",
+        ] {
+            assert!(body.contains(want), "{want:?} in\n{body}");
+        }
+        // The same page for a Vietnamese on-call group: every fixed word translated, names as written.
+        let (subject, body) = render(&m, crate::i18n::Language::Vi.texts());
+        assert!(subject.starts_with("[ĐÃ KHẮC PHỤC] [nghiêm trọng] Tỉnh An Giang"), "{subject}");
+        for want in [
+            "Sự cố:    p/unreachable (Tỉnh An Giang, p)",
+            "Bắt đầu:  2025-11-28T03:20:00Z",
+            "Kết thúc: 2025-11-28T03:25:30Z (kéo dài 5m30s)",
+            "Lan đã tiếp nhận lúc 2025-11-28T03:21:00Z: ISP ticket 42",
+            "Bị ảnh hưởng (2): Xã A, Xã B",
+            "(node_down tại p)",
         ] {
             assert!(body.contains(want), "{want:?} in\n{body}");
         }

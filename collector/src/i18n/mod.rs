@@ -1,0 +1,184 @@
+//! Every text a person reads (notifications, incident summaries, the status
+//! page, dashboard titles and descriptions), one table per language. The
+//! struct makes the compiler check that each language has every text.
+//!
+//! Templates use the rules' `{{ name }}` syntax (`crate::alert::rules::render`).
+
+mod en;
+mod vi;
+
+use serde::Deserialize;
+
+/// The language of everything a person reads (`language:` in collector.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    #[default]
+    En,
+    Vi,
+}
+
+impl Language {
+    /// Every language, for generating dashboards in each.
+    pub const ALL: [Language; 2] = [Language::En, Language::Vi];
+
+    /// The language's code (`en`, `vi`), as in config and HTML `lang`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::Vi => "vi",
+        }
+    }
+
+    /// The language's table of texts.
+    pub fn texts(self) -> &'static Texts {
+        match self {
+            Language::En => &en::TEXTS,
+            Language::Vi => &vi::TEXTS,
+        }
+    }
+}
+
+impl std::str::FromStr for Language {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "en" => Ok(Language::En),
+            "vi" => Ok(Language::Vi),
+            _ => Err(format!("{s:?} is not a language: use vi or en")),
+        }
+    }
+}
+
+/// The texts of one language.
+pub struct Texts {
+    // Incident summaries (templates: node, problem, count, names, window).
+    /// Several children of one node show the same problem.
+    pub incident_children: &'static str,
+    /// A node is cut off with everything behind it.
+    pub incident_cut_off: &'static str,
+    /// A node's problem with no better summary.
+    pub incident_plain: &'static str,
+    /// A flapping incident.
+    pub incident_flapping: &'static str,
+    /// Display words of the shipped rules' problem ids; others are shown as written.
+    pub problems: &'static [(&'static str, &'static str)],
+    /// `critical`, `warning`, `info`.
+    pub severities: [&'static str; 3],
+    /// Unit word of the `days` template filter.
+    pub days: &'static str,
+
+    // Notifications (Telegram, email).
+    pub tag_firing: &'static str,
+    pub tag_resolved: &'static str,
+    pub tag_acknowledged: &'static str,
+    pub tag_repeated: &'static str,
+    pub tag_flapping: &'static str,
+    pub label_incident: &'static str,
+    pub label_since: &'static str,
+    pub label_ended: &'static str,
+    /// Template: duration.
+    pub lasted: &'static str,
+    /// Template: by, at, comment.
+    pub acknowledged_by: &'static str,
+    /// Template: count, names.
+    pub affected: &'static str,
+    /// Template: summary, rule, node.
+    pub alert_line: &'static str,
+    /// Template: count.
+    pub and_more: &'static str,
+
+    // Status page.
+    pub page_title: &'static str,
+    pub page_updated: &'static str,
+    pub page_nodes: &'static str,
+    pub page_alerts: &'static str,
+    pub page_no_alerts: &'static str,
+    pub page_muted: &'static str,
+    pub page_security: &'static str,
+    pub page_no_security: &'static str,
+    pub page_col_node: &'static str,
+    pub page_col_tier: &'static str,
+    pub page_col_status: &'static str,
+    pub page_col_last_seen: &'static str,
+    pub page_col_probes: &'static str,
+    pub page_col_time: &'static str,
+    pub page_col_kind: &'static str,
+    pub page_col_source: &'static str,
+    pub page_col_severity: &'static str,
+    pub page_col_summary: &'static str,
+    pub page_since: &'static str,
+    pub page_acknowledged: &'static str,
+    pub page_affected: &'static str,
+    pub page_summary_counts: &'static str,
+    /// `up`, `down`, `unknown`.
+    pub status_words: [&'static str; 3],
+    /// `central`, `province`, `commune`.
+    pub tier_words: [&'static str; 3],
+    /// Template: secs. Age of the last push.
+    pub ago: &'static str,
+    pub never: &'static str,
+    pub probes_failing: &'static str,
+    pub api_links: &'static str,
+
+    // Dashboards: (id, title, description) of each dashboard and panel.
+    pub dashboards: &'static [(&'static str, &'static str, &'static str)],
+}
+
+impl Texts {
+    /// The display word of a problem id.
+    pub fn problem<'a>(&self, id: &'a str) -> &'a str
+    where
+        'static: 'a,
+    {
+        self.problems.iter().find(|(k, _)| *k == id).map_or(id, |(_, v)| v)
+    }
+
+    /// The display word of a severity.
+    pub fn severity(&self, s: crate::alert::rules::Severity) -> &'static str {
+        use crate::alert::rules::Severity;
+        match s {
+            Severity::Critical => self.severities[0],
+            Severity::Warning => self.severities[1],
+            Severity::Info => self.severities[2],
+        }
+    }
+
+    /// Title and description of dashboard element `id`; the id itself when missing.
+    pub fn dashboard(&self, id: &'static str) -> (&'static str, &'static str) {
+        self.dashboards.iter().find(|(k, _, _)| *k == id).map_or((id, ""), |(_, t, d)| (*t, *d))
+    }
+
+    /// `template` with `{{ name }}` replaced from `vars`.
+    pub fn fill(&self, template: &str, vars: &[(&str, &str)]) -> String {
+        crate::alert::rules::render(template, &|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_names_the_same_dashboard_elements() {
+        let ids = |l: Language| {
+            let mut v: Vec<&str> = l.texts().dashboards.iter().map(|(k, _, _)| *k).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(Language::En), ids(Language::Vi));
+        let mut seen = std::collections::HashSet::new();
+        for (k, t, _) in Language::En.texts().dashboards {
+            assert!(seen.insert(*k), "{k} twice");
+            assert!(!t.is_empty(), "{k} has no title");
+        }
+    }
+
+    #[test]
+    fn problems_are_translated_and_others_kept() {
+        let vi = Language::Vi.texts();
+        assert_eq!(vi.problem("unreachable"), "mất kết nối");
+        assert_eq!(vi.problem("my_problem"), "my_problem");
+        assert_eq!(Language::En.texts().problem("unreachable"), "unreachable");
+    }
+}
