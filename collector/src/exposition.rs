@@ -60,14 +60,65 @@ impl Families {
     }
 }
 
-use tierwatch_protocol::catalogue::{NODE_INFO, NODE_LAST_PUSH, NODE_UP};
+use tierwatch_protocol::catalogue::{NODE_ALERTS, NODE_INFO, NODE_LAST_PUSH, NODE_UP};
+
+/// Per-node figures that come from the alert engine and the state database.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Firing alerts per node id.
+    pub alerts: std::collections::HashMap<String, usize>,
+    /// Whether alerting runs (else no alert series at all).
+    pub alerting: bool,
+    /// Security events of the last 24 h per node, kind, severity and source.
+    pub recent_events: Vec<crate::security::Recent>,
+}
+
+/// Recent security events per group, and when the last one happened.
+pub const SECURITY_RECENT: &str = "tierwatch_security_recent_events";
+pub const SECURITY_LAST: &str = "tierwatch_security_last_event_timestamp_seconds";
 
 /// Renders the text exposition at `now_ms`.
-pub fn render(store: &Store, metrics: &Metrics, now_ms: i64, stale_after_ms: i64, down_after_ms: i64) -> Vec<u8> {
+pub fn render(
+    store: &Store,
+    metrics: &Metrics,
+    derived: &Derived,
+    now_ms: i64,
+    stale_after_ms: i64,
+    down_after_ms: i64,
+) -> Vec<u8> {
     let mut fams = Families(BTreeMap::new());
     let mut series = 0i64;
     store.for_each_node(now_ms - stale_after_ms, |node, state| {
         let id = identity(node);
+        if derived.alerting {
+            fams.push(
+                NODE_ALERTS,
+                MetricKind::Gauge,
+                "Firing alerts about the node, whether paged on their own or grouped under a parent's incident.",
+                id.clone(),
+                derived.alerts.get(node.id.as_str()).copied().unwrap_or(0) as f64,
+            );
+        }
+        for r in derived.recent_events.iter().filter(|r| r.node == node.id.as_str()) {
+            let mut ls = id.clone();
+            ls.push(label("kind", &r.kind));
+            ls.push(label("severity", &r.severity));
+            ls.push(label("source", &r.source));
+            fams.push(
+                SECURITY_RECENT,
+                MetricKind::Gauge,
+                "Security events of the last 24 hours per node, kind, severity and source address (the 200 most recent groups).",
+                ls.clone(),
+                r.count as f64,
+            );
+            fams.push(
+                SECURITY_LAST,
+                MetricKind::Gauge,
+                "Unix time of the group's latest security event (same groups as tierwatch_security_recent_events).",
+                ls,
+                r.last_ms as f64 / 1000.0,
+            );
+        }
         let up = state.last_push_ms.is_some_and(|t| now_ms - t <= down_after_ms);
         fams.push(
             NODE_UP,

@@ -58,15 +58,51 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
             q.state.rows.load(Ordering::Relaxed),
         );
     }
+    let now = tierwatch_protocol::now_ms();
+    let mut derived = exposition::Derived::default();
+    if let Some(a) = &s.alerting {
+        derived.alerting = true;
+        derived.alerts = a.alerts_per_node();
+    }
+    // Both read the state database: off the runtime.
+    let (db, alerting) = (s.security_db.clone(), s.alerting.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let recent = crate::security::recent(
+            &db.lock().unwrap_or_else(|p| p.into_inner()),
+            now - 86_400_000,
+            RECENT_EVENT_GROUPS,
+        );
+        let queued = alerting.map(|a| a.queued());
+        (recent, queued)
+    })
+    .await;
+    match read {
+        Ok((recent, queued)) => {
+            match recent {
+                Ok(r) => derived.recent_events = r,
+                Err(e) => tracing::warn!(error = %e, "/metrics: reading recent security events failed"),
+            }
+            match queued {
+                Some(Ok(q)) => q.iter().for_each(|(r, n)| s.metrics.notifications_queued(r, *n)),
+                Some(Err(e)) => tracing::warn!(error = %e, "/metrics: reading the notification outbox failed"),
+                None => {}
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "/metrics: database task failed"),
+    }
     let body = exposition::render(
         &s.store,
         &s.metrics,
-        tierwatch_protocol::now_ms(),
+        &derived,
+        now,
         s.stale_after.as_millis() as i64,
         s.node_down_after.as_millis() as i64,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
+
+/// Bound on the recent security event groups exposed (each is two series).
+const RECENT_EVENT_GROUPS: usize = 200;
 
 async fn readyz(State(s): State<Arc<Http>>) -> Response {
     if s.ready.load(Ordering::Acquire) {

@@ -70,6 +70,7 @@ pub struct Metrics {
     incidents: IntCounterVec,
     pub incidents_open: IntGauge,
     notifications: IntCounterVec,
+    notifications_queued: IntGaugeVec,
 }
 
 impl Metrics {
@@ -184,6 +185,17 @@ impl Metrics {
             &["receiver", "result"],
         )?;
         registry.register(Box::new(notifications.clone()))?;
+        let notifications_queued = IntGaugeVec::new(
+            Opts::new(
+                "tierwatch_collector_notifications_queued",
+                "Notifications in the outbox not yet delivered, per receiver.",
+            ),
+            &["receiver"],
+        )?;
+        registry.register(Box::new(notifications_queued.clone()))?;
+        for event in ["opened", "updated", "resolved"] {
+            incidents.with_label_values(&[event]);
+        }
         registry.register(Box::new(incidents.clone()))?;
         registry.register(Box::new(incidents_open.clone()))?;
         for e in ["opened", "updated", "resolved"] {
@@ -221,7 +233,21 @@ impl Metrics {
             incidents,
             incidents_open,
             notifications,
+            notifications_queued,
         })
+    }
+
+    /// Makes every outcome of `receiver` exist from the start, so rate() works before the first page.
+    pub fn receiver(&self, receiver: &str) {
+        for result in ["sent", "failed", "refused"] {
+            self.notifications.with_label_values(&[receiver, result]);
+        }
+        self.notifications_queued.with_label_values(&[receiver]);
+    }
+
+    /// Sets how many notifications wait in the outbox for `receiver`.
+    pub fn notifications_queued(&self, receiver: &str, n: u64) {
+        self.notifications_queued.with_label_values(&[receiver]).set(n as i64);
     }
 
     /// Counts a notification attempt.

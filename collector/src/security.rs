@@ -112,6 +112,39 @@ pub fn list(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<StoredEvent>> 
     rows.collect()
 }
 
+/// Recent events of one node, kind, severity and source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recent {
+    pub node: String,
+    pub kind: String,
+    pub severity: String,
+    /// The `src` evidence attribute; empty when the event has none.
+    pub source: String,
+    pub count: u64,
+    pub last_ms: i64,
+}
+
+/// Events since `since_ms` grouped by node, kind, severity and source: the
+/// `limit` groups with the latest events (a bound on the series exposed).
+pub fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite::Result<Vec<Recent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT node, kind, severity, ifnull(json_extract(attributes, '$.src'), ''), count(*), max(at_ms)
+         FROM security_event WHERE at_ms >= ?1
+         GROUP BY 1, 2, 3, 4 ORDER BY 6 DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
+        Ok(Recent {
+            node: r.get(0)?,
+            kind: r.get(1)?,
+            severity: r.get(2)?,
+            source: r.get(3)?,
+            count: r.get::<_, i64>(4)? as u64,
+            last_ms: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Events stored so far per (node, kind, severity): the counters start from
 /// these after a restart, so `tierwatch_security_events_total` never goes back.
 pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
@@ -158,6 +191,17 @@ mod tests {
         let q = Query { since_ms: Some(now - 1500), ..Default::default() };
         assert_eq!(list(&conn, &q).unwrap().len(), 1);
         assert!(counts(&conn).unwrap().contains(&("c1".into(), "port_scan".into(), "warning".into(), 1)));
+        let tx = conn.transaction().unwrap();
+        insert(&tx, &c1, &[event("port_scan", now - 500, "10.2.1.50")], now).unwrap();
+        tx.commit().unwrap();
+        let r = recent(&conn, now - 86_400_000, 10).unwrap();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(
+            (r[0].kind.as_str(), r[0].source.as_str(), r[0].count, r[0].last_ms),
+            ("port_scan", "10.2.1.50", 2, now - 500)
+        );
+        assert_eq!(recent(&conn, now - 86_400_000, 1).unwrap().len(), 1, "bounded");
+        conn.execute("DELETE FROM security_event WHERE at_ms = ?1", [now - 500]).unwrap();
         assert_eq!(prune(&conn, now).unwrap(), 1, "the one older than the retention");
         assert_eq!(list(&conn, &Query::default()).unwrap().len(), 2);
     }

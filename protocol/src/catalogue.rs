@@ -161,12 +161,18 @@ pub const NODE_UP: &str = "tierwatch_node_up";
 pub const NODE_LAST_PUSH: &str = "tierwatch_node_last_push_timestamp_seconds";
 /// Collector-derived per-node metric: display name and agent version as labels.
 pub const NODE_INFO: &str = "tierwatch_node_info";
+/// Collector-derived per-node metric: firing alerts about the node.
+pub const NODE_ALERTS: &str = "tierwatch_node_alerts";
 /// Prefix of the collector's own metrics.
 pub const COLLECTOR_PREFIX: &str = "tierwatch_collector_";
+/// Prefix of the security metrics the collector derives from stored events.
+pub const SECURITY_PREFIX: &str = "tierwatch_security_";
 
 /// True for names only the collector may produce; an agent sending one is refused.
 pub fn is_collector_owned(name: &str) -> bool {
-    name.starts_with(COLLECTOR_PREFIX) || [NODE_UP, NODE_LAST_PUSH, NODE_INFO].contains(&name)
+    name.starts_with(COLLECTOR_PREFIX)
+        || name.starts_with(SECURITY_PREFIX)
+        || [NODE_UP, NODE_LAST_PUSH, NODE_INFO, NODE_ALERTS].contains(&name)
 }
 
 /// Looks up a definition by metric name.

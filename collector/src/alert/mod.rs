@@ -78,6 +78,33 @@ impl Alerting {
         self.engine().open_incidents().cloned().collect()
     }
 
+    /// Firing alerts per node they are about, open or muted, grouped or not.
+    pub fn alerts_per_node(&self) -> std::collections::HashMap<String, usize> {
+        let e = self.engine();
+        let mut seen = std::collections::HashSet::new();
+        let mut per = std::collections::HashMap::new();
+        for v in e.open_incidents().chain(e.muted_incidents()) {
+            for a in &v.alerts {
+                if seen.insert((a.rule.as_str(), a.subject.as_str(), &a.labels)) {
+                    *per.entry(a.subject.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        per
+    }
+
+    /// Undelivered notifications per receiver (every receiver listed).
+    pub fn queued(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = notify::queued(&c)?;
+        for r in &self.receivers {
+            if !n.iter().any(|(name, _)| *name == r.name) {
+                n.push((r.name.clone(), 0));
+            }
+        }
+        Ok(n)
+    }
+
     /// The incidents a maintenance window keeps from paging.
     pub fn muted(&self) -> Vec<IncidentView> {
         self.engine().muted_incidents().cloned().collect()
@@ -228,6 +255,7 @@ pub fn spawn_notifiers(
     tracker: &tokio_util::task::TaskTracker,
 ) {
     for r in alerting.receivers.clone() {
+        metrics.receiver(&r.name);
         tracker.spawn(notifier(alerting.clone(), r, metrics.clone(), token.clone()));
     }
 }

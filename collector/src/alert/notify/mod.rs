@@ -350,6 +350,13 @@ pub struct Pending {
     pub message: Message,
 }
 
+/// Notifications waiting in the outbox, per receiver that has any.
+pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT receiver, count(*) FROM outbox GROUP BY receiver")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
 /// The oldest notification of `receiver` due at `now_ms`.
 pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<Option<Pending>> {
     let row = conn
