@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod alert_api;
 pub mod config;
+pub mod dashboards;
 pub mod db;
 pub mod detect;
 pub mod exposition;
