@@ -15,6 +15,7 @@ declare -A wanted=(
   [nginx]=nginx            # lab: HTTP/HTTPS services
   [dnsmasq]=dnsmasq-base   # lab: DNS (and DHCP) service
   [nmap]=nmap              # lab: port scans for the LAN sensor
+  [chromium]=chromium      # status page screenshot (headless)
   [ss]=iproute2
   [kill]=procps
   [sysctl]=procps

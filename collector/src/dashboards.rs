@@ -92,19 +92,6 @@ pub fn all(lang: Language) -> Vec<Dashboard> {
     ]
 }
 
-/// Every query of every panel of `d`, with the panel's title: for tests and tools.
-pub fn queries(d: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().into_iter().flatten() {
-        for target in p["targets"].as_array().into_iter().flatten() {
-            if let Some(e) = target["expr"].as_str() {
-                out.push((p["title"].as_str().unwrap_or_default().to_string(), e.to_string()));
-            }
-        }
-    }
-    out
-}
-
 fn build(t: &Texts, id: &'static str, uid: &str, variables: Vec<Value>, panels: Vec<Panel>) -> Dashboard {
     let (title, description) = t.dashboard(id);
     let (mut x, mut y, mut row_height) = (0, 0, 0);

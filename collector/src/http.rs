@@ -31,12 +31,15 @@ pub struct Http {
     pub api_token: Option<String>,
     /// The state database, for the security event list.
     pub security_db: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Language of the status page.
+    pub language: crate::i18n::Language,
 }
 
 /// The router of the HTTP listener.
 pub fn router(state: Arc<Http>) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(status_page))
+        .route("/api", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -47,7 +50,7 @@ pub fn router(state: Arc<Http>) -> Router {
 }
 
 async fn index() -> impl IntoResponse {
-    "tierwatch collector\n\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/api/v1/security/events security events with evidence (?node=&kind=&since_ms=&limit=)\n/healthz        liveness\n/readyz         readiness\n"
+    "tierwatch collector\n\n/               status page (HTML)\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/api/v1/security/events security events with evidence (?node=&kind=&since_ms=&limit=)\n/healthz        liveness\n/readyz         readiness\n"
 }
 
 async fn metrics(State(s): State<Arc<Http>>) -> Response {
@@ -103,6 +106,41 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
 
 /// Bound on the recent security event groups exposed (each is two series).
 const RECENT_EVENT_GROUPS: usize = 200;
+
+/// `/`: the status page.
+async fn status_page(State(s): State<Arc<Http>>) -> Response {
+    let now = tierwatch_protocol::now_ms();
+    let db = s.security_db.clone();
+    let q = crate::security::Query { since_ms: Some(now - 86_400_000), limit: Some(25), ..Default::default() };
+    let events =
+        tokio::task::spawn_blocking(move || crate::security::list(&db.lock().unwrap_or_else(|p| p.into_inner()), &q))
+            .await;
+    let events = match events {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "status page: reading security events failed");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    };
+    let nodes = node_statuses(&s, now);
+    let names = nodes.iter().map(|n| (n.id.clone(), n.name.clone())).collect();
+    let snapshot = crate::status_page::Snapshot {
+        texts: s.language.texts(),
+        lang: s.language.code(),
+        now_ms: now,
+        incidents: s.alerting.as_ref().map(|a| a.open()).unwrap_or_default(),
+        muted: s.alerting.as_ref().map(|a| a.muted()).unwrap_or_default(),
+        nodes,
+        events,
+        names,
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+        crate::status_page::render(&snapshot),
+    )
+        .into_response()
+}
 
 async fn readyz(State(s): State<Arc<Http>>) -> Response {
     if s.ready.load(Ordering::Acquire) {

@@ -23,6 +23,7 @@ pub mod security;
 pub mod seqset;
 pub mod server;
 pub mod status;
+pub mod status_page;
 pub mod store;
 pub mod tls;
 pub mod topology;

@@ -166,6 +166,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         queues: queues.clone(),
         api_token: config.api_token.clone(),
         security_db,
+        language: config.language,
     });
 
     let tracker = TaskTracker::new();
