@@ -16,6 +16,8 @@ declare -A wanted=(
   [dnsmasq]=dnsmasq-base   # lab: DNS (and DHCP) service
   [nmap]=nmap              # lab: port scans for the LAN sensor
   [chromium]=chromium      # status page screenshot (headless)
+  [debootstrap]=debootstrap  # a clean Debian 12 chroot for the package test
+  [setpriv]=util-linux     # the agent as an unprivileged user with CAP_NET_RAW only
   [ss]=iproute2
   [kill]=procps
   [sysctl]=procps
@@ -42,6 +44,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# cargo-deb builds the Debian packages (tests/tests/packages.rs, scripts/package.sh).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version "^3" --no-default-features
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -91,15 +91,10 @@ fn real_main() -> anyhow::Result<()> {
             };
             let config = Config::load(&file)?;
             logging::init(cli.run.log_format, &config.log_level);
-            runtime()?.block_on(async move {
-                let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
-                let file = config.file.clone();
-                let running = run::start(config, token)
-                    .await
-                    .with_context(|| format!("starting the agent from {}", file.display()))?;
-                running.wait().await;
-                Ok(())
-            })
+            let reload = || Config::load(&file).map_err(|e| e.to_string());
+            runtime()?
+                .block_on(tierwatch_runtime::service::supervise(config, reload, run::start))
+                .with_context(|| format!("running the agent from {}", file.display()))
         }
     }
 }

@@ -59,12 +59,33 @@ pub struct Running {
     /// Where the health endpoint listens, if enabled.
     pub health_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    spool: Arc<Spool>,
+    status: String,
 }
 
 impl Running {
     /// Waits until the agent has stopped (after its token was cancelled).
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+impl tierwatch_runtime::service::Instance for Running {
+    async fn wait(self) {
+        Running::wait(self).await
+    }
+
+    fn health_check(&self) -> tierwatch_runtime::service::HealthCheck {
+        // Takes the spool's lock: a write stuck on a dead disk holds it.
+        let spool = self.spool.clone();
+        Arc::new(move || {
+            let _ = spool.len();
+            true
+        })
+    }
+
+    fn status(&self) -> String {
+        self.status.clone()
     }
 }
 
@@ -174,6 +195,12 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     }
     senders.close();
 
+    let status = format!(
+        "probing {} targets, pushing to {}{}",
+        config.targets.len(),
+        config.endpoints[0].url,
+        if config.endpoints.len() > 1 { format!(" (+{} more)", config.endpoints.len() - 1) } else { String::new() }
+    );
     tracing::info!(
         node = %config.node,
         targets = config.targets.len(),
@@ -182,6 +209,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         health = ?health_addr,
         "agent running"
     );
+    let spool_handle = spool.clone();
     let task = tokio::spawn(async move {
         token.cancelled().await;
         // Order matters: probes finish their rounds, the batcher seals and
@@ -212,5 +240,5 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         }
         tracing::info!("agent stopped");
     });
-    Ok(Running { health_addr, task })
+    Ok(Running { health_addr, task, spool: spool_handle, status })
 }

@@ -168,7 +168,7 @@ impl Detector {
                         ("src", node.to_string()),
                         ("previous_hash", hex(&previous)),
                         ("config_hash", hex(&batch.config_hash)),
-                        ("why", "the agent restarted with another configuration".into()),
+                        ("why", "the agent restarted or reloaded with another configuration".into()),
                     ],
                 ),
             );

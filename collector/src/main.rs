@@ -146,20 +146,14 @@ fn real_main() -> anyhow::Result<()> {
             };
             let config = Config::load(&file)?;
             logging::init(cli.run.log_format, &config.log_level);
-            run(config)
+            run(config, &file)
         }
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
-    rt.block_on(async move {
-        let token = tierwatch_runtime::shutdown::on_signals().context("installing signal handlers")?;
-        let file = config.file.clone();
-        let running = server::start(config, token)
-            .await
-            .with_context(|| format!("starting the collector from {}", file.display()))?;
-        running.wait().await;
-        Ok(())
-    })
+    let reload = || Config::load(file).map_err(|e| e.to_string());
+    rt.block_on(tierwatch_runtime::service::supervise(config, reload, server::start))
+        .with_context(|| format!("running the collector from {}", file.display()))
 }

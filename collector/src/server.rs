@@ -49,6 +49,28 @@ pub struct Running {
     /// Cancel to shut down.
     pub token: CancellationToken,
     task: JoinHandle<()>,
+    /// The state database, for the watchdog's check.
+    db: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    status: String,
+}
+
+impl tierwatch_runtime::service::Instance for Running {
+    async fn wait(self) {
+        Running::wait(self).await
+    }
+
+    fn health_check(&self) -> tierwatch_runtime::service::HealthCheck {
+        // The state database answers: it is what a hung collector waits on.
+        let db = self.db.clone();
+        Arc::new(move || {
+            let c = db.lock().unwrap_or_else(|p| p.into_inner());
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok()
+        })
+    }
+
+    fn status(&self) -> String {
+        self.status.clone()
+    }
 }
 
 impl Running {
@@ -165,7 +187,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ready: Default::default(),
         queues: queues.clone(),
         api_token: config.api_token.clone(),
-        security_db,
+        security_db: security_db.clone(),
         language: config.language,
     });
 
@@ -218,5 +240,10 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         sender_tasks.wait().await;
         tracing::info!("collector stopped");
     });
-    Ok(Running { ingest_addr, http_addr, token, task })
+    let status = format!(
+        "{} nodes, ingest on {ingest_addr}, HTTP on {http_addr}, {} rules",
+        config.topology.nodes().len(),
+        config.rules.rules.len()
+    );
+    Ok(Running { ingest_addr, http_addr, token, task, db: security_db, status })
 }

@@ -8,5 +8,7 @@ pub mod duration;
 pub mod exit;
 pub mod http_client;
 pub mod logging;
+pub mod service;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;

@@ -1,28 +1,9 @@
-//! Shutdown on SIGTERM or SIGINT through a cancellation token, and a bounded drain.
+//! Bounded drains and cancellable sleeps (signals: `service`).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Returns a token cancelled when the process receives SIGTERM or SIGINT.
-pub fn on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = t.cancelled() => return,
-        };
-        tracing::info!(signal = which, "shutting down");
-        t.cancel();
-    });
-    Ok(token)
-}
 
 /// Closes `tracker` and waits for its tasks, at most `grace`; logs when the deadline passes.
 pub async fn drain(tracker: &TaskTracker, grace: Duration) {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,6 +59,26 @@ impl Loopback {
     /// Writes collector.yaml (with `extra` top-level YAML), logging each
     /// stored batch, and starts the collector; waits until it is ready.
     pub fn start_collector(&self, log: &str, extra: &str) -> anyhow::Result<Proc> {
+        self.start_collector_with(log, extra, &[])
+    }
+
+    /// [`Loopback::start_collector`] with environment variables set.
+    pub fn start_collector_with(&self, log: &str, extra: &str, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let file = self.collector_config(extra)?;
+        let mut cmd = Command::new(bin("tierwatch-collector"));
+        cmd.args(["--config", file.to_str().context("utf-8")?, "--log-format", "json"]).stdout(Stdio::null());
+        cmd.envs(env.iter().copied());
+        let p = Proc::spawn_command("collector", &mut cmd, &self.path(log))?;
+        let addr = self.http_addr();
+        wait_for(Duration::from_secs(10), "collector /readyz", || {
+            http_get(addr, "/readyz").ok().filter(|(c, _)| *c == 200)
+        })
+        .with_context(|| p.log_text())?;
+        Ok(p)
+    }
+
+    /// Writes collector.yaml with `extra` top-level YAML; returns its path.
+    pub fn collector_config(&self, extra: &str) -> anyhow::Result<PathBuf> {
         let file = self.path("collector.yaml");
         std::fs::write(
             &file,
@@ -66,18 +87,7 @@ impl Loopback {
                 self.ingest, self.http
             ),
         )?;
-        let p = Proc::spawn(
-            "collector",
-            &bin("tierwatch-collector"),
-            &["--config", file.to_str().context("utf-8")?, "--log-format", "json"],
-            &self.path(log),
-        )?;
-        let addr = self.http_addr();
-        wait_for(Duration::from_secs(10), "collector /readyz", || {
-            http_get(addr, "/readyz").ok().filter(|(c, _)| *c == 200)
-        })
-        .with_context(|| p.log_text())?;
-        Ok(p)
+        Ok(file)
     }
 
     /// Writes `<node>.yaml`: pushes every `push`, probes a TCP port on
@@ -113,12 +123,15 @@ impl Loopback {
 
     /// Starts an agent on a config from [`Loopback::agent_config`], logging to `log`.
     pub fn start_agent(&self, name: &str, config: &Path, log: &str) -> anyhow::Result<Proc> {
-        Proc::spawn(
-            name,
-            &bin("tierwatch-agent"),
-            &["--config", config.to_str().context("utf-8")?, "--log-format", "json"],
-            &self.path(log),
-        )
+        self.start_agent_with(name, config, log, &[])
+    }
+
+    /// [`Loopback::start_agent`] with environment variables set.
+    pub fn start_agent_with(&self, name: &str, config: &Path, log: &str, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(bin("tierwatch-agent"));
+        cmd.args(["--config", config.to_str().context("utf-8")?, "--log-format", "json"]).stdout(Stdio::null());
+        cmd.envs(env.iter().copied());
+        Proc::spawn_command(name, &mut cmd, &self.path(log))
     }
 
     /// The agent's health address, read back from its config.

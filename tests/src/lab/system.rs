@@ -166,6 +166,13 @@ impl Lab {
         Ok(tw)
     }
 
+    /// The agent configuration [`Lab::start_tierwatch`] writes for `node`
+    /// (relative paths: `pki/`, `spool/`), for tests that start it themselves.
+    pub fn agent_config_for(&self, node: &str, spec: &SystemSpec) -> anyhow::Result<String> {
+        let n = self.agent_nodes().find(|n| n.id == node).with_context(|| format!("no node {node} in the lab"))?;
+        Ok(self.agent_yaml(n, spec, SocketAddrV4::new(addrs::CENTRAL, INGEST_PORT)))
+    }
+
     fn agent_yaml(&self, node: &Node, spec: &SystemSpec, ingest: SocketAddrV4) -> String {
         let gateway = match node.id.strip_prefix('c').and_then(|i| i.parse::<usize>().ok()) {
             Some(i) => addrs::gateway(i),
