@@ -23,6 +23,9 @@ pub struct RawConfig {
     /// Language of notifications, incident summaries and the status page: `vi` or `en`.
     #[serde(default)]
     pub language: crate::i18n::Language,
+    /// Offset of the local time shown to people (`+07:00`); default UTC.
+    #[serde(default)]
+    pub utc_offset: Option<String>,
     /// Path of `topology.yaml`, relative to this file.
     pub topology: PathBuf,
     pub ingest: RawIngest,
@@ -133,7 +136,8 @@ fn default_handshake_timeout() -> Duration {
 pub struct Config {
     pub file: PathBuf,
     pub log_level: String,
-    pub language: crate::i18n::Language,
+    /// Language and local time of what people read.
+    pub locale: crate::i18n::Locale,
     pub ingest: RawIngest,
     pub http: RawHttp,
     pub node_down_after: Duration,
@@ -210,17 +214,26 @@ impl Config {
             problems
                 .push("ingest.limits.max_age_ms", "must be at least an hour: spooled backlogs arrive late by design");
         }
+        let utc_offset = match raw.utc_offset.as_deref().map(crate::i18n::parse_utc_offset) {
+            None => time::UtcOffset::UTC,
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                problems.push("utc_offset", e);
+                time::UtcOffset::UTC
+            }
+        };
         problems.into_result(file, &text)?;
         let topology = Topology::load(&topology_file)?;
+        let locale = crate::i18n::Locale { language: raw.language, utc_offset };
         let rules_file = raw.rules.as_deref().map(resolve);
         let rules = match &rules_file {
-            Some(f) => Rules::load(f, raw.language)?,
-            None => Rules { language: raw.language, ..Rules::default() },
+            Some(f) => Rules::load(f, locale)?,
+            None => Rules { locale, ..Rules::default() },
         };
         Ok(Config {
             file: file.to_path_buf(),
             log_level: raw.log_level,
-            language: raw.language,
+            locale,
             ingest,
             http: raw.http,
             node_down_after: raw.node_down_after,

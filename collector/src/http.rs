@@ -31,8 +31,8 @@ pub struct Http {
     pub api_token: Option<String>,
     /// The state database, for the security event list.
     pub security_db: Arc<std::sync::Mutex<rusqlite::Connection>>,
-    /// Language of the status page.
-    pub language: crate::i18n::Language,
+    /// Language and local time of the status page.
+    pub locale: crate::i18n::Locale,
 }
 
 /// The router of the HTTP listener.
@@ -126,8 +126,7 @@ async fn status_page(State(s): State<Arc<Http>>) -> Response {
     let nodes = node_statuses(&s, now);
     let names = nodes.iter().map(|n| (n.id.clone(), n.name.clone())).collect();
     let snapshot = crate::status_page::Snapshot {
-        texts: s.language.texts(),
-        lang: s.language.code(),
+        locale: s.locale,
         now_ms: now,
         incidents: s.alerting.as_ref().map(|a| a.open()).unwrap_or_default(),
         muted: s.alerting.as_ref().map(|a| a.muted()).unwrap_or_default(),

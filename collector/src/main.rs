@@ -118,7 +118,7 @@ fn real_main() -> anyhow::Result<()> {
         Some(Command::Dashboards { language, config, out }) => {
             let language = match (language, config) {
                 (Some(l), _) => l,
-                (None, Some(file)) => Config::load(&file)?.language,
+                (None, Some(file)) => Config::load(&file)?.locale.language,
                 (None, None) => Default::default(),
             };
             let files = tierwatch_collector::dashboards::write(language, &out)

@@ -188,7 +188,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         queues: queues.clone(),
         api_token: config.api_token.clone(),
         security_db: security_db.clone(),
-        language: config.language,
+        locale: config.locale,
     });
 
     let tracker = TaskTracker::new();

@@ -8,13 +8,12 @@ use std::fmt::Write as _;
 use crate::alert::engine::IncidentView;
 use crate::alert::rules::Severity;
 use crate::http::NodeStatus;
-use crate::i18n::Texts;
+use crate::i18n::{Locale, Texts};
 use crate::security::StoredEvent;
 
 /// What the page shows, gathered by the handler.
-pub struct Snapshot<'a> {
-    pub texts: &'a Texts,
-    pub lang: &'static str,
+pub struct Snapshot {
+    pub locale: Locale,
     pub now_ms: i64,
     pub nodes: Vec<NodeStatus>,
     pub incidents: Vec<IncidentView>,
@@ -39,13 +38,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// `2026-11-28 11:32:58 UTC`: seconds are enough for a person.
-fn when(ms: i64) -> String {
-    crate::http::rfc3339(ms.div_euclid(1000) * 1000)
-        .map(|s| s.replace('T', " ").replace('Z', " UTC"))
-        .unwrap_or_default()
 }
 
 fn age(t: &Texts, secs: f64) -> String {
@@ -80,8 +72,8 @@ footer a{color:#1f4e8c;margin-right:10px}
 ";
 
 /// The page's HTML.
-pub fn render(s: &Snapshot<'_>) -> String {
-    let t = s.texts;
+pub fn render(s: &Snapshot) -> String {
+    let t = s.locale.texts();
     let mut h = String::with_capacity(16 * 1024);
     let count = |status: &str| s.nodes.iter().filter(|n| n.status == status).count().to_string();
     let provinces: Vec<&str> = s.nodes.iter().filter(|n| n.tier == "province").map(|n| n.name.as_str()).collect();
@@ -90,7 +82,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "<!DOCTYPE html><html lang=\"{}\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta http-equiv=\"refresh\" content=\"30\"><title>{}</title><style>{STYLE}</style></head><body>",
-        s.lang,
+        s.locale.language.code(),
         esc(t.page_title)
     );
     let _ = write!(
@@ -102,7 +94,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             t.page_summary_counts,
             &[("up", &count("up")), ("down", &count("down")), ("unknown", &count("unknown"))]
         )),
-        esc(&t.fill(t.page_updated, &[("at", &when(s.now_ms))])),
+        esc(&t.fill(t.page_updated, &[("at", &s.locale.time(s.now_ms))])),
     );
     alerts(&mut h, s);
     nodes(&mut h, s);
@@ -125,8 +117,8 @@ fn severity_class(s: Severity) -> &'static str {
     }
 }
 
-fn alerts(h: &mut String, s: &Snapshot<'_>) {
-    let t = s.texts;
+fn alerts(h: &mut String, s: &Snapshot) {
+    let t = s.locale.texts();
     let _ = write!(h, "<h2>{} ({})</h2>", esc(t.page_alerts), s.incidents.len());
     if s.incidents.is_empty() && s.muted.is_empty() {
         let _ = write!(h, "<p>{}</p>", esc(t.page_no_alerts));
@@ -145,7 +137,7 @@ fn alerts(h: &mut String, s: &Snapshot<'_>) {
             esc(t.severity(i.severity)),
             esc(&i.summary),
             esc(t.page_since),
-            esc(&when(i.since_ms)),
+            esc(&s.locale.time(i.since_ms)),
             esc(&i.key),
         );
         if !i.affected.is_empty() {
@@ -162,8 +154,8 @@ fn alerts(h: &mut String, s: &Snapshot<'_>) {
     }
 }
 
-fn nodes(h: &mut String, s: &Snapshot<'_>) {
-    let t = s.texts;
+fn nodes(h: &mut String, s: &Snapshot) {
+    let t = s.locale.texts();
     let _ = write!(h, "<h2>{}</h2>", esc(t.page_nodes));
     // The province first, then its communes, in topology order.
     let mut groups: Vec<(&NodeStatus, Vec<&NodeStatus>)> = Vec::new();
@@ -234,8 +226,8 @@ fn tile(h: &mut String, t: &Texts, n: &NodeStatus) {
     h.push_str("</div>");
 }
 
-fn security(h: &mut String, s: &Snapshot<'_>) {
-    let t = s.texts;
+fn security(h: &mut String, s: &Snapshot) {
+    let t = s.locale.texts();
     let _ = write!(h, "<h2>{}</h2>", esc(t.page_security));
     if s.events.is_empty() {
         let _ = write!(h, "<p>{}</p>", esc(t.page_no_security));
@@ -256,7 +248,7 @@ fn security(h: &mut String, s: &Snapshot<'_>) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><span class=\"badge {}\">{}</span></td><td>{}</td></tr>",
-            esc(&when(e.at_ms)),
+            esc(&s.locale.time(e.at_ms)),
             esc(name),
             esc(&e.kind),
             e.severity,
@@ -311,8 +303,7 @@ mod tests {
             ack: None,
         };
         let s = Snapshot {
-            texts: Language::Vi.texts(),
-            lang: "vi",
+            locale: Locale { language: Language::Vi, utc_offset: crate::i18n::parse_utc_offset("+07:00").unwrap() },
             now_ms: 1_800_000_060_000,
             nodes: vec![
                 node("p", "Tỉnh An Giang", "province", None, "up"),
@@ -335,5 +326,6 @@ mod tests {
         assert!(html.contains("2 hoạt động, 1 mất kết nối, 1 chưa từng báo cáo"), "{html}");
         assert!(!html.contains("<A>"));
         assert!(html.contains("Không có sự kiện an ninh nào"));
+        assert!(html.contains("từ 2027-01-15 15:00:00 +07:00"), "local time of the incident: {html}");
     }
 }

@@ -170,9 +170,9 @@ fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) ->
 }
 
 impl Engine {
-    /// The language of the incident texts.
-    pub fn language(&self) -> crate::i18n::Language {
-        self.rules.language
+    /// The language and local time of the texts people read.
+    pub fn locale(&self) -> crate::i18n::Locale {
+        self.rules.locale
     }
 
     /// An engine for `rules` over `topo`; nodes count as heard from at `started_ms`.
@@ -184,7 +184,7 @@ impl Engine {
             open: BTreeMap::new(),
             restored: Default::default(),
             restored_until_ms: 0,
-            flaps: Flaps::new(rules.flapping, rules.language),
+            flaps: Flaps::new(rules.flapping, rules.locale.language),
             known: HashSet::new(),
             late: HashSet::new(),
             returned: HashMap::new(),
@@ -531,7 +531,7 @@ impl Engine {
 
     fn view(&self, inc: &Incident, firing: &[(&AlertKey, &Instance)], active: &[Active]) -> IncidentView {
         let name = |id: &NodeId| self.topo.get(id).map_or_else(|| id.to_string(), |n| n.name.clone());
-        let t = self.rules.language.texts();
+        let t = self.rules.locale.texts();
         let alerts: Vec<AlertView> = inc
             .alerts
             .iter()
@@ -690,7 +690,8 @@ mod tests {
     #[test]
     fn incident_texts_follow_the_configured_language() {
         let (e, store) = setup();
-        let rules = Rules { language: crate::i18n::Language::Vi, ..e.rules.clone() };
+        let locale = crate::i18n::Locale { language: crate::i18n::Language::Vi, ..Default::default() };
+        let rules = Rules { locale, ..e.rules.clone() };
         let mut e = Engine::new(rules, e.topo.clone(), 0);
         for c in ["c1", "c2", "c3", "c4", "p"] {
             push(&store, c, 1000, &[]);

@@ -37,8 +37,8 @@ pub struct Alerting {
     pub trigger: Notify,
     /// Wakes the notifiers after notifications were queued.
     pub queued: Notify,
-    /// The language of notification texts.
-    pub language: crate::i18n::Language,
+    /// The language and local time of notification texts.
+    pub locale: crate::i18n::Locale,
 }
 
 impl Alerting {
@@ -59,7 +59,7 @@ impl Alerting {
         windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);
         engine.set_windows(windows);
         Ok(Alerting {
-            language: engine.language(),
+            locale: engine.locale(),
             engine: Mutex::new(engine),
             conn: Arc::new(Mutex::new(conn)),
             receivers,
@@ -261,7 +261,7 @@ pub fn spawn_notifiers(
 }
 
 async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
-    let mut client = notify::Client::new(&receiver.kind, alerting.language);
+    let mut client = notify::Client::new(&receiver.kind, alerting.locale);
     let name = receiver.name.clone();
     loop {
         let now = tierwatch_protocol::now_ms();

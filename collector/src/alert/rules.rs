@@ -20,7 +20,7 @@ use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
 use super::flap::FlapPolicy;
-use crate::i18n::Language;
+use crate::i18n::{Language, Locale};
 
 /// How urgent an alert is; routes choose receivers by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
@@ -293,7 +293,7 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// The language summaries were picked in, and that incident texts use.
-    pub language: Language,
+    pub locale: Locale,
     pub min_children: usize,
     pub group_wait: Duration,
     pub flapping: FlapPolicy,
@@ -303,7 +303,7 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            language: Language::default(),
+            locale: Locale::default(),
             min_children: default_min_children(),
             group_wait: default_group_wait(),
             flapping: FlapPolicy::default(),
@@ -318,18 +318,19 @@ fn name_ok(s: &str) -> bool {
 
 impl Rules {
     /// Loads and validates `file`, every problem with its line.
-    pub fn load(file: &Path, language: Language) -> Result<Rules, ConfigError> {
+    pub fn load(file: &Path, locale: Locale) -> Result<Rules, ConfigError> {
         let (raw, text) = tierwatch_yamlconf::load::<RawRules>(file)?;
-        Self::from_raw(raw, file, &text, language)
+        Self::from_raw(raw, file, &text, locale)
     }
 
     /// Parses and validates rules text (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Rules, ConfigError> {
         let raw = tierwatch_yamlconf::parse::<RawRules>(file, text)?;
-        Self::from_raw(raw, file, text, Language::En)
+        Self::from_raw(raw, file, text, Locale::default())
     }
 
-    fn from_raw(raw: RawRules, file: &Path, text: &str, language: Language) -> Result<Rules, ConfigError> {
+    fn from_raw(raw: RawRules, file: &Path, text: &str, locale: Locale) -> Result<Rules, ConfigError> {
+        let language = locale.language;
         let mut p = Problems::default();
         let mut names = std::collections::HashSet::new();
         let mut rules = Vec::new();
@@ -471,7 +472,7 @@ impl Rules {
         p.into_result(file, text)?;
         let flapping = FlapPolicy { opens: raw.flapping.opens, window: raw.flapping.window, quiet: raw.flapping.quiet };
         Ok(Rules {
-            language,
+            locale,
             min_children: raw.grouping.min_children,
             group_wait: raw.grouping.group_wait,
             flapping,
@@ -526,7 +527,8 @@ mod tests {
     #[test]
     fn shipped_rules_are_valid() {
         let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rules.yaml"));
-        let r = Rules::load(file, Language::Vi).unwrap_or_else(|e| panic!("{e}"));
+        let r =
+            Rules::load(file, Locale { language: Language::Vi, ..Locale::default() }).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = r.rules.iter().map(|r| r.name.as_str()).collect();
         for want in [
             "node_down",
@@ -551,7 +553,7 @@ mod tests {
                 Localized::One(_) => panic!("rule {} has one summary for both languages", rule.name),
             }
         }
-        let en = Rules::load(file, Language::En).unwrap();
+        let en = Rules::load(file, Locale::default()).unwrap();
         assert_ne!(en.rules[0].summary, r.rules[0].summary);
     }
 

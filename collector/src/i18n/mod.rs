@@ -50,6 +50,47 @@ impl std::str::FromStr for Language {
     }
 }
 
+/// How a person reads texts: the language, and the offset of the local
+/// time shown in pages and on the status page (`utc_offset: +07:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locale {
+    pub language: Language,
+    pub utc_offset: time::UtcOffset,
+}
+
+impl Default for Locale {
+    fn default() -> Self {
+        Locale { language: Language::default(), utc_offset: time::UtcOffset::UTC }
+    }
+}
+
+impl Locale {
+    /// The language's texts.
+    pub fn texts(&self) -> &'static Texts {
+        self.language.texts()
+    }
+
+    /// `ms` since the epoch as a local time to the second: `2026-11-28 18:32:58 +07:00`.
+    pub fn time(&self, ms: i64) -> String {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory]:[offset_minute]"
+        );
+        time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+            .ok()
+            .and_then(|t| t.to_offset(self.utc_offset).format(&format).ok())
+            .unwrap_or_else(|| ms.to_string())
+    }
+}
+
+/// Parses a UTC offset written `+07:00` (or `-03:30`, `Z`).
+pub fn parse_utc_offset(s: &str) -> Result<time::UtcOffset, String> {
+    if s.trim() == "Z" {
+        return Ok(time::UtcOffset::UTC);
+    }
+    let format = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+    time::UtcOffset::parse(s.trim(), &format).map_err(|e| format!("{s:?} is not a UTC offset such as +07:00: {e}"))
+}
+
 /// The texts of one language.
 pub struct Texts {
     // Incident summaries (templates: node, problem, count, names, window).
@@ -127,10 +168,7 @@ pub struct Texts {
 
 impl Texts {
     /// The display word of a problem id.
-    pub fn problem<'a>(&self, id: &'a str) -> &'a str
-    where
-        'static: 'a,
-    {
+    pub fn problem<'a>(&self, id: &'a str) -> &'a str {
         self.problems.iter().find(|(k, _)| *k == id).map_or(id, |(_, v)| v)
     }
 
@@ -172,6 +210,15 @@ mod tests {
             assert!(seen.insert(*k), "{k} twice");
             assert!(!t.is_empty(), "{k} has no title");
         }
+    }
+
+    #[test]
+    fn local_times_carry_their_offset() {
+        let l = Locale { language: Language::Vi, utc_offset: parse_utc_offset("+07:00").unwrap() };
+        assert_eq!(l.time(1_764_300_000_000), "2025-11-28 10:20:00 +07:00");
+        assert_eq!(Locale::default().time(1_764_300_000_999), "2025-11-28 03:20:00 +00:00");
+        assert!(parse_utc_offset("7").is_err());
+        assert_eq!(parse_utc_offset("Z").unwrap(), time::UtcOffset::UTC);
     }
 
     #[test]

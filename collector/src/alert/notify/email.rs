@@ -136,13 +136,13 @@ pub fn validate(raw: &RawEmail, base: &Path, key: &str, p: &mut Problems) -> Opt
 /// Sends through one SMTP server; a connection per message (pages are rare).
 pub struct Client {
     email: Email,
-    texts: &'static crate::i18n::Texts,
+    locale: crate::i18n::Locale,
 }
 
 impl Client {
     /// A client for `email`.
-    pub fn new(email: Email, language: crate::i18n::Language) -> Client {
-        Client { email, texts: language.texts() }
+    pub fn new(email: Email, locale: crate::i18n::Locale) -> Client {
+        Client { email, locale }
     }
 
     fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
@@ -181,7 +181,7 @@ impl Client {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e),
         };
-        let (subject, body) = super::text::render(m, self.texts);
+        let (subject, body) = super::text::render(m, &self.locale);
         // The same Message-ID on every attempt: a mail sent twice (the
         // answer lost) threads as one in the reader's client.
         let id: String =

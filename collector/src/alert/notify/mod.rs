@@ -121,13 +121,13 @@ pub enum Client {
 }
 
 impl Client {
-    /// A client for `kind`; people read its texts in `language`.
-    pub fn new(kind: &Kind, language: crate::i18n::Language) -> Client {
+    /// A client for `kind`; people read its texts in `locale`.
+    pub fn new(kind: &Kind, locale: crate::i18n::Locale) -> Client {
         match kind {
             Kind::Webhook(w) => Client::Webhook(webhook::Client::new(w.clone())),
             Kind::Alertmanager(a) => Client::Alertmanager(alertmanager::Client::new(a.clone())),
-            Kind::Telegram(t) => Client::Telegram(telegram::Client::new(t.clone(), language)),
-            Kind::Email(e) => Client::Email(email::Client::new(e.clone(), language)),
+            Kind::Telegram(t) => Client::Telegram(telegram::Client::new(t.clone(), locale)),
+            Kind::Email(e) => Client::Email(email::Client::new(e.clone(), locale)),
         }
     }
 

@@ -94,16 +94,16 @@ pub fn validate(raw: &RawTelegram, base: &Path, key: &str, p: &mut Problems) -> 
 pub struct Client {
     bot: Telegram,
     conn: Result<HttpConn, String>,
-    texts: &'static crate::i18n::Texts,
+    locale: crate::i18n::Locale,
 }
 
 impl Client {
     /// A client for `bot`.
-    pub fn new(bot: Telegram, language: crate::i18n::Language) -> Client {
+    pub fn new(bot: Telegram, locale: crate::i18n::Locale) -> Client {
         let tls =
             if bot.url.https { outbound::client_tls(&bot.url.host, bot.ca.as_deref()).map(Some) } else { Ok(None) };
         let conn = tls.map(|tls| HttpConn::new(bot.url.host.clone(), bot.url.port, tls));
-        Client { bot, conn, texts: language.texts() }
+        Client { bot, conn, locale }
     }
 
     /// Sends one message.
@@ -117,7 +117,7 @@ impl Client {
             Ok(None) => return Outcome::Failed("no bot token".into()),
             Err(e) => return Outcome::Failed(format!("bot token: {e}")),
         };
-        let (_, text) = super::text::render(m, self.texts);
+        let (_, text) = super::text::render(m, &self.locale);
         let chat_id = match self.bot.chat_id.parse::<i64>() {
             Ok(n) => serde_json::json!(n),
             Err(_) => serde_json::json!(self.bot.chat_id),

@@ -3,10 +3,11 @@
 //! from a phone at 3 a.m.
 
 use super::Message;
-use crate::i18n::Texts;
+use crate::i18n::Locale;
 
-/// Subject and plain-text body of `m`, in the language of `t`.
-pub fn render(m: &Message, t: &Texts) -> (String, String) {
+/// Subject and plain-text body of `m`, in the language and local time of `l`.
+pub fn render(m: &Message, l: &Locale) -> (String, String) {
+    let t = l.texts();
     let i = &m.incident;
     let tag = match (m.event.as_str(), i.problem.as_str()) {
         ("resolved", _) => t.tag_resolved,
@@ -17,7 +18,7 @@ pub fn render(m: &Message, t: &Texts) -> (String, String) {
     };
     let subject = format!("[{tag}] [{}] {}", t.severity(i.severity), i.summary);
     let mut body = vec![subject.clone(), String::new()];
-    let at = |ms: i64| crate::http::rfc3339(ms).unwrap_or_else(|| ms.to_string());
+    let at = |ms: i64| l.time(ms);
     // Labels padded to one column, whatever their length in the language.
     let width =
         [t.label_incident, t.label_since, t.label_ended].iter().map(|l| l.chars().count()).max().unwrap_or(0) + 1;
@@ -84,29 +85,33 @@ mod tests {
             ack: Some(Ack { by: "Lan".into(), comment: "ISP ticket 42".into(), at_ms: 1_764_300_060_000 }),
         };
         let m = Message::new("resolved", &v, 1_764_300_330_000);
-        let (subject, body) = render(&m, crate::i18n::Language::En.texts());
+        let (subject, body) = render(&m, &Locale::default());
         assert_eq!(
             subject,
             "[RESOLVED] [critical] Tỉnh An Giang is unreachable; 2 node(s) behind it are cut off: Xã A, Xã B"
         );
         for want in [
             "Incident: p/unreachable (Tỉnh An Giang, p)",
-            "Since:    2025-11-28T03:20:00Z",
+            "Since:    2025-11-28 03:20:00 +00:00",
             "lasted 5m30s",
-            "Acknowledged by Lan at 2025-11-28T03:21:00Z: ISP ticket 42",
+            "Acknowledged by Lan at 2025-11-28 03:21:00 +00:00: ISP ticket 42",
             "Affected (2): Xã A, Xã B",
             "- Tỉnh An Giang (p) has stopped reporting (node_down on p)",
         ] {
             assert!(body.contains(want), "{want:?} in\n{body}");
         }
         // The same page for a Vietnamese on-call group: every fixed word translated, names as written.
-        let (subject, body) = render(&m, crate::i18n::Language::Vi.texts());
+        let vi = Locale {
+            language: crate::i18n::Language::Vi,
+            utc_offset: crate::i18n::parse_utc_offset("+07:00").unwrap(),
+        };
+        let (subject, body) = render(&m, &vi);
         assert!(subject.starts_with("[ĐÃ KHẮC PHỤC] [nghiêm trọng] Tỉnh An Giang"), "{subject}");
         for want in [
             "Sự cố:    p/unreachable (Tỉnh An Giang, p)",
-            "Bắt đầu:  2025-11-28T03:20:00Z",
-            "Kết thúc: 2025-11-28T03:25:30Z (kéo dài 5m30s)",
-            "Lan đã tiếp nhận lúc 2025-11-28T03:21:00Z: ISP ticket 42",
+            "Bắt đầu:  2025-11-28 10:20:00 +07:00",
+            "Kết thúc: 2025-11-28 10:25:30 +07:00 (kéo dài 5m30s)",
+            "Lan đã tiếp nhận lúc 2025-11-28 10:21:00 +07:00: ISP ticket 42",
             "Bị ảnh hưởng (2): Xã A, Xã B",
             "(node_down tại p)",
         ] {
