@@ -67,31 +67,16 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
         derived.alerting = true;
         derived.alerts = a.alerts_per_node();
     }
-    // Both read the state database: off the runtime.
-    let (db, alerting) = (s.security_db.clone(), s.alerting.clone());
-    let read = tokio::task::spawn_blocking(move || {
-        let recent = crate::security::recent(
-            &db.lock().unwrap_or_else(|p| p.into_inner()),
-            now - 86_400_000,
-            RECENT_EVENT_GROUPS,
-        );
-        let queued = alerting.map(|a| a.queued());
-        (recent, queued)
-    })
-    .await;
-    match read {
-        Ok((recent, queued)) => {
-            match recent {
-                Ok(r) => derived.recent_events = r,
-                Err(e) => tracing::warn!(error = %e, "/metrics: reading recent security events failed"),
-            }
-            match queued {
-                Some(Ok(q)) => q.iter().for_each(|(r, n)| s.metrics.notifications_queued(r, *n)),
-                Some(Err(e)) => tracing::warn!(error = %e, "/metrics: reading the notification outbox failed"),
-                None => {}
-            }
+    match read_db(&s, move |c| crate::security::recent(c, now - 86_400_000, RECENT_EVENT_GROUPS)).await {
+        Ok(r) => derived.recent_events = r,
+        Err(e) => tracing::warn!(error = %e, "/metrics: reading recent security events failed"),
+    }
+    if let Some(a) = s.alerting.clone() {
+        match tokio::task::spawn_blocking(move || a.queued()).await {
+            Ok(Ok(q)) => q.iter().for_each(|(r, n)| s.metrics.notifications_queued(r, *n)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "/metrics: reading the notification outbox failed"),
+            Err(e) => tracing::warn!(error = %e, "/metrics: outbox task failed"),
         }
-        Err(e) => tracing::warn!(error = %e, "/metrics: database task failed"),
     }
     let body = exposition::render(
         &s.store,
@@ -104,25 +89,29 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+/// Runs `f` on the state database off the runtime.
+async fn read_db<T: Send + 'static>(
+    s: &Http,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let db = s.security_db.clone();
+    tokio::task::spawn_blocking(move || f(&db.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+}
+
 /// Bound on the recent security event groups exposed (each is two series).
 const RECENT_EVENT_GROUPS: usize = 200;
 
 /// `/`: the status page.
 async fn status_page(State(s): State<Arc<Http>>) -> Response {
     let now = tierwatch_protocol::now_ms();
-    let db = s.security_db.clone();
     let q = crate::security::Query { since_ms: Some(now - 86_400_000), limit: Some(25), ..Default::default() };
-    let events =
-        tokio::task::spawn_blocking(move || crate::security::list(&db.lock().unwrap_or_else(|p| p.into_inner()), &q))
-            .await;
-    let events = match events {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "status page: reading security events failed");
-            Vec::new()
-        }
-        Err(_) => Vec::new(),
-    };
+    let events = read_db(&s, move |c| crate::security::list(c, &q)).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "status page: reading security events failed");
+        Vec::new()
+    });
     let nodes = node_statuses(&s, now);
     let names = nodes.iter().map(|n| (n.id.clone(), n.name.clone())).collect();
     let snapshot = crate::status_page::Snapshot {
@@ -235,13 +224,7 @@ async fn security_events(
     State(s): State<Arc<Http>>,
     axum::extract::Query(q): axum::extract::Query<crate::security::Query>,
 ) -> Response {
-    let db = s.security_db.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        crate::security::list(&db.lock().unwrap_or_else(|p| p.into_inner()), &q).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    let listed = read_db(&s, move |c| crate::security::list(c, &q)).await;
     match listed {
         Ok(events) => Json(serde_json::json!({ "events": events })).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("security events unavailable: {e}\n")).into_response(),

@@ -179,7 +179,7 @@ fn every_panel_has_data_in_the_lab_and_the_status_page_shows_a_down_commune() ->
         ),
         probe_timeout: Duration::from_millis(900),
         collector_extra: format!(
-            "language: vi\nrules: {}\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{}/hook\n",
+            "language: vi\nutc_offset: \"+07:00\"\nrules: {}\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{}/hook\n",
             tierwatch_tests::workspace().join("config/rules.yaml").display(),
             hooks.addr
         ),
