@@ -65,10 +65,8 @@ use tierwatch_protocol::catalogue::{NODE_ALERTS, NODE_INFO, NODE_LAST_PUSH, NODE
 /// Per-node figures that come from the alert engine and the state database.
 #[derive(Debug, Default)]
 pub struct Derived {
-    /// Firing alerts per node id.
-    pub alerts: std::collections::HashMap<String, usize>,
-    /// Whether alerting runs (else no alert series at all).
-    pub alerting: bool,
+    /// Firing alerts per node id; none when alerting is off (no alert series then).
+    pub alerts: Option<std::collections::HashMap<String, usize>>,
     /// Security events of the last 24 h per node, kind, severity and source.
     pub recent_events: Vec<crate::security::Recent>,
 }
@@ -90,13 +88,13 @@ pub fn render(
     let mut series = 0i64;
     store.for_each_node(now_ms - stale_after_ms, |node, state| {
         let id = identity(node);
-        if derived.alerting {
+        if let Some(alerts) = &derived.alerts {
             fams.push(
                 NODE_ALERTS,
                 MetricKind::Gauge,
                 "Firing alerts about the node, whether paged on their own or grouped under a parent's incident.",
                 id.clone(),
-                derived.alerts.get(node.id.as_str()).copied().unwrap_or(0) as f64,
+                alerts.get(node.id.as_str()).copied().unwrap_or(0) as f64,
             );
         }
         for r in derived.recent_events.iter().filter(|r| r.node == node.id.as_str()) {

@@ -62,11 +62,8 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
         );
     }
     let now = tierwatch_protocol::now_ms();
-    let mut derived = exposition::Derived::default();
-    if let Some(a) = &s.alerting {
-        derived.alerting = true;
-        derived.alerts = a.alerts_per_node();
-    }
+    let mut derived =
+        exposition::Derived { alerts: s.alerting.as_ref().map(|a| a.alerts_per_node()), ..Default::default() };
     match read_db(&s, move |c| crate::security::recent(c, now - 86_400_000, RECENT_EVENT_GROUPS)).await {
         Ok(r) => derived.recent_events = r,
         Err(e) => tracing::warn!(error = %e, "/metrics: reading recent security events failed"),
@@ -113,7 +110,6 @@ async fn status_page(State(s): State<Arc<Http>>) -> Response {
         Vec::new()
     });
     let nodes = node_statuses(&s, now);
-    let names = nodes.iter().map(|n| (n.id.clone(), n.name.clone())).collect();
     let snapshot = crate::status_page::Snapshot {
         locale: s.locale,
         now_ms: now,
@@ -121,7 +117,6 @@ async fn status_page(State(s): State<Arc<Http>>) -> Response {
         muted: s.alerting.as_ref().map(|a| a.muted()).unwrap_or_default(),
         nodes,
         events,
-        names,
     };
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],

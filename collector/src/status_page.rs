@@ -20,8 +20,6 @@ pub struct Snapshot {
     pub muted: Vec<IncidentView>,
     /// Newest first.
     pub events: Vec<StoredEvent>,
-    /// Node id to display name, for events.
-    pub names: std::collections::HashMap<String, String>,
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -243,7 +241,7 @@ fn security(h: &mut String, s: &Snapshot) {
         esc(t.page_col_source),
     );
     for e in &s.events {
-        let name = s.names.get(&e.node).map_or(e.node.as_str(), String::as_str);
+        let name = s.nodes.iter().find(|n| n.id == e.node).map_or(e.node.as_str(), |n| n.name.as_str());
         let source = e.attributes.get("src").map_or("", String::as_str);
         let _ = write!(
             h,
@@ -314,7 +312,6 @@ mod tests {
             incidents: vec![incident],
             muted: vec![],
             events: vec![],
-            names: Default::default(),
         };
         let html = render(&s);
         assert!(html.contains("<html lang=\"vi\">"));
