@@ -72,7 +72,7 @@ fn the_agent_probes_and_captures_as_an_unprivileged_user_with_only_cap_net_raw()
     std::fs::copy(tierwatch_tests::bin("tierwatch-agent"), &agent_bin)?;
     let spec = SystemSpec {
         agent_extra: format!(
-            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
+            "sensors:\n  lan:\n    interface: lan0\n    arp: {{new_station_digest: 1s}}\n    dhcp: {{servers: [{}]}}\n",
             addrs::commune_lan(1)
         ),
         ..SystemSpec::default()
@@ -116,9 +116,14 @@ fn the_agent_probes_and_captures_as_an_unprivileged_user_with_only_cap_net_raw()
     host.ns.exec("ping", &["-c", "3", "-i", "0.2", &addrs::commune_lan(1).to_string()])?;
     let src = host.addr.to_string();
     wait_for(Duration::from_secs(20), "an ARP event captured by the unprivileged agent", || {
-        let (_, body) = tw.get("/api/v1/security/events?node=c1&kind=arp_new_station").ok()?;
+        let (_, body) = tw.get("/api/v1/security/events?node=c1&kind=arp_new_stations").ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        v["events"].as_array()?.iter().any(|e| e["attributes"]["src"] == src.as_str()).then_some(())
+        let listed = |e: &serde_json::Value| {
+            e["attributes"]["stations"]
+                .as_str()
+                .is_some_and(|s| s.split(", ").any(|st| st.starts_with(&format!("{src} "))))
+        };
+        v["events"].as_array()?.iter().any(listed).then_some(())
     })
     .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log_text()))?;
     agent.terminate(Duration::from_secs(20))?;

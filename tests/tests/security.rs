@@ -25,7 +25,7 @@ fn lan_sensor_on_c1() -> SystemSpec {
         only_nodes: Some(vec!["c1".into()]),
         collector_extra: format!("rules: {}\n", tierwatch_tests::workspace().join("config/rules.yaml").display()),
         agent_extra: format!(
-            "sensors:\n  lan:\n    interface: lan0\n    dhcp: {{servers: [{}]}}\n",
+            "sensors:\n  lan:\n    interface: lan0\n    arp: {{new_station_digest: 2s}}\n    dhcp: {{servers: [{}]}}\n",
             addrs::commune_lan(1)
         ),
         ..SystemSpec::default()
@@ -149,7 +149,7 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
     let kinds: std::collections::BTreeSet<&str> = all.iter().filter_map(|e| e["kind"].as_str()).collect();
     eprintln!("{rounds} rounds of LAN traffic in {:?}; info events: {kinds:?}", started.elapsed());
     assert!(alarming.is_empty(), "security events from ordinary traffic: {alarming:?}");
-    assert!(kinds.contains("arp_new_station"), "the sensor saw the LAN: {kinds:?}");
+    assert!(kinds.contains("arp_new_stations"), "the sensor saw the LAN: {kinds:?}");
     let open = tw.alerts()?;
     let security: Vec<&serde_json::Value> = open["incidents"]
         .as_array()

@@ -1,5 +1,6 @@
 //! ARP watch, as arpwatch does it: the IP-to-MAC table of the LAN from the
-//! ARP packets seen. A new station is an info event (listed, not paged); a
+//! ARP packets seen. New stations are gathered into one info digest per
+//! period (listed, not paged: forty PCs booting at eight are one line); a
 //! station whose MAC changes is a warning, and critical when the address is
 //! a gateway or this node's own (someone claims it: the classic spoof for a
 //! man in the middle); changing back and forth is flip-flop; an ARP packet
@@ -28,6 +29,8 @@ pub struct ArpPolicy {
     /// This many MAC changes of one address within `flip_window` is flip-flop.
     pub flips: usize,
     pub flip_window: Duration,
+    /// New stations are reported together, at most once per this period.
+    pub digest: Duration,
 }
 
 impl Default for ArpPolicy {
@@ -39,6 +42,7 @@ impl Default for ArpPolicy {
             max_stations: 4096,
             flips: 3,
             flip_window: Duration::from_secs(300),
+            digest: Duration::from_secs(600),
         }
     }
 }
@@ -63,6 +67,19 @@ pub struct ArpWatch {
     table: HashMap<Ipv4Addr, Station>,
     /// Last event per address and kind, so a storm of forged replies is one event a minute.
     reported: HashMap<(Ipv4Addr, &'static str), i64>,
+    digest: Digest,
+}
+
+/// Stations listed in one digest; beyond, only counted.
+const DIGEST_LISTED: usize = 32;
+
+/// New stations since the last digest.
+#[derive(Debug, Default)]
+struct Digest {
+    /// When the first of them was seen.
+    since_ms: Option<i64>,
+    listed: Vec<(Ipv4Addr, [u8; 6])>,
+    count: u64,
 }
 
 const QUIET_MS: i64 = 60_000;
@@ -72,7 +89,7 @@ impl ArpWatch {
     pub fn new(mut policy: ArpPolicy) -> Self {
         let own: Vec<Ipv4Addr> = policy.own.iter().map(|(ip, _)| *ip).collect();
         policy.gateways.extend(own);
-        ArpWatch { policy, table: HashMap::new(), reported: HashMap::new() }
+        ArpWatch { policy, table: HashMap::new(), reported: HashMap::new(), digest: Digest::default() }
     }
 
     /// Stations in the table.
@@ -140,11 +157,12 @@ impl ArpWatch {
         match self.table.get_mut(&sender_ip) {
             None => {
                 self.table.insert(sender_ip, Station { mac: sender_mac, last_ms: now_ms, changes: VecDeque::new() });
-                out.push(event(
-                    "arp_new_station",
-                    Severity::Info,
-                    &[("src", sender_ip.to_string()), ("src_mac", mac(&sender_mac))],
-                ));
+                let d = &mut self.digest;
+                d.since_ms.get_or_insert(now_ms);
+                d.count += 1;
+                if d.listed.len() < DIGEST_LISTED {
+                    d.listed.push((sender_ip, sender_mac));
+                }
             }
             Some(s) => {
                 s.last_ms = now_ms;
@@ -192,6 +210,32 @@ impl ArpWatch {
         out
     }
 
+    /// The digest of new stations (`arp_new_stations`) once its period has
+    /// passed since the first of them, or at once with `force` (stopping).
+    pub fn digest(&mut self, now_ms: i64, force: bool) -> Option<Event> {
+        let since = self.digest.since_ms?;
+        if !force && now_ms - since < self.policy.digest.as_millis() as i64 {
+            return None;
+        }
+        let d = std::mem::take(&mut self.digest);
+        let stations: Vec<String> = d.listed.iter().map(|(ip, m)| format!("{ip} {}", mac(m))).collect();
+        let mut attributes = BTreeMap::from([
+            ("count".to_string(), d.count.to_string()),
+            ("stations".to_string(), stations.join(", ")),
+            ("first_ms".to_string(), since.to_string()),
+            ("window_s".to_string(), ((now_ms - since) / 1000).to_string()),
+        ]);
+        if d.count > d.listed.len() as u64 {
+            attributes.insert("unlisted".into(), (d.count - d.listed.len() as u64).to_string());
+        }
+        Some(Event {
+            kind: "arp_new_stations".into(),
+            severity: Severity::Info as i32,
+            timestamp_ms: now_ms,
+            attributes,
+        })
+    }
+
     /// True (and remembered) unless `kind` was reported for `ip` within the last minute.
     fn once(&mut self, ip: Ipv4Addr, kind: &'static str, now_ms: i64) -> bool {
         if self.reported.len() >= self.policy.max_stations * 2 {
@@ -229,8 +273,8 @@ mod tests {
     #[test]
     fn a_forged_gateway_reply_is_critical_a_moved_pc_a_warning() {
         let mut w = ArpWatch::new(ArpPolicy { gateways: vec![ip("10.2.1.254")], ..Default::default() });
-        assert_eq!(kinds(&w.observe(GW, GW, ip("10.2.1.254"), 0)), ["arp_new_station:1"]);
-        assert_eq!(kinds(&w.observe(PC, PC, ip("10.2.1.20"), 0)), ["arp_new_station:1"]);
+        assert!(w.observe(GW, GW, ip("10.2.1.254"), 0).is_empty(), "new stations wait for the digest");
+        assert!(w.observe(PC, PC, ip("10.2.1.20"), 0).is_empty());
         assert!(w.observe(GW, GW, ip("10.2.1.254"), 10).is_empty(), "known station, same MAC");
         let spoof = w.observe(EVIL, EVIL, ip("10.2.1.254"), 20);
         assert_eq!(kinds(&spoof), ["arp_spoof:3"]);
@@ -251,7 +295,7 @@ mod tests {
         assert!(w.observe(EVIL, EVIL, ip("10.2.1.1"), 1000).is_empty(), "a storm is one event a minute");
         assert_eq!(kinds(&w.observe(EVIL, EVIL, ip("10.2.1.1"), 61_000)), ["arp_spoof:3"]);
         // Ethernet source and claimed sender differ.
-        assert_eq!(kinds(&w.observe(EVIL, PC, ip("10.2.1.20"), 0)), ["arp_mismatch:2", "arp_new_station:1"]);
+        assert_eq!(kinds(&w.observe(EVIL, PC, ip("10.2.1.20"), 0)), ["arp_mismatch:2"]);
         // A VRRP address moving between routers is normal.
         let vrrp = [0, 0, 0x5e, 0, 1, 7];
         w.observe(GW, vrrp, ip("10.2.1.253"), 0);
@@ -262,5 +306,32 @@ mod tests {
         }
         assert!(w.stations() <= 10);
         assert!(w.observe(PC, PC, ip("0.0.0.0"), 0).is_empty(), "ARP probes claim nothing");
+    }
+
+    #[test]
+    fn new_stations_are_one_digest_per_period() {
+        let policy = ArpPolicy { digest: Duration::from_secs(60), ..Default::default() };
+        let mut w = ArpWatch::new(policy);
+        assert!(w.digest(0, false).is_none(), "nothing new, nothing said");
+        for i in 0..40u8 {
+            w.observe([2, 0, 0, 0, 1, i], [2, 0, 0, 0, 1, i], Ipv4Addr::new(10, 2, 1, 10 + i), 5_000 + i as i64);
+        }
+        // A station seen again is not new.
+        w.observe([2, 0, 0, 0, 1, 0], [2, 0, 0, 0, 1, 0], ip("10.2.1.10"), 6_000);
+        assert!(w.digest(64_999, false).is_none(), "the period counts from the first new station");
+        let d = w.digest(65_000, false).expect("a digest after the period");
+        assert_eq!((d.kind.as_str(), d.severity), ("arp_new_stations", Severity::Info as i32));
+        assert_eq!(d.attributes["count"], "40");
+        assert_eq!(d.attributes["unlisted"], "8");
+        assert_eq!(d.attributes["first_ms"], "5000");
+        assert_eq!(d.attributes["window_s"], "60");
+        let listed: Vec<&str> = d.attributes["stations"].split(", ").collect();
+        assert_eq!(listed.len(), DIGEST_LISTED);
+        assert_eq!(listed[0], "10.2.1.10 02:00:00:00:01:00");
+        assert!(w.digest(200_000, false).is_none(), "each station once");
+        // Stopping says what is pending at once.
+        w.observe(PC, PC, ip("10.2.1.99"), 300_000);
+        let d = w.digest(300_001, true).expect("forced");
+        assert_eq!((d.attributes["count"].as_str(), d.attributes.contains_key("unlisted")), ("1", false));
     }
 }

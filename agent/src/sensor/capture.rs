@@ -209,6 +209,12 @@ impl Sensors {
             out.extend(self.scan.failed(client, Some(mac), server, port, now_ms));
         }
         self.scan.expire(now_ms);
+        out.extend(self.arp.digest(now_ms, false));
+    }
+
+    /// What is still gathered (the new-station digest), when capture stops.
+    pub fn finish(&mut self, now_ms: i64) -> Option<Event> {
+        self.arp.digest(now_ms, true)
     }
 }
 
@@ -234,7 +240,7 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
     let mut backoff = Duration::from_millis(500);
     let mut sensors: Option<Sensors> = None;
     let mut events = Vec::new();
-    while !token.is_cancelled() {
+    'capture: while !token.is_cancelled() {
         let Some(iface) = find(&spec.interface) else {
             tracing::warn!(interface = %spec.interface, retry_in_ms = backoff.as_millis() as u64, "LAN sensor: no such interface");
             std::thread::sleep(backoff);
@@ -267,7 +273,7 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
         let opened = Instant::now();
         loop {
             if token.is_cancelled() {
-                return;
+                break 'capture;
             }
             match rx.next() {
                 Ok(frame) => {
@@ -294,6 +300,9 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
                 }
             }
         }
+    }
+    if let Some(e) = sensors.as_mut().and_then(|s| s.finish(tierwatch_protocol::now_ms())) {
+        emit(e);
     }
 }
 
@@ -459,17 +468,26 @@ mod tests {
         let offer = synth::dhcp_reply(2, rogue, Ipv4Addr::new(10, 2, 1, 100), [2, 0, 0, 0, 0, 7]);
         s.frame(&synth::udp([2, 0, 0, 0, 0, 11], rogue, 67, Ipv4Addr::BROADCAST, 68, &offer), 0, &mut out);
         assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["rogue_dhcp"]);
-        // A flood of new stations: at most 60 events a minute, then one count of the rest.
-        let mut s = Sensors::new(ScanPolicy::default(), ArpPolicy::default(), Vec::new());
+        // A flood of forged senders (Ethernet source and ARP sender differ):
+        // at most 60 events a minute, then one count of the rest; the new
+        // stations are one digest.
+        let arp = ArpPolicy { digest: Duration::from_secs(60), ..Default::default() };
+        let mut s = Sensors::new(ScanPolicy::default(), arp, Vec::new());
         let mut out = Vec::new();
         for i in 0..1000u32 {
             let m = [2, 0, 0, 0, (i >> 8) as u8, i as u8];
-            s.frame(&synth::arp_reply(m, m, Ipv4Addr::from(0x0a02_0000 + i), victim), 1 + i as i64, &mut out);
+            s.frame(
+                &synth::arp_reply([2, 0, 0, 9, 9, 9], m, Ipv4Addr::from(0x0a02_0000 + i), victim),
+                1 + i as i64,
+                &mut out,
+            );
         }
         s.frame(&[0u8; 3], 61_000, &mut out);
-        assert_eq!(out.len(), 61, "{:?}", out.last());
-        let last = out.last().unwrap();
-        assert_eq!((last.kind.as_str(), last.attributes["arp_new_station"].as_str()), ("events_suppressed", "940"));
+        assert_eq!(out.len(), 62, "{:?}", out.last());
+        let suppressed = out.iter().find(|e| e.kind == "events_suppressed").unwrap();
+        assert_eq!(suppressed.attributes["arp_mismatch"], "940");
+        let digest = out.last().unwrap();
+        assert_eq!((digest.kind.as_str(), digest.attributes["count"].as_str()), ("arp_new_stations", "1000"));
         // Garbage never panics.
         for n in 0..80 {
             s.frame(&vec![0x45; n], 0, &mut out);

@@ -345,6 +345,9 @@ pub struct RawArp {
     /// Stations remembered (default 4,096).
     #[serde(default)]
     pub max_stations: Option<usize>,
+    /// New stations are listed together in one info event at most this often (default 10m).
+    #[serde(default, with = "duration::serde_opt")]
+    pub new_station_digest: Option<Duration>,
 }
 
 /// The LAN sensor, validated.
@@ -405,6 +408,12 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
     }
     if let Some(m) = lan.arp.max_stations {
         arp.max_stations = m.max(1);
+    }
+    if let Some(d) = lan.arp.new_station_digest {
+        if d < Duration::from_secs(1) {
+            p.push("sensors.lan.arp.new_station_digest", "must be at least 1s");
+        }
+        arp.digest = d.max(Duration::from_secs(1));
     }
     Some(LanSpec {
         interface: lan.interface.clone(),
