@@ -74,6 +74,7 @@ impl Pusher {
         let req = Request::post(PUSH_PATH)
             .header(HOST, conn.authority())
             .header(CONTENT_TYPE, BATCH_CONTENT_TYPE)
+            .header(tierwatch_protocol::SENT_AT_HEADER, tierwatch_protocol::now_ms())
             .body(Full::new(body))
             .map_err(|e| PushError::Transient {
                 endpoint: endpoint.clone(),

@@ -2,7 +2,7 @@
 //! port: repeated TLS handshake failures from one address (a scanner, or a
 //! node with a wrong certificate), a valid certificate pushing for another
 //! node, an agent whose configuration changed, an agent clock running
-//! ahead. They become security events like the agents' own: stored, listed,
+//! ahead or behind. They become security events like the agents' own: stored, listed,
 //! counted and paged through the event rules.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,8 +17,8 @@ use crate::store::Store;
 /// TLS handshake failures from one address within [`TLS_WINDOW_MS`] that make an event.
 pub const TLS_FAILURES: usize = 10;
 const TLS_WINDOW_MS: i64 = 300_000;
-/// An agent clock this far ahead of the collector's is reported.
-pub const CLOCK_AHEAD_MS: i64 = 120_000;
+/// An agent clock this far ahead of or behind the collector's is reported.
+pub const CLOCK_SKEW_MS: i64 = 120_000;
 /// One event per node (or address) and kind at most this often.
 const QUIET_MS: i64 = 3_600_000;
 const MAX_ADDRESSES: usize = 10_000;
@@ -141,10 +141,11 @@ impl Detector {
         );
     }
 
-    /// Checks an accepted batch of `node`. Configuration is compared
-    /// between boots, newest first: a backlog from the previous boot
-    /// arriving after the new one's batches is not a change.
-    pub fn batch(&self, node: &NodeId, batch: &Batch, now_ms: i64) {
+    /// Checks an accepted batch of `node`, pushed at `sent_ms` by the
+    /// agent's clock (`None` from an agent that does not say). Configuration
+    /// is compared between boots, newest first: a backlog from the previous
+    /// boot arriving after the new one's batches is not a change.
+    pub fn batch(&self, node: &NodeId, batch: &Batch, sent_ms: Option<i64>, now_ms: i64) {
         let changed = {
             let mut c = self.configs.lock().unwrap_or_else(|p| p.into_inner());
             match c.get(node) {
@@ -215,22 +216,22 @@ impl Detector {
                 );
             }
         }
-        let ahead = batch.created_ms - now_ms;
-        if ahead > CLOCK_AHEAD_MS && self.once(node.as_str(), "clock_skew", now_ms) {
+        // Without the send time only a clock ahead shows: a batch created
+        // in the past may simply have waited in the spool.
+        let skew = sent_ms.unwrap_or((batch.created_ms).max(now_ms)) - now_ms;
+        if skew.abs() > CLOCK_SKEW_MS && self.once(node.as_str(), "clock_skew", now_ms) {
+            let (direction, why) = if skew > 0 {
+                ("ahead_s", "the agent's clock runs ahead of the collector's: its samples land in the future")
+            } else {
+                ("behind_s", "the agent's clock runs behind the collector's: its samples land in the past")
+            };
             self.emit(
                 node.clone(),
                 event(
                     "clock_skew",
                     Severity::Warning,
                     now_ms,
-                    &[
-                        ("src", node.to_string()),
-                        ("ahead_s", (ahead / 1000).to_string()),
-                        (
-                            "why",
-                            "the agent's clock runs ahead of the collector's: its samples land in the future".into(),
-                        ),
-                    ],
+                    &[("src", node.to_string()), (direction, (skew.abs() / 1000).to_string()), ("why", why.into())],
                 ),
             );
         }

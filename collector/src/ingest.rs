@@ -177,6 +177,11 @@ async fn process(
             refuse(StatusCode::FORBIDDEN, format!("node {:?} is not in topology.yaml", node.as_str())),
         );
     }
+    let sent_ms = req
+        .headers()
+        .get(tierwatch_protocol::SENT_AT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if let Some(len) = declared.filter(|&l| l > ingest.max_body_bytes) {
@@ -257,7 +262,7 @@ async fn process(
         let ack = Ack { sequence, duplicate: true, ..Default::default() };
         return (Some(BatchResult::Duplicate), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
     }
-    ingest.detect.batch(&node, &batch, now);
+    ingest.detect.batch(&node, &batch, sent_ms, now);
     ingest.store.ingest(&node, batch, now);
     if let Some(a) = &ingest.alerting {
         a.trigger.notify_one();

@@ -110,6 +110,16 @@ impl Lab {
 
     /// POSTs `body` to the push endpoint with `client`; Err when TLS or HTTP fails.
     pub async fn push(&self, client: Arc<ClientConfig>, body: Vec<u8>) -> Result<(StatusCode, Bytes), String> {
+        self.push_sent_at(client, body, None).await
+    }
+
+    /// Pushes `body` saying it was sent at `sent_ms` by the agent's clock.
+    pub async fn push_sent_at(
+        &self,
+        client: Arc<ClientConfig>,
+        body: Vec<u8>,
+        sent_ms: Option<i64>,
+    ) -> Result<(StatusCode, Bytes), String> {
         let tcp = TcpStream::connect(self.ingest).await.map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(client)
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -118,10 +128,11 @@ impl Lab {
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::post(tierwatch_protocol::PUSH_PATH)
-            .header("host", "collector")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+        let mut req = Request::post(tierwatch_protocol::PUSH_PATH).header("host", "collector");
+        if let Some(t) = sent_ms {
+            req = req.header(tierwatch_protocol::SENT_AT_HEADER, t);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();

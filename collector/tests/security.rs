@@ -130,6 +130,12 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     lab.push(client.clone(), batch_of("nui-cam", 2, 4, now + 9_000, 0xB)).await.unwrap();
     // A clock ten minutes ahead.
     lab.push(client.clone(), batch_of("nui-cam", 2, 6, now + 600_000, 0xB)).await.unwrap();
+    // An hour of backlog sent by a clock that is right: no skew. Then a
+    // clock ten minutes behind: only its send time shows it.
+    let gt = lab.client(&lab.pki, "giang-thanh");
+    lab.push_sent_at(gt.clone(), batch_of("giang-thanh", 7, 1, now - 3_600_000, 0), None).await.unwrap();
+    lab.push_sent_at(gt.clone(), batch_of("giang-thanh", 7, 2, now - 3_500_000, 0), Some(now)).await.unwrap();
+    lab.push_sent_at(gt, batch_of("giang-thanh", 7, 3, now - 600_000, 0), Some(now - 600_000)).await.unwrap();
     // nui-cam's certificate pushing for giang-thanh: refused, and reported.
     let (status, _) = lab.push(client.clone(), batch_of("giang-thanh", 9, 1, now, 0)).await.unwrap();
     assert_eq!(status, 403);
@@ -141,7 +147,7 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     let mut got = Vec::new();
     for _ in 0..50 {
         got = events(&lab, "").await;
-        if got.len() >= 5 {
+        if got.len() >= 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -151,12 +157,17 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     for want in [
         ("config_changed", "nui-cam"),
         ("clock_skew", "nui-cam"),
+        ("clock_skew", "giang-thanh"),
         ("sequence_rewound", "nui-cam"),
         ("node_impersonation", "nui-cam"),
         ("tls_handshake_failures", "trung-tam"),
     ] {
         assert_eq!(kinds.iter().filter(|k| **k == want).count(), 1, "{want:?} once in {kinds:?}");
     }
+    let skew = |node: &str| got.iter().find(|e| e["kind"] == "clock_skew" && e["node"] == node).unwrap();
+    assert!(skew("nui-cam")["attributes"]["ahead_s"].as_str().is_some_and(|s| s.parse::<i64>().unwrap() >= 599));
+    let behind = &skew("giang-thanh")["attributes"]["behind_s"];
+    assert!(behind.as_str().is_some_and(|s| s.parse::<i64>().unwrap() >= 599), "{behind}");
     let imp = got.iter().find(|e| e["kind"] == "node_impersonation").unwrap();
     assert_eq!(imp["attributes"]["claimed_node"], "giang-thanh");
     assert_eq!(imp["severity"], "critical");

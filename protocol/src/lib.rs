@@ -21,6 +21,9 @@ pub use wire::{Ack, Batch, Event, Label, MetricKind, Point, Series, Severity};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// HTTP path the collector's ingest listener serves pushes on.
 pub const PUSH_PATH: &str = "/api/v1/push";
+/// Request header with the agent's clock (Unix ms) when it sent the push:
+/// batches may be hours old, so only this shows a clock running behind.
+pub const SENT_AT_HEADER: &str = "x-tierwatch-sent-ms";
 /// Content type of a pushed batch and of the collector's acknowledgement.
 pub const CONTENT_TYPE: &str = "application/x-protobuf; proto=tierwatch.v1.Batch";
 /// Label names the collector sets from certificate and topology; a payload may not carry them.
