@@ -30,6 +30,7 @@ fn https_tls_and_dns_probes_report_each_failure_for_what_it_is() -> anyhow::Resu
     let tw = lab.start_tierwatch(&SystemSpec {
         extra_targets: extra,
         probe_timeout: Duration::from_millis(900),
+        collector_extra: format!("rules: {}\n", tierwatch_tests::workspace().join("config/rules.yaml").display()),
         ..SystemSpec::default()
     })?;
     let t = Duration::from_secs(15);
@@ -81,6 +82,49 @@ fn https_tls_and_dns_probes_report_each_failure_for_what_it_is() -> anyhow::Resu
     dns.set_records(&[("portal.lab", Ipv4Addr::new(10, 66, 6, 6))])?;
     tw.wait_metric(t, "tierwatch_dns_answer_match", &c1("dns-portal"), |v| v == 0.0)?;
     assert_eq!(tw.metric("tierwatch_probe_success", &c1("dns-portal"))?, Some(0.0));
+
+    // The same faults as security events with their evidence, once each.
+    let event = |kind: &str, target: &str| {
+        let found = tw.security_events(&format!("?node=c1&kind={kind}"));
+        let mine: Vec<serde_json::Value> = found.into_iter().filter(|e| e["attributes"]["target"] == target).collect();
+        (mine.len() == 1).then(|| mine[0].clone())
+    };
+    let wait = |kind: &'static str, target: &'static str| {
+        tierwatch_tests::wait_for(t, &format!("one {kind} event for {target}"), || event(kind, target))
+    };
+    let hijack = wait("dns_mismatch", "dns-portal")?;
+    assert_eq!(hijack["severity"], "critical");
+    assert_eq!(hijack["attributes"]["unexpected"], "10.66.6.6");
+    assert_eq!(hijack["attributes"]["expected"], portal.to_string());
+    assert_eq!(hijack["attributes"]["query"], "portal.lab");
+    let unknown = wait("certificate_invalid", "tls-unknown-ca")?;
+    assert_eq!((&unknown["severity"], &unknown["attributes"]["why"]), (&"critical".into(), &"unknown_issuer".into()));
+    assert_eq!(unknown["attributes"]["fingerprint"].as_str().map(str::len), Some(64), "{unknown}");
+    assert!(unknown["attributes"]["issuer"].as_str().is_some_and(|i| !i.is_empty()), "{unknown}");
+    let wrong = wait("certificate_invalid", "tls-wrong-host")?;
+    assert_eq!((&wrong["severity"], &wrong["attributes"]["why"]), (&"critical".into(), &"wrong_host".into()));
+    let expired = wait("certificate_invalid", "tls-expired")?;
+    assert_eq!(expired["severity"], "info", "expiry is paged by its own rules");
+    assert!(event("certificate_invalid", "portal-https").is_none(), "the trusted portal has none");
+    // Paged with their problem (dns, certificate), not as a separate security page.
+    let incidents = tierwatch_tests::wait_for(Duration::from_secs(40), "the DNS hijack in c1's dns incident", || {
+        let open = tw.alerts().ok()?;
+        let list = open["incidents"].as_array()?.clone();
+        let dns = list.iter().find(|i| i["key"] == "c1/dns")?;
+        let rules: Vec<&str> = dns["alerts"].as_array()?.iter().filter_map(|a| a["rule"].as_str()).collect();
+        rules.contains(&"dns_answer_hijacked").then_some(list)
+    })?;
+    let keys: Vec<&str> = incidents.iter().filter_map(|i| i["key"].as_str()).collect();
+    assert!(keys.contains(&"c1/certificate"), "{keys:?}");
+    // The page defaced above is a security page of its own; the DNS and
+    // certificate faults are not paged a second time there.
+    let security: Vec<&serde_json::Value> = incidents
+        .iter()
+        .filter(|i| i["key"] == "c1/security")
+        .flat_map(|i| i["alerts"].as_array().into_iter().flatten())
+        .filter(|a| a["labels"]["kind"] != "defacement")
+        .collect();
+    assert!(security.is_empty(), "no second page for the same faults: {security:?}");
     Ok(())
 }
 

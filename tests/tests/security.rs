@@ -10,14 +10,6 @@ use tierwatch_tests::lab::system::SystemSpec;
 use tierwatch_tests::lab::{addrs, Lab, LabSpec};
 use tierwatch_tests::{require_lab, wait_for};
 
-fn events(tw: &tierwatch_tests::lab::system::Tierwatch, query: &str) -> Vec<serde_json::Value> {
-    tw.get(&format!("/api/v1/security/events{query}"))
-        .ok()
-        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-        .and_then(|v| v["events"].as_array().cloned())
-        .unwrap_or_default()
-}
-
 /// The shipped rules; c1's agent alone, capturing on its LAN bridge with
 /// the commune itself as the LAN's DHCP server.
 fn lan_sensor_on_c1() -> SystemSpec {
@@ -54,7 +46,7 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
         host.ns.exec("nmap", &[how, "-Pn", "-n", "-T4", "-p", "1-300", &gateway])?;
         let src = host.addr.to_string();
         let got = wait_for(Duration::from_secs(10), &format!("a port_scan event from {src}"), || {
-            events(&tw, "?kind=port_scan").into_iter().find(|e| e["attributes"]["src"] == src.as_str())
+            tw.security_events("?kind=port_scan").into_iter().find(|e| e["attributes"]["src"] == src.as_str())
         })
         .map_err(|e| anyhow::anyhow!("{e}\n--- agent log\n{}", tw.agents[0].log_text()))?;
         eprintln!("nmap {how} from {src}: at the collector {:?} after the scan began: {got}", started.elapsed());
@@ -68,8 +60,9 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
     attacker
         .ns
         .exec(tierwatch_tests::bin("tw-labnet"), &["arp-spoof", "eth0", &gateway, &attacker.addr.to_string(), "5"])?;
-    let spoof =
-        wait_for(Duration::from_secs(10), "an arp_spoof event", || events(&tw, "?kind=arp_spoof").into_iter().next())?;
+    let spoof = wait_for(Duration::from_secs(10), "an arp_spoof event", || {
+        tw.security_events("?kind=arp_spoof").into_iter().next()
+    })?;
     assert_eq!(spoof["severity"], "critical");
     assert_eq!(spoof["attributes"]["src"], gateway.as_str());
     // The LAN interface goes down and comes back: the sensor reopens it
@@ -83,8 +76,9 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
     let rogue = &lab.lan_hosts[1];
     let _dhcp = lab.start_dhcp_server(&rogue.ns, "10.2.1.100".parse()?, "10.2.1.150".parse()?)?;
     attacker.ns.exec(tierwatch_tests::bin("tw-labnet"), &["dhcp-discover", "eth0", "3"])?;
-    let dhcp =
-        wait_for(Duration::from_secs(10), "a rogue_dhcp event", || events(&tw, "?kind=rogue_dhcp").into_iter().next())?;
+    let dhcp = wait_for(Duration::from_secs(10), "a rogue_dhcp event", || {
+        tw.security_events("?kind=rogue_dhcp").into_iter().next()
+    })?;
     assert_eq!(dhcp["severity"], "critical");
     assert_eq!(dhcp["attributes"]["src"], rogue.addr.to_string().as_str(), "{dhcp}");
     assert!(dhcp["attributes"]["offered"].as_str().is_some_and(|o| o.starts_with("10.2.1.1")), "{dhcp}");
@@ -144,7 +138,7 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
         rounds += 1;
         std::thread::sleep(Duration::from_secs(2));
     }
-    let all = events(&tw, "?limit=1000");
+    let all = tw.security_events("?limit=1000");
     let alarming: Vec<&serde_json::Value> = all.iter().filter(|e| e["severity"] != "info").collect();
     let kinds: std::collections::BTreeSet<&str> = all.iter().filter_map(|e| e["kind"].as_str()).collect();
     eprintln!("{rounds} rounds of LAN traffic in {:?}; info events: {kinds:?}", started.elapsed());
@@ -184,7 +178,7 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
     std::io::Write::write_all(&mut f, burst.as_bytes())?;
     let brute = wait_for(Duration::from_secs(10), "an ssh_bruteforce event", || {
-        events(&tw, "?kind=ssh_bruteforce").into_iter().next()
+        tw.security_events("?kind=ssh_bruteforce").into_iter().next()
     })
     .map_err(|e| anyhow::anyhow!("{e}\n--- agent log\n{}", tw.agents[0].log_text()))?;
     assert_eq!(brute["attributes"]["src"], "10.2.1.66");
@@ -194,7 +188,7 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
         b"Nov 28 09:31:00 c1 sshd[999]: Accepted password for admin from 10.2.1.66 port 50999 ssh2\n",
     )?;
     let success = wait_for(Duration::from_secs(10), "an ssh_success_after_failures event", || {
-        events(&tw, "?kind=ssh_success_after_failures").into_iter().next()
+        tw.security_events("?kind=ssh_success_after_failures").into_iter().next()
     })?;
     assert_eq!(success["severity"], "critical");
     assert_eq!(success["attributes"]["user"], "admin");
@@ -202,7 +196,7 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
     // A new listener in the commune node's namespace.
     let _listener = lab.start_listener(&lab.communes[0].ns, &["0.0.0.0:4444"])?;
     let new = wait_for(Duration::from_secs(10), "a new_listener event", || {
-        events(&tw, "?kind=new_listener").into_iter().find(|e| e["attributes"]["port"] == "4444")
+        tw.security_events("?kind=new_listener").into_iter().find(|e| e["attributes"]["port"] == "4444")
     })?;
     assert_eq!(new["severity"], "warning");
     assert_eq!(new["attributes"]["process"], "tw-labnet", "{new}");
@@ -231,11 +225,12 @@ fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
     // A news item is no defacement.
     nginx.set_page("<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến. Thông báo lịch nghỉ Tết.</body></html>\n")?;
     std::thread::sleep(Duration::from_secs(3));
-    assert!(events(&tw, "?kind=defacement").is_empty());
+    assert!(tw.security_events("?kind=defacement").is_empty());
     let defaced = Instant::now();
     nginx.set_page("<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến. Thông báo lịch nghỉ Tết. <a href=\"https://x.example/\">Nhà cái uy tín - tài xỉu online</a></body></html>\n")?;
-    let e =
-        wait_for(Duration::from_secs(10), "a defacement event", || events(&tw, "?kind=defacement").into_iter().next())?;
+    let e = wait_for(Duration::from_secs(10), "a defacement event", || {
+        tw.security_events("?kind=defacement").into_iter().next()
+    })?;
     eprintln!("defacement at the collector {:?} after the page changed: {e}", defaced.elapsed());
     assert_eq!(e["severity"], "critical");
     assert_eq!(e["attributes"]["words"], "nhà cái,tài xỉu");

@@ -6,6 +6,7 @@ pub mod deface;
 pub mod dns;
 pub mod http;
 pub mod icmp;
+pub mod integrity;
 pub mod node;
 pub mod tcp;
 pub mod tls;
@@ -70,6 +71,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds a security event the probe found, and says so in the detail.
+    fn event(&mut self, e: tierwatch_protocol::Event) {
+        self.note(|| {
+            let why = e.attributes.get("why").map(String::as_str).unwrap_or("");
+            format!("security event {}: {why}", e.kind)
+        });
+        self.events.push(e);
+    }
+
     /// Adds a detail line; built only when someone will read it.
     fn note(&mut self, line: impl FnOnce() -> String) {
         if self.verbose {
@@ -120,6 +130,10 @@ pub struct Prober {
     last_fingerprint: Option<u64>,
     /// The page's baseline, for defacement (http).
     deface: deface::Watch,
+    /// The certificate last presented (tls, https).
+    cert: integrity::CertWatch,
+    /// Unexpected DNS answers reported (dns).
+    dns: integrity::DnsWatch,
     verbose: bool,
     /// The target's round-trip times so far (icmp), for fast failure detection.
     rtt: RttEstimate,
@@ -177,6 +191,8 @@ impl Prober {
             roots,
             last_fingerprint: None,
             deface: deface::Watch::default(),
+            cert: integrity::CertWatch::default(),
+            dns: integrity::DnsWatch::default(),
             verbose: false,
             rtt: RttEstimate::default(),
             last_success: None,
@@ -249,25 +265,26 @@ impl Prober {
             },
             ProbeSpec::Tls { port, server_name, .. } => {
                 let work = Box::pin(tls_probe(&mut out, &t.host, *port, server_name, self.roots.clone(), ts));
-                if tokio::time::timeout(t.timeout, work).await.is_err() {
-                    out.error = Some(format!("no TLS handshake within {:?}", t.timeout));
+                match tokio::time::timeout(t.timeout, work).await {
+                    Err(_) => out.error = Some(format!("no TLS handshake within {:?}", t.timeout)),
+                    Ok(facts) => {
+                        if let Some(e) = facts.and_then(|f| self.cert.check(&f, &t.name, ts)) {
+                            out.event(e);
+                        }
+                    }
                 }
             }
             ProbeSpec::Http(spec) => {
                 let roots = self.roots.clone().and_then(Result::ok);
                 match tokio::time::timeout(t.timeout, Box::pin(http::fetch(spec, roots))).await {
                     Ok(mut f) => {
+                        if let Some(e) = f.tls.as_ref().and_then(|facts| self.cert.check(facts, &t.name, ts)) {
+                            out.event(e);
+                        }
                         if let Some(page) = f.page.take() {
                             let url = if f.final_url.is_empty() { spec.url.clone() } else { f.final_url.clone() };
                             if let Some(e) = self.deface.check(page, &url, ts) {
-                                out.note(|| {
-                                    format!(
-                                        "security event {}: {}",
-                                        e.kind,
-                                        e.attributes.get("why").map(String::as_str).unwrap_or("")
-                                    )
-                                });
-                                out.events.push(e);
+                                out.event(e);
                             }
                         }
                         http_outcome(&mut out, spec, f, ts, &mut self.last_fingerprint)
@@ -277,8 +294,18 @@ impl Prober {
             }
             ProbeSpec::Dns { port, query, record_type, expect } => match resolve(&t.host).await {
                 Ok(ip) => {
-                    match Box::pin(dns::query(SocketAddr::new(ip, *port), query, *record_type, t.timeout)).await {
-                        Ok(l) => dns_outcome(&mut out, &l, query, *record_type, expect.as_ref(), ts),
+                    let server = SocketAddr::new(ip, *port);
+                    match Box::pin(dns::query(server, query, *record_type, t.timeout)).await {
+                        Ok(l) => {
+                            if let Some(expected) = expect.as_ref().filter(|_| l.response.rcode == 0) {
+                                let server = server.to_string();
+                                let found = self.dns.check(&l.response.answers, expected, &t.name, query, &server, ts);
+                                if let Some(e) = found {
+                                    out.event(e);
+                                }
+                            }
+                            dns_outcome(&mut out, &l, query, *record_type, expect.as_ref(), ts)
+                        }
                         Err(e) => out.error = Some(e),
                     }
                 }
@@ -536,30 +563,30 @@ async fn tls_probe(
     name: &str,
     roots: Option<Result<Arc<RootCertStore>, String>>,
     ts: i64,
-) {
+) -> Option<tls::TlsFacts> {
     let roots = match roots {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
             out.error = Some(e);
-            return;
+            return None;
         }
         None => {
             out.error = Some("no trust roots".into());
-            return;
+            return None;
         }
     };
     let addr = match resolve(host).await {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(e) => {
             out.error = Some(e);
-            return;
+            return None;
         }
     };
     let tcp = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => {
             out.error = Some(format!("connect to {addr}: {e}"));
-            return;
+            return None;
         }
     };
     match tls::handshake(tcp, name, roots, &[]).await {
@@ -569,8 +596,12 @@ async fn tls_probe(
                 Ok(()) => out.success = true,
                 Err((why, words)) => out.error = Some(format!("certificate not trusted ({}): {words}", why.as_str())),
             }
+            Some(facts)
         }
-        Err(e) => out.error = Some(e),
+        Err(e) => {
+            out.error = Some(e);
+            None
+        }
     }
 }
 

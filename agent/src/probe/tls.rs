@@ -80,6 +80,10 @@ pub struct TlsFacts {
     /// `TLSv1.2` or `TLSv1.3`.
     pub version: Option<&'static str>,
     pub handshake: Duration,
+    /// SHA-256 of the leaf certificate (lower-case hex), the way browsers show it.
+    pub leaf_sha256: String,
+    /// The leaf's issuer, as an RFC 4514 name.
+    pub leaf_issuer: Option<String>,
 }
 
 /// Trust roots: the given CA file, or the system's store (loaded once per process).
@@ -157,6 +161,15 @@ fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
     x509_parser::parse_x509_certificate(der.as_ref()).ok().map(|(_, c)| c.validity().not_after.timestamp())
 }
 
+fn issuer(der: &CertificateDer<'_>) -> Option<String> {
+    x509_parser::parse_x509_certificate(der.as_ref()).ok().map(|(_, c)| c.issuer().to_string())
+}
+
+/// SHA-256 of a certificate, lower-case hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Runs a TLS handshake over `tcp` for `server_name`, recording the facts.
 /// Err only when no handshake happened at all (refused, protocol error).
 pub async fn handshake(
@@ -206,6 +219,8 @@ pub async fn handshake(
         chain_not_after: chain.iter().filter_map(not_after).min(),
         version,
         handshake,
+        leaf_sha256: fingerprint(chain[0].as_ref()),
+        leaf_issuer: issuer(&chain[0]),
     };
     Ok((stream, facts))
 }

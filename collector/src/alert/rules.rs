@@ -132,6 +132,24 @@ fn default_group_wait() -> Duration {
     Duration::from_secs(10)
 }
 
+/// A matcher's value: one, or any of a list (`kind: [dns_mismatch, certificate_invalid]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Values {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl Values {
+    /// True when `v` is the value or one of the list.
+    pub fn contains(&self, v: &str) -> bool {
+        match self {
+            Values::One(one) => one == v,
+            Values::Any(list) => list.iter().any(|x| x == v),
+        }
+    }
+}
+
 /// One rule as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,12 +164,12 @@ pub struct RawRule {
     /// Event rules: security events the node's sensors reported.
     #[serde(default)]
     pub event: Option<RawEventRule>,
-    /// Exact label values (identity labels included: `tier`, `node`, ...).
+    /// Exact label values, or lists of them (identity labels included: `tier`, `node`, ...).
     #[serde(default, rename = "match")]
-    pub matchers: BTreeMap<String, String>,
-    /// Label values that must not match.
+    pub matchers: BTreeMap<String, Values>,
+    /// Label values that must not match (a list: none of them).
     #[serde(default)]
-    pub not_match: BTreeMap<String, String>,
+    pub not_match: BTreeMap<String, Values>,
     /// Compare `value - now` (seconds until a timestamp), for expiry rules.
     #[serde(default)]
     pub until_now: bool,
@@ -270,8 +288,8 @@ pub enum RuleKind {
 pub struct Rule {
     pub name: String,
     pub kind: RuleKind,
-    pub matchers: BTreeMap<String, String>,
-    pub not_match: BTreeMap<String, String>,
+    pub matchers: BTreeMap<String, Values>,
+    pub not_match: BTreeMap<String, Values>,
     pub for_: Duration,
     pub clear_for: Duration,
     pub subject: Option<String>,
@@ -284,8 +302,8 @@ pub struct Rule {
 impl Rule {
     /// True when `labels` satisfy every matcher.
     pub fn matches<'a>(&self, mut label: impl FnMut(&str) -> Option<&'a str>) -> bool {
-        self.matchers.iter().all(|(k, v)| label(k) == Some(v.as_str()))
-            && self.not_match.iter().all(|(k, v)| label(k) != Some(v.as_str()))
+        self.matchers.iter().all(|(k, v)| label(k).is_some_and(|l| v.contains(l)))
+            && self.not_match.iter().all(|(k, v)| !label(k).is_some_and(|l| v.contains(l)))
     }
 }
 
@@ -356,9 +374,14 @@ impl Rules {
             if !name_ok(&r.problem) {
                 p.push(key("problem"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.problem));
             }
-            for (k, _) in r.matchers.iter().chain(r.not_match.iter()) {
-                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    p.push(key("match"), format!("{k:?} is not a label name"));
+            for (field, m) in [("match", &r.matchers), ("not_match", &r.not_match)] {
+                for (k, v) in m {
+                    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        p.push(key(field), format!("{k:?} is not a label name"));
+                    }
+                    if matches!(v, Values::Any(list) if list.is_empty()) {
+                        p.push(key(&format!("{field}.{k}")), "give at least one value");
+                    }
                 }
             }
             let kinds = [r.metric.is_some(), r.heartbeat.is_some(), r.event.is_some()];
@@ -570,6 +593,27 @@ mod tests {
         );
         assert!(err.contains("rules[1].name: \"a\" is used by another rule"), "{err}");
         assert!(err.contains("rules[1].heartbeat.missed: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn matchers_take_one_value_or_a_list() {
+        let text = "rules:\n  - name: sec\n    event: {hold: 1m}\n    match: {severity: [warning, critical]}\n    not_match: {kind: [dns_mismatch, certificate_invalid], src: 10.0.0.5}\n    problem: security\n    severity: warning\n    summary: s\n";
+        let r = Rules::parse(Path::new("r.yaml"), text).unwrap();
+        let labels = |kind: &'static str, severity: &'static str, src: &'static str| {
+            move |k: &str| match k {
+                "kind" => Some(kind),
+                "severity" => Some(severity),
+                "src" => Some(src),
+                _ => None,
+            }
+        };
+        let rule = &r.rules[0];
+        assert!(rule.matches(labels("port_scan", "critical", "10.2.1.50")));
+        assert!(!rule.matches(labels("port_scan", "info", "10.2.1.50")), "not in the list");
+        assert!(!rule.matches(labels("dns_mismatch", "critical", "10.2.1.50")), "excluded by the list");
+        assert!(!rule.matches(labels("port_scan", "critical", "10.0.0.5")), "excluded by the one value");
+        let err = Rules::parse(Path::new("r.yaml"), &text.replace("[warning, critical]", "[]")).unwrap_err();
+        assert!(err.to_string().contains("rules[0].match.severity: give at least one value"), "{err}");
     }
 
     #[test]

@@ -267,6 +267,15 @@ impl Tierwatch {
         Ok(serde_json::from_str(&body)?)
     }
 
+    /// `/api/v1/security/events{query}`'s events; none when it cannot be read.
+    pub fn security_events(&self, query: &str) -> Vec<serde_json::Value> {
+        self.get(&format!("/api/v1/security/events{query}"))
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["events"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// GETs `path` from the collector's HTTP port, from inside `central`.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         self.central.http_get((addrs::CENTRAL, HTTP_PORT).into(), path)
