@@ -81,7 +81,7 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/alerts/history?limit=N`: openings, updates, acknowledgements and resolutions, newest first.
+/// `GET /api/v1/alerts/history?limit=N`: openings, updates, acknowledgements, resolutions and muted incidents, newest first.
 async fn history(State(s): State<Arc<Http>>, Query(q): Query<HistoryQuery>) -> Response {
     let Some(a) = &s.alerting else {
         return Json(json!({ "alerting": false, "history": [] })).into_response();

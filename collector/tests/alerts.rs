@@ -410,6 +410,13 @@ async fn maintenance_windows_from_the_api_mute_exactly_their_nodes() {
     assert!(v["muted"][0]["muted"].as_str().unwrap().contains("thay router"), "{body}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(events(&got), ["opened giang-thanh/unreachable"], "the node in maintenance is not paged");
+    // What the window kept quiet is still in the history.
+    let (_, body) = lab.get("/api/v1/alerts/history").await;
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let muted: Vec<&serde_json::Value> =
+        h["history"].as_array().into_iter().flatten().filter(|e| e["event"] == "muted").collect();
+    assert_eq!(muted.len(), 1, "{body}");
+    assert_eq!(muted[0]["incident"]["key"], "nui-cam/unreachable", "{body}");
 
     // The window ends early while nui-cam is still down: it pages now.
     let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", None).await;

@@ -99,9 +99,21 @@ pub enum Change {
     },
     /// Someone acknowledged it (through the API).
     Acknowledged(IncidentView),
+    /// It began inside a maintenance window: kept in the history, not paged.
+    Muted(IncidentView),
+    /// Over while still muted: in the history, not paged.
+    MutedResolved {
+        incident: IncidentView,
+        ended_ms: i64,
+    },
 }
 
 impl Change {
+    /// True for the changes that are paged (not those of muted incidents).
+    pub fn notifies(&self) -> bool {
+        !matches!(self, Change::Muted(_) | Change::MutedResolved { .. })
+    }
+
     /// The history and notification event name.
     pub fn event(&self) -> &'static str {
         match self {
@@ -109,14 +121,16 @@ impl Change {
             Change::Updated(_) => "updated",
             Change::Resolved { .. } => "resolved",
             Change::Acknowledged(_) => "acknowledged",
+            Change::Muted(_) => "muted",
+            Change::MutedResolved { .. } => "muted_resolved",
         }
     }
 
     /// The incident as it stands after the change.
     pub fn view(&self) -> &IncidentView {
         match self {
-            Change::Opened(v) | Change::Updated(v) | Change::Acknowledged(v) => v,
-            Change::Resolved { incident, .. } => incident,
+            Change::Opened(v) | Change::Updated(v) | Change::Acknowledged(v) | Change::Muted(v) => v,
+            Change::Resolved { incident, .. } | Change::MutedResolved { incident, .. } => incident,
         }
     }
 }
@@ -467,14 +481,18 @@ impl Engine {
         }
         let present = self.flaps.apply(present, now_ms);
         let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
-        self.muted.clear();
+        let was_muted = std::mem::take(&mut self.muted);
+        let mut changes = Vec::new();
         for (key, mut view) in present {
             match self.open.get(&key) {
                 Some(old) => view.ack = old.ack.clone(),
                 None => {
                     // Not paged yet: a maintenance window keeps it quiet.
                     if let Some(w) = self.muted_by(&view, now_ms) {
-                        view.muted = Some(w.describe());
+                        view.muted = Some(w.describe(&self.rules.locale));
+                        if !was_muted.contains_key(&key) {
+                            changes.push(Change::Muted(view.clone()));
+                        }
                         self.muted.insert(key, view);
                         continue;
                     }
@@ -482,7 +500,11 @@ impl Engine {
             }
             now_open.insert(key, view);
         }
-        let mut changes = Vec::new();
+        for (key, old) in was_muted {
+            if !self.muted.contains_key(&key) && !now_open.contains_key(&key) {
+                changes.push(Change::MutedResolved { incident: old, ended_ms: now_ms });
+            }
+        }
         for (key, view) in &now_open {
             match self.open.get(key) {
                 None => changes.push(Change::Opened(view.clone())),
@@ -633,6 +655,8 @@ mod tests {
                 Change::Updated(i) => format!("update {}", i.key),
                 Change::Resolved { incident, .. } => format!("resolve {}", incident.key),
                 Change::Acknowledged(i) => format!("ack {}", i.key),
+                Change::Muted(i) => format!("muted {}", i.key),
+                Change::MutedResolved { incident, .. } => format!("muted-resolve {}", incident.key),
             })
             .collect()
     }
@@ -748,7 +772,7 @@ mod tests {
         };
         e.set_windows(vec![window("c1")]);
         push(&store, "p", 1000, &[("c1", 0.0), ("c2", 0.0)]);
-        assert_eq!(kinds(&e.evaluate(&store, 1000)), ["open c2/unreachable"]);
+        assert_eq!(kinds(&e.evaluate(&store, 1000)), ["muted c1/unreachable", "open c2/unreachable"]);
         let muted: Vec<_> = e.muted_incidents().collect();
         assert_eq!(muted.len(), 1);
         assert!(muted[0].muted.as_deref().unwrap().contains("router swap"), "{muted:?}");
@@ -759,6 +783,16 @@ mod tests {
         push(&store, "p", 5000, &[("c1", 0.0), ("c2", 0.0)]);
         assert_eq!(kinds(&e.evaluate(&store, 5000)), ["open c1/unreachable"]);
         assert_eq!(e.muted_incidents().count(), 0);
+        // One that begins and ends inside a window is in the history only.
+        e.set_windows(vec![Window { ends_ms: 20_000, ..window("c3") }]);
+        push(&store, "p", 6000, &[("c1", 1.0), ("c2", 1.0), ("c3", 0.0)]);
+        let c = e.evaluate(&store, 6000);
+        assert_eq!(kinds(&c), ["muted c3/unreachable", "resolve c1/unreachable", "resolve c2/unreachable"]);
+        assert!(e.evaluate(&store, 6500).is_empty(), "said once");
+        push(&store, "p", 7000, &[("c1", 1.0), ("c2", 1.0), ("c3", 1.0)]);
+        let c = e.evaluate(&store, 7000);
+        assert_eq!(kinds(&c), ["muted-resolve c3/unreachable"]);
+        assert!(c.iter().all(|c| !c.notifies()));
     }
 
     #[test]

@@ -59,13 +59,8 @@ impl Window {
     }
 
     /// One line for logs and muted incidents.
-    pub fn describe(&self) -> String {
-        format!(
-            "maintenance {} until {}: {}",
-            self.id,
-            crate::http::rfc3339(self.ends_ms).unwrap_or_default(),
-            self.reason
-        )
+    pub fn describe(&self, locale: &crate::i18n::Locale) -> String {
+        format!("{} {} {}: {}", self.id, locale.texts().muted_until, locale.time(self.ends_ms), self.reason)
     }
 }
 

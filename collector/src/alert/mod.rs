@@ -226,6 +226,12 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
                     tracing::info!(incident = %incident.key, summary = %incident.summary, "incident resolved");
                 }
                 Change::Acknowledged(_) => {}
+                Change::Muted(v) => {
+                    tracing::info!(incident = %v.key, window = v.muted.as_deref().unwrap_or(""), summary = %v.summary, "incident muted by a maintenance window");
+                }
+                Change::MutedResolved { incident, .. } => {
+                    tracing::info!(incident = %incident.key, "muted incident over");
+                }
             }
         }
         let conn = alerting.conn.clone();

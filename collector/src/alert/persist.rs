@@ -39,6 +39,8 @@ pub fn record(
             Change::Resolved { .. } => {
                 tx.execute("DELETE FROM incident WHERE key = ?1", [&view.key])?;
             }
+            // Never paged: nothing to remember across a restart but the history.
+            Change::Muted(_) | Change::MutedResolved { .. } => {}
             _ => {
                 tx.execute(
                     "INSERT INTO incident (key, opened_ms, view) VALUES (?1, ?2, ?3)

@@ -31,6 +31,7 @@ pub const TEXTS: Texts = Texts {
     page_alerts: "Active alerts",
     page_no_alerts: "No active alerts.",
     page_muted: "muted by maintenance",
+    muted_until: "until",
     page_security: "Security events (last 24 h)",
     page_no_security: "No security events in the last 24 hours.",
     page_col_node: "Node",

@@ -136,6 +136,8 @@ pub struct Texts {
     pub page_alerts: &'static str,
     pub page_no_alerts: &'static str,
     pub page_muted: &'static str,
+    /// A maintenance window's end: `mw-1 {until} 2026-12-01 22:00:00 +07:00: reason`.
+    pub muted_until: &'static str,
     pub page_security: &'static str,
     pub page_no_security: &'static str,
     pub page_col_node: &'static str,

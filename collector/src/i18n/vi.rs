@@ -39,6 +39,7 @@ pub const TEXTS: Texts = Texts {
     page_alerts: "Cảnh báo đang hoạt động",
     page_no_alerts: "Không có cảnh báo nào.",
     page_muted: "tạm tắt do bảo trì",
+    muted_until: "đến",
     page_security: "Sự kiện an ninh (24 giờ qua)",
     page_no_security: "Không có sự kiện an ninh nào trong 24 giờ qua.",
     page_col_node: "Điểm",

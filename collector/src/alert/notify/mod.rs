@@ -275,7 +275,7 @@ pub fn enqueue(
     now_ms: i64,
 ) -> rusqlite::Result<usize> {
     let mut n = 0;
-    for c in changes {
+    for c in changes.iter().filter(|c| c.notifies()) {
         let m = Message::from_change(c, now_ms);
         let resolved = matches!(c, Change::Resolved { .. });
         for r in receivers.iter().filter(|r| r.routes(&m.incident, resolved)) {
