@@ -90,7 +90,10 @@ pub async fn run(
 fn take(m: Measurement, pending: &mut Vec<Series>, events: &mut Vec<Event>, metrics: &Metrics) {
     match m {
         Measurement::Probe(outcome) => {
-            metrics.probe(outcome.kind.as_str(), outcome.success);
+            // An early report is news of a run still going, not a run.
+            if !outcome.early {
+                metrics.probe(outcome.kind.as_str(), outcome.success);
+            }
             pending.extend(outcome.series);
             events.extend(outcome.events);
         }
@@ -140,5 +143,43 @@ async fn seal(
         Stored::Memory { id, error } => {
             tracing::error!(sequence, id, error = %error, "spool write failed: batch kept in memory only")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProbeKind;
+    use crate::probe::Outcome;
+
+    fn outcome(early: bool) -> Outcome {
+        Outcome {
+            target: "provincial-gateway".into(),
+            kind: ProbeKind::Icmp,
+            success: false,
+            duration: Duration::ZERO,
+            series: Vec::new(),
+            detail: Vec::new(),
+            error: Some("silent".into()),
+            verbose: false,
+            events: Vec::new(),
+            early,
+        }
+    }
+
+    #[test]
+    fn an_early_report_is_not_counted_as_a_run() {
+        let metrics = Metrics::new(&[]).unwrap();
+        let (mut pending, mut events) = (Vec::new(), Vec::new());
+        take(Measurement::Probe(outcome(true)), &mut pending, &mut events, &metrics);
+        take(Measurement::Probe(outcome(false)), &mut pending, &mut events, &metrics);
+        let runs: f64 = metrics
+            .snapshot(0)
+            .iter()
+            .filter(|s| s.name == "tierwatch_agent_probes_total")
+            .filter(|s| s.labels.iter().any(|l| l.name == "result" && l.value == "failure"))
+            .flat_map(|s| s.points.iter().map(|p| p.value))
+            .sum();
+        assert_eq!(runs, 1.0);
     }
 }

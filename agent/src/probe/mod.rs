@@ -68,6 +68,8 @@ pub struct Outcome {
     pub verbose: bool,
     /// Security events the probe found (a defaced page).
     pub events: Vec<tierwatch_protocol::Event>,
+    /// A failure reported before its round ended; the round's own outcome follows.
+    pub early: bool,
 }
 
 impl Outcome {
@@ -232,6 +234,7 @@ impl Prober {
             error: None,
             verbose: self.verbose,
             events: Vec::new(),
+            early: false,
         };
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
@@ -439,6 +442,7 @@ async fn icmp_round(
                     error: Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once")),
                     verbose: false,
                     events: Vec::new(),
+                    early: true,
                 };
                 e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
                 tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
