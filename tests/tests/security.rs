@@ -2,7 +2,9 @@
 //! connect scans from hosts on a commune's LAN, forged ARP replies claiming
 //! the commune's gateway address, a dnsmasq DHCP server started on the LAN. The commune's agent captures on its LAN
 //! bridge (`lan0`, the gateway placement); the evidence must reach the
-//! collector's API and page through the shipped rules. Root only.
+//! collector's API and page through the shipped rules. The host sensors
+//! read SSH failures from a log file and from a real systemd journal.
+//! Root only.
 
 use std::time::{Duration, Instant};
 
@@ -241,4 +243,101 @@ fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
     })?;
     tw.stop()?;
     Ok(())
+}
+
+/// `log: journal`: the SSH sensor follows sshd's messages through
+/// `journalctl --follow`, from a real systemd-journald started in a private
+/// mount namespace (so the host's journal is untouched), with the agent in
+/// that namespace; the messages are written by a process named `sshd`, as
+/// the journal's `_COMM` match wants. Loopback collector; root only.
+#[test]
+fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
+    require_lab!("ssh_brute_force_is_read_from_the_systemd_journal");
+    let journald = ["/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let tools = ["journalctl", "logger", "unshare", "nsenter"].into_iter().all(tierwatch_tests::have);
+    let Some(journald) = journald.filter(|_| tools) else {
+        anyhow::ensure!(
+            std::env::var("CI").is_err(),
+            "systemd-journald, journalctl, logger, unshare and nsenter must be there in CI"
+        );
+        eprintln!("SKIPPED: systemd-journald, journalctl, logger, unshare or nsenter missing");
+        return Ok(());
+    };
+    let lo = tierwatch_tests::loopback::Loopback::new()?;
+    let _collector = lo.start_collector("collector.log", "")?;
+    let sensors =
+        "sensors:\n  host:\n    ssh: {log: journal}\n    listeners: {enabled: false}\n    files: {enabled: false}\n";
+    let config = lo.agent_config("nui-cam", "200ms", "", None, sensors)?;
+    let pidfile = lo.path("journald.pid");
+    // Volatile journal on tmpfs inside the namespace; a persistent
+    // /var/log/journal of the host is covered too.
+    let script = format!(
+        "set -e\nfor d in /run/systemd/journal /run/log; do mkdir -p $d; mount -t tmpfs tmpfs $d; done\n\
+         if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi\n\
+         {journald} & echo $! > {pid}\n\
+         for i in $(seq 50); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done\n\
+         exec {agent} --config {config} --log-format json\n",
+        pid = pidfile.display(),
+        agent = tierwatch_tests::bin("tierwatch-agent").display(),
+        config = config.display(),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]).stdout(std::process::Stdio::null());
+    let mut agent = tierwatch_tests::Proc::spawn_command("agent", &mut cmd, &lo.path("agent.log"))?;
+    let journald_pid = wait_for(Duration::from_secs(10), "journald in the namespace", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse::<u32>().ok()
+    })?;
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let _journald = Kill(journald_pid);
+    // A logger named sshd, run in the agent's mount namespace (its journal).
+    let sshd = lo.path("sshd");
+    std::fs::copy(which("logger")?, &sshd)?;
+    let ns = format!("--mount=/proc/{journald_pid}/ns/mnt");
+    let burst = |round: u32| -> anyhow::Result<()> {
+        let mut input = String::new();
+        for i in 0..12 {
+            input.push_str(&format!(
+                "MESSAGE=Failed password for invalid user admin{i} from 10.2.1.77 port 5{round}{i:03} ssh2\nSYSLOG_IDENTIFIER=sshd\n\n"
+            ));
+        }
+        let mut child = std::process::Command::new("nsenter")
+            .arg(&ns)
+            .arg(&sshd)
+            .arg("--journald")
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input.as_bytes())?;
+        }
+        anyhow::ensure!(child.wait()?.success(), "logger --journald failed");
+        Ok(())
+    };
+    // journalctl follows from "now": send bursts until one is seen.
+    let addr = lo.http_addr();
+    let mut round = 0;
+    let event = wait_for(Duration::from_secs(30), "an ssh_bruteforce event from the journal", || {
+        round += 1;
+        burst(round).ok()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, body) = tierwatch_tests::http_get(addr, "/api/v1/security/events?kind=ssh_bruteforce").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["events"].as_array()?.first().cloned()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n--- agent log\n{}", agent.log_text()))?;
+    assert_eq!(event["node"], "nui-cam");
+    assert_eq!(event["attributes"]["src"], "10.2.1.77");
+    agent.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn which(tool: &str) -> anyhow::Result<std::path::PathBuf> {
+    let out = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().into())
 }
