@@ -37,11 +37,10 @@ struct NodesResponse {
 
 /// Fetches `/api/v1/nodes` from `base` (`http://host:port`).
 pub async fn fetch(base: &str) -> anyhow::Result<Vec<NodeRow>> {
-    let authority = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("--url {base:?} must start with http://"))?
-        .trim_end_matches('/');
-    let stream = tokio::net::TcpStream::connect(authority)
+    let url = tierwatch_runtime::url::parse(base, None).map_err(|e| anyhow::anyhow!("--url: {e}"))?;
+    anyhow::ensure!(!url.https, "--url {base:?} must start with http:// (the collector's HTTP port)");
+    let authority = url.authority();
+    let stream = tokio::net::TcpStream::connect(&authority)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {authority}: {e}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

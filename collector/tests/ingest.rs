@@ -68,6 +68,12 @@ async fn pushed_series_appear_with_identity_labels_from_topology() {
     assert_eq!(n["parent"], "an-giang");
     let g = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "giang-thanh").unwrap().clone();
     assert_eq!(g["status"], "unknown");
+
+    // `tierwatch-collector status --url` reads the same.
+    let rows = tierwatch_collector::status::fetch(&format!("http://{}/", lab.http)).await.unwrap();
+    let table = tierwatch_collector::status::render(&rows);
+    assert!(table.lines().any(|l| l.contains("nui-cam") && l.contains(" UP ")), "{table}");
+    assert!(tierwatch_collector::status::fetch(&format!("https://{}", lab.http)).await.is_err());
     lab.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! Process plumbing shared by `tierwatch-agent` and `tierwatch-collector`:
-//! logging, shutdown on signals, TLS material, durations in config, and a
-//! small HTTP client.
+//! logging, shutdown on signals, TLS material, durations in config, URLs
+//! and a small HTTP client.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -12,3 +12,4 @@ pub mod service;
 pub mod shutdown;
 pub mod systemd;
 pub mod tls;
+pub mod url;

@@ -12,7 +12,7 @@ use tierwatch_yamlconf::{ConfigError, Problems};
 use crate::spool::{FsyncPolicy, SpoolConfig};
 
 mod target;
-pub use target::{split_url, HttpSpec, ProbeKind, ProbeSpec, RecordType, StatusPattern, Target, TargetSpec};
+pub use target::{HttpSpec, ProbeKind, ProbeSpec, RecordType, StatusPattern, Target, TargetSpec};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -259,32 +259,16 @@ pub struct Config {
     pub hash: [u8; 32],
 }
 
-/// Parses `https://host:port` (IPv6 in brackets).
+/// Parses `https://host[:port]` (IPv6 in brackets; port 7443 unless given).
 pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("{url:?} must start with https:// (pushes are always mutually authenticated TLS)"))?;
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') {
+    let u = tierwatch_runtime::url::parse(url, Some(7443))?;
+    if !u.https {
+        return Err(format!("{url:?} must start with https:// (pushes are always mutually authenticated TLS)"));
+    }
+    if !u.is_root() {
         return Err(format!("{url:?}: give only scheme, host and port; the push path is fixed"));
     }
-    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-        let (h, p) = r.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
-        (h.to_string(), p.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    let port = match port {
-        None => 7443,
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("{url:?}: bad port {p:?}"))?,
-    };
-    Ok(Endpoint { url: url.to_string(), host, port })
+    Ok(Endpoint { url: url.to_string(), host: u.host, port: u.port })
 }
 
 impl Config {

@@ -251,21 +251,6 @@ impl Target {
     }
 }
 
-/// Splits an `http(s)://host[:port]/path` URL: (https, host, port, path and query).
-pub fn split_url(url: &str) -> Result<(bool, String, u16, String), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("{url:?} must start with http:// or https://")),
-    };
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{url:?} has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    Ok((https, host, port, if path.is_empty() { "/".into() } else { path }))
-}
-
 /// Which kinds each optional field applies to.
 fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
     use ProbeKind::*;
@@ -407,8 +392,8 @@ pub(super) fn validate(
         }
         ProbeKind::Http => {
             let url = t.url.clone().unwrap_or_default();
-            match split_url(&url) {
-                Ok((https, url_host, _, _)) => {
+            match tierwatch_runtime::url::parse(&url, None) {
+                Ok(tierwatch_runtime::url::HttpUrl { https, host: url_host, .. }) => {
                     if host.is_empty() {
                         host = url_host;
                     }

@@ -16,7 +16,8 @@ use rustls::RootCertStore;
 use tokio::net::TcpStream;
 
 use super::tls::{self, TlsFacts};
-use crate::config::{split_url, HttpSpec};
+use crate::config::HttpSpec;
+use tierwatch_runtime::url::{parse as parse_url, HttpUrl};
 
 /// Time spent in each phase, summed over redirects.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -122,10 +123,10 @@ pub async fn fetch(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>) -> Fetch 
 }
 
 async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut Fetch) -> Result<(), String> {
-    let (_, first_host, _, _) = split_url(&spec.url)?;
+    let first_host = parse_url(&spec.url, None)?.host;
     let mut url = spec.url.clone();
     loop {
-        let (https, host, port, path) = split_url(&url)?;
+        let HttpUrl { https, host, port, path } = parse_url(&url, None)?;
         // The connect-to override applies to the configured host only, not to redirect targets elsewhere.
         let connect = match &spec.connect_to {
             Some(c) if host == first_host => c.clone(),

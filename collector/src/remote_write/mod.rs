@@ -97,8 +97,8 @@ pub fn validate(raw: &[RawRemoteWrite], base: &Path, p: &mut Problems) -> Vec<Re
     let mut names = std::collections::HashSet::new();
     for (i, r) in raw.iter().enumerate() {
         let key = |k: &str| format!("remote_write[{i}].{k}");
-        let Ok(crate::outbound::Url { https, host, port, path }) =
-            crate::outbound::split_url(&r.url).map_err(|e| p.push(key("url"), e))
+        let Ok(tierwatch_runtime::url::HttpUrl { https, host, port, path }) =
+            tierwatch_runtime::url::parse(&r.url, None).map_err(|e| p.push(key("url"), e))
         else {
             continue;
         };

@@ -50,25 +50,22 @@ pub struct Alertmanager {
 
 /// Checks `raw`; `key` is its key path for problems.
 pub fn validate(raw: &RawAlertmanager, key: &str, p: &mut Problems) -> Option<Alertmanager> {
-    let Some(rest) = raw.url.strip_prefix("http://") else {
-        p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
-        return None;
+    let u = match tierwatch_runtime::url::parse(&raw.url, Some(9093)) {
+        Ok(u) if !u.https && u.is_root() => u,
+        Ok(u) if u.https => {
+            p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
+            return None;
+        }
+        Ok(_) => {
+            p.push(format!("{key}.url"), "give only http://host:port; the API path is added");
+            return None;
+        }
+        Err(e) => {
+            p.push(format!("{key}.url"), e);
+            return None;
+        }
     };
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('/') {
-        p.push(format!("{key}.url"), "give only http://host:port; the API path is added");
-        return None;
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, port)) => match port.parse::<u16>() {
-            Ok(n) if n != 0 => (h.trim_matches(['[', ']']).to_string(), n),
-            _ => {
-                p.push(format!("{key}.url"), format!("bad port {port:?}"));
-                return None;
-            }
-        },
-        None => (authority.to_string(), 9093),
-    };
+    let (host, port) = (u.host, u.port);
     Some(Alertmanager { url: raw.url.clone(), host, port, timeout: raw.timeout })
 }
 

@@ -16,7 +16,8 @@ use tierwatch_runtime::http_client::HttpConn;
 use tierwatch_yamlconf::Problems;
 
 use super::{Message, Outcome};
-use crate::outbound::{self, Url};
+use crate::outbound;
+use tierwatch_runtime::url::HttpUrl as Url;
 
 /// As written.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,8 +60,9 @@ pub struct Telegram {
 /// Checks `raw`; `key` is its key path for problems.
 pub fn validate(raw: &RawTelegram, base: &Path, key: &str, p: &mut Problems) -> Option<Telegram> {
     let resolve = |f: &Path| if f.is_absolute() { f.to_path_buf() } else { base.join(f) };
-    let url =
-        outbound::split_url(raw.api_url.trim_end_matches('/')).map_err(|e| p.push(format!("{key}.api_url"), e)).ok()?;
+    let url = tierwatch_runtime::url::parse(raw.api_url.trim_end_matches('/'), None)
+        .map_err(|e| p.push(format!("{key}.api_url"), e))
+        .ok()?;
     let file = raw.bot_token_file.as_deref().map(resolve);
     match (&file, &raw.bot_token_env) {
         (Some(f), None) if !f.is_file() => {

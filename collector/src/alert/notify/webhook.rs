@@ -52,7 +52,7 @@ pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> O
         p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
         return None;
     }
-    let crate::outbound::Url { host, port, path, .. } = match crate::outbound::split_url(&raw.url) {
+    let tierwatch_runtime::url::HttpUrl { host, port, path, .. } = match tierwatch_runtime::url::parse(&raw.url, None) {
         Ok(parts) => parts,
         Err(e) => {
             p.push(format!("{key}.url"), e);
