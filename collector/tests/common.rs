@@ -21,20 +21,7 @@ use tierwatch_runtime::tls::{load_certs, load_key, load_roots, provider};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-pub const TOPOLOGY: &str = "\
-nodes:
-  - id: an-giang
-    tier: province
-    name: Trung tâm Dữ liệu tỉnh An Giang
-  - id: nui-cam
-    tier: commune
-    name: Xã Núi Cấm
-    parent: an-giang
-  - id: giang-thanh
-    tier: commune
-    name: Xã Giang Thành
-    parent: an-giang
-";
+pub const TOPOLOGY: &str = include_str!("../../tests/fixtures/loopback-topology.yaml");
 
 /// A collector with its PKI in a temporary directory.
 pub struct Lab {

@@ -11,20 +11,7 @@ use anyhow::Context;
 use crate::{bin, free_port, http_get, wait_for, Pki, Proc};
 
 /// Topology of the loopback tests: a province and two communes.
-pub const TOPOLOGY: &str = "\
-nodes:
-  - id: an-giang
-    tier: province
-    name: Trung tâm Dữ liệu tỉnh An Giang
-  - id: nui-cam
-    tier: commune
-    name: Xã Núi Cấm
-    parent: an-giang
-  - id: giang-thanh
-    tier: commune
-    name: Xã Giang Thành
-    parent: an-giang
-";
+pub const TOPOLOGY: &str = include_str!("../fixtures/loopback-topology.yaml");
 
 /// A working directory with PKI, topology and config files.
 pub struct Loopback {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use tierwatch_tests::loopback::TOPOLOGY;
 use tierwatch_tests::*;
 
 struct System {
@@ -14,21 +15,6 @@ struct System {
     collector: Proc,
     agents: Vec<Proc>,
 }
-
-const TOPOLOGY: &str = "\
-nodes:
-  - id: an-giang
-    tier: province
-    name: Trung tâm Dữ liệu tỉnh An Giang
-  - id: nui-cam
-    tier: commune
-    name: Xã Núi Cấm
-    parent: an-giang
-  - id: giang-thanh
-    tier: commune
-    name: Xã Giang Thành
-    parent: an-giang
-";
 
 fn agent_yaml(node: &str, ingest: u16, health: u16, http: u16, closed: u16) -> String {
     format!(
