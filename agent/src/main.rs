@@ -66,7 +66,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Some(Command::Probe { config, target }) => {
             let c = Config::load(&config)?;
-            logging::init(cli.run.log_format, "warn");
+            let _ = logging::init(cli.run.log_format, "warn");
             let Some(t) = c.target(&target).cloned() else {
                 let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
                 anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
@@ -90,10 +90,15 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("--config FILE is required to run the agent (see --help)");
             };
             let config = Config::load(&file)?;
-            logging::init(cli.run.log_format, &config.log_level);
+            let level = logging::init(cli.run.log_format, &config.log_level);
             let reload = || Config::load(&file).map_err(|e| e.to_string());
+            // Each start (a reload, or the fallback to the previous config) brings its log level.
+            let start = |c: Config, token| {
+                level.set(&c.log_level);
+                run::start(c, token)
+            };
             runtime()?
-                .block_on(tierwatch_runtime::service::supervise(config, reload, run::start))
+                .block_on(tierwatch_runtime::service::supervise(config, reload, start))
                 .with_context(|| format!("running the agent from {}", file.display()))
         }
     }

@@ -145,15 +145,20 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("--config FILE is required to run the collector (see --help)");
             };
             let config = Config::load(&file)?;
-            logging::init(cli.run.log_format, &config.log_level);
-            run(config, &file)
+            let level = logging::init(cli.run.log_format, &config.log_level);
+            run(config, &file, level)
         }
     }
 }
 
-fn run(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
+fn run(config: Config, file: &std::path::Path, level: logging::LogLevel) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     let reload = || Config::load(file).map_err(|e| e.to_string());
-    rt.block_on(tierwatch_runtime::service::supervise(config, reload, server::start))
+    // Each start (a reload, or the fallback to the previous config) brings its log level.
+    let start = |c: Config, token| {
+        level.set(&c.log_level);
+        server::start(c, token)
+    };
+    rt.block_on(tierwatch_runtime::service::supervise(config, reload, start))
         .with_context(|| format!("running the collector from {}", file.display()))
 }

@@ -1,6 +1,8 @@
 //! tracing-subscriber set-up: human text or JSON lines on stderr.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// Log output format, chosen with `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -24,15 +26,51 @@ pub struct RunArgs {
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`
-/// (which comes from the config file).
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// (which comes from the config file). The handle changes the level later,
+/// when a reloaded configuration says another.
+pub fn init(format: LogFormat, level: &str) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.or_else(|| EnvFilter::try_new(level).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let installed = match format {
+        LogFormat::Text => registry.with(text).try_init(),
+        LogFormat::Json => registry.with(text.json().flatten_event(true)).try_init(),
     };
+    LogLevel { handle: installed.is_ok().then_some(handle), pinned, current: Arc::new(Mutex::new(level.to_string())) }
+}
+
+/// The running log filter, changeable without a restart.
+#[derive(Clone)]
+pub struct LogLevel {
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+    /// `RUST_LOG` was set: it stays.
+    pinned: bool,
+    current: Arc<Mutex<String>>,
+}
+
+impl LogLevel {
+    /// Applies `level` (a config's `log_level`) if it differs from the one in force.
+    pub fn set(&self, level: &str) {
+        let Some(handle) = &self.handle else { return };
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if self.pinned || *current == level {
+            return;
+        }
+        // Config validation has parsed it already; a bad one keeps the old.
+        let Ok(filter) = EnvFilter::try_new(level) else { return };
+        match handle.reload(filter) {
+            Ok(()) => {
+                tracing::info!(from = %current, to = level, "log level changed");
+                *current = level.to_string();
+            }
+            Err(e) => tracing::warn!(error = %e, "log level could not be changed"),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! root): the notify protocol as systemd sees it (READY only once serving,
 //! watchdog pings, RELOADING then READY around a reload, STOPPING), SIGHUP
 //! reloads with a good and a bad configuration for the agent and the
-//! collector, and SIGTERM under load with nothing lost from the spool.
+//! collector (a new log level included), and SIGTERM under load with nothing lost from the spool.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -156,17 +156,25 @@ fn the_agent_reloads_a_valid_configuration_without_losing_a_batch() -> anyhow::R
     assert!(!series("tierwatch_probe_success", "collector-ingest"));
     assert!(agent.running());
 
-    // A second target: RELOADING, READY, and its series at the collector.
-    let ingest_target =
-        format!("targets:\n  - name: collector-ingest\n    probe: tcp\n    host: 127.0.0.1\n    port: {}\n", lb.ingest);
-    std::fs::write(&cfg, good.replace("targets:\n", &ingest_target))?;
+    // Two more targets (one refused) and a finer log level: RELOADING,
+    // READY, the new target's series at the collector, and the level in force.
+    assert!(events(&log, "probe failed").is_empty(), "scheduler debug is off at first");
+    let targets = format!(
+        "targets:\n  - name: collector-ingest\n    probe: tcp\n    host: 127.0.0.1\n    port: {}\n  - name: closed\n    probe: tcp\n    host: 127.0.0.1\n    port: 1\n",
+        lb.ingest
+    );
+    let (old_level, new_level) = ("log_level: info,", "log_level: info,tierwatch_agent::scheduler=debug,");
+    anyhow::ensure!(good.contains(old_level), "the loopback config sets log_level");
+    std::fs::write(&cfg, good.replace("targets:\n", &targets).replace(old_level, new_level))?;
     signal(agent.pid(), "HUP");
     notify.until("RELOADING=1", Duration::from_secs(10))?;
     let ready = notify.until("READY=1", Duration::from_secs(15))?;
-    assert!(ready.contains("probing 2 targets"), "{ready}");
+    assert!(ready.contains("probing 3 targets"), "{ready}");
     wait_for(Duration::from_secs(10), "the new target's series", || {
         series("tierwatch_probe_success", "collector-ingest").then_some(())
     })?;
+    wait_log(&log, "log level changed", Duration::from_secs(5))?;
+    wait_log(&log, "probe failed", Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(1));
     agent.terminate(Duration::from_secs(15))?;
     collector.terminate(Duration::from_secs(15))?;
