@@ -6,7 +6,7 @@
 //! evidence when it starts or changes; the probe's metrics carry the state
 //! in between, so a long outage is one event, not one per round.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tierwatch_protocol::{Event, Severity};
 
@@ -21,83 +21,91 @@ fn event(kind: &str, severity: Severity, now_ms: i64, attrs: Vec<(&str, String)>
     }
 }
 
-/// What one target's certificate looked like when last judged.
-#[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    fingerprint: String,
-    issuer: Option<String>,
-    /// Why it was not trusted; `None` when it was.
-    failure: Option<&'static str>,
-}
+/// Trusted certificates remembered per target: a service behind a load
+/// balancer may show a few, alternating, and that is no change.
+const KNOWN: usize = 8;
+/// An untrusted certificate is said again after this, while it lasts.
+const REPEAT_MS: i64 = 6 * 3_600_000;
 
-/// The certificate of one TLS-speaking target, round after round.
+/// The certificates of one TLS-speaking target, round after round.
 #[derive(Debug, Default)]
 pub struct CertWatch {
-    last: Option<Seen>,
+    /// Trusted (fingerprint, issuer), newest last.
+    trusted: VecDeque<(String, Option<String>)>,
+    /// Untrusted (fingerprint, why) reported, and when.
+    reported: VecDeque<(String, &'static str, i64)>,
 }
 
 impl CertWatch {
-    /// Judges the certificate `target` presented; an event when it became
-    /// untrusted (or untrusted for another reason, or another untrusted
-    /// one), or a trusted one was replaced by one from another issuer.
+    /// Judges the certificate `target` presented; an event when an
+    /// untrusted one appears (or another reason or another certificate), or
+    /// a trusted one never seen before replaces the known ones.
     pub fn check(&mut self, facts: &TlsFacts, target: &str, now_ms: i64) -> Option<Event> {
         let failure = match &facts.verify {
             Err((why, _)) => Some(why.as_str()),
             Ok(()) if !facts.host_match => Some(VerifyFailure::WrongHost.as_str()),
             Ok(()) => None,
         };
-        let now = Seen { fingerprint: facts.leaf_sha256.clone(), issuer: facts.leaf_issuer.clone(), failure };
-        let previous = self.last.replace(now.clone());
-        let issuer = now.issuer.clone().unwrap_or_default();
+        let fingerprint = &facts.leaf_sha256;
         let mut attrs = vec![
             ("src", target.to_string()),
             ("target", target.to_string()),
-            ("fingerprint", now.fingerprint.clone()),
-            ("issuer", issuer),
+            ("fingerprint", fingerprint.clone()),
+            ("issuer", facts.leaf_issuer.clone().unwrap_or_default()),
         ];
-        if let Some(p) = &previous {
-            if p.fingerprint != now.fingerprint {
-                attrs.push(("previous_fingerprint", p.fingerprint.clone()));
-                attrs.push(("previous_issuer", p.issuer.clone().unwrap_or_default()));
+        let newest = self.trusted.back().cloned();
+        if let Some((fp, issuer)) = &newest {
+            if fp != fingerprint {
+                attrs.push(("previous_fingerprint", fp.clone()));
+                attrs.push(("previous_issuer", issuer.clone().unwrap_or_default()));
             }
         }
-        match (failure, &previous) {
-            (Some(why), p) => {
-                if p.as_ref().is_some_and(|p| p.failure == Some(why) && p.fingerprint == now.fingerprint) {
-                    return None;
-                }
-                // Expiry has its own rules (14 and 3 days ahead); a certificate
-                // for another name, from an unknown issuer or not valid yet is
-                // what an interception looks like.
-                let severity = if why == "expired" { Severity::Info } else { Severity::Critical };
-                let detail = match &facts.verify {
-                    Err((_, words)) => words.clone(),
-                    Ok(()) => "the certificate is not valid for this host name".into(),
-                };
-                attrs.push(("why", why.to_string()));
-                attrs.push(("detail", detail.chars().take(300).collect()));
-                Some(event("certificate_invalid", severity, now_ms, attrs))
+        if let Some(why) = failure {
+            self.reported.retain(|(_, _, t)| now_ms - t < REPEAT_MS);
+            if self.reported.iter().any(|(fp, w, _)| fp == fingerprint && *w == why) {
+                return None;
             }
-            (None, Some(p)) if p.failure.is_none() && p.fingerprint != now.fingerprint => {
-                // Renewal by the same issuer is routine and listed; another
-                // issuer is worth a look.
-                let (kind, severity) = if p.issuer == now.issuer {
-                    ("certificate_renewed", Severity::Info)
-                } else {
-                    ("certificate_changed", Severity::Warning)
-                };
-                Some(event(kind, severity, now_ms, attrs))
+            if self.reported.len() >= KNOWN {
+                self.reported.pop_front();
             }
-            _ => None,
+            self.reported.push_back((fingerprint.clone(), why, now_ms));
+            // Expiry has its own rules (14 and 3 days ahead); a certificate
+            // for another name, from an unknown issuer or not valid yet is
+            // what an interception looks like.
+            let severity = if why == "expired" { Severity::Info } else { Severity::Critical };
+            let detail = match &facts.verify {
+                Err((_, words)) => words.clone(),
+                Ok(()) => "the certificate is not valid for this host name".into(),
+            };
+            attrs.push(("why", why.to_string()));
+            attrs.push(("detail", detail.chars().take(300).collect()));
+            return Some(event("certificate_invalid", severity, now_ms, attrs));
         }
+        if self.trusted.iter().any(|(fp, _)| fp == fingerprint) {
+            return None;
+        }
+        if self.trusted.len() >= KNOWN {
+            self.trusted.pop_front();
+        }
+        self.trusted.push_back((fingerprint.clone(), facts.leaf_issuer.clone()));
+        // The first trusted one is the baseline. Renewal by the same issuer
+        // is routine and listed; another issuer is worth a look.
+        let (_, issuer) = newest?;
+        let (kind, severity) = if issuer == facts.leaf_issuer {
+            ("certificate_renewed", Severity::Info)
+        } else {
+            ("certificate_changed", Severity::Warning)
+        };
+        Some(event(kind, severity, now_ms, attrs))
     }
 }
 
 /// The answers of one DNS target, round after round.
 #[derive(Debug, Default)]
 pub struct DnsWatch {
-    /// The unexpected answer set last reported, while it lasts.
-    reported: Option<BTreeSet<String>>,
+    /// Unexpected answer sets reported since the answers were last right
+    /// (a few: a hijacked round-robin record alternates).
+    reported: Vec<BTreeSet<String>>,
 }
 
 impl DnsWatch {
@@ -115,13 +123,16 @@ impl DnsWatch {
     ) -> Option<Event> {
         let unexpected: Vec<&str> = answers.difference(expected).map(String::as_str).collect();
         if unexpected.is_empty() {
-            self.reported = None;
+            self.reported.clear();
             return None;
         }
-        if self.reported.as_ref() == Some(answers) {
+        if self.reported.contains(answers) {
             return None;
         }
-        self.reported = Some(answers.clone());
+        if self.reported.len() >= KNOWN {
+            self.reported.remove(0);
+        }
+        self.reported.push(answers.clone());
         let join = |s: &BTreeSet<String>| s.iter().map(String::as_str).collect::<Vec<_>>().join(",");
         Some(event(
             "dns_mismatch",
@@ -182,7 +193,7 @@ mod tests {
         // Another untrusted certificate is said again.
         let again = w.check(&facts("ff", "CN=Evil", Err(VerifyFailure::UnknownIssuer), true), "portal", 4);
         assert_eq!(kind(again), Some(("certificate_invalid".into(), 3)));
-        // Trusted again, then renewed by the same CA: listed; another CA: a warning.
+        // Trusted again (known), then renewed by the same CA: listed; another CA: a warning.
         assert!(w.check(&facts("aa", ca, Ok(()), true), "portal", 5).is_none());
         assert_eq!(kind(w.check(&facts("bb", ca, Ok(()), true), "portal", 6)), Some(("certificate_renewed".into(), 1)));
         let other = w.check(&facts("cc", "CN=Other CA", Ok(()), true), "portal", 7);
@@ -192,6 +203,15 @@ mod tests {
             kind(w.check(&facts("cc", "CN=Other CA", Ok(()), false), "portal", 8)),
             Some(("certificate_invalid".into(), 3))
         );
+        // Behind a load balancer, known certificates alternating are no change.
+        for (i, fp) in ["aa", "bb", "cc", "aa", "bb"].into_iter().enumerate() {
+            let issuer = if fp == "cc" { "CN=Other CA" } else { ca };
+            assert!(w.check(&facts(fp, issuer, Ok(()), true), "portal", 9 + i as i64).is_none(), "{fp}");
+        }
+        // An untrusted one lasting is said again after hours, not every round.
+        let evil = facts("ee", "CN=Evil", Err(VerifyFailure::UnknownIssuer), true);
+        assert!(w.check(&evil, "portal", 100).is_none(), "reported at 2");
+        assert!(w.check(&evil, "portal", REPEAT_MS + 3).is_some(), "again after REPEAT_MS");
         let mut w = CertWatch::default();
         let expired = w.check(&facts("aa", ca, Err(VerifyFailure::Expired), true), "portal", 0).unwrap();
         assert_eq!((expired.severity, expired.attributes["why"].as_str()), (Severity::Info as i32, "expired"));
@@ -213,6 +233,8 @@ mod tests {
         assert_eq!(e.attributes["expected"], "10.1.0.80,10.1.0.81");
         assert!(w.check(&set(&["10.1.0.80", "203.0.113.66"]), &expected, "dns", "portal", "s", 2).is_none(), "once");
         assert!(w.check(&set(&["203.0.113.67"]), &expected, "dns", "portal", "s", 3).is_some(), "changed again");
+        let back = w.check(&set(&["10.1.0.80", "203.0.113.66"]), &expected, "dns", "portal", "s", 3);
+        assert!(back.is_none(), "alternating bad answers are said once each");
         assert!(w.check(&expected, &expected, "dns", "portal", "s", 4).is_none());
         assert!(w.check(&set(&["203.0.113.67"]), &expected, "dns", "portal", "s", 5).is_some(), "back after a fix");
     }
