@@ -192,19 +192,27 @@ fn a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing() -> anyhow::Result<(
     dead.wait()?;
     let stale = format!("{}{pid}-0-c1", netns::PREFIX);
     netns::ip(&["netns", "add", &stale])?;
-    let orphan = std::process::Command::new("ip").args(["netns", "exec", &stale, "sleep", "600"]).spawn()?;
-    std::thread::sleep(Duration::from_millis(200));
+    let mut orphan = std::process::Command::new("ip").args(["netns", "exec", &stale, "sleep", "600"]).spawn()?;
+    // `ip netns exec` enters the namespace some time after the spawn; on a
+    // loaded machine that is more than a few hundred milliseconds, and an
+    // orphan not yet inside is not one the cleanup can be asked to find.
+    let pid = orphan.id().to_string();
+    let inside = wait_for(Duration::from_secs(10), "the orphan to enter its namespace", || {
+        netns::ip(&["netns", "pids", &stale]).ok().filter(|p| p.split_whitespace().any(|p| p == pid))
+    });
+    if inside.is_err() {
+        let _ = orphan.kill();
+    }
+    inside?;
 
     let lab = Lab::build(LabSpec::communes(2))?;
     assert!(!netns::list().contains(&stale), "stale namespace survived");
-    let mut orphan = orphan;
-    assert!(
-        orphan.try_wait()?.is_some() || {
-            std::thread::sleep(Duration::from_millis(300));
-            orphan.try_wait()?.is_some()
-        },
-        "process of the dead run survived"
-    );
+    // SIGKILL is sent by the cleanup; reaping it is ours and may lag under load.
+    let died = wait_for(Duration::from_secs(5), "the orphan to die", || orphan.try_wait().ok().flatten()).is_ok();
+    if !died {
+        let _ = orphan.kill();
+    }
+    assert!(died, "process of the dead run survived");
     let prefix = lab.prefix.clone();
     assert!(netns::list().iter().filter(|n| n.starts_with(&prefix)).count() >= 6);
     drop(lab);
