@@ -5,7 +5,7 @@
 //! ahead or behind. They become security events like the agents' own: stored, listed,
 //! counted and paged through the event rules.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -39,15 +39,6 @@ pub struct Detector {
     reported: Mutex<HashMap<(String, &'static str), i64>>,
     configs: Mutex<HashMap<NodeId, NewestBoot>>,
     sequences: Mutex<HashMap<NodeId, TopSequence>>,
-}
-
-fn event(kind: &str, severity: Severity, now_ms: i64, attrs: &[(&str, String)]) -> Event {
-    Event {
-        kind: kind.into(),
-        severity: severity as i32,
-        timestamp_ms: now_ms,
-        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
-    }
 }
 
 impl Detector {
@@ -107,11 +98,11 @@ impl Detector {
         };
         self.emit(
             home,
-            event(
+            Event::new(
                 "tls_handshake_failures",
                 Severity::Warning,
                 now_ms,
-                &[
+                [
                     ("src", peer.to_string()),
                     ("failures", count.to_string()),
                     ("window_s", (TLS_WINDOW_MS / 1000).to_string()),
@@ -128,11 +119,11 @@ impl Detector {
         }
         self.emit(
             node.clone(),
-            event(
+            Event::new(
                 "node_impersonation",
                 Severity::Critical,
                 now_ms,
-                &[
+                [
                     ("src", peer.to_string()),
                     ("claimed_node", claimed.chars().take(64).collect()),
                     ("why", "this node's certificate pushed a batch for another node".into()),
@@ -161,11 +152,11 @@ impl Detector {
             let hex = tierwatch_protocol::ids::hex;
             self.emit(
                 node.clone(),
-                event(
+                Event::new(
                     "config_changed",
                     Severity::Warning,
                     now_ms,
-                    &[
+                    [
                         ("src", node.to_string()),
                         ("previous_hash", hex(&previous)),
                         ("config_hash", hex(&batch.config_hash)),
@@ -200,11 +191,11 @@ impl Detector {
             if self.once(node.as_str(), "sequence_rewound", now_ms) {
                 self.emit(
                     node.clone(),
-                    event(
+                    Event::new(
                         "sequence_rewound",
                         Severity::Warning,
                         now_ms,
-                        &[
+                        [
                             ("src", node.to_string()),
                             ("sequence", batch.sequence.to_string()),
                             ("created_ms", batch.created_ms.to_string()),
@@ -227,11 +218,11 @@ impl Detector {
             };
             self.emit(
                 node.clone(),
-                event(
+                Event::new(
                     "clock_skew",
                     Severity::Warning,
                     now_ms,
-                    &[("src", node.to_string()), (direction, (skew.abs() / 1000).to_string()), ("why", why.into())],
+                    [("src", node.to_string()), (direction, (skew.abs() / 1000).to_string()), ("why", why.into())],
                 ),
             );
         }

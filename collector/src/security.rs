@@ -159,12 +159,7 @@ mod tests {
     use super::*;
 
     fn event(kind: &str, at: i64, src: &str) -> Event {
-        Event {
-            kind: kind.into(),
-            severity: tierwatch_protocol::Severity::Warning as i32,
-            timestamp_ms: at,
-            attributes: BTreeMap::from([("src".to_string(), src.to_string())]),
-        }
+        Event::new(kind, tierwatch_protocol::Severity::Warning, at, [("src", src)])
     }
 
     #[test]

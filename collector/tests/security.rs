@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::Lab;
@@ -28,12 +27,7 @@ fn batch(seq: u64, events: Vec<Event>) -> Vec<u8> {
 }
 
 fn event(kind: &str, severity: Severity, attrs: &[(&str, &str)]) -> Event {
-    Event {
-        kind: kind.into(),
-        severity: severity as i32,
-        timestamp_ms: tierwatch_protocol::now_ms(),
-        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-    }
+    Event::new(kind, severity, tierwatch_protocol::now_ms(), attrs.iter().copied())
 }
 
 async fn events(lab: &Lab, query: &str) -> Vec<serde_json::Value> {

@@ -99,6 +99,23 @@ pub struct Event {
     pub attributes: BTreeMap<String, String>,
 }
 
+impl Event {
+    /// An event of `kind` at `timestamp_ms` (ms since the epoch) with its evidence.
+    pub fn new<K: Into<String>, V: Into<String>>(
+        kind: &str,
+        severity: Severity,
+        timestamp_ms: i64,
+        attributes: impl IntoIterator<Item = (K, V)>,
+    ) -> Event {
+        Event {
+            kind: kind.to_string(),
+            severity: severity as i32,
+            timestamp_ms,
+            attributes: attributes.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+}
+
 /// How urgent an event is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]

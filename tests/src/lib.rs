@@ -239,7 +239,14 @@ pub fn now_ms() -> i64 {
 
 /// Whether a tool is on PATH.
 pub fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    which(tool).is_some()
+}
+
+/// Where `tool` is on the PATH, if it is.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let out = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
 }
 
 /// True when running as root (network namespaces, raw sockets).

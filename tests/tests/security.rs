@@ -298,7 +298,7 @@ fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
     let _journald = Kill(journald_pid);
     // A logger named sshd, run in the agent's mount namespace (its journal).
     let sshd = lo.path("sshd");
-    std::fs::copy(which("logger")?, &sshd)?;
+    std::fs::copy(tierwatch_tests::which("logger").ok_or_else(|| anyhow::anyhow!("logger is not installed"))?, &sshd)?;
     let ns = format!("--mount=/proc/{journald_pid}/ns/mnt");
     let burst = |round: u32| -> anyhow::Result<()> {
         let mut input = String::new();
@@ -335,9 +335,4 @@ fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
     assert_eq!(event["attributes"]["src"], "10.2.1.77");
     agent.terminate(Duration::from_secs(10))?;
     Ok(())
-}
-
-fn which(tool: &str) -> anyhow::Result<std::path::PathBuf> {
-    let out = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().into())
 }

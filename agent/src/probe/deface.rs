@@ -171,7 +171,7 @@ impl Watch {
         if kind != "defacement" || new_spam.is_empty() {
             self.baseline = Some(now);
         }
-        Some(Event { kind: kind.into(), severity: severity as i32, timestamp_ms: now_ms, attributes })
+        Some(Event::new(kind, severity, now_ms, attributes))
     }
 }
 

@@ -6,20 +6,11 @@
 //! evidence when it starts or changes; the probe's metrics carry the state
 //! in between, so a long outage is one event, not one per round.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use tierwatch_protocol::{Event, Severity};
 
 use super::tls::{TlsFacts, VerifyFailure};
-
-fn event(kind: &str, severity: Severity, now_ms: i64, attrs: Vec<(&str, String)>) -> Event {
-    Event {
-        kind: kind.into(),
-        severity: severity as i32,
-        timestamp_ms: now_ms,
-        attributes: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
-    }
-}
 
 /// Trusted certificates remembered per target: a service behind a load
 /// balancer may show a few, alternating, and that is no change.
@@ -79,7 +70,7 @@ impl CertWatch {
             };
             attrs.push(("why", why.to_string()));
             attrs.push(("detail", detail.chars().take(300).collect()));
-            return Some(event("certificate_invalid", severity, now_ms, attrs));
+            return Some(Event::new("certificate_invalid", severity, now_ms, attrs));
         }
         if self.trusted.iter().any(|(fp, _)| fp == fingerprint) {
             return None;
@@ -96,7 +87,7 @@ impl CertWatch {
         } else {
             ("certificate_changed", Severity::Warning)
         };
-        Some(event(kind, severity, now_ms, attrs))
+        Some(Event::new(kind, severity, now_ms, attrs))
     }
 }
 
@@ -134,7 +125,7 @@ impl DnsWatch {
         }
         self.reported.push(answers.clone());
         let join = |s: &BTreeSet<String>| s.iter().map(String::as_str).collect::<Vec<_>>().join(",");
-        Some(event(
+        Some(Event::new(
             "dns_mismatch",
             Severity::Critical,
             now_ms,

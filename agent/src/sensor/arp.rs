@@ -108,11 +108,8 @@ impl ArpWatch {
         if sender_ip.is_unspecified() {
             return out;
         }
-        let event = |kind: &str, severity: Severity, attrs: &[(&str, String)]| Event {
-            kind: kind.to_string(),
-            severity: severity as i32,
-            timestamp_ms: now_ms,
-            attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        let event = |kind: &str, severity: Severity, attrs: &[(&str, String)]| {
+            Event::new(kind, severity, now_ms, attrs.iter().cloned())
         };
         let gateway = self.policy.gateways.contains(&sender_ip);
         // Someone else claims this node's own address.
@@ -228,12 +225,7 @@ impl ArpWatch {
         if d.count > d.listed.len() as u64 {
             attributes.insert("unlisted".into(), (d.count - d.listed.len() as u64).to_string());
         }
-        Some(Event {
-            kind: "arp_new_stations".into(),
-            severity: Severity::Info as i32,
-            timestamp_ms: now_ms,
-            attributes,
-        })
+        Some(Event::new("arp_new_stations", Severity::Info, now_ms, attributes))
     }
 
     /// True (and remembered) unless `kind` was reported for `ip` within the last minute.

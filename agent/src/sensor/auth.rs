@@ -4,7 +4,7 @@
 //! a source that just failed several times (`ssh_success_after_failures`,
 //! critical: the guess may have worked).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::IpAddr;
@@ -149,9 +149,8 @@ fn users(s: &Source) -> String {
 }
 
 fn event(kind: &str, severity: Severity, src: IpAddr, now_ms: i64, attrs: &[(&str, String)]) -> Event {
-    let mut attributes: BTreeMap<String, String> = attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    attributes.insert("src".into(), src.to_string());
-    Event { kind: kind.into(), severity: severity as i32, timestamp_ms: now_ms, attributes }
+    let src = ("src", src.to_string());
+    Event::new(kind, severity, now_ms, attrs.iter().cloned().chain([src]))
 }
 
 /// Where authentication lines come from.

@@ -44,14 +44,8 @@ impl Limiter {
                 let attributes = std::mem::take(&mut self.suppressed)
                     .into_iter()
                     .map(|(k, n)| (k, n.to_string()))
-                    .chain([("window_s".to_string(), "60".to_string())])
-                    .collect();
-                out.push(Event {
-                    kind: "events_suppressed".into(),
-                    severity: tierwatch_protocol::Severity::Warning as i32,
-                    timestamp_ms: now_ms,
-                    attributes,
-                });
+                    .chain([("window_s".to_string(), "60".to_string())]);
+                out.push(Event::new("events_suppressed", tierwatch_protocol::Severity::Warning, now_ms, attributes));
             }
             self.counts.clear();
             self.minute_start = now_ms;

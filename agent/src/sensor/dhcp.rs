@@ -85,12 +85,7 @@ impl DhcpWatch {
         if self.allowed.is_empty() && self.learned.is_none() {
             self.learned = Some(r.server);
             attributes.insert("why".into(), "first DHCP server seen on the LAN; taken as its own".into());
-            return Some(Event {
-                kind: "dhcp_server".into(),
-                severity: Severity::Info as i32,
-                timestamp_ms: now_ms,
-                attributes,
-            });
+            return Some(Event::new("dhcp_server", Severity::Info, now_ms, attributes));
         }
         if self.allowed.contains(&r.server) || self.learned == Some(r.server) {
             return None;
@@ -104,7 +99,7 @@ impl DhcpWatch {
         self.reported.insert(r.server, now_ms);
         let allowed: Vec<String> = self.allowed.iter().chain(self.learned.iter()).map(Ipv4Addr::to_string).collect();
         attributes.insert("allowed".into(), allowed.join(","));
-        Some(Event { kind: "rogue_dhcp".into(), severity: Severity::Critical as i32, timestamp_ms: now_ms, attributes })
+        Some(Event::new("rogue_dhcp", Severity::Critical, now_ms, attributes))
     }
 }
 

@@ -155,7 +155,7 @@ impl FileWatch {
                 attributes.insert("size".into(), a.size.to_string());
                 attributes.insert("mtime".into(), a.mtime.to_string());
             }
-            out.push(Event { kind: kind.to_string(), severity: severity as i32, timestamp_ms: now_ms, attributes });
+            out.push(Event::new(kind, severity, now_ms, attributes));
         }
         if changes.len() > MAX_EVENTS {
             let rest: BTreeMap<String, String> = BTreeMap::from([
@@ -163,12 +163,7 @@ impl FileWatch {
                 ("changes".to_string(), changes.len().to_string()),
                 ("reported".to_string(), MAX_EVENTS.to_string()),
             ]);
-            out.push(Event {
-                kind: "files_changed".into(),
-                severity: Severity::Warning as i32,
-                timestamp_ms: now_ms,
-                attributes: rest,
-            });
+            out.push(Event::new("files_changed", Severity::Warning, now_ms, rest));
         }
         if !changes.is_empty() {
             self.save(&current);

@@ -181,7 +181,7 @@ fn event(
     if let Some(p) = previous {
         attributes.insert("previous_process".into(), p.to_string());
     }
-    Event { kind: kind.into(), severity: severity as i32, timestamp_ms: now_ms, attributes }
+    Event::new(kind, severity, now_ms, attributes)
 }
 
 #[cfg(test)]

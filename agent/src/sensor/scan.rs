@@ -145,7 +145,7 @@ impl ScanDetector {
         if let Some(m) = s.mac {
             attributes.insert("src_mac".to_string(), super::mac(&m));
         }
-        Event { kind: "port_scan".into(), severity: Severity::Warning as i32, timestamp_ms: now_ms, attributes }
+        Event::new("port_scan", Severity::Warning, now_ms, attributes)
     }
 
     /// Drops sources idle for a window, then, if still full, the least

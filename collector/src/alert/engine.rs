@@ -860,11 +860,8 @@ mod tests {
         )
         .unwrap();
         let mut e = Engine::new(rules, topo, 0);
-        let event = |kind: &str, src: &str, at: i64| tierwatch_protocol::Event {
-            kind: kind.into(),
-            severity: tierwatch_protocol::Severity::Warning as i32,
-            timestamp_ms: at,
-            attributes: BTreeMap::from([("src".to_string(), src.to_string())]),
+        let event = |kind: &str, src: &str, at: i64| {
+            tierwatch_protocol::Event::new(kind, tierwatch_protocol::Severity::Warning, at, [("src", src)])
         };
         let batch = Batch {
             node_id: "c1".into(),
