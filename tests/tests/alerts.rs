@@ -178,7 +178,7 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
 
 /// Probing each WAN end with one echo a second in 5 s rounds: without fast
 /// failure detection a cut shows only when a whole round went unanswered
-/// (5 to 10 s after the cut); with it, about a second. A jittery but
+/// (5 to 10 s after the cut); with it, about a second (median of 3 cuts). A jittery but
 /// healthy link raises nothing.
 #[test]
 fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()> {
@@ -212,9 +212,13 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
         std::thread::sleep(Duration::from_secs(6));
     }
     eprintln!("cut to probe failure at the collector: {took:?}");
-    assert!(took.iter().all(|t| *t < Duration::from_secs(4)), "{took:?}");
     let province = &tw.agents[0];
     assert_eq!(province.name, "province");
+    // The median, so that one cut whose news waited on a slow disk (the
+    // spool's fdatasync, while the other lab test beside this one writes)
+    // does not fail the test; without the early report it is 5 s or more.
+    took.sort();
+    assert!(took[1] < Duration::from_secs(3), "{took:?}\n{}", province.log_text());
     let early = province.log_text().matches("reported before the round ends").count();
     // Without the early report, a cut shows only when a whole round (5 s)
     // went unanswered; a cut landing just before a round ends may still
