@@ -15,6 +15,7 @@ declare -A wanted=(
   [nginx]=nginx            # lab: HTTP/HTTPS services
   [dnsmasq]=dnsmasq-base   # lab: DNS (and DHCP) service
   [nmap]=nmap              # lab: port scans for the LAN sensor
+  [radvd]=radvd            # lab: a rogue IPv6 router on a commune LAN
   [chromium]=chromium      # status page screenshot (headless)
   [debootstrap]=debootstrap  # a clean Debian 12 chroot for the package test
   [setpriv]=util-linux     # the agent as an unprivileged user with CAP_NET_RAW only

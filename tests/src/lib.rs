@@ -242,11 +242,15 @@ pub fn have(tool: &str) -> bool {
     which(tool).is_some()
 }
 
-/// Where `tool` is on the PATH, if it is.
+/// Where `tool` is: on the PATH, or in the sbin directories a non-root
+/// PATH lacks (daemons such as nginx and dnsmasq live there).
 pub fn which(tool: &str) -> Option<PathBuf> {
     let out = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().ok()?;
     let path = String::from_utf8(out.stdout).ok()?;
-    (out.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
+    if out.status.success() && !path.trim().is_empty() {
+        return Some(PathBuf::from(path.trim()));
+    }
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }
 
 /// True when running as root (network namespaces, raw sockets).

@@ -1,6 +1,7 @@
 //! Security sensors in the lab, with real tools and packets: nmap SYN and
 //! connect scans from hosts on a commune's LAN, forged ARP replies claiming
-//! the commune's gateway address, a dnsmasq DHCP server started on the LAN. The commune's agent captures on its LAN
+//! the commune's gateway address, a dnsmasq DHCP server and a radvd IPv6
+//! router started on the LAN. The commune's agent captures on its LAN
 //! bridge (`lan0`, the gateway placement); the evidence must reach the
 //! collector's API and page through the shipped rules. The host sensors
 //! read SSH failures from a log file and from a real systemd journal.
@@ -95,6 +96,48 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
     assert_eq!(incident["severity"], "critical", "{incident}");
     let metric = tw.metric("tierwatch_security_events_total", &[("node", "c1"), ("kind", "port_scan")])?;
     assert_eq!(metric, Some(2.0), "one per scanning source");
+    tw.stop()?;
+    Ok(())
+}
+
+/// radvd on a commune LAN host: the IPv6 router hosts would take (the LAN
+/// runs IPv4, its router advertisement allowlist names another router).
+#[test]
+fn a_rogue_ipv6_router_on_a_commune_lan_is_reported() -> anyhow::Result<()> {
+    require_lab!("a_rogue_ipv6_router_on_a_commune_lan_is_reported");
+    if !tierwatch_tests::have("radvd") {
+        anyhow::ensure!(std::env::var("CI").is_err(), "radvd must be installed in CI (scripts/test.sh installs it)");
+        eprintln!("SKIPPED: radvd is not installed (scripts/test.sh installs it)");
+        return Ok(());
+    }
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(1).beside_others())?;
+    let mut spec = lan_sensor_on_c1();
+    spec.agent_extra.push_str("    router_advert: {allow: [\"fe80::1\"]}\n");
+    let tw = lab.start_tierwatch(&spec)?;
+    let rogue = &lab.lan_hosts[0];
+    let (prefix, dns) = ("2001:db8:74:77::".parse()?, "2001:db8:74:77::53".parse()?);
+    let started = Instant::now();
+    let (radvd, router) = lab.start_router_advertiser(&rogue.ns, prefix, dns)?;
+    let got = wait_for(Duration::from_secs(10), "a rogue_router_advert event", || {
+        tw.security_events("?kind=rogue_router_advert").into_iter().next()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n--- radvd\n{}\n--- agent log\n{}", radvd.log_text(), tw.agents[0].log_text()))?;
+    eprintln!("radvd started; the event at the collector {:?} later: {got}", started.elapsed());
+    assert_eq!(got["severity"], "critical", "{got}");
+    assert_eq!(got["attributes"]["src"], router.to_string().as_str(), "{got}");
+    let mac = rogue.ns.exec("cat", &["/sys/class/net/eth0/address"])?;
+    assert_eq!(got["attributes"]["src_mac"], mac.trim(), "{got}");
+    assert_eq!(got["attributes"]["prefixes"], "2001:db8:74:77::/64", "{got}");
+    assert_eq!(got["attributes"]["dns"], "2001:db8:74:77::53", "{got}");
+    assert_eq!(got["attributes"]["router_lifetime_s"], "1800", "{got}");
+    // radvd keeps advertising every few seconds: still one event.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(tw.security_events("?kind=rogue_router_advert").len(), 1);
+    let incident = wait_for(Duration::from_secs(30), "the c1/security incident", || {
+        let v = tw.alerts().ok()?;
+        v["incidents"].as_array()?.iter().find(|i| i["key"] == "c1/security").cloned()
+    })?;
+    assert_eq!(incident["severity"], "critical", "{incident}");
     tw.stop()?;
     Ok(())
 }

@@ -416,6 +416,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensor::ra::Router;
 
     fn write_pki(dir: &Path) {
         for f in ["ca.crt", "n.crt", "n.key"] {
@@ -466,6 +467,22 @@ targets:
         assert!(err.contains("agent.yaml:3:3: collector.endpoints[0]: \"http://x\" must start with https://"), "{err}");
         assert!(err.contains("agent.yaml:14:5: targets[1].count: tcp probes do not take count (only icmp)"), "{err}");
         assert!(err.contains("targets[1].port: tcp probes need a port"), "{err}");
+    }
+
+    #[test]
+    fn lan_router_allowlist_takes_addresses_and_macs() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let lan = "sensors:\n  lan:\n    interface: lan0\n    router_advert:\n      allow: [\"fe80::1\", \"02:00:00:00:00:01\"]\n";
+        let c = Config::parse(&dir.path().join("agent.yaml"), &format!("{GOOD}{lan}")).unwrap();
+        let routers = c.lan.unwrap().routers;
+        assert_eq!(routers, [Router::Addr("fe80::1".parse().unwrap()), Router::Mac([2, 0, 0, 0, 0, 1])]);
+        let bad = lan.replace("\"fe80::1\"", "fe80::zz");
+        let err = Config::parse(&dir.path().join("agent.yaml"), &format!("{GOOD}{bad}")).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.yaml:20:7: sensors.lan.router_advert.allow[0]: \"fe80::zz\" is not an IPv6 address"),
+            "{err}"
+        );
     }
 
     #[test]

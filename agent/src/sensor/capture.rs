@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::arp::{ArpPolicy, ArpWatch};
 use super::dhcp::DhcpWatch;
+use super::ra::{Router, RouterWatch};
 use super::scan::{ScanDetector, ScanPolicy};
 use super::LanSpec;
 
@@ -72,6 +73,7 @@ pub struct Sensors {
     scan: ScanDetector,
     arp: ArpWatch,
     dhcp: DhcpWatch,
+    routers: RouterWatch,
     /// (client, server, server port) → (time of the SYN, client MAC).
     pending: HashMap<(Ipv4Addr, Ipv4Addr, u16), (i64, [u8; 6])>,
     last_sweep_ms: i64,
@@ -87,11 +89,18 @@ impl Sensors {
             scan: ScanDetector::new(scan),
             arp: ArpWatch::new(arp),
             dhcp: DhcpWatch::new(dhcp_servers),
+            routers: RouterWatch::default(),
             pending: HashMap::new(),
             last_sweep_ms: 0,
             limiter: Limiter::default(),
             found: Vec::new(),
         }
+    }
+
+    /// Trusts `routers` as the LAN's own IPv6 routers (none by default).
+    pub fn allowing_routers(mut self, routers: Vec<Router>) -> Self {
+        self.routers = RouterWatch::new(routers);
+        self
     }
 
     /// Sources and stations tracked, SYNs pending.
@@ -125,6 +134,11 @@ impl Sensors {
             EtherTypes::Ipv4 => {
                 if let Some(ip) = Ipv4Packet::new(eth.payload()) {
                     self.ipv4(&ip, src_mac, now_ms, out);
+                }
+            }
+            EtherTypes::Ipv6 => {
+                if let Some(ad) = super::ra::parse(eth.payload()) {
+                    out.extend(self.routers.observe(&ad, src_mac, now_ms));
                 }
             }
             _ => {}
@@ -262,7 +276,10 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
         // Addresses may have changed while the interface was away.
         let mut arp = spec.arp.clone();
         arp.own = own_addresses(&iface);
-        let s = sensors.get_or_insert_with(|| Sensors::new(spec.scan.clone(), arp.clone(), spec.dhcp_servers.clone()));
+        let s = sensors.get_or_insert_with(|| {
+            Sensors::new(spec.scan.clone(), arp.clone(), spec.dhcp_servers.clone())
+                .allowing_routers(spec.routers.clone())
+        });
         tracing::info!(interface = %spec.interface, promiscuous = spec.promiscuous, own = ?arp.own.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>(), "LAN sensor capturing");
         let opened = Instant::now();
         loop {
@@ -302,10 +319,11 @@ pub fn run(spec: &LanSpec, token: &CancellationToken, mut emit: impl FnMut(Event
 
 /// Synthetic frames, for tests and the sensor benchmark.
 pub mod synth {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use pnet::packet::arp::{ArpHardwareTypes, ArpOperations, MutableArpPacket};
     use pnet::packet::ethernet::{EtherTypes, MutableEthernetPacket};
+    use pnet::packet::icmpv6::Icmpv6Packet;
     use pnet::packet::ip::IpNextHeaderProtocols;
     use pnet::packet::ipv4::MutableIpv4Packet;
     use pnet::packet::tcp::MutableTcpPacket;
@@ -317,6 +335,46 @@ pub mod synth {
             e.set_destination(MacAddr::from(dst));
             e.set_ethertype(ethertype);
         }
+    }
+
+    /// An IPv6 packet from `src` to all nodes (ff02::1) in an Ethernet
+    /// frame from `src_mac`, carrying `icmp` (its checksum filled in) behind
+    /// the extension headers `ext` (a hop-by-hop header first, if any).
+    pub fn ipv6_icmp(src_mac: [u8; 6], src: Ipv6Addr, hop_limit: u8, ext: &[u8], mut icmp: Vec<u8>) -> Vec<u8> {
+        let dst: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        if let Some(p) = Icmpv6Packet::new(&icmp) {
+            let sum = pnet::packet::icmpv6::checksum(&p, &src, &dst);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        let mut buf = vec![0u8; 14];
+        ethernet(&mut buf, src_mac, [0x33, 0x33, 0, 0, 0, 1], EtherTypes::Ipv6);
+        buf.extend([0x60, 0, 0, 0]);
+        buf.extend(((ext.len() + icmp.len()) as u16).to_be_bytes());
+        buf.extend([if ext.is_empty() { 58 } else { 0 }, hop_limit]);
+        buf.extend(src.octets());
+        buf.extend(dst.octets());
+        buf.extend(ext);
+        buf.extend(icmp);
+        buf
+    }
+
+    /// A router advertisement (the ICMPv6 message): default router for
+    /// `lifetime` seconds, a source link-layer option, `prefix`/64 for
+    /// autoconfiguration, and `dns` as an RDNSS option.
+    pub fn router_advert(lifetime: u16, link_addr: [u8; 6], prefix: Ipv6Addr, dns: Option<Ipv6Addr>) -> Vec<u8> {
+        let mut icmp = vec![134, 0, 0, 0, 64, 0];
+        icmp.extend(lifetime.to_be_bytes());
+        icmp.extend([0; 8]);
+        icmp.extend([1, 1]);
+        icmp.extend(link_addr);
+        // Prefix information: length 64, on-link and autonomous, 1 h lifetimes.
+        icmp.extend([3, 4, 64, 0xc0, 0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10, 0, 0, 0, 0]);
+        icmp.extend(prefix.octets());
+        if let Some(d) = dns {
+            icmp.extend([25, 3, 0, 0, 0, 0, 0x0e, 0x10]);
+            icmp.extend(d.octets());
+        }
+        icmp
     }
 
     /// A TCP segment `src:sport -> dst:dport` with `flags`, from `src_mac`.
@@ -462,6 +520,16 @@ mod tests {
         let offer = synth::dhcp_reply(2, rogue, Ipv4Addr::new(10, 2, 1, 100), [2, 0, 0, 0, 0, 7]);
         s.frame(&synth::udp([2, 0, 0, 0, 0, 11], rogue, 67, Ipv4Addr::BROADCAST, 68, &offer), 0, &mut out);
         assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["rogue_dhcp"]);
+        // An IPv6 router advertisement on a LAN that trusts one other router.
+        out.clear();
+        let (router, router_mac) = ("fe80::66".parse().unwrap(), [2, 0, 0, 0, 0, 0x66]);
+        let ra = synth::router_advert(1800, router_mac, "2001:db8:66::".parse().unwrap(), None);
+        let mut s = s.allowing_routers(vec![super::Router::Addr("fe80::1".parse().unwrap())]);
+        s.frame(&synth::ipv6_icmp(router_mac, router, 255, &[], ra.clone()), 0, &mut out);
+        assert_eq!(out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["rogue_router_advert"]);
+        let mut s = s.allowing_routers(vec![super::Router::Mac(router_mac)]);
+        s.frame(&synth::ipv6_icmp(router_mac, router, 255, &[], ra), 0, &mut out);
+        assert_eq!(out.len(), 1, "the LAN's own router");
         // A flood of forged senders (Ethernet source and ARP sender differ):
         // at most 60 events a minute, then one count of the rest; the new
         // stations are one digest.

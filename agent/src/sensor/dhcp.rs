@@ -96,7 +96,11 @@ impl DhcpWatch {
         if self.reported.len() >= MAX_REPORTED {
             self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
         }
-        self.reported.insert(r.server, now_ms);
+        // Still full: a flood of forged servers; the sensor's per-kind event
+        // limit holds their reports, and memory stays bounded.
+        if self.reported.len() < MAX_REPORTED {
+            self.reported.insert(r.server, now_ms);
+        }
         let allowed: Vec<String> = self.allowed.iter().chain(self.learned.iter()).map(Ipv4Addr::to_string).collect();
         attributes.insert("allowed".into(), allowed.join(","));
         Some(Event::new("rogue_dhcp", Severity::Critical, now_ms, attributes))
@@ -139,5 +143,21 @@ mod tests {
         let mut request = offer.clone();
         request[0] = 1;
         assert!(parse(&request, Ipv4Addr::UNSPECIFIED).is_none());
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood_of_forged_servers() {
+        let mut w = DhcpWatch::new(vec![Ipv4Addr::new(10, 2, 1, 1)]);
+        let r = Reply {
+            message_type: 2,
+            server: Ipv4Addr::UNSPECIFIED,
+            offered: Ipv4Addr::UNSPECIFIED,
+            client_mac: [2; 6],
+        };
+        for i in 0..(MAX_REPORTED as u32 * 4) {
+            let forged = Reply { server: Ipv4Addr::from(0x0a00_0000 | i), ..r };
+            assert!(w.observe(forged, [2; 6], i as i64).is_some());
+        }
+        assert!(w.reported.len() <= MAX_REPORTED);
     }
 }

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod dhcp;
 pub mod files;
 pub mod listen;
+pub mod ra;
 pub mod scan;
 
 use std::net::Ipv4Addr;
@@ -300,6 +301,17 @@ pub struct RawLan {
     pub arp: RawArp,
     #[serde(default)]
     pub dhcp: RawDhcp,
+    #[serde(default)]
+    pub router_advert: RawRouterAdvert,
+}
+
+/// `sensors.lan.router_advert`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouterAdvert {
+    /// The LAN's own IPv6 routers, by link-local address or MAC; empty: every router advertisement is rogue.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// `sensors.lan.dhcp`.
@@ -358,6 +370,7 @@ pub struct LanSpec {
     pub scan: scan::ScanPolicy,
     pub arp: arp::ArpPolicy,
     pub dhcp_servers: Vec<Ipv4Addr>,
+    pub routers: Vec<ra::Router>,
 }
 
 /// Validates `sensors.lan`; problems go to `p`.
@@ -415,12 +428,24 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
         }
         arp.digest = d.max(Duration::from_secs(1));
     }
+    let mut routers = Vec::new();
+    for (i, r) in lan.router_advert.allow.iter().enumerate() {
+        match (r.parse::<std::net::Ipv6Addr>(), parse_mac(r)) {
+            (Ok(a), _) => routers.push(ra::Router::Addr(a)),
+            (_, Some(m)) => routers.push(ra::Router::Mac(m)),
+            _ => p.push(
+                format!("sensors.lan.router_advert.allow[{i}]"),
+                format!("{r:?} is not an IPv6 address (fe80::1) nor a MAC (aa:bb:cc:dd:ee:ff)"),
+            ),
+        }
+    }
     Some(LanSpec {
         interface: lan.interface.clone(),
         promiscuous: lan.promiscuous,
         scan,
         arp,
         dhcp_servers: lan.dhcp.servers.clone(),
+        routers,
     })
 }
 

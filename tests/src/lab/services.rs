@@ -1,6 +1,7 @@
 //! Real services inside the lab: nginx (HTTP, and HTTPS with a valid, an
 //! expired and a wrong-host certificate, all made at test time), dnsmasq
-//! (DNS with known records, reloadable), and plain TCP listeners.
+//! (DNS with known records, reloadable), radvd (a rogue IPv6 router), and
+//! plain TCP listeners.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -151,7 +152,7 @@ impl Lab {
         std::fs::create_dir_all(dir.join("tmp"))?;
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let nginx = which("nginx").context("nginx is not installed (Debian package nginx)")?;
+        let nginx = crate::which("nginx").context("nginx is not installed (Debian package nginx)")?;
         let mut cmd =
             self.province.ns.command(&nginx, &["-c", conf_path.to_str().unwrap_or_default(), "-g", "daemon off;"]);
         cmd.stdout(Stdio::null());
@@ -202,6 +203,43 @@ impl Lab {
         Ok(proc)
     }
 
+    /// Starts radvd on `host`'s `eth0` announcing `prefix`/64 and the DNS
+    /// server `dns`, as a rogue IPv6 router on an IPv4-only LAN would. IPv6
+    /// is turned on for that interface only (the lab keeps it off); returns
+    /// radvd and the host's link-local address, the advertisements' source.
+    pub fn start_router_advertiser(
+        &self,
+        host: &Netns,
+        prefix: std::net::Ipv6Addr,
+        dns: std::net::Ipv6Addr,
+    ) -> anyhow::Result<(Proc, std::net::Ipv6Addr)> {
+        let program = crate::which("radvd").context("radvd is not installed (Debian package radvd)")?;
+        // No duplicate address detection: the link-local address is usable at once.
+        host.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+        host.sysctl("net.ipv6.conf.eth0.disable_ipv6", "0")?;
+        // radvd refuses to advertise from a host that does not route IPv6.
+        host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let link_local = crate::wait_for(Duration::from_secs(5), "eth0's link-local address", || {
+            let out = host.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).ok()?;
+            let addr = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)?;
+            addr.split('/').next()?.parse().ok()
+        })?;
+        let dir = self.dir.path().join(format!("radvd-{}", host.name));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("radvd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "interface eth0 {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  AdvDefaultLifetime 1800;\n  prefix {prefix}/64 {{ AdvOnLink on; AdvAutonomous on; }};\n  RDNSS {dns} {{ }};\n}};\n"
+            ),
+        )?;
+        let (conf, pid) = (conf.display().to_string(), dir.join("radvd.pid").display().to_string());
+        let mut cmd =
+            host.command(&program, &["--nodaemon", "--config", &conf, "--pidfile", &pid, "--logmethod", "stderr"]);
+        cmd.stdout(Stdio::null());
+        Ok((Proc::spawn_command("radvd", &mut cmd, &dir.join("stderr.log"))?, link_local))
+    }
+
     /// Starts plain TCP listeners (accept and close) at `addrs` inside `ns`.
     pub fn start_listener(&self, ns: &Netns, addrs: &[&str]) -> anyhow::Result<Proc> {
         let mut args = vec!["listen"];
@@ -223,7 +261,7 @@ impl Lab {
 /// Runs dnsmasq in `ns` in the foreground with nothing from the host (no
 /// /etc config, resolv.conf or hosts), plus `extra` arguments; logs in `dir`.
 fn dnsmasq(ns: &Netns, dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
-    let program = which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
+    let program = crate::which("dnsmasq").context("dnsmasq is not installed (Debian package dnsmasq-base)")?;
     let mut args = vec![
         "--keep-in-foreground".to_string(),
         "--conf-file=/dev/null".into(),
@@ -239,8 +277,4 @@ fn dnsmasq(ns: &Netns, dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
     let mut cmd = ns.command(&program, &args);
     cmd.stdout(Stdio::null());
     Proc::spawn_command("dnsmasq", &mut cmd, &dir.join("stderr.log"))
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }
