@@ -161,11 +161,7 @@ fn chromium() -> Option<&'static str> {
 #[test]
 fn every_panel_has_data_in_the_lab_and_the_status_page_shows_a_down_commune() -> anyhow::Result<()> {
     require_lab!("every_panel_has_data_in_the_lab_and_the_status_page_shows_a_down_commune");
-    if !tierwatch_tests::have("nmap") {
-        anyhow::ensure!(std::env::var("CI").is_err(), "nmap must be installed in CI (scripts/test.sh installs it)");
-        eprintln!("SKIPPED: nmap is not installed (scripts/test.sh installs it)");
-        return Ok(());
-    }
+    tierwatch_tests::require_tool!("nmap");
     let mut lab = Lab::build(LabSpec::communes(2).with_lan_hosts(1))?;
     let dir = lab.dir.path().to_path_buf();
     let central = lab.central.ns.clone();

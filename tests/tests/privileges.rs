@@ -49,11 +49,7 @@ fn capabilities(pid: u32) -> anyhow::Result<(String, String, String)> {
 #[test]
 fn the_agent_probes_and_captures_as_an_unprivileged_user_with_only_cap_net_raw() -> anyhow::Result<()> {
     require_lab!("the_agent_probes_and_captures_as_an_unprivileged_user_with_only_cap_net_raw");
-    if !tierwatch_tests::have("setpriv") {
-        anyhow::ensure!(std::env::var("CI").is_err(), "setpriv must be installed in CI (scripts/test.sh installs it)");
-        eprintln!("SKIPPED: setpriv is not installed");
-        return Ok(());
-    }
+    tierwatch_tests::require_tool!("setpriv");
     let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(1))?;
     // The collector alone; c1's agent is started here, as nobody.
     let tw = lab.start_tierwatch(&SystemSpec { only_nodes: Some(vec!["province".into()]), ..SystemSpec::default() })?;

@@ -30,11 +30,7 @@ fn lan_sensor_on_c1() -> SystemSpec {
 #[test]
 fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence() -> anyhow::Result<()> {
     require_lab!("scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence");
-    if !tierwatch_tests::have("nmap") {
-        anyhow::ensure!(std::env::var("CI").is_err(), "nmap must be installed in CI (scripts/test.sh installs it)");
-        eprintln!("SKIPPED: nmap is not installed (scripts/test.sh installs it)");
-        return Ok(());
-    }
+    tierwatch_tests::require_tool!("nmap");
     let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(2).beside_others())?;
     let tw = lab.start_tierwatch(&lan_sensor_on_c1())?;
     let gateway = addrs::commune_lan(1).to_string();
@@ -105,11 +101,7 @@ fn scans_arp_spoofing_and_rogue_dhcp_on_a_commune_lan_are_reported_with_evidence
 #[test]
 fn a_rogue_ipv6_router_on_a_commune_lan_is_reported() -> anyhow::Result<()> {
     require_lab!("a_rogue_ipv6_router_on_a_commune_lan_is_reported");
-    if !tierwatch_tests::have("radvd") {
-        anyhow::ensure!(std::env::var("CI").is_err(), "radvd must be installed in CI (scripts/test.sh installs it)");
-        eprintln!("SKIPPED: radvd is not installed (scripts/test.sh installs it)");
-        return Ok(());
-    }
+    tierwatch_tests::require_tool!("radvd");
     let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(1).beside_others())?;
     let mut spec = lan_sensor_on_c1();
     spec.agent_extra.push_str("    router_advert: {allow: [\"fe80::1\"]}\n");

@@ -79,6 +79,24 @@ macro_rules! require_lab {
     };
 }
 
+/// Skips the calling test with a printed reason when `tool` is not
+/// installed, and fails it instead when `CI` is set (scripts/test.sh
+/// installs every tool the tests use).
+#[macro_export]
+macro_rules! require_tool {
+    ($tool:expr) => {
+        if !$crate::have($tool) {
+            ::anyhow::ensure!(
+                std::env::var("CI").is_err(),
+                "{} must be installed in CI (scripts/test.sh installs it)",
+                $tool
+            );
+            eprintln!("SKIPPED: {} is not installed (scripts/test.sh installs it)", $tool);
+            return Ok(());
+        }
+    };
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
