@@ -190,9 +190,17 @@ impl Alertmanager {
     }
 
     async fn alerts(&self) -> Option<Vec<serde_json::Value>> {
+        self.list("/api/v2/alerts").await
+    }
+
+    async fn silences(&self) -> Option<Vec<serde_json::Value>> {
+        self.list("/api/v2/silences").await
+    }
+
+    async fn list(&self, path: &str) -> Option<Vec<serde_json::Value>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.addr).await.ok()?;
-        s.write_all(b"GET /api/v2/alerts HTTP/1.0\r\nHost: am\r\n\r\n").await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: am\r\n\r\n").as_bytes()).await.ok()?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.ok()?;
         let text = String::from_utf8_lossy(&out);
@@ -201,12 +209,19 @@ impl Alertmanager {
     }
 }
 
+/// With `resend: 1s` an alert's `endsAt` lies 4 s ahead: an incident open
+/// for longer must stay firing in Alertmanager (it is sent again), an
+/// acknowledgement must silence it there, and the resolution must expire
+/// that silence and reach Alertmanager.
 #[tokio::test]
 async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
     let Some(am) = Alertmanager::start() else { return };
     until("Alertmanager up", || async { am.alerts().await.is_some() }).await;
-    let top = format!("rules: rules.yaml\nnotify:\n  - name: am\n    alertmanager:\n      url: http://{}\n", am.addr);
-    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES)]).await;
+    let top = format!(
+        "rules: rules.yaml\napi:\n  token_file: api.token\nnotify:\n  - name: am\n    alertmanager:\n      url: http://{}\n      resend: 1s\n",
+        am.addr
+    );
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken\n")]).await;
     let client = lab.client(&lab.pki, "an-giang");
     lab.push(client.clone(), probe(1, 1, "nui-cam", false)).await.unwrap();
     until("the alert in Alertmanager", || async { am.alerts().await.is_some_and(|a| !a.is_empty()) }).await;
@@ -218,9 +233,34 @@ async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
     assert_eq!(a["labels"]["severity"], "critical");
     assert_eq!(a["annotations"]["node_name"], "Xã Núi Cấm");
     assert_eq!(a["status"]["state"], "active");
+    // Twice the 4 s `endsAt` later, still firing there.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let alerts = am.alerts().await.unwrap();
+    assert_eq!(alerts.len(), 1, "the open incident expired in Alertmanager: {alerts:?}");
+    assert_eq!(alerts[0]["status"]["state"], "active", "{alerts:?}");
+
+    // Acknowledged: silenced in Alertmanager by the person, nothing else.
+    let ack = r#"{"key": "nui-cam/unreachable", "by": "Lan", "comment": "ISP ticket 42"}"#;
+    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until("the alert silenced in Alertmanager", || async {
+        am.alerts().await.is_some_and(|a| a.len() == 1 && a[0]["status"]["state"] == "suppressed")
+    })
+    .await;
+    let silences = am.silences().await.unwrap();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    let s = &silences[0];
+    assert_eq!(s["createdBy"], "Lan");
+    assert!(s["comment"].as_str().unwrap().ends_with("nui-cam/unreachable: ISP ticket 42"), "{s}");
+    assert_eq!(s["matchers"][0]["name"], "incident");
+    assert_eq!(s["matchers"][0]["value"], "nui-cam/unreachable");
+    assert_eq!(am.alerts().await.unwrap()[0]["status"]["silencedBy"][0], s["id"]);
+
     lab.push(client.clone(), probe(2, 1, "nui-cam", true)).await.unwrap();
-    // A resolved alert leaves Alertmanager's list of alerts.
+    // The silence is expired and the resolved alert leaves Alertmanager's list.
     until("the alert resolved in Alertmanager", || async { am.alerts().await.is_some_and(|a| a.is_empty()) }).await;
+    let silences = am.silences().await.unwrap();
+    assert_eq!(silences[0]["status"]["state"], "expired", "{silences:?}");
     lab.stop().await;
 }
 

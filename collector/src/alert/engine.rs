@@ -78,7 +78,7 @@ pub struct IncidentView {
 }
 
 /// An acknowledgement: someone is on it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ack {
     pub by: String,
     #[serde(default)]

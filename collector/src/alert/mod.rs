@@ -253,6 +253,34 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
     }
 }
 
+/// Sends Alertmanager every open incident routed to it again, so that one
+/// open longer than its `endsAt` stays firing there. Only when the
+/// receiver's outbox is empty: a change still queued (a resolution, say)
+/// goes first, and what is open is read after it was sent.
+async fn refresh(alerting: &Arc<Alerting>, receiver: &notify::Receiver, am: &mut notify::alertmanager::Client) {
+    let (conn, name) = (alerting.conn.clone(), receiver.name.clone());
+    let waiting = tokio::task::spawn_blocking(move || {
+        let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+        notify::queued(&c).map(|q| q.iter().any(|(r, n)| *r == name && *n > 0))
+    })
+    .await;
+    if !matches!(waiting, Ok(Ok(false))) {
+        return;
+    }
+    let open: Vec<IncidentView> = alerting.open().into_iter().filter(|v| receiver.routes(v, false)).collect();
+    if open.is_empty() {
+        return;
+    }
+    match am.send(&open, false, tierwatch_protocol::now_ms()).await {
+        notify::Outcome::Sent => {
+            tracing::debug!(receiver = %receiver.name, incidents = open.len(), "alertmanager: open incidents sent again")
+        }
+        notify::Outcome::Failed(why) | notify::Outcome::Refused(why) => {
+            tracing::warn!(receiver = %receiver.name, incidents = open.len(), error = %why, "alertmanager: sending the open incidents again failed; next time")
+        }
+    }
+}
+
 /// Sends the outbox of every receiver until `token` is cancelled; one task per receiver.
 pub fn spawn_notifiers(
     alerting: &Arc<Alerting>,
@@ -269,6 +297,7 @@ pub fn spawn_notifiers(
 async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
     let mut client = notify::Client::new(&receiver.kind, alerting.locale);
     let name = receiver.name.clone();
+    let mut next_refresh = tokio::time::Instant::now();
     loop {
         let now = tierwatch_protocol::now_ms();
         let (conn, n) = (alerting.conn.clone(), name.clone());
@@ -280,6 +309,12 @@ async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: 
         let pending = match due {
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => {
+                if let notify::Client::Alertmanager(am) = &mut client {
+                    if tokio::time::Instant::now() >= next_refresh {
+                        next_refresh = tokio::time::Instant::now() + am.resend();
+                        refresh(&alerting, &receiver, am).await;
+                    }
+                }
                 tokio::select! {
                     _ = alerting.queued.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

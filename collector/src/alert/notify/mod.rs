@@ -90,14 +90,23 @@ pub async fn exchange(
     req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
     timeout: Duration,
 ) -> Outcome {
+    exchange_reply(conn, req, timeout).await.0
+}
+
+/// As [`exchange`], with the answer's body when it succeeded.
+pub async fn exchange_reply(
+    conn: &mut tierwatch_runtime::http_client::HttpConn,
+    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    timeout: Duration,
+) -> (Outcome, bytes::Bytes) {
     use hyper::StatusCode;
-    match tokio::time::timeout(timeout, conn.send(req)).await {
+    let outcome = match tokio::time::timeout(timeout, conn.send(req)).await {
         Err(_) => {
             conn.reset();
             Outcome::Failed(format!("no answer within {timeout:?}"))
         }
         Ok(Err(e)) => Outcome::Failed(e),
-        Ok(Ok(r)) if r.status.is_success() => Outcome::Sent,
+        Ok(Ok(r)) if r.status.is_success() => return (Outcome::Sent, r.body),
         Ok(Ok(r)) => {
             let text = String::from_utf8_lossy(&r.body).chars().take(300).collect::<String>();
             if r.status.is_client_error()
@@ -109,7 +118,8 @@ pub async fn exchange(
                 Outcome::Failed(format!("{}: {text}", r.status))
             }
         }
-    }
+    };
+    (outcome, bytes::Bytes::new())
 }
 
 /// A connected receiver of any kind.
@@ -135,7 +145,7 @@ impl Client {
     pub async fn send(&mut self, m: &Message) -> Outcome {
         match self {
             Client::Webhook(c) => c.send(m).await,
-            Client::Alertmanager(c) => c.send(std::slice::from_ref(&m.incident), m.status == "resolved", m.at_ms).await,
+            Client::Alertmanager(c) => c.deliver(m).await,
             Client::Telegram(c) => c.send(m).await,
             Client::Email(c) => c.send(m).await,
         }
@@ -279,10 +289,6 @@ pub fn enqueue(
         let m = Message::from_change(c, now_ms);
         let resolved = matches!(c, Change::Resolved { .. });
         for r in receivers.iter().filter(|r| r.routes(&m.incident, resolved)) {
-            // Alertmanager has its own acknowledgement (silences).
-            if matches!(c, Change::Acknowledged(_)) && matches!(r.kind, Kind::Alertmanager(_)) {
-                continue;
-            }
             queue(tx, r, &m, now_ms)?;
             n += 1;
         }
