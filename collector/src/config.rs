@@ -198,17 +198,18 @@ impl Config {
         let receivers = crate::alert::notify::validate(&raw.notify, base, &mut problems);
         let maintenance = crate::alert::maintenance::validate_config(&raw.maintenance, &mut problems);
         let token_file = raw.api.token_file.as_deref().map(resolve);
-        let api_token = match crate::alert::notify::secret(token_file.as_ref(), raw.api.token_env.as_ref()) {
-            Ok(Some(t)) if t.is_empty() => {
-                problems.push("api", "the API token is empty");
-                None
-            }
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(if token_file.is_some() { "api.token_file" } else { "api.token_env" }, e);
-                None
-            }
-        };
+        let api_token =
+            match tierwatch_runtime::secret::from_file_or_env(token_file.as_deref(), raw.api.token_env.as_deref()) {
+                Ok(Some(t)) if t.is_empty() => {
+                    problems.push("api", "the API token is empty");
+                    None
+                }
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(if token_file.is_some() { "api.token_file" } else { "api.token_env" }, e.to_string());
+                    None
+                }
+            };
         let max_age = Duration::from_millis(ingest.limits.max_age_ms.max(0) as u64);
         if max_age < Duration::from_secs(3600) {
             problems

@@ -5,7 +5,6 @@
 #![deny(rust_2018_idioms)]
 
 pub mod alert;
-pub mod alert_api;
 pub mod config;
 pub mod dashboards;
 pub mod db;
@@ -23,7 +22,8 @@ pub mod security;
 pub mod seqset;
 pub mod server;
 pub mod status;
-pub mod status_page;
 pub mod store;
+pub mod template;
+pub mod timestamp;
 pub mod tls;
 pub mod topology;

@@ -104,7 +104,7 @@ pub fn list(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<StoredEvent>> 
                 _ => "info",
             },
             at_ms,
-            at: crate::http::rfc3339(at_ms),
+            at: crate::timestamp::rfc3339(at_ms),
             received_ms: r.get(5)?,
             attributes: serde_json::from_str(&attributes).unwrap_or_default(),
         })

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod exit;
 pub mod http_client;
 pub mod logging;
+pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod systemd;

@@ -12,11 +12,13 @@ use std::time::Duration;
 use tierwatch_protocol::{Label, NodeId};
 
 use super::flap::Flaps;
-use super::incident::{self, Active, Incident, Scope};
+use super::incident::{self, Active, Incident};
 use super::maintenance::Window;
-use super::rules::{render_in, Rule, RuleKind, Rules, Severity};
+use super::model::{Ack, AlertView, Change, IncidentView, Scope, Severity};
+use super::rules::{Rule, RuleKind, Rules};
 use super::state::{is_firing, step, Phase, Reading, Transition};
 use crate::store::Store;
+use crate::template::render_in;
 use crate::topology::{Node, Topology};
 
 /// Push interval assumed for a node that has not announced one.
@@ -39,100 +41,6 @@ struct Instance {
     phase: Phase,
     subject: NodeId,
     value: f64,
-}
-
-/// An alert as reported in incidents and the API.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AlertView {
-    pub rule: String,
-    pub node: String,
-    pub subject: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-    pub severity: Severity,
-    pub since_ms: i64,
-    pub summary: String,
-}
-
-/// An incident as notified: everything a page needs, names as in the topology.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct IncidentView {
-    pub key: String,
-    pub node: String,
-    pub node_name: String,
-    pub problem: String,
-    /// `node` or `children` (the parent's side, several children).
-    pub scope: String,
-    pub severity: Severity,
-    pub since_ms: i64,
-    pub summary: String,
-    /// Nodes behind the root cause or the children grouped, with their names.
-    pub affected: Vec<(String, String)>,
-    pub alerts: Vec<AlertView>,
-    /// Set while a maintenance window keeps it from paging: which and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub muted: Option<String>,
-    /// Set once someone took it on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ack: Option<Ack>,
-}
-
-/// An acknowledgement: someone is on it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Ack {
-    pub by: String,
-    #[serde(default)]
-    pub comment: String,
-    pub at_ms: i64,
-}
-
-/// What changed in one evaluation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    Opened(IncidentView),
-    /// The affected nodes or alerts changed.
-    Updated(IncidentView),
-    /// Over; carries the last view and when it ended.
-    Resolved {
-        incident: IncidentView,
-        ended_ms: i64,
-    },
-    /// Someone acknowledged it (through the API).
-    Acknowledged(IncidentView),
-    /// It began inside a maintenance window: kept in the history, not paged.
-    Muted(IncidentView),
-    /// Over while still muted: in the history, not paged.
-    MutedResolved {
-        incident: IncidentView,
-        ended_ms: i64,
-    },
-}
-
-impl Change {
-    /// True for the changes that are paged (not those of muted incidents).
-    pub fn notifies(&self) -> bool {
-        !matches!(self, Change::Muted(_) | Change::MutedResolved { .. })
-    }
-
-    /// The history and notification event name.
-    pub fn event(&self) -> &'static str {
-        match self {
-            Change::Opened(_) => "opened",
-            Change::Updated(_) => "updated",
-            Change::Resolved { .. } => "resolved",
-            Change::Acknowledged(_) => "acknowledged",
-            Change::Muted(_) => "muted",
-            Change::MutedResolved { .. } => "muted_resolved",
-        }
-    }
-
-    /// The incident as it stands after the change.
-    pub fn view(&self) -> &IncidentView {
-        match self {
-            Change::Opened(v) | Change::Updated(v) | Change::Acknowledged(v) | Change::Muted(v) => v,
-            Change::Resolved { incident, .. } | Change::MutedResolved { incident, .. } => incident,
-        }
-    }
 }
 
 /// The engine's state between evaluations.
@@ -544,7 +452,7 @@ impl Engine {
         };
         let mut windows = self.windows.iter().filter(|w| w.active(now_ms));
         let relevant: Vec<&AlertView> =
-            v.alerts.iter().filter(|a| v.scope == "children" || a.subject == v.node).collect();
+            v.alerts.iter().filter(|a| v.scope == Scope::Children || a.subject == v.node).collect();
         if relevant.is_empty() {
             return windows.find(|w| covers(w, &v.node, &BTreeMap::new()));
         }
@@ -596,11 +504,7 @@ impl Engine {
             node: inc.node.to_string(),
             node_name: name(&inc.node),
             problem: inc.problem.clone(),
-            scope: match inc.scope {
-                Scope::Node => "node",
-                Scope::Children => "children",
-            }
-            .to_string(),
+            scope: inc.scope,
             severity: inc.severity,
             since_ms: inc.since_ms,
             summary,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use super::engine::IncidentView;
+use super::model::IncidentView;
 
 /// The problem name of a flapping incident.
 pub const FLAPPING: &str = "flapping";
@@ -152,8 +152,8 @@ mod tests {
             node: "c1".into(),
             node_name: "Xã 1".into(),
             problem: "unreachable".into(),
-            scope: "node".into(),
-            severity: super::super::rules::Severity::Critical,
+            scope: crate::alert::model::Scope::Node,
+            severity: crate::alert::model::Severity::Critical,
             since_ms: 0,
             summary: "down".into(),
             affected: vec![],

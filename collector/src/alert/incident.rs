@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use tierwatch_protocol::NodeId;
 
-use super::rules::Severity;
+use super::model::{Scope, Severity};
 use crate::topology::Topology;
 
 /// The problem name of a node that cannot be reached.
@@ -34,15 +34,6 @@ pub struct Active {
     pub problem: String,
     pub severity: Severity,
     pub since_ms: i64,
-}
-
-/// What an incident covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scope {
-    /// The node itself (and, for unreachable, everything behind it).
-    Node,
-    /// Several children of the node, the node itself fine.
-    Children,
 }
 
 /// One root cause, one page.

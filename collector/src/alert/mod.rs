@@ -9,6 +9,7 @@ pub mod engine;
 pub mod flap;
 pub mod incident;
 pub mod maintenance;
+pub mod model;
 pub mod notify;
 pub mod persist;
 pub mod rules;
@@ -23,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
-use engine::{Ack, Change, Engine, IncidentView};
+use engine::Engine;
 use maintenance::Window;
+use model::{Ack, Change, IncidentView};
 
 /// Shared by the runner, ingest (which triggers it) and the HTTP API.
 pub struct Alerting {

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::engine::{Change, IncidentView};
+use super::model::{Change, IncidentView};
 use super::notify::Receiver;
 
 /// Loads the incidents open at the last stop.

@@ -20,27 +20,8 @@ use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
 use super::flap::FlapPolicy;
+use super::model::Severity;
 use crate::i18n::{Language, Locale};
-
-/// How urgent an alert is; routes choose receivers by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
 
 /// A threshold written as a number or, for time values, a duration (`14d`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -504,45 +485,6 @@ impl Rules {
     }
 }
 
-/// Replaces `{{ key }}` in `template` by `vars(key)`; `{{ key | percent }}`,
-/// `| ms` and `| days` format numbers. Unknown keys are left visible.
-pub fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
-    render_in(template, vars, "days")
-}
-
-/// [`render`] with `days_word` after `| days` numbers (the language's word).
-pub fn render_in(template: &str, vars: &dyn Fn(&str) -> Option<String>, days_word: &str) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let inner = rest[start + 2..start + end].trim();
-        let (key, filter) = match inner.split_once('|') {
-            Some((k, f)) => (k.trim(), Some(f.trim())),
-            None => (inner, None),
-        };
-        let value = vars(key);
-        let text = match (value, filter) {
-            (None, _) => format!("{{{{{inner}}}}}"),
-            (Some(v), None) => v,
-            (Some(v), Some(f)) => match (v.parse::<f64>(), f) {
-                (Ok(n), "percent") => format!("{:.1}%", n * 100.0),
-                (Ok(n), "ms") => format!("{:.1} ms", n * 1000.0),
-                (Ok(n), "days") => format!("{:.1} {days_word}", n / 86400.0),
-                _ => v,
-            },
-        };
-        out.push_str(&text);
-        rest = &rest[start + end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,19 +573,5 @@ mod tests {
         let RuleKind::Threshold { condition, .. } = &r.rules[1].kind else { panic!() };
         assert!(condition.fires(0.21) && !condition.fires(0.2));
         assert!(!condition.clears(0.1) && condition.clears(0.05));
-    }
-
-    #[test]
-    fn templates_render() {
-        let vars = |k: &str| match k {
-            "node_name" => Some("Xã Núi Cấm".to_string()),
-            "value" => Some("0.25".to_string()),
-            _ => None,
-        };
-        assert_eq!(
-            render("loss {{ value | percent }} at {{node_name}} {{ nope }}", &vars),
-            "loss 25.0% at Xã Núi Cấm {{nope}}"
-        );
-        assert_eq!(render("unclosed {{ x", &vars), "unclosed {{ x");
     }
 }

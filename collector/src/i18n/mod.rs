@@ -2,11 +2,12 @@
 //! page, dashboard titles and descriptions), one table per language. The
 //! struct makes the compiler check that each language has every text.
 //!
-//! Templates use the rules' `{{ name }}` syntax (`crate::alert::rules::render`).
+//! Templates use the rules' `{{ name }}` syntax (`crate::template::render`).
 
 mod en;
 mod vi;
 
+use crate::alert::model::Severity;
 use serde::Deserialize;
 
 /// The language of everything a person reads (`language:` in collector.yaml).
@@ -175,8 +176,7 @@ impl Texts {
     }
 
     /// The display word of a severity.
-    pub fn severity(&self, s: crate::alert::rules::Severity) -> &'static str {
-        use crate::alert::rules::Severity;
+    pub fn severity(&self, s: Severity) -> &'static str {
         match s {
             Severity::Critical => self.severities[0],
             Severity::Warning => self.severities[1],
@@ -191,7 +191,7 @@ impl Texts {
 
     /// `template` with `{{ name }}` replaced from `vars`.
     pub fn fill(&self, template: &str, vars: &[(&str, &str)]) -> String {
-        crate::alert::rules::render(template, &|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        crate::template::render(template, &|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
     }
 }
 

@@ -30,8 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Errors preparing a sender.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
-    #[error("remote_write {name}: reading {what}: {source}")]
-    Secret { name: String, what: String, source: std::io::Error },
+    #[error("remote_write {name}: reading {source}")]
+    Secret { name: String, source: tierwatch_runtime::secret::SecretError },
     #[error("remote_write {name}: {reason}")]
     Other { name: String, reason: String },
 }
@@ -45,11 +45,7 @@ pub struct Prepared {
 }
 
 fn secret(name: &str, path: &std::path::Path) -> Result<String, SenderError> {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|source| SenderError::Secret {
-        name: name.to_string(),
-        what: path.display().to_string(),
-        source,
-    })
+    tierwatch_runtime::secret::from_file(path).map_err(|source| SenderError::Secret { name: name.to_string(), source })
 }
 
 impl Prepared {

@@ -25,7 +25,7 @@ use tierwatch_runtime::http_client::HttpConn;
 use tierwatch_yamlconf::Problems;
 
 use super::{Message, Outcome};
-use crate::alert::engine::IncidentView;
+use crate::alert::model::IncidentView;
 
 /// How often open incidents are sent again, unless configured.
 pub const RESEND: Duration = Duration::from_secs(60);
@@ -113,8 +113,8 @@ pub fn alert(incident: &IncidentView, ends_ms: i64) -> serde_json::Value {
             "affected": affected.join(", "),
             "alerts": incident.alerts.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>().join("\n"),
         },
-        "startsAt": crate::http::rfc3339(incident.since_ms),
-        "endsAt": crate::http::rfc3339(ends_ms),
+        "startsAt": crate::timestamp::rfc3339(incident.since_ms),
+        "endsAt": crate::timestamp::rfc3339(ends_ms),
         "generatorURL": "http://tierwatch-collector/api/v1/alerts",
     })
 }
@@ -129,8 +129,8 @@ pub fn silence(incident: &IncidentView, now_ms: i64) -> serde_json::Value {
     };
     serde_json::json!({
         "matchers": [{"name": "incident", "value": incident.key, "isRegex": false, "isEqual": true}],
-        "startsAt": crate::http::rfc3339(now_ms),
-        "endsAt": crate::http::rfc3339(now_ms + SILENCE_FOR.as_millis() as i64),
+        "startsAt": crate::timestamp::rfc3339(now_ms),
+        "endsAt": crate::timestamp::rfc3339(now_ms + SILENCE_FOR.as_millis() as i64),
         "createdBy": if ack.by.is_empty() { "tierwatch".to_string() } else { ack.by },
         "comment": comment,
     })

@@ -16,6 +16,7 @@ use tierwatch_runtime::duration;
 use tierwatch_yamlconf::Problems;
 
 use super::{Message, Outcome};
+use tierwatch_runtime::secret;
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -169,7 +170,9 @@ impl Client {
             .tls(tls)
             .timeout(Some(e.timeout));
         if let Some(user) = &e.username {
-            let pass = super::secret(e.password_file.as_ref(), e.password_env.as_ref())?.unwrap_or_default();
+            let pass = secret::from_file_or_env(e.password_file.as_deref(), e.password_env.as_deref())
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
             b = b.credentials(Credentials::new(user.clone(), pass));
         }
         Ok(b.build())

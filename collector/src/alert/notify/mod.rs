@@ -10,15 +10,14 @@ pub mod text;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, Transaction};
 use serde::Deserialize;
 use tierwatch_yamlconf::Problems;
 
-use super::engine::{Change, IncidentView};
-use super::rules::Severity;
+use super::model::{Change, IncidentView, Severity};
 
 /// One receiver as written in `collector.yaml` under `notify:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -227,19 +226,6 @@ pub fn validate(raw: &[RawReceiver], base: &Path, p: &mut Problems) -> Vec<Recei
         }
     }
     out
-}
-
-/// Reads a secret from a file (trimmed) or an environment variable.
-pub fn secret(file: Option<&PathBuf>, env: Option<&String>) -> Result<Option<String>, String> {
-    if let Some(f) = file {
-        return std::fs::read_to_string(f)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| format!("{}: {e}", f.display()));
-    }
-    if let Some(var) = env {
-        return std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set"));
-    }
-    Ok(None)
 }
 
 /// The JSON every notifier sends or renders from (documented in docs/alerts.md).

@@ -17,6 +17,7 @@ use tierwatch_yamlconf::Problems;
 
 use super::{Message, Outcome};
 use crate::outbound;
+use tierwatch_runtime::secret;
 use tierwatch_runtime::url::HttpUrl as Url;
 
 /// As written.
@@ -114,11 +115,12 @@ impl Client {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(format!("TLS: {e}")),
         };
-        let token = match super::secret(self.bot.bot_token_file.as_ref(), self.bot.bot_token_env.as_ref()) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Outcome::Failed("no bot token".into()),
-            Err(e) => return Outcome::Failed(format!("bot token: {e}")),
-        };
+        let token =
+            match secret::from_file_or_env(self.bot.bot_token_file.as_deref(), self.bot.bot_token_env.as_deref()) {
+                Ok(Some(t)) => t,
+                Ok(None) => return Outcome::Failed("no bot token".into()),
+                Err(e) => return Outcome::Failed(format!("bot token: {e}")),
+            };
         let (_, text) = super::text::render(m, &self.locale);
         let chat_id = match self.bot.chat_id.parse::<i64>() {
             Ok(n) => serde_json::json!(n),

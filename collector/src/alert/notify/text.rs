@@ -56,8 +56,7 @@ pub fn render(m: &Message, l: &Locale) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::engine::{Ack, AlertView, IncidentView};
-    use crate::alert::rules::Severity;
+    use crate::alert::model::{Ack, AlertView, IncidentView, Severity};
 
     #[test]
     fn a_resolved_provincial_outage_reads_well() {
@@ -66,7 +65,7 @@ mod tests {
             node: "p".into(),
             node_name: "Tỉnh An Giang".into(),
             problem: "unreachable".into(),
-            scope: "node".into(),
+            scope: crate::alert::model::Scope::Node,
             severity: Severity::Critical,
             since_ms: 1_764_300_000_000,
             summary: "Tỉnh An Giang is unreachable; 2 node(s) behind it are cut off: Xã A, Xã B".into(),

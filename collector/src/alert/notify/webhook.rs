@@ -15,6 +15,7 @@ use tierwatch_runtime::http_client::HttpConn;
 use tierwatch_yamlconf::Problems;
 
 use super::{Message, Outcome};
+use tierwatch_runtime::secret;
 
 /// As written.
 #[derive(Debug, Clone, Deserialize)]
@@ -106,7 +107,7 @@ impl Client {
             .header(HOST, self.conn.authority())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("tierwatch-collector/", env!("CARGO_PKG_VERSION")));
-        match super::secret(self.hook.hmac_secret_file.as_ref(), self.hook.hmac_secret_env.as_ref()) {
+        match secret::from_file_or_env(self.hook.hmac_secret_file.as_deref(), self.hook.hmac_secret_env.as_deref()) {
             Ok(Some(s)) => req = req.header("X-Tierwatch-Signature", format!("sha256={}", signature(&s, &body))),
             Ok(None) => {}
             Err(e) => return Outcome::Failed(format!("HMAC secret: {e}")),

@@ -3,71 +3,28 @@
 //! (`POST`, `DELETE`) takes the bearer token of `api.token_file`, or comes
 //! from loopback when no token is configured.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::alert::engine::Ack;
+use super::auth::{ApiError, Body, Changer};
+use super::Http;
 use crate::alert::maintenance::{self, RawWindow};
-use crate::alert::Alerting;
-use crate::http::Http;
+use crate::alert::model::Ack;
 
 /// The alert routes.
-pub fn routes() -> Router<Arc<Http>> {
+pub(super) fn routes() -> Router<Arc<Http>> {
     Router::new()
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/history", get(history))
         .route("/api/v1/alerts/ack", post(ack))
         .route("/api/v1/maintenance", get(windows).post(add_window))
         .route("/api/v1/maintenance/{id}", delete(delete_window))
-}
-
-/// A refusal: the status and what to tell the caller.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-/// The alerting of a caller allowed to change state.
-fn changer<'a>(s: &'a Http, peer: SocketAddr, headers: &HeaderMap) -> Result<&'a Arc<Alerting>, ApiError> {
-    authorize(s, peer, headers)?;
-    s.alerting
-        .as_ref()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "alerting is off (no rules: in collector.yaml)".into()))
-}
-
-/// Checks the caller may change state.
-fn authorize(s: &Http, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &s.api_token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            // Comparing digests: timing tells nothing about the token itself.
-            let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
-            if digest(given.as_bytes()).as_ref() == digest(token.as_bytes()).as_ref() {
-                Ok(())
-            } else {
-                Err(ApiError(StatusCode::UNAUTHORIZED, "give the API token as Authorization: Bearer <token>".into()))
-            }
-        }
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "no api.token_file is configured: state can only be changed from the collector itself".into(),
-        )),
-    }
 }
 
 /// `GET /api/v1/alerts`: incidents paged and open, and those a maintenance window keeps quiet.
@@ -101,20 +58,8 @@ struct AckRequest {
     comment: String,
 }
 
-/// A JSON request body, or a 400 saying what is wrong with it.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))
-}
-
 /// `POST /api/v1/alerts/ack` `{"key", "by", "comment"}`: someone is on it; repeats stop.
-async fn ack(
-    State(s): State<Arc<Http>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let a = changer(&s, peer, &headers)?;
-    let req: AckRequest = parse(&body)?;
+async fn ack(Changer(a): Changer, Body(req): Body<AckRequest>) -> Result<Response, ApiError> {
     if req.by.trim().is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "by: say who takes it on".into()));
     }
@@ -134,14 +79,7 @@ async fn windows(State(s): State<Arc<Http>>) -> Response {
 }
 
 /// `POST /api/v1/maintenance`: a window as in `collector.yaml` (`start` defaults to now).
-async fn add_window(
-    State(s): State<Arc<Http>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let a = changer(&s, peer, &headers)?;
-    let raw: RawWindow = parse(&body)?;
+async fn add_window(Changer(a): Changer, Body(raw): Body<RawWindow>) -> Result<Response, ApiError> {
     let mut p = tierwatch_yamlconf::Problems::default();
     let id = format!("mw-{}", tierwatch_protocol::ids::hex(&rand::random::<[u8; 6]>()));
     let w = maintenance::validate(&raw, id, "api", tierwatch_protocol::now_ms(), "body", &mut p)
@@ -153,13 +91,7 @@ async fn add_window(
 }
 
 /// `DELETE /api/v1/maintenance/{id}`: ends a window set through the API.
-async fn delete_window(
-    State(s): State<Arc<Http>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let a = changer(&s, peer, &headers)?;
+async fn delete_window(Changer(a): Changer, Path(id): Path<String>) -> Result<Response, ApiError> {
     match a.delete_window(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no maintenance window {id:?}"))),

@@ -4,10 +4,15 @@
 //! with their root cause and the last day's security events.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use crate::alert::engine::IncidentView;
-use crate::alert::rules::Severity;
-use crate::http::NodeStatus;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::nodes::{node_statuses, NodeStatus};
+use super::{read_db, Http};
+use crate::alert::model::{IncidentView, Severity};
 use crate::i18n::{Locale, Texts};
 use crate::security::StoredEvent;
 
@@ -20,6 +25,27 @@ pub struct Snapshot {
     pub muted: Vec<IncidentView>,
     /// Newest first.
     pub events: Vec<StoredEvent>,
+}
+
+/// `/`: the status page.
+pub(super) async fn page(State(s): State<Arc<Http>>) -> Response {
+    let now = tierwatch_protocol::now_ms();
+    let q = crate::security::Query { since_ms: Some(now - 86_400_000), limit: Some(25), ..Default::default() };
+    let events = read_db(&s, move |c| crate::security::list(c, &q)).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "status page: reading security events failed");
+        Vec::new()
+    });
+    let nodes = node_statuses(&s, now);
+    let snapshot = Snapshot {
+        locale: s.locale,
+        now_ms: now,
+        incidents: s.alerting.as_ref().map(|a| a.open()).unwrap_or_default(),
+        muted: s.alerting.as_ref().map(|a| a.muted()).unwrap_or_default(),
+        nodes,
+        events,
+    };
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], render(&snapshot))
+        .into_response()
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -264,7 +290,7 @@ fn security(h: &mut String, s: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::ProbeStatus;
+    use crate::http::nodes::ProbeStatus;
     use crate::i18n::Language;
 
     fn node(id: &str, name: &str, tier: &'static str, parent: Option<&str>, status: &'static str) -> NodeStatus {
@@ -291,7 +317,7 @@ mod tests {
             node: "a".into(),
             node_name: "Xã <A>".into(),
             problem: "unreachable".into(),
-            scope: "node".into(),
+            scope: crate::alert::model::Scope::Node,
             severity: Severity::Critical,
             since_ms: 1_800_000_000_000,
             summary: "Xã <A> đã ngừng gửi số liệu".into(),
