@@ -146,12 +146,12 @@ async fn end_to_end(n: u64) {
         spool.append(Bytes::from(b.encode_to_vec()), now);
     }
     let spool = Arc::new(spool);
-    let tls = client_config(&aconf).unwrap();
+    let tls = client_config(&aconf.ca, &aconf.cert, &aconf.key).unwrap();
     let token = CancellationToken::new();
     let dest = Destination {
         index: 0,
         name: "any".into(),
-        pusher: Pusher::new(&aconf, aconf.endpoints.clone(), tls),
+        pusher: Pusher::new(aconf.endpoints.clone(), aconf.server_name.as_deref(), aconf.push_timeout, tls),
         push_interval: aconf.push_interval,
     };
     let t = Instant::now();

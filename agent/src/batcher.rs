@@ -4,7 +4,6 @@
 //! down, or back) is sealed at once, so the collector can page within the
 //! round trip, not a push interval later.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::probe::Measurement;
+use crate::probe::Outcome;
 use crate::spool::{Spool, Stored};
+
+/// What flows from the measuring tasks to the batcher: its inbox.
+#[derive(Debug, Clone)]
+pub enum Measurement {
+    /// One probe run of a target.
+    Probe(Outcome),
+    /// One sample of the node's health.
+    Node(Vec<Series>),
+    /// A security event from a sensor.
+    Event(tierwatch_protocol::Event),
+}
 
 /// Identity stamped on every batch of this agent process.
 #[derive(Debug, Clone)]
@@ -42,7 +52,6 @@ pub async fn run(
     let mut sequence = 0u64;
     let mut pending: Vec<Series> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
-    let mut last_success: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick fires at once
@@ -53,7 +62,7 @@ pub async fn run(
                     // A flipped probe or a security event worth an alert goes out at once.
                     let urgent = match &m {
                         Measurement::Probe(o) => {
-                            last_success.insert(o.target.clone(), o.success).is_some_and(|was| was != o.success)
+                            o.flipped
                                 || o.events.iter().any(|e| e.severity > tierwatch_protocol::Severity::Info as i32)
                         }
                         Measurement::Node(_) => false,
@@ -149,22 +158,13 @@ async fn seal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProbeKind;
     use crate::probe::Outcome;
+    use crate::probe::ProbeKind;
 
     fn outcome(early: bool) -> Outcome {
-        Outcome {
-            target: "provincial-gateway".into(),
-            kind: ProbeKind::Icmp,
-            success: false,
-            duration: Duration::ZERO,
-            series: Vec::new(),
-            detail: Vec::new(),
-            error: Some("silent".into()),
-            verbose: false,
-            events: Vec::new(),
-            early,
-        }
+        let mut o = Outcome::new("provincial-gateway".into(), ProbeKind::Icmp, false);
+        (o.error, o.early) = (Some("silent".into()), early);
+        o
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
             };
             let outcome = runtime()?.block_on(async move {
-                let icmp = if matches!(t.spec, tierwatch_agent::config::ProbeSpec::Icmp { .. }) {
+                let icmp = if matches!(t.spec, tierwatch_agent::probe::ProbeSpec::Icmp { .. }) {
                     Icmp::open()
                 } else {
                     Icmp::Unavailable("not needed".into())

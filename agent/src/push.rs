@@ -2,6 +2,7 @@
 //! client certificate. One kept-alive connection, moved to the next endpoint
 //! when the current one fails.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,26 @@ use tierwatch_runtime::http_client::{HttpConn, Tls};
 use tierwatch_runtime::tls::{load_certs, load_key, load_roots, provider, TlsError};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, Endpoint};
+/// A collector endpoint, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written, for logs.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `https://host[:port]` (IPv6 in brackets; port 7443 unless given).
+pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let u = tierwatch_runtime::url::parse(url, Some(7443))?;
+    if !u.https {
+        return Err(format!("{url:?} must start with https:// (pushes are always mutually authenticated TLS)"));
+    }
+    if !u.is_root() {
+        return Err(format!("{url:?}: give only scheme, host and port; the push path is fixed"));
+    }
+    Ok(Endpoint { url: url.to_string(), host: u.host, port: u.port })
+}
 
 /// Why a push did not get an acknowledgement.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +50,14 @@ pub enum PushError {
     Refused { endpoint: String, status: StatusCode, reason: String },
 }
 
-/// Builds the client TLS config: the collector verified against our CA, our certificate presented.
-pub fn client_config(config: &Config) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(&config.ca)?;
+/// Builds the client TLS config: the collector verified against our CA
+/// (`ca`), our certificate (`cert`, `key`) presented.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(ca)?;
     let mut c = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(&config.cert)?, load_key(&config.key)?)?;
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(c))
 }
@@ -50,20 +71,21 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// A client for `endpoints` (tried in turn on failure), with `config`'s TLS name and timeout.
-    pub fn new(config: &Config, endpoints: Vec<Endpoint>, tls: Arc<ClientConfig>) -> Self {
+    /// A client for `endpoints` (tried in turn on failure), verifying
+    /// `server_name` (default: each endpoint's host), waiting `timeout` for an answer.
+    pub fn new(endpoints: Vec<Endpoint>, server_name: Option<&str>, timeout: Duration, tls: Arc<ClientConfig>) -> Self {
         let connector = TlsConnector::from(tls);
         let conns = endpoints
             .iter()
             .map(|ep| {
-                let name = config.server_name.clone().unwrap_or_else(|| ep.host.clone());
+                let name = server_name.map_or_else(|| ep.host.clone(), str::to_string);
                 // Names are checked when the config is loaded; an odd one fails verification.
                 let server_name =
                     ServerName::try_from(name).unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
                 HttpConn::new(ep.host.clone(), ep.port, Some(Tls { connector: connector.clone(), server_name }))
             })
             .collect();
-        Pusher { endpoints, conns, timeout: config.push_timeout, current: 0 }
+        Pusher { endpoints, conns, timeout, current: 0 }
     }
 
     /// Sends one encoded batch; on a transient failure the next call tries the next endpoint.
@@ -108,5 +130,18 @@ impl Pusher {
         };
         self.current = (self.current + 1) % self.endpoints.len();
         Err(PushError::Transient { endpoint, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(parse_endpoint("https://[::1]:7443").unwrap().host, "::1");
+        assert_eq!(parse_endpoint("https://c.example").unwrap().port, 7443);
+        assert!(parse_endpoint("https://c:0").is_err());
+        assert!(parse_endpoint("https://c:7443/x").is_err());
     }
 }

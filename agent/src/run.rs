@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{self, Stamp};
-use crate::config::{Config, ProbeKind, SendTo};
+use crate::config::{Config, SendTo};
 use crate::deliver::{self, Destination};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::probe::Icmp;
+use crate::probe::ProbeKind;
 use crate::push::Pusher;
 use crate::spool::{Spool, SpoolError};
 
@@ -40,7 +41,7 @@ pub enum StartError {
 /// The destinations of `config`: in failover mode one for all endpoints
 /// (spool key 0), else one per endpoint (keyed by a hash of its URL, so
 /// reordering the list keeps what each has acknowledged).
-fn destinations(config: &Config) -> Vec<(u32, String, Vec<crate::config::Endpoint>)> {
+fn destinations(config: &Config) -> Vec<(u32, String, Vec<crate::push::Endpoint>)> {
     match config.send_to {
         SendTo::Failover => vec![(0, "any".to_string(), config.endpoints.clone())],
         SendTo::All => config.endpoints.iter().map(|e| (ring_key(&e.url), e.url.clone(), vec![e.clone()])).collect(),
@@ -91,7 +92,7 @@ impl tierwatch_runtime::service::Instance for Running {
 
 /// Starts every task of the agent; returns once the health endpoint is bound.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
-    let tls = crate::push::client_config(&config)?;
+    let tls = crate::push::client_config(&config.ca, &config.cert, &config.key)?;
     let dests = destinations(&config);
     let names: Vec<String> = dests.iter().map(|d| d.1.clone()).collect();
     let metrics = Metrics::new(&names)?;
@@ -182,7 +183,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         let dest = Destination {
             index,
             name,
-            pusher: Pusher::new(&config, endpoints, tls.clone()),
+            pusher: Pusher::new(endpoints, config.server_name.as_deref(), config.push_timeout, tls.clone()),
             push_interval: config.push_interval,
         };
         senders.spawn(deliver::run(

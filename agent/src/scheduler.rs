@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::batcher::Measurement;
 use crate::config::NodeHealthSpec;
-use crate::config::Target;
 use crate::probe::node::NodeSampler;
-use crate::probe::{Icmp, Measurement, Prober};
+use crate::probe::Target;
+use crate::probe::{Icmp, Prober};
 
 /// The start offsets of a target's rounds: phase, then interval steps, each plus jitter.
 pub struct Schedule {
@@ -59,7 +60,12 @@ pub fn spawn(
         let (icmp, results, token) = (icmp.clone(), results.clone(), token.clone());
         tracker.spawn(async move {
             let mut schedule = Schedule::new(Instant::now(), target.interval, target.jitter, &mut rand::thread_rng());
-            let mut prober = Prober::new(target.clone()).reporting_early(results.clone());
+            let early = results.clone();
+            // A full inbox only delays the news to the round's end.
+            let report = std::sync::Arc::new(move |o| {
+                let _ = early.try_send(Measurement::Probe(o));
+            });
+            let mut prober = Prober::new(target.clone()).reporting_early(report);
             loop {
                 let at = schedule.next_start(Instant::now(), &mut rand::thread_rng());
                 tokio::select! {

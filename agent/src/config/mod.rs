@@ -9,10 +9,12 @@ use tierwatch_protocol::NodeId;
 use tierwatch_runtime::duration;
 use tierwatch_yamlconf::{ConfigError, Problems};
 
+use crate::push::{parse_endpoint, Endpoint};
 use crate::spool::{FsyncPolicy, SpoolConfig};
 
 mod target;
-pub use target::{HttpSpec, ProbeKind, ProbeSpec, RecordType, StatusPattern, Target, TargetSpec};
+use crate::probe::Target;
+pub use target::TargetSpec;
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -223,15 +225,6 @@ fn default_count() -> u32 {
     20
 }
 
-/// A collector endpoint, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// As written, for logs.
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -257,18 +250,6 @@ pub struct Config {
     pub host: Option<crate::sensor::HostSpec>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
-}
-
-/// Parses `https://host[:port]` (IPv6 in brackets; port 7443 unless given).
-pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let u = tierwatch_runtime::url::parse(url, Some(7443))?;
-    if !u.https {
-        return Err(format!("{url:?} must start with https:// (pushes are always mutually authenticated TLS)"));
-    }
-    if !u.is_root() {
-        return Err(format!("{url:?}: give only scheme, host and port; the push path is fixed"));
-    }
-    Ok(Endpoint { url: url.to_string(), host: u.host, port: u.port })
 }
 
 impl Config {
@@ -416,6 +397,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::ProbeSpec;
     use crate::sensor::ra::Router;
 
     fn write_pki(dir: &Path) {
@@ -514,13 +496,5 @@ targets:
         let text = text.replace("interval: 2s", "interval: 2s\n    spacing: 1s");
         let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
         assert!(err.contains("targets[0].spacing: 3 requests 1s apart plus the 2s timeout do not fit"), "{err}");
-    }
-
-    #[test]
-    fn endpoints_parse() {
-        assert_eq!(parse_endpoint("https://[::1]:7443").unwrap().host, "::1");
-        assert_eq!(parse_endpoint("https://c.example").unwrap().port, 7443);
-        assert!(parse_endpoint("https://c:0").is_err());
-        assert!(parse_endpoint("https://c:7443/x").is_err());
     }
 }

@@ -2,8 +2,7 @@
 //! exact locations), validated per kind into a [`Target`]. A field that does
 //! not apply to the target's kind is refused, not ignored.
 
-use std::collections::{BTreeSet, HashSet};
-use std::fmt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,124 +11,9 @@ use tierwatch_runtime::duration;
 use tierwatch_yamlconf::Problems;
 
 use super::Defaults;
-
-/// Probe kinds an agent runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeKind {
-    Icmp,
-    Tcp,
-    Http,
-    Tls,
-    Dns,
-}
-
-impl ProbeKind {
-    /// The `probe` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Icmp => "icmp",
-            ProbeKind::Tcp => "tcp",
-            ProbeKind::Http => "http",
-            ProbeKind::Tls => "tls",
-            ProbeKind::Dns => "dns",
-        }
-    }
-}
-
-/// DNS record types a DNS probe asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum RecordType {
-    A,
-    Aaaa,
-    Cname,
-    Mx,
-    Ns,
-    Txt,
-}
-
-impl RecordType {
-    /// The numeric type on the wire.
-    pub fn code(self) -> u16 {
-        match self {
-            RecordType::A => 1,
-            RecordType::Ns => 2,
-            RecordType::Cname => 5,
-            RecordType::Mx => 15,
-            RecordType::Txt => 16,
-            RecordType::Aaaa => 28,
-        }
-    }
-}
-
-impl fmt::Display for RecordType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RecordType::A => "A",
-            RecordType::Aaaa => "AAAA",
-            RecordType::Cname => "CNAME",
-            RecordType::Mx => "MX",
-            RecordType::Ns => "NS",
-            RecordType::Txt => "TXT",
-        })
-    }
-}
-
-/// An accepted HTTP status: `200`, or a class such as `2xx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct StatusPattern {
-    pub low: u16,
-    pub high: u16,
-}
-
-impl StatusPattern {
-    /// True when `code` is accepted.
-    pub fn matches(&self, code: u16) -> bool {
-        (self.low..=self.high).contains(&code)
-    }
-}
-
-impl From<StatusPattern> for String {
-    fn from(p: StatusPattern) -> String {
-        if p.low == p.high {
-            p.low.to_string()
-        } else {
-            format!("{}xx", p.low / 100)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for StatusPattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = StatusPattern;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an HTTP status such as 200, or a class such as 2xx")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusPattern, E> {
-                if (100..=599).contains(&v) {
-                    Ok(StatusPattern { low: v as u16, high: v as u16 })
-                } else {
-                    Err(E::custom(format!("{v} is not an HTTP status (100-599)")))
-                }
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusPattern, E> {
-                let class = v.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()).filter(|c| (1..=5).contains(c));
-                match class {
-                    Some(c) => Ok(StatusPattern { low: c * 100, high: c * 100 + 99 }),
-                    None => v
-                        .parse::<u64>()
-                        .map_err(|_| E::custom(format!("{v:?} is not a status or class (200, 2xx)")))
-                        .and_then(|n| self.visit_u64(n)),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+use crate::probe::dns::RecordType;
+use crate::probe::http::{HttpSpec, StatusPattern};
+use crate::probe::{ProbeKind, ProbeSpec, Target};
 
 /// One target as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -197,58 +81,6 @@ pub struct TargetSpec {
     /// The answers expected (dns): a different set flags a hijacked or changed record.
     #[serde(default)]
     pub expect: Option<Vec<String>>,
-}
-
-/// What an HTTP probe does.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpSpec {
-    pub url: String,
-    pub expect_status: Vec<StatusPattern>,
-    pub body_contains: Vec<String>,
-    pub body_not_contains: Vec<String>,
-    pub follow_redirects: u32,
-    pub max_body_bytes: usize,
-    pub ca: Option<PathBuf>,
-    pub server_name: Option<String>,
-    /// Connect here instead of the URL's host.
-    pub connect_to: Option<String>,
-    /// Watch the page for defacement (docs/security.md).
-    pub defacement: bool,
-}
-
-/// What one probe does, resolved from the target and the defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeSpec {
-    Icmp { count: u32, spacing: Duration, fast_down: bool },
-    Tcp { port: u16 },
-    Http(Box<HttpSpec>),
-    Tls { port: u16, server_name: String, ca: Option<PathBuf> },
-    Dns { port: u16, query: String, record_type: RecordType, expect: Option<BTreeSet<String>> },
-}
-
-/// A validated target.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub name: String,
-    /// Where the probe sends (for http, the URL's host unless overridden).
-    pub host: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub jitter: Duration,
-    pub spec: ProbeSpec,
-}
-
-impl Target {
-    /// The probe kind.
-    pub fn kind(&self) -> ProbeKind {
-        match self.spec {
-            ProbeSpec::Icmp { .. } => ProbeKind::Icmp,
-            ProbeSpec::Tcp { .. } => ProbeKind::Tcp,
-            ProbeSpec::Http(_) => ProbeKind::Http,
-            ProbeSpec::Tls { .. } => ProbeKind::Tls,
-            ProbeSpec::Dns { .. } => ProbeKind::Dns,
-        }
-    }
 }
 
 /// Which kinds each optional field applies to.

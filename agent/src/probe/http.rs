@@ -4,6 +4,8 @@
 //! a body size cap, a custom CA. Over HTTPS the request is sent only when the
 //! certificate verified; otherwise the TLS facts say why.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,83 @@ use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT}
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 use super::tls::{self, TlsFacts};
-use crate::config::HttpSpec;
 use tierwatch_runtime::url::{parse as parse_url, HttpUrl};
+
+/// An accepted HTTP status: `200`, or a class such as `2xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct StatusPattern {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusPattern {
+    /// True when `code` is accepted.
+    pub fn matches(&self, code: u16) -> bool {
+        (self.low..=self.high).contains(&code)
+    }
+}
+
+impl From<StatusPattern> for String {
+    fn from(p: StatusPattern) -> String {
+        if p.low == p.high {
+            p.low.to_string()
+        } else {
+            format!("{}xx", p.low / 100)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusPattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an HTTP status such as 200, or a class such as 2xx")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusPattern, E> {
+                if (100..=599).contains(&v) {
+                    Ok(StatusPattern { low: v as u16, high: v as u16 })
+                } else {
+                    Err(E::custom(format!("{v} is not an HTTP status (100-599)")))
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusPattern, E> {
+                let class = v.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()).filter(|c| (1..=5).contains(c));
+                match class {
+                    Some(c) => Ok(StatusPattern { low: c * 100, high: c * 100 + 99 }),
+                    None => v
+                        .parse::<u64>()
+                        .map_err(|_| E::custom(format!("{v:?} is not a status or class (200, 2xx)")))
+                        .and_then(|n| self.visit_u64(n)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What an HTTP probe does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSpec {
+    pub url: String,
+    pub expect_status: Vec<StatusPattern>,
+    pub body_contains: Vec<String>,
+    pub body_not_contains: Vec<String>,
+    pub follow_redirects: u32,
+    pub max_body_bytes: usize,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    /// Connect here instead of the URL's host.
+    pub connect_to: Option<String>,
+    /// Watch the page for defacement (docs/security.md).
+    pub defacement: bool,
+}
 
 /// Time spent in each phase, summed over redirects.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

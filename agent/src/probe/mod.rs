@@ -8,6 +8,7 @@ pub mod http;
 pub mod icmp;
 pub mod integrity;
 pub mod node;
+pub mod spec;
 pub mod tcp;
 pub mod tls;
 
@@ -20,8 +21,8 @@ use tierwatch_protocol::catalogue::{self, MetricDef};
 use tierwatch_protocol::{Label, Point, Series};
 use tokio::net::TcpStream;
 
-use crate::config::{ProbeKind, ProbeSpec, Target};
 use icmp::IcmpEngine;
+pub use spec::{ProbeKind, ProbeSpec, Target};
 
 /// The ICMP engine, or why there is none (reported by every ICMP probe).
 #[derive(Clone)]
@@ -40,16 +41,9 @@ impl Icmp {
     }
 }
 
-/// What flows from the measuring tasks to the batcher.
-#[derive(Debug, Clone)]
-pub enum Measurement {
-    /// One probe run of a target.
-    Probe(Outcome),
-    /// One sample of the node's health.
-    Node(Vec<Series>),
-    /// A security event from a sensor.
-    Event(tierwatch_protocol::Event),
-}
+/// Where a prober reports a failure found before its round ends (the
+/// scheduler hands the batcher's inbox in as this): it must not block.
+pub type EarlyReport = Arc<dyn Fn(Outcome) + Send + Sync>;
 
 /// What one probe run measured.
 #[derive(Debug, Clone)]
@@ -70,9 +64,29 @@ pub struct Outcome {
     pub events: Vec<tierwatch_protocol::Event>,
     /// A failure reported before its round ended; the round's own outcome follows.
     pub early: bool,
+    /// Up turned down or back since the target's last report (the prober
+    /// decides it, once; the batcher seals such news at once).
+    pub flipped: bool,
 }
 
 impl Outcome {
+    /// A failed run of `target` with nothing measured yet.
+    pub fn new(target: String, kind: ProbeKind, verbose: bool) -> Outcome {
+        Outcome {
+            target,
+            kind,
+            success: false,
+            duration: Duration::ZERO,
+            series: Vec::new(),
+            detail: Vec::new(),
+            error: None,
+            verbose,
+            events: Vec::new(),
+            early: false,
+            flipped: false,
+        }
+    }
+
     /// Adds a security event the probe found, and says so in the detail.
     fn event(&mut self, e: tierwatch_protocol::Event) {
         self.note(|| {
@@ -140,8 +154,8 @@ pub struct Prober {
     /// The target's round-trip times so far (icmp), for fast failure detection.
     rtt: RttEstimate,
     last_success: Option<bool>,
-    /// Where an early failure goes (the batcher), without waiting for the round.
-    early: Option<tokio::sync::mpsc::Sender<Measurement>>,
+    /// Where an early failure goes, without waiting for the round.
+    early: Option<EarlyReport>,
 }
 
 /// Smoothed round-trip time and its variation (RFC 6298), and from them the
@@ -202,9 +216,9 @@ impl Prober {
         }
     }
 
-    /// Sends early failures (a silent ICMP target) to `tx` as they are found.
-    pub fn reporting_early(mut self, tx: tokio::sync::mpsc::Sender<Measurement>) -> Self {
-        self.early = Some(tx);
+    /// Reports early failures (a silent ICMP target) to `report` as they are found.
+    pub fn reporting_early(mut self, report: EarlyReport) -> Self {
+        self.early = Some(report);
         self
     }
 
@@ -224,18 +238,10 @@ impl Prober {
         let started = Instant::now();
         let mut ts = tierwatch_protocol::now_ms();
         let t = &self.target;
-        let mut out = Outcome {
-            target: t.name.clone(),
-            kind: t.kind(),
-            success: false,
-            duration: Duration::ZERO,
-            series: Vec::new(),
-            detail: Vec::new(),
-            error: None,
-            verbose: self.verbose,
-            events: Vec::new(),
-            early: false,
-        };
+        let mut out = Outcome::new(t.name.clone(), t.kind(), self.verbose);
+        // Whether a failure was already reported for this round (the news the
+        // round's own result is compared with).
+        let mut reported_early = false;
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
         match &t.spec {
@@ -249,6 +255,7 @@ impl Prober {
                     };
                     let round = IcmpRound { ip, count: *count, spacing: *spacing, timeout: t.timeout, ts };
                     let early_ts = Box::pin(icmp_round(&mut out, icmp, round, early, &mut self.rtt)).await;
+                    reported_early = early_ts.is_some();
                     // Stamped after its early report, so the round's result
                     // (perhaps the target answering again) is the newer one.
                     if let Some(e) = early_ts.filter(|e| *e >= ts) {
@@ -319,19 +326,15 @@ impl Prober {
         let probe = out.kind.as_str();
         out.push(&catalogue::PROBE_SUCCESS, &[("probe", probe)], out.success as u8 as f64, ts);
         out.push(&catalogue::PROBE_DURATION, &[("probe", probe)], out.duration.as_secs_f64(), ts);
+        let before = if reported_early { Some(false) } else { self.last_success };
+        out.flipped = before.is_some_and(|b| b != out.success);
         self.last_success = Some(out.success);
         out
     }
 }
 
 /// Turns a fetch into series; `last_fingerprint` is the previous round's, for the change signal.
-fn http_outcome(
-    out: &mut Outcome,
-    spec: &crate::config::HttpSpec,
-    f: http::Fetch,
-    ts: i64,
-    last_fingerprint: &mut Option<u64>,
-) {
+fn http_outcome(out: &mut Outcome, spec: &http::HttpSpec, f: http::Fetch, ts: i64, last_fingerprint: &mut Option<u64>) {
     if let Some(facts) = &f.tls {
         tls_facts(out, facts, ts);
     }
@@ -407,7 +410,7 @@ async fn icmp_round(
     out: &mut Outcome,
     icmp: &Icmp,
     r: IcmpRound,
-    early: Option<(Duration, &tokio::sync::mpsc::Sender<Measurement>)>,
+    early: Option<(Duration, &EarlyReport)>,
     rtt: &mut RttEstimate,
 ) -> Option<i64> {
     let IcmpRound { ip, count, spacing, timeout, ts } = r;
@@ -431,23 +434,14 @@ async fn icmp_round(
         Ok(i) = silent_rx => {
             let now = tierwatch_protocol::now_ms();
             early_ts = Some(now);
-            if let Some((rto, tx)) = early {
-                let mut e = Outcome {
-                    target: out.target.clone(),
-                    kind: out.kind,
-                    success: false,
-                    duration: Duration::ZERO,
-                    series: Vec::new(),
-                    detail: Vec::new(),
-                    error: Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once")),
-                    verbose: false,
-                    events: Vec::new(),
-                    early: true,
-                };
+            if let Some((rto, report)) = early {
+                let mut e = Outcome::new(out.target.clone(), out.kind, false);
+                e.error = Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once"));
+                // Only a target that was up is watched: this is a flip.
+                (e.early, e.flipped) = (true, true);
                 e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
                 tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
-                // A full channel only delays the news to the round's end.
-                let _ = tx.try_send(Measurement::Probe(e));
+                report(e);
             }
             running.await
         }
@@ -613,7 +607,7 @@ fn dns_outcome(
     out: &mut Outcome,
     l: &dns::Lookup,
     query: &str,
-    rtype: crate::config::RecordType,
+    rtype: dns::RecordType,
     expect: Option<&std::collections::BTreeSet<String>>,
     ts: i64,
 ) {
@@ -648,6 +642,33 @@ fn dns_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_prober_decides_a_flip_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let second = Duration::from_secs(1);
+        let spec = ProbeSpec::Tcp { port };
+        let target = Target {
+            name: "t".into(),
+            host: "127.0.0.1".into(),
+            interval: second,
+            timeout: second,
+            jitter: Duration::ZERO,
+            spec,
+        };
+        let mut p = Prober::new(target);
+        let icmp = Icmp::Unavailable("unused".into());
+        let first = p.run(&icmp).await;
+        assert!(first.success && !first.flipped, "a first result is no flip");
+        let again = p.run(&icmp).await;
+        assert!(again.success && !again.flipped);
+        drop(listener);
+        let down = p.run(&icmp).await;
+        assert!(!down.success && down.flipped, "{:?}", down.error);
+        let still = p.run(&icmp).await;
+        assert!(!still.success && !still.flipped);
+    }
 
     #[test]
     fn overdue_follows_the_link_and_stays_within_bounds() {

@@ -20,7 +20,7 @@ use tierwatch_yamlconf::Problems;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Measurement;
+use crate::batcher::Measurement;
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac(m: &[u8; 6]) -> String {
