@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::batcher::Measurement;
 use crate::config::NodeHealthSpec;
-use crate::probe::node::NodeSampler;
+use crate::probe::node_health::NodeSampler;
 use crate::probe::Target;
 use crate::probe::{Icmp, Prober};
 

@@ -398,7 +398,7 @@ impl Config {
 mod tests {
     use super::*;
     use crate::probe::ProbeSpec;
-    use crate::sensor::ra::Router;
+    use crate::sensor::router_advert::Router;
 
     fn write_pki(dir: &Path) {
         for f in ["ca.crt", "n.crt", "n.key"] {

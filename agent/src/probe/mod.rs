@@ -6,9 +6,9 @@ pub mod deface;
 pub mod dns;
 pub mod http;
 pub mod icmp;
-pub mod integrity;
-pub mod node;
+pub mod node_health;
 pub mod spec;
+pub mod tampering;
 pub mod tcp;
 pub mod tls;
 
@@ -147,9 +147,9 @@ pub struct Prober {
     /// The page's baseline, for defacement (http).
     deface: deface::Watch,
     /// The certificate last presented (tls, https).
-    cert: integrity::CertWatch,
+    cert: tampering::CertWatch,
     /// Unexpected DNS answers reported (dns).
-    dns: integrity::DnsWatch,
+    dns: tampering::DnsWatch,
     verbose: bool,
     /// The target's round-trip times so far (icmp), for fast failure detection.
     rtt: RttEstimate,
@@ -207,8 +207,8 @@ impl Prober {
             roots,
             last_fingerprint: None,
             deface: deface::Watch::default(),
-            cert: integrity::CertWatch::default(),
-            dns: integrity::DnsWatch::default(),
+            cert: tampering::CertWatch::default(),
+            dns: tampering::DnsWatch::default(),
             verbose: false,
             rtt: RttEstimate::default(),
             last_success: None,

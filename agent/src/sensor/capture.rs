@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::arp::{ArpPolicy, ArpWatch};
 use super::dhcp::DhcpWatch;
-use super::ra::{Router, RouterWatch};
+use super::router_advert::{Router, RouterWatch};
 use super::scan::{ScanDetector, ScanPolicy};
 use super::LanSpec;
 
@@ -137,7 +137,7 @@ impl Sensors {
                 }
             }
             EtherTypes::Ipv6 => {
-                if let Some(ad) = super::ra::parse(eth.payload()) {
+                if let Some(ad) = super::router_advert::parse(eth.payload()) {
                     out.extend(self.routers.observe(&ad, src_mac, now_ms));
                 }
             }

@@ -3,13 +3,13 @@
 //! brute force) becomes security events in its batches (docs/security.md).
 
 pub mod arp;
-pub mod auth;
 pub mod capture;
 pub mod dhcp;
 pub mod files;
 pub mod listen;
-pub mod ra;
+pub mod router_advert;
 pub mod scan;
+pub mod ssh;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -160,7 +160,7 @@ fn default_auth_log() -> std::path::PathBuf {
 pub struct HostSpec {
     /// Check interval and allowed ports, when on.
     pub listeners: Option<(Duration, Vec<u16>)>,
-    pub ssh: Option<(std::path::PathBuf, auth::SshPolicy)>,
+    pub ssh: Option<(std::path::PathBuf, ssh::SshPolicy)>,
     /// Watched paths, critical ones (the agent's own), interval, max files, baseline file.
     pub files: Option<FilesSpec>,
 }
@@ -191,7 +191,7 @@ pub fn validate_host(
         (raw.listeners.interval.max(Duration::from_secs(1)), raw.listeners.allow.clone())
     });
     let ssh = raw.ssh.enabled.then(|| {
-        let mut policy = auth::SshPolicy::default();
+        let mut policy = ssh::SshPolicy::default();
         if let Some(f) = raw.ssh.failures {
             if f < 2 {
                 p.push("sensors.host.ssh.failures", "must be at least 2");
@@ -243,8 +243,8 @@ pub fn spawn_host(
     token: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("host-sensor".into()).spawn(move || {
-        let mut tail = spec.ssh.as_ref().map(|(path, _)| auth::Lines::new(path.clone()));
-        let mut ssh = spec.ssh.as_ref().map(|(_, p)| auth::SshWatch::new(p.clone()));
+        let mut tail = spec.ssh.as_ref().map(|(path, _)| ssh::Lines::new(path.clone()));
+        let mut ssh = spec.ssh.as_ref().map(|(_, p)| ssh::SshWatch::new(p.clone()));
         let mut listen = listen::ListenWatch::new(spec.listeners.as_ref().map(|l| l.1.clone()).unwrap_or_default());
         let mut next_listen = std::time::Instant::now();
         let mut files = spec
@@ -370,7 +370,7 @@ pub struct LanSpec {
     pub scan: scan::ScanPolicy,
     pub arp: arp::ArpPolicy,
     pub dhcp_servers: Vec<Ipv4Addr>,
-    pub routers: Vec<ra::Router>,
+    pub routers: Vec<router_advert::Router>,
 }
 
 /// Validates `sensors.lan`; problems go to `p`.
@@ -431,8 +431,8 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
     let mut routers = Vec::new();
     for (i, r) in lan.router_advert.allow.iter().enumerate() {
         match (r.parse::<std::net::Ipv6Addr>(), parse_mac(r)) {
-            (Ok(a), _) => routers.push(ra::Router::Addr(a)),
-            (_, Some(m)) => routers.push(ra::Router::Mac(m)),
+            (Ok(a), _) => routers.push(router_advert::Router::Addr(a)),
+            (_, Some(m)) => routers.push(router_advert::Router::Mac(m)),
             _ => p.push(
                 format!("sensors.lan.router_advert.allow[{i}]"),
                 format!("{r:?} is not an IPv6 address (fe80::1) nor a MAC (aa:bb:cc:dd:ee:ff)"),
