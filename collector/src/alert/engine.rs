@@ -9,39 +9,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tierwatch_protocol::{Label, NodeId};
+use tierwatch_protocol::NodeId;
 
 use super::flap::Flaps;
-use super::incident::{self, Active, Incident};
-use super::maintenance::Window;
-use super::model::{Ack, AlertView, Change, IncidentView, Scope, Severity};
-use super::rules::{Rule, RuleKind, Rules};
-use super::state::{is_firing, step, Phase, Reading, Transition};
+use super::incident::{self, Active};
+use super::maintenance::{self, Window};
+use super::model::{Ack, Change, IncidentView};
+use super::readings::{self, AlertKey, Silence};
+use super::rules::{RuleKind, Rules};
+use super::state::{is_firing, step, Instance, Phase, Reading, Transition};
+use super::view;
 use crate::store::Store;
-use crate::template::render_in;
-use crate::topology::{Node, Topology};
+use crate::topology::Topology;
 
 /// Push interval assumed for a node that has not announced one.
 pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// One alert instance: a rule on one node and series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AlertKey {
-    pub rule: usize,
-    pub node: NodeId,
-    pub labels: Vec<Label>,
-}
-
-/// What the rules read at one evaluation: per alert instance its reading,
-/// subject and value; and the nodes that are late (suspect).
-type Readings = (HashMap<AlertKey, (Reading, NodeId, f64)>, HashSet<NodeId>);
-
-#[derive(Debug, Clone)]
-struct Instance {
-    phase: Phase,
-    subject: NodeId,
-    value: f64,
-}
 
 /// The engine's state between evaluations.
 pub struct Engine {
@@ -67,28 +49,6 @@ pub struct Engine {
     windows: Vec<Window>,
     /// Incidents kept from paging by a maintenance window, by key.
     muted: BTreeMap<String, IncidentView>,
-}
-
-/// An event's severity on the rules' scale.
-fn event_severity(s: i32) -> Severity {
-    match tierwatch_protocol::Severity::try_from(s) {
-        Ok(tierwatch_protocol::Severity::Critical) => Severity::Critical,
-        Ok(tierwatch_protocol::Severity::Warning) => Severity::Warning,
-        _ => Severity::Info,
-    }
-}
-
-fn vars<'a>(node: &'a Node, labels: &'a [Label], value: f64) -> impl Fn(&str) -> Option<String> + 'a {
-    move |k: &str| match k {
-        "value" => Some(value.to_string()),
-        "node_name" => Some(node.name.clone()),
-        _ => node
-            .identity_labels()
-            .iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-            .or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.clone())),
-    }
 }
 
 impl Engine {
@@ -172,7 +132,7 @@ impl Engine {
     /// and its push interval. The silence of a node behind one that just
     /// came back counts from that return: its agent needs a moment to
     /// reconnect, and must not be paged for the parent's outage.
-    fn silences(&mut self, store: &Store, now_ms: i64) -> HashMap<NodeId, (i64, i64)> {
+    fn silences(&mut self, store: &Store, now_ms: i64) -> HashMap<NodeId, Silence> {
         let mut raw: Vec<(usize, NodeId, i64, i64)> = Vec::new();
         store.for_each_node(i64::MIN, |node, state| {
             // Never heard from: unknown, neither down nor late.
@@ -205,121 +165,11 @@ impl Engine {
         out
     }
 
-    fn readings(&self, store: &Store, silences: &HashMap<NodeId, (i64, i64)>, now_ms: i64) -> Readings {
-        let mut out = HashMap::new();
-        let mut suspect = HashSet::new();
-        store.for_each_node(i64::MIN, |node, state| {
-            let Some(&(age, interval)) = silences.get(&node.id) else { return };
-            // Late by more than half an interval: suspect. A parent that pushed
-            // up to one interval after its children is then always suspect
-            // when they are declared down (missed >= 2), so they wait for it.
-            if age > interval + interval / 2 {
-                suspect.insert(node.id.clone());
-            }
-            let identity = node.identity_labels();
-            for (ri, rule) in self.rules.rules.iter().enumerate() {
-                match &rule.kind {
-                    RuleKind::Heartbeat { missed } => {
-                        if !rule.matches(|k| identity.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)) {
-                            continue;
-                        }
-                        let reading = if age > *missed as i64 * interval {
-                            Reading::Breach
-                        } else if age <= interval + interval / 2 {
-                            Reading::Clear
-                        } else {
-                            Reading::Between
-                        };
-                        let key = AlertKey { rule: ri, node: node.id.clone(), labels: Vec::new() };
-                        out.insert(key, (reading, node.id.clone(), age as f64 / 1000.0));
-                    }
-                    RuleKind::Threshold { metric, condition, until_now } => {
-                        for ((name, labels), v) in &state.series {
-                            if name != metric {
-                                continue;
-                            }
-                            let lookup = |k: &str| {
-                                identity
-                                    .iter()
-                                    .find(|(n, _)| *n == k)
-                                    .map(|(_, v)| *v)
-                                    .or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()))
-                            };
-                            if !rule.matches(lookup) {
-                                continue;
-                            }
-                            let value = if *until_now { v.value - now_ms as f64 / 1000.0 } else { v.value };
-                            let reading = if condition.fires(value) {
-                                Reading::Breach
-                            } else if condition.clears(value) {
-                                Reading::Clear
-                            } else {
-                                Reading::Between
-                            };
-                            // A rule about the node a label names applies only
-                            // where it names one: the province's probe of its own
-                            // upstream gateway is no commune's WAN link.
-                            let subject = match rule.subject.as_deref() {
-                                None => node.id.clone(),
-                                Some(l) => {
-                                    match labels.iter().find(|x| x.name == l).and_then(|x| self.topo.get_str(&x.value))
-                                    {
-                                        Some(n) => n.id.clone(),
-                                        None => continue,
-                                    }
-                                }
-                            };
-                            let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
-                            out.insert(key, (reading, subject, value));
-                        }
-                    }
-                    RuleKind::Event { kind, severity, hold, group_by } => {
-                        // One alert per kind (and `group_by` attributes) with an event within `hold`.
-                        let hold_ms = hold.as_millis() as i64;
-                        let mut groups: BTreeMap<Vec<Label>, f64> = BTreeMap::new();
-                        for e in &state.recent_events {
-                            if now_ms - e.timestamp_ms >= hold_ms
-                                || kind.as_ref().is_some_and(|k| *k != e.kind)
-                                || severity.is_some_and(|s| s != event_severity(e.severity))
-                            {
-                                continue;
-                            }
-                            let lookup = |k: &str| {
-                                identity.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).or_else(|| {
-                                    if k == "kind" {
-                                        Some(e.kind.as_str())
-                                    } else {
-                                        e.attributes.get(k).map(String::as_str)
-                                    }
-                                })
-                            };
-                            if !rule.matches(lookup) {
-                                continue;
-                            }
-                            let mut labels = vec![Label::new("kind", e.kind.clone())];
-                            for g in group_by {
-                                if let Some(v) = e.attributes.get(g) {
-                                    labels.push(Label::new(g.clone(), v.clone()));
-                                }
-                            }
-                            labels.sort();
-                            *groups.entry(labels).or_default() += 1.0;
-                        }
-                        for (labels, count) in groups {
-                            let key = AlertKey { rule: ri, node: node.id.clone(), labels };
-                            out.insert(key, (Reading::Breach, node.id.clone(), count));
-                        }
-                    }
-                }
-            }
-        });
-        (out, suspect)
-    }
-
     /// Evaluates every rule at `now_ms`; returns the incident changes to notify.
     pub fn evaluate(&mut self, store: &Store, now_ms: i64) -> Vec<Change> {
         let silences = self.silences(store, now_ms);
-        let (readings, suspect) = self.readings(store, &silences, now_ms);
+        let readings::Readings { by_key: readings, suspect } =
+            readings::read(&self.rules, &self.topo, store, &silences, now_ms);
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
         keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
         for key in keys {
@@ -385,7 +235,7 @@ impl Engine {
             if (inc.held || waiting) && !self.open.contains_key(&inc.key()) {
                 continue;
             }
-            present.insert(inc.key(), self.view(inc, &firing, &active));
+            present.insert(inc.key(), view::incident(&self.rules, &self.topo, inc, &firing, &active));
         }
         let present = self.flaps.apply(present, now_ms);
         let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
@@ -396,7 +246,7 @@ impl Engine {
                 Some(old) => view.ack = old.ack.clone(),
                 None => {
                     // Not paged yet: a maintenance window keeps it quiet.
-                    if let Some(w) = self.muted_by(&view, now_ms) {
+                    if let Some(w) = maintenance::covering(&self.windows, &self.topo, &view, now_ms) {
                         view.muted = Some(w.describe(&self.rules.locale));
                         if !was_muted.contains_key(&key) {
                             changes.push(Change::Muted(view.clone()));
@@ -435,92 +285,13 @@ impl Engine {
         self.open = now_open;
         changes
     }
-
-    /// The active window that covers `v`: every alert about its own node
-    /// (every alert, for a children incident; the node, when it has none,
-    /// as a flapping incident) matches the window.
-    fn muted_by(&self, v: &IncidentView, now_ms: i64) -> Option<&Window> {
-        let node_labels = |id: &str| self.topo.get_str(id).map(|n| n.identity_labels());
-        let covers = |w: &Window, node: &str, labels: &BTreeMap<String, String>| {
-            let identity = node_labels(node);
-            w.matches(|k| {
-                identity
-                    .as_ref()
-                    .and_then(|i| i.iter().find(|(n, _)| *n == k).map(|(_, v)| *v))
-                    .or_else(|| labels.get(k).map(String::as_str))
-            })
-        };
-        let mut windows = self.windows.iter().filter(|w| w.active(now_ms));
-        let relevant: Vec<&AlertView> =
-            v.alerts.iter().filter(|a| v.scope == Scope::Children || a.subject == v.node).collect();
-        if relevant.is_empty() {
-            return windows.find(|w| covers(w, &v.node, &BTreeMap::new()));
-        }
-        windows.find(|w| relevant.iter().all(|a| covers(w, &a.subject, &a.labels)))
-    }
-
-    fn view(&self, inc: &Incident, firing: &[(&AlertKey, &Instance)], active: &[Active]) -> IncidentView {
-        let name = |id: &NodeId| self.topo.get(id).map_or_else(|| id.to_string(), |n| n.name.clone());
-        let t = self.rules.locale.texts();
-        let alerts: Vec<AlertView> = inc
-            .alerts
-            .iter()
-            .map(|&i| {
-                let (k, inst) = firing[i];
-                let rule: &Rule = &self.rules.rules[k.rule];
-                let summary = match self.topo.get(&k.node) {
-                    Some(node) => render_in(&rule.summary, &vars(node, &k.labels, inst.value), t.days),
-                    None => rule.summary.clone(),
-                };
-                AlertView {
-                    rule: rule.name.clone(),
-                    node: k.node.to_string(),
-                    subject: inst.subject.to_string(),
-                    labels: k.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
-                    value: inst.value,
-                    severity: rule.severity,
-                    since_ms: active[i].since_ms,
-                    summary,
-                }
-            })
-            .collect();
-        let affected: Vec<(String, String)> = inc.affected.iter().map(|n| (n.to_string(), name(n))).collect();
-        let names = affected.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
-        let node_name = name(&inc.node);
-        let count = affected.len().to_string();
-        let vars =
-            [("node", node_name.as_str()), ("problem", t.problem(&inc.problem)), ("count", &count), ("names", &names)];
-        let summary = match (inc.scope, affected.is_empty()) {
-            (Scope::Children, _) => t.fill(t.incident_children, &vars),
-            (Scope::Node, false) => t.fill(t.incident_cut_off, &vars),
-            (Scope::Node, true) => alerts
-                .iter()
-                .find(|a| a.subject == inc.node.as_str())
-                .or(alerts.first())
-                .map_or_else(|| t.fill(t.incident_plain, &vars), |a| a.summary.clone()),
-        };
-        IncidentView {
-            key: inc.key(),
-            node: inc.node.to_string(),
-            node_name: name(&inc.node),
-            problem: inc.problem.clone(),
-            scope: inc.scope,
-            severity: inc.severity,
-            since_ms: inc.since_ms,
-            summary,
-            affected,
-            alerts,
-            muted: None,
-            ack: None,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
-    use tierwatch_protocol::{Batch, MetricKind, Point, Series};
+    use tierwatch_protocol::{Batch, Label, MetricKind, Point, Series};
 
     const RULES: &str = "grouping:\n  min_children: 3\n  group_wait: 0s\nrules:\n  - name: node_down\n    heartbeat: {missed: 3}\n    problem: unreachable\n    severity: critical\n    summary: \"{{ node_name }} stopped reporting\"\n  - name: wan_link_down\n    metric: tierwatch_probe_success\n    match: {tier: province, probe: icmp}\n    subject: target\n    below: 1\n    problem: unreachable\n    severity: critical\n    summary: \"link to {{ target }} down\"\n";
 

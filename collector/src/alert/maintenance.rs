@@ -11,6 +11,9 @@ use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use tierwatch_yamlconf::Problems;
 
+use super::model::{AlertView, IncidentView, Scope};
+use crate::topology::Topology;
+
 /// A window as written in `collector.yaml` or posted to the API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +165,29 @@ pub fn insert(conn: &Connection, w: &Window) -> rusqlite::Result<()> {
 /// Deletes a window set through the API; false if there was none.
 pub fn delete(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
     conn.execute("DELETE FROM maintenance WHERE id = ?1", [id]).map(|n| n > 0)
+}
+
+/// The active window of `windows` that covers `v`: every alert about its own node
+/// (every alert, for a children incident; the node, when it has none,
+/// as a flapping incident) matches the window.
+pub fn covering<'a>(windows: &'a [Window], topo: &Topology, v: &IncidentView, now_ms: i64) -> Option<&'a Window> {
+    let node_labels = |id: &str| topo.get_str(id).map(|n| n.identity_labels());
+    let covers = |w: &Window, node: &str, labels: &BTreeMap<String, String>| {
+        let identity = node_labels(node);
+        w.matches(|k| {
+            identity
+                .as_ref()
+                .and_then(|i| i.iter().find(|(n, _)| *n == k).map(|(_, v)| *v))
+                .or_else(|| labels.get(k).map(String::as_str))
+        })
+    };
+    let mut windows = windows.iter().filter(|w| w.active(now_ms));
+    let relevant: Vec<&AlertView> =
+        v.alerts.iter().filter(|a| v.scope == Scope::Children || a.subject == v.node).collect();
+    if relevant.is_empty() {
+        return windows.find(|w| covers(w, &v.node, &BTreeMap::new()));
+    }
+    windows.find(|w| relevant.iter().all(|a| covers(w, &a.subject, &a.labels)))
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ pub mod maintenance;
 pub mod model;
 pub mod notify;
 pub mod persist;
+pub mod readings;
 pub mod rules;
 pub mod state;
+pub mod view;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

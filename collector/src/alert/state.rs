@@ -5,6 +5,17 @@
 
 use std::time::Duration;
 
+use tierwatch_protocol::NodeId;
+
+/// One alert instance between evaluations: where it stands, the node it
+/// is about and its last value.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub phase: Phase,
+    pub subject: NodeId,
+    pub value: f64,
+}
+
 /// Where an alert instance stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

@@ -1,0 +1,167 @@
+//! What the rules read at one evaluation, one function per rule kind: a
+//! heartbeat reads how long a node has been silent, a threshold the latest
+//! value of each matching series, an event rule the node's recent events.
+//! Each reading is about one alert instance ([`AlertKey`]) and one subject
+//! node; the engine steps the instance's state machine with it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use tierwatch_protocol::{Label, NodeId};
+
+use super::model::Severity;
+use super::rules::{Rule, RuleKind, Rules};
+use super::state::Reading;
+use crate::store::{NodeState, Store};
+use crate::topology::{Node, Topology};
+
+/// One alert instance: a rule on one node and series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertKey {
+    pub rule: usize,
+    pub node: NodeId,
+    pub labels: Vec<Label>,
+}
+
+/// What the rules read at one evaluation.
+#[derive(Debug, Default)]
+pub struct Readings {
+    /// Per alert instance: its reading, the node it is about, its value.
+    pub by_key: HashMap<AlertKey, (Reading, NodeId, f64)>,
+    /// Nodes late by more than half an interval.
+    pub suspect: HashSet<NodeId>,
+}
+
+/// How long a node has been silent and its push interval, both in ms.
+pub type Silence = (i64, i64);
+
+/// Reads every rule over every node heard from (those in `silences`).
+pub fn read(
+    rules: &Rules,
+    topo: &Topology,
+    store: &Store,
+    silences: &HashMap<NodeId, Silence>,
+    now_ms: i64,
+) -> Readings {
+    let mut out = Readings::default();
+    store.for_each_node(i64::MIN, |node, state| {
+        let Some(&(age, interval)) = silences.get(&node.id) else { return };
+        // Late by more than half an interval: suspect. A parent that pushed
+        // up to one interval after its children is then always suspect
+        // when they are declared down (missed >= 2), so they wait for it.
+        if age > interval + interval / 2 {
+            out.suspect.insert(node.id.clone());
+        }
+        for (ri, rule) in rules.rules.iter().enumerate() {
+            match &rule.kind {
+                RuleKind::Heartbeat { missed } => heartbeat(&mut out, ri, rule, node, (age, interval), *missed),
+                RuleKind::Threshold { .. } => threshold(&mut out, ri, rule, topo, node, state, now_ms),
+                RuleKind::Event { .. } => events(&mut out, ri, rule, node, state, now_ms),
+            }
+        }
+    });
+    out
+}
+
+/// An identity label of `node`.
+fn identity<'a>(node: &'a Node, k: &str) -> Option<&'a str> {
+    node.identity_labels().into_iter().find(|(n, _)| *n == k).map(|(_, v)| v)
+}
+
+/// A node missing `missed` push intervals breaches; back within one and a half, clears.
+fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, (age, interval): Silence, missed: u32) {
+    if !rule.matches(|k| identity(node, k)) {
+        return;
+    }
+    let reading = if age > missed as i64 * interval {
+        Reading::Breach
+    } else if age <= interval + interval / 2 {
+        Reading::Clear
+    } else {
+        Reading::Between
+    };
+    let key = AlertKey { rule: ri, node: node.id.clone(), labels: Vec::new() };
+    out.by_key.insert(key, (reading, node.id.clone(), age as f64 / 1000.0));
+}
+
+/// Every series of the rule's metric that its matchers select, against its thresholds.
+fn threshold(out: &mut Readings, ri: usize, rule: &Rule, topo: &Topology, node: &Node, state: &NodeState, now_ms: i64) {
+    let RuleKind::Threshold { metric, condition, until_now } = &rule.kind else { return };
+    for ((name, labels), v) in &state.series {
+        if name != metric {
+            continue;
+        }
+        let lookup =
+            |k: &str| identity(node, k).or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()));
+        if !rule.matches(lookup) {
+            continue;
+        }
+        let value = if *until_now { v.value - now_ms as f64 / 1000.0 } else { v.value };
+        let reading = if condition.fires(value) {
+            Reading::Breach
+        } else if condition.clears(value) {
+            Reading::Clear
+        } else {
+            Reading::Between
+        };
+        // A rule about the node a label names applies only where it names
+        // one: the province's probe of its own upstream gateway is no
+        // commune's WAN link.
+        let subject = match rule.subject.as_deref() {
+            None => node.id.clone(),
+            Some(l) => match labels.iter().find(|x| x.name == l).and_then(|x| topo.get_str(&x.value)) {
+                Some(n) => n.id.clone(),
+                None => continue,
+            },
+        };
+        let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
+        out.by_key.insert(key, (reading, subject, value));
+    }
+}
+
+/// One alert per kind (and `group_by` attributes) with an event within `hold`.
+fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, state: &NodeState, now_ms: i64) {
+    let RuleKind::Event { kind, severity, hold, group_by } = &rule.kind else { return };
+    let hold_ms = hold.as_millis() as i64;
+    let mut groups: BTreeMap<Vec<Label>, f64> = BTreeMap::new();
+    for e in &state.recent_events {
+        if now_ms - e.timestamp_ms >= hold_ms
+            || kind.as_ref().is_some_and(|k| *k != e.kind)
+            || severity.is_some_and(|s| s != event_severity(e.severity))
+        {
+            continue;
+        }
+        let lookup = |k: &str| {
+            identity(node, k).or_else(|| {
+                if k == "kind" {
+                    Some(e.kind.as_str())
+                } else {
+                    e.attributes.get(k).map(String::as_str)
+                }
+            })
+        };
+        if !rule.matches(lookup) {
+            continue;
+        }
+        let mut labels = vec![Label::new("kind", e.kind.clone())];
+        for g in group_by {
+            if let Some(v) = e.attributes.get(g) {
+                labels.push(Label::new(g.clone(), v.clone()));
+            }
+        }
+        labels.sort();
+        *groups.entry(labels).or_default() += 1.0;
+    }
+    for (labels, count) in groups {
+        let key = AlertKey { rule: ri, node: node.id.clone(), labels };
+        out.by_key.insert(key, (Reading::Breach, node.id.clone(), count));
+    }
+}
+
+/// An event's severity on the rules' scale.
+fn event_severity(s: i32) -> Severity {
+    match tierwatch_protocol::Severity::try_from(s) {
+        Ok(tierwatch_protocol::Severity::Critical) => Severity::Critical,
+        Ok(tierwatch_protocol::Severity::Warning) => Severity::Warning,
+        _ => Severity::Info,
+    }
+}

@@ -1,0 +1,170 @@
+//! From `rules.yaml` as written to [`Rules`]: the checks every rule shares
+//! (name, problem, matchers, summary), then one function per rule kind.
+//! Every problem is collected, each with its key path, and reported at once
+//! with its line.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use tierwatch_yamlconf::{ConfigError, Problems};
+
+use super::raw::{RawEventRule, RawHeartbeat, RawRule, RawRules};
+use super::{name_ok, Condition, Rule, RuleKind, Rules, Values};
+use crate::alert::flap::FlapPolicy;
+use crate::i18n::{Language, Locale};
+
+/// Validates the whole file.
+pub(super) fn rules(raw: RawRules, file: &Path, text: &str, locale: Locale) -> Result<Rules, ConfigError> {
+    let mut p = Problems::default();
+    let mut names = HashSet::new();
+    let mut rules = Vec::new();
+    if raw.grouping.min_children < 2 {
+        p.push("grouping.min_children", "must be at least 2");
+    }
+    if raw.flapping.opens == 1 {
+        p.push("flapping.opens", "1 would make every incident flapping; use 2 or more, or 0 to turn it off");
+    }
+    if raw.flapping.opens > 0 && raw.flapping.window.is_zero() {
+        p.push("flapping.window", "must be longer than 0s");
+    }
+    for (i, r) in raw.rules.iter().enumerate() {
+        let key = |k: &str| format!("rules[{i}].{k}");
+        common(r, &key, &mut names, &mut p);
+        let kinds = [r.metric.is_some(), r.heartbeat.is_some(), r.event.is_some()];
+        if kinds.iter().filter(|&&k| k).count() > 1 {
+            p.push(key("metric"), "a rule is one of a metric threshold, a heartbeat or an event rule");
+            continue;
+        }
+        let kind = match (&r.metric, &r.heartbeat, &r.event) {
+            (_, _, Some(e)) => event(r, e, &key, &mut p),
+            (None, Some(h), _) => Some(heartbeat(r, h, &key, &mut p)),
+            (Some(metric), None, _) => threshold(r, metric, &key, &mut p),
+            _ => {
+                p.push(key("metric"), "give a metric (threshold rule), heartbeat: {missed: N} or event: {...}");
+                None
+            }
+        };
+        if let Some(kind) = kind {
+            rules.push(rule(r, kind, locale.language));
+        }
+    }
+    p.into_result(file, text)?;
+    let flapping = FlapPolicy { opens: raw.flapping.opens, window: raw.flapping.window, quiet: raw.flapping.quiet };
+    Ok(Rules { locale, min_children: raw.grouping.min_children, group_wait: raw.grouping.group_wait, flapping, rules })
+}
+
+/// What every rule needs: a unique name, a problem, label matchers, a summary.
+fn common(r: &RawRule, key: &dyn Fn(&str) -> String, names: &mut HashSet<String>, p: &mut Problems) {
+    if !name_ok(&r.name) {
+        p.push(key("name"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.name));
+    } else if !names.insert(r.name.clone()) {
+        p.push(key("name"), format!("{:?} is used by another rule", r.name));
+    }
+    if matches!(&r.summary, super::raw::Localized::PerLanguage(m) if m.is_empty()) {
+        p.push(key("summary"), "give the text, or one per language: {en: ..., vi: ...}");
+    }
+    if !name_ok(&r.problem) {
+        p.push(key("problem"), format!("{:?}: use 1-64 of a-z, A-Z, 0-9, _ and -", r.problem));
+    }
+    for (field, m) in [("match", &r.matchers), ("not_match", &r.not_match)] {
+        for (k, v) in m {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                p.push(key(field), format!("{k:?} is not a label name"));
+            }
+            if matches!(v, Values::Any(list) if list.is_empty()) {
+                p.push(key(&format!("{field}.{k}")), "give at least one value");
+            }
+        }
+    }
+}
+
+/// An event rule: which events, held how long; no threshold, `for` or subject.
+fn event(r: &RawRule, e: &RawEventRule, key: &dyn Fn(&str) -> String, p: &mut Problems) -> Option<RuleKind> {
+    if e.hold.is_zero() {
+        p.push(key("event.hold"), "must be longer than 0s");
+    }
+    for (k, set) in [
+        ("above", r.above.is_some()),
+        ("below", r.below.is_some()),
+        ("for", r.for_.is_some()),
+        ("subject", r.subject.is_some()),
+    ] {
+        if set {
+            p.push(key(k), "event rules take no threshold, for or subject");
+        }
+    }
+    Some(RuleKind::Event { kind: e.kind.clone(), severity: e.severity, hold: e.hold, group_by: e.group_by.clone() })
+}
+
+/// A heartbeat rule: missed push intervals; no threshold.
+fn heartbeat(r: &RawRule, h: &RawHeartbeat, key: &dyn Fn(&str) -> String, p: &mut Problems) -> RuleKind {
+    if h.missed == 0 {
+        p.push(key("heartbeat.missed"), "must be at least 1");
+    }
+    for (k, set) in [
+        ("above", r.above.is_some()),
+        ("below", r.below.is_some()),
+        ("clear_below", r.clear_below.is_some()),
+        ("clear_above", r.clear_above.is_some()),
+    ] {
+        if set {
+            p.push(key(k), "heartbeat rules take no threshold");
+        }
+    }
+    RuleKind::Heartbeat { missed: h.missed }
+}
+
+/// A threshold rule: a metric name, exactly one of `above` and `below`, and
+/// a clear threshold on the good side of it.
+fn threshold(r: &RawRule, metric: &str, key: &dyn Fn(&str) -> String, p: &mut Problems) -> Option<RuleKind> {
+    if tierwatch_protocol::validate::check_metric_name(metric, 200).is_err() {
+        p.push(key("metric"), format!("{metric:?} is not a metric name"));
+    }
+    let condition = match (r.above, r.below) {
+        (Some(a), None) => {
+            if r.clear_above.is_some() {
+                p.push(key("clear_above"), "with above, the clear threshold is clear_below");
+            }
+            let clear = r.clear_below.map_or(a.0, |c| c.0);
+            if clear > a.0 {
+                p.push(key("clear_below"), format!("must not be above the firing threshold {}", a.0));
+            }
+            Condition::Above { fire: a.0, clear }
+        }
+        (None, Some(b)) => {
+            if r.clear_below.is_some() {
+                p.push(key("clear_below"), "with below, the clear threshold is clear_above");
+            }
+            let clear = r.clear_above.map_or(b.0, |c| c.0);
+            if clear < b.0 {
+                p.push(key("clear_above"), format!("must not be below the firing threshold {}", b.0));
+            }
+            Condition::Below { fire: b.0, clear }
+        }
+        _ => {
+            p.push(key("above"), "a threshold rule takes exactly one of above and below");
+            return None;
+        }
+    };
+    Some(RuleKind::Threshold { metric: metric.to_string(), condition, until_now: r.until_now })
+}
+
+/// The validated rule of `r`, its texts in `language`.
+fn rule(r: &RawRule, kind: RuleKind, language: Language) -> Rule {
+    // Event rules have no `for`, `clear_for` or subject (refused above).
+    let event = matches!(kind, RuleKind::Event { .. });
+    Rule {
+        name: r.name.clone(),
+        kind,
+        matchers: r.matchers.clone(),
+        not_match: r.not_match.clone(),
+        for_: if event { Duration::ZERO } else { r.for_.unwrap_or_default() },
+        clear_for: if event { Duration::ZERO } else { r.clear_for.unwrap_or_default() },
+        subject: if event { None } else { r.subject.clone() },
+        problem: r.problem.clone(),
+        severity: r.severity,
+        summary: r.summary.pick(language),
+        description: r.description.as_ref().map(|d| d.pick(language)),
+    }
+}
