@@ -39,8 +39,8 @@ pub struct Alerting {
     configured: Vec<Window>,
     /// Wakes the runner after a stored batch.
     pub trigger: Notify,
-    /// Wakes the notifiers after notifications were queued.
-    pub queued: Notify,
+    /// The outbox the notifiers drain, and the bell rung after queueing.
+    outbox: notify::worker::Outbox,
     /// The language and local time of notification texts.
     pub locale: crate::i18n::Locale,
 }
@@ -62,14 +62,15 @@ impl Alerting {
         let mut windows = configured.clone();
         windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);
         engine.set_windows(windows);
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Alerting {
             locale: engine.locale(),
             engine: Mutex::new(engine),
-            conn: Arc::new(Mutex::new(conn)),
+            outbox: notify::worker::Outbox { conn: conn.clone(), queued: Arc::new(Notify::new()) },
+            conn,
             receivers,
             configured,
             trigger: Notify::new(),
-            queued: Notify::new(),
         })
     }
 
@@ -100,7 +101,7 @@ impl Alerting {
     /// Undelivered notifications per receiver (every receiver listed).
     pub fn queued(&self) -> rusqlite::Result<Vec<(String, u64)>> {
         let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut n = notify::queued(&c)?;
+        let mut n = notify::outbox::queued(&c)?;
         for r in &self.receivers {
             if !n.iter().any(|(name, _)| *name == r.name) {
                 n.push((r.name.clone(), 0));
@@ -169,7 +170,7 @@ impl Alerting {
         let now = tierwatch_protocol::now_ms();
         let queued = self.db(move |c| persist::record(c, &[change], &receivers, now)).await?;
         if queued > 0 {
-            self.queued.notify_waiters();
+            self.outbox.queued.notify_waiters();
         }
         Ok(Some(view))
     }
@@ -189,6 +190,8 @@ impl Alerting {
 /// Evaluates until `token` is cancelled.
 pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, token: CancellationToken) {
     let mut next_repeat_check = 0;
+    // When each Alertmanager receiver last had its open incidents queued again.
+    let mut resent: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = alerting.trigger.notified() => {}
@@ -207,9 +210,14 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
                 next_repeat_check = now + 1000;
                 let views = alerting.open();
                 let receivers = alerting.receivers.clone();
-                match alerting.db(move |c| notify::enqueue_repeats(c, &receivers, &views, now)).await {
+                let due = resends_due(&alerting.receivers, &mut resent, now);
+                let queue = move |c: &mut Connection| {
+                    Ok(notify::outbox::enqueue_repeats(c, &receivers, &views, now)?
+                        + notify::outbox::enqueue_resends(c, &due, &views, now)?)
+                };
+                match alerting.db(queue).await {
                     Ok(0) => {}
-                    Ok(_) => alerting.queued.notify_waiters(),
+                    Ok(_) => alerting.outbox.queued.notify_waiters(),
                     Err(e) => tracing::error!(error = %e, "alert: queueing repeats failed"),
                 }
             }
@@ -248,7 +256,7 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
         match saved {
             Ok(Ok(queued)) => {
                 if queued > 0 {
-                    alerting.queued.notify_waiters();
+                    alerting.outbox.queued.notify_waiters();
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "alert: recording incidents failed"),
@@ -257,116 +265,33 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
     }
 }
 
-/// Sends Alertmanager every open incident routed to it again, so that one
-/// open longer than its `endsAt` stays firing there. Only when the
-/// receiver's outbox is empty: a change still queued (a resolution, say)
-/// goes first, and what is open is read after it was sent.
-async fn refresh(alerting: &Arc<Alerting>, receiver: &notify::Receiver, am: &mut notify::alertmanager::Client) {
-    let (conn, name) = (alerting.conn.clone(), receiver.name.clone());
-    let waiting = tokio::task::spawn_blocking(move || {
-        let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-        notify::queued(&c).map(|q| q.iter().any(|(r, n)| *r == name && *n > 0))
-    })
-    .await;
-    if !matches!(waiting, Ok(Ok(false))) {
-        return;
-    }
-    let open: Vec<IncidentView> = alerting.open().into_iter().filter(|v| receiver.routes(v, false)).collect();
-    if open.is_empty() {
-        return;
-    }
-    match am.send(&open, false, tierwatch_protocol::now_ms()).await {
-        notify::Outcome::Sent => {
-            tracing::debug!(receiver = %receiver.name, incidents = open.len(), "alertmanager: open incidents sent again")
-        }
-        notify::Outcome::Failed(why) | notify::Outcome::Refused(why) => {
-            tracing::warn!(receiver = %receiver.name, incidents = open.len(), error = %why, "alertmanager: sending the open incidents again failed; next time")
-        }
-    }
+/// The Alertmanager receivers whose `resend` is up at `now_ms` (each at
+/// once after a start), marked as resent.
+fn resends_due(
+    receivers: &[notify::Receiver],
+    resent: &mut std::collections::HashMap<String, i64>,
+    now_ms: i64,
+) -> Vec<notify::Receiver> {
+    receivers
+        .iter()
+        .filter(|r| {
+            let notify::Kind::Alertmanager(am) = &r.kind else { return false };
+            let due = resent.get(&r.name).is_none_or(|last| now_ms - last >= am.resend.as_millis() as i64);
+            if due {
+                resent.insert(r.name.clone(), now_ms);
+            }
+            due
+        })
+        .cloned()
+        .collect()
 }
 
-/// Sends the outbox of every receiver until `token` is cancelled; one task per receiver.
+/// Starts one worker per receiver, draining its outbox until `token` is cancelled.
 pub fn spawn_notifiers(
     alerting: &Arc<Alerting>,
     metrics: &Metrics,
     token: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) {
-    for r in alerting.receivers.clone() {
-        metrics.receiver(&r.name);
-        tracker.spawn(notifier(alerting.clone(), r, metrics.clone(), token.clone()));
-    }
-}
-
-async fn notifier(alerting: Arc<Alerting>, receiver: notify::Receiver, metrics: Metrics, token: CancellationToken) {
-    let mut client = notify::Client::new(&receiver.kind, alerting.locale);
-    let name = receiver.name.clone();
-    let mut next_refresh = tokio::time::Instant::now();
-    loop {
-        let now = tierwatch_protocol::now_ms();
-        let (conn, n) = (alerting.conn.clone(), name.clone());
-        let due = tokio::task::spawn_blocking(move || {
-            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            notify::next_due(&c, &n, now)
-        })
-        .await;
-        let pending = match due {
-            Ok(Ok(Some(p))) => p,
-            Ok(Ok(None)) => {
-                if let notify::Client::Alertmanager(am) = &mut client {
-                    if tokio::time::Instant::now() >= next_refresh {
-                        next_refresh = tokio::time::Instant::now() + am.resend();
-                        refresh(&alerting, &receiver, am).await;
-                    }
-                }
-                tokio::select! {
-                    _ = alerting.queued.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = token.cancelled() => return,
-                }
-                continue;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(receiver = %name, error = %e, "notify: reading the outbox failed");
-                if tierwatch_runtime::shutdown::sleep_or_cancelled(Duration::from_secs(5), &token).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => return,
-        };
-        let outcome = tokio::select! {
-            o = client.send(&pending.message) => o,
-            _ = token.cancelled() => return,
-        };
-        let conn = alerting.conn.clone();
-        let (id, attempts) = (pending.id, pending.attempts + 1);
-        let result = match outcome {
-            notify::Outcome::Sent => {
-                metrics.notification(&name, "sent");
-                tracing::info!(receiver = %name, id = %pending.message.id, "notification sent");
-                tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
-                    .await
-            }
-            notify::Outcome::Refused(why) => {
-                metrics.notification(&name, "refused");
-                tracing::error!(receiver = %name, id = %pending.message.id, reason = %why, "notification refused by the receiver; dropped");
-                tokio::task::spawn_blocking(move || notify::done(&conn.lock().unwrap_or_else(|p| p.into_inner()), id))
-                    .await
-            }
-            notify::Outcome::Failed(why) => {
-                metrics.notification(&name, "failed");
-                let wait = notify::backoff(pending.attempts);
-                tracing::warn!(receiver = %name, id = %pending.message.id, attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "notification failed");
-                let next = tierwatch_protocol::now_ms() + wait.as_millis() as i64;
-                tokio::task::spawn_blocking(move || {
-                    notify::retry_at(&conn.lock().unwrap_or_else(|p| p.into_inner()), id, attempts, next)
-                })
-                .await
-            }
-        };
-        if let Ok(Err(e)) = result {
-            tracing::error!(receiver = %name, error = %e, "notify: updating the outbox failed");
-        }
-    }
+    notify::worker::spawn(&alerting.outbox, &alerting.receivers, alerting.locale, metrics, token, tracker);
 }

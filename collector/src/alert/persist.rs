@@ -54,7 +54,7 @@ pub fn record(
             params![view.key, event, now_ms, json],
         )?;
     }
-    let queued = super::notify::enqueue(&tx, receivers, changes, now_ms)?;
+    let queued = super::notify::outbox::enqueue(&tx, receivers, changes, now_ms)?;
     tx.commit()?;
     Ok(queued)
 }

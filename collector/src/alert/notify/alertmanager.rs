@@ -4,7 +4,7 @@
 //! life (`alertname`, `incident`, `node`, `problem`, `scope`, `severity`);
 //! what changes (summary, affected nodes) goes in annotations. Firing alerts
 //! carry `endsAt` four resend intervals ahead and every open incident is
-//! re-sent each interval (the notifier's refresh), as Prometheus does, so
+//! re-sent each interval (queued by the alert runner), as Prometheus does, so
 //! an outage longer than that stays firing; a resolution sends `endsAt` =
 //! its end.
 //!
@@ -146,7 +146,7 @@ fn query_value(v: &str) -> String {
         .collect()
 }
 
-/// A connection to one Alertmanager./// A connection to one Alertmanager.
+/// A connection to one Alertmanager.
 pub struct Client {
     am: Alertmanager,
     conn: HttpConn,
@@ -157,11 +157,6 @@ impl Client {
     pub fn new(am: Alertmanager) -> Client {
         let conn = HttpConn::new(am.host.clone(), am.port, None);
         Client { am, conn }
-    }
-
-    /// How often the notifier re-sends the open incidents.
-    pub fn resend(&self) -> Duration {
-        self.am.resend
     }
 
     /// Delivers one notification: an acknowledgement as a silence, a

@@ -1,0 +1,192 @@
+//! The outbox in the state database: what each receiver still has to send.
+//! Rows are written by the alert runner (changes, repeats, Alertmanager
+//! re-sends) and drained by the receiver's worker; a row leaves only once
+//! sent or refused for good.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Transaction};
+
+use super::{Kind, Receiver};
+use crate::alert::model::{Change, IncidentView};
+
+/// The JSON every notifier sends or renders from (documented in docs/alerts.md).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// Unique per incident change: `key/event/at_ms`, for receivers to dedupe.
+    pub id: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// `opened`, `updated` or `resolved`.
+    pub event: String,
+    pub at_ms: i64,
+    pub incident: IncidentView,
+}
+
+impl Message {
+    /// The message for one change at `now_ms`.
+    pub fn from_change(c: &Change, now_ms: i64) -> Message {
+        let at = match c {
+            Change::Resolved { ended_ms, .. } => *ended_ms,
+            _ => now_ms,
+        };
+        Message::new(c.event(), c.view(), at)
+    }
+
+    /// The message of `event` about `incident` at `at_ms`.
+    pub fn new(event: &str, incident: &IncidentView, at_ms: i64) -> Message {
+        Message {
+            id: format!("{}/{event}/{at_ms}", incident.key),
+            status: if event == "resolved" { "resolved" } else { "firing" }.to_string(),
+            event: event.to_string(),
+            at_ms,
+            incident: incident.clone(),
+        }
+    }
+}
+
+/// Queues `changes` for every receiver whose route matches, inside `tx`.
+pub fn enqueue(
+    tx: &Transaction<'_>,
+    receivers: &[Receiver],
+    changes: &[Change],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for c in changes.iter().filter(|c| c.notifies()) {
+        let m = Message::from_change(c, now_ms);
+        let resolved = matches!(c, Change::Resolved { .. });
+        for r in receivers.iter().filter(|r| r.routes(&m.incident, resolved)) {
+            queue(tx, r, &m, now_ms)?;
+            n += 1;
+        }
+        if resolved {
+            tx.execute("DELETE FROM reminder WHERE key = ?1", [&m.incident.key])?;
+        }
+    }
+    Ok(n)
+}
+
+fn queue(tx: &Transaction<'_>, r: &Receiver, m: &Message, now_ms: i64) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(m).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message) VALUES (?1, ?2, 0, ?2, ?3)",
+        params![r.name, now_ms, body],
+    )?;
+    if r.repeat_interval.is_some() && m.status == "firing" {
+        tx.execute(
+            "INSERT INTO reminder (receiver, key, last_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (receiver, key) DO UPDATE SET last_ms = excluded.last_ms",
+            params![r.name, m.incident.key, now_ms],
+        )?;
+    }
+    Ok(())
+}
+
+/// Queues a `repeated` message for every open, unacknowledged incident a
+/// receiver with a repeat interval was paged about longer ago than that
+/// interval. Returns how many were queued.
+pub fn enqueue_repeats(
+    conn: &mut Connection,
+    receivers: &[Receiver],
+    open: &[IncidentView],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    for r in receivers {
+        let Some(every) = r.repeat_interval else { continue };
+        for v in open.iter().filter(|v| v.ack.is_none()) {
+            let last: Option<i64> = tx
+                .query_row(
+                    "SELECT last_ms FROM reminder WHERE receiver = ?1 AND key = ?2",
+                    params![r.name, v.key],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            // Only incidents this receiver was paged about.
+            if last.is_some_and(|t| now_ms - t >= every.as_millis() as i64) {
+                queue(&tx, r, &Message::new("repeated", v, now_ms), now_ms)?;
+                n += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Queues a `resent` message of every open incident routed to each
+/// Alertmanager receiver in `due` whose outbox is empty: Alertmanager
+/// takes a firing alert for resolved at its `endsAt`, so an open incident
+/// is sent again each `resend`. A receiver with rows still queued (a
+/// resolution, say) gets none: what it has goes first, in order. Returns
+/// how many were queued.
+pub fn enqueue_resends(
+    conn: &mut Connection,
+    due: &[Receiver],
+    open: &[IncidentView],
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    for r in due.iter().filter(|r| matches!(r.kind, Kind::Alertmanager(_))) {
+        let waiting: i64 =
+            tx.query_row("SELECT count(*) FROM outbox WHERE receiver = ?1", [&r.name], |row| row.get(0))?;
+        if waiting > 0 {
+            continue;
+        }
+        for v in open.iter().filter(|v| r.routes(v, false)) {
+            queue(&tx, r, &Message::new("resent", v, now_ms), now_ms)?;
+            n += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+/// A queued notification.
+#[derive(Debug)]
+pub struct Pending {
+    pub id: i64,
+    pub attempts: u32,
+    pub message: Message,
+}
+
+/// Notifications waiting in the outbox, per receiver that has any.
+pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT receiver, count(*) FROM outbox GROUP BY receiver")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
+/// The oldest notification of `receiver` due at `now_ms`.
+pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<Option<Pending>> {
+    let row = conn
+        .query_row(
+            "SELECT id, attempts, message FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
+            params![receiver, now_ms],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    Ok(row.and_then(|(id, attempts, text)| {
+        serde_json::from_str(&text).ok().map(|message| Pending { id, attempts: attempts as u32, message })
+    }))
+}
+
+/// Removes a sent (or given up) notification.
+pub fn done(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM outbox WHERE id = ?1", [id]).map(|_| ())
+}
+
+/// Schedules another attempt.
+pub fn retry_at(conn: &Connection, id: i64, attempts: u32, next_ms: i64) -> rusqlite::Result<()> {
+    conn.execute("UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE id = ?1", params![id, attempts as i64, next_ms])
+        .map(|_| ())
+}
+
+/// Delay before attempt `attempts + 1`: 1 s doubling to 5 minutes.
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+}

@@ -1,0 +1,117 @@
+//! One task per receiver drains its outbox rows, oldest first: sent or
+//! refused rows leave the outbox, failed ones wait out a backoff. The
+//! worker only drains; what to send (changes, repeats, Alertmanager
+//! re-sends) is queued by the alert runner.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{outbox, Client, Outcome, Receiver};
+use crate::i18n::Locale;
+use crate::metrics::Metrics;
+
+/// What every worker shares: the outbox's database and the bell the
+/// runner rings after queueing.
+#[derive(Clone)]
+pub struct Outbox {
+    pub conn: Arc<Mutex<Connection>>,
+    pub queued: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Runs `f` on the database off the runtime.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<rusqlite::Result<T>, tokio::task::JoinError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner()))).await
+    }
+}
+
+/// Starts one worker per receiver on `tracker`, until `token` is cancelled.
+pub fn spawn(
+    outbox: &Outbox,
+    receivers: &[Receiver],
+    locale: Locale,
+    metrics: &Metrics,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    for r in receivers.iter().cloned() {
+        metrics.receiver(&r.name);
+        tracker.spawn(drain(outbox.clone(), r, locale, metrics.clone(), token.clone()));
+    }
+}
+
+async fn drain(outbox: Outbox, receiver: Receiver, locale: Locale, metrics: Metrics, token: CancellationToken) {
+    let mut client = Client::new(&receiver.kind, locale);
+    let name = receiver.name.clone();
+    loop {
+        let now = tierwatch_protocol::now_ms();
+        let n = name.clone();
+        let pending = match outbox.db(move |c| outbox::next_due(c, &n, now)).await {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => {
+                tokio::select! {
+                    _ = outbox.queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = token.cancelled() => return,
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(receiver = %name, error = %e, "notify: reading the outbox failed");
+                if tierwatch_runtime::shutdown::sleep_or_cancelled(Duration::from_secs(5), &token).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let outcome = tokio::select! {
+            o = client.send(&pending.message) => o,
+            _ = token.cancelled() => return,
+        };
+        let (id, attempts) = (pending.id, pending.attempts + 1);
+        // Re-sends keep Alertmanager's alerts firing; they are no news.
+        let resend = pending.message.event == "resent";
+        let result = match outcome {
+            Outcome::Failed(why) | Outcome::Refused(why) if resend => {
+                // The next resend comes soon; retrying this one would only
+                // hold back what is queued behind it.
+                tracing::warn!(receiver = %name, error = %why, "alertmanager: sending an open incident again failed; next time");
+                outbox.db(move |c| outbox::done(c, id)).await
+            }
+            Outcome::Sent => {
+                if resend {
+                    tracing::debug!(receiver = %name, id = %pending.message.id, "open incident sent again");
+                } else {
+                    metrics.notification(&name, "sent");
+                    tracing::info!(receiver = %name, id = %pending.message.id, "notification sent");
+                }
+                outbox.db(move |c| outbox::done(c, id)).await
+            }
+            Outcome::Refused(why) => {
+                metrics.notification(&name, "refused");
+                tracing::error!(receiver = %name, id = %pending.message.id, reason = %why, "notification refused by the receiver; dropped");
+                outbox.db(move |c| outbox::done(c, id)).await
+            }
+            Outcome::Failed(why) => {
+                metrics.notification(&name, "failed");
+                let wait = outbox::backoff(pending.attempts);
+                tracing::warn!(receiver = %name, id = %pending.message.id, attempts, error = %why, retry_in_ms = wait.as_millis() as u64, "notification failed");
+                let next = tierwatch_protocol::now_ms() + wait.as_millis() as i64;
+                outbox.db(move |c| outbox::retry_at(c, id, attempts, next)).await
+            }
+        };
+        if let Ok(Err(e)) = result {
+            tracing::error!(receiver = %name, error = %e, "notify: updating the outbox failed");
+        }
+    }
+}
