@@ -6,7 +6,6 @@
 
 pub mod alert;
 pub mod config;
-pub mod dashboards;
 pub mod db;
 pub mod detect;
 pub mod exposition;

@@ -35,18 +35,6 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9400")]
         url: String,
     },
-    /// Write the Grafana dashboards, in one language, as JSON files into a directory.
-    Dashboards {
-        /// `vi` or `en`; default: `language` of --config, else en.
-        #[arg(long)]
-        language: Option<tierwatch_collector::i18n::Language>,
-        /// Take the language from this collector configuration.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Directory to write the dashboards into (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
     /// Manage the certificate authority that signs agent and collector certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -113,19 +101,6 @@ fn real_main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let nodes = rt.block_on(tierwatch_collector::status::fetch(&url))?;
             print!("{}", tierwatch_collector::status::render(&nodes));
-            Ok(())
-        }
-        Some(Command::Dashboards { language, config, out }) => {
-            let language = match (language, config) {
-                (Some(l), _) => l,
-                (None, Some(file)) => Config::load(&file)?.locale.language,
-                (None, None) => Default::default(),
-            };
-            let files = tierwatch_collector::dashboards::write(language, &out)
-                .with_context(|| format!("writing dashboards into {}", out.display()))?;
-            for f in files {
-                println!("{}", f.display());
-            }
             Ok(())
         }
         Some(Command::Pki(PkiCommand::Init { dir, name, days, force })) => {

@@ -164,9 +164,6 @@ pub struct Texts {
     pub never: &'static str,
     pub probes_failing: &'static str,
     pub api_links: &'static str,
-
-    // Dashboards: (id, title, description) of each dashboard and panel.
-    pub dashboards: &'static [(&'static str, &'static str, &'static str)],
 }
 
 impl Texts {
@@ -184,11 +181,6 @@ impl Texts {
         }
     }
 
-    /// Title and description of dashboard element `id`; the id itself when missing.
-    pub fn dashboard(&self, id: &'static str) -> (&'static str, &'static str) {
-        self.dashboards.iter().find(|(k, _, _)| *k == id).map_or((id, ""), |(_, t, d)| (*t, *d))
-    }
-
     /// `template` with `{{ name }}` replaced from `vars`.
     pub fn fill(&self, template: &str, vars: &[(&str, &str)]) -> String {
         crate::template::render(template, &|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
@@ -198,21 +190,6 @@ impl Texts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_language_names_the_same_dashboard_elements() {
-        let ids = |l: Language| {
-            let mut v: Vec<&str> = l.texts().dashboards.iter().map(|(k, _, _)| *k).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(ids(Language::En), ids(Language::Vi));
-        let mut seen = std::collections::HashSet::new();
-        for (k, t, _) in Language::En.texts().dashboards {
-            assert!(seen.insert(*k), "{k} twice");
-            assert!(!t.is_empty(), "{k} has no title");
-        }
-    }
 
     #[test]
     fn local_times_carry_their_offset() {

@@ -1,14 +1,18 @@
 //! The Grafana dashboards, generated in one language from one definition:
-//! `tierwatch-collector dashboards --language vi --out DIR`. The copies in
-//! `dashboards/{en,vi}/` are this output (a test keeps them current), so the
-//! queries live here once and the titles in `i18n`.
+//! `cargo run -p tierwatch-dashboards -- --language vi --out DIR`. The
+//! copies in `dashboards/{en,vi}/` (which the collector's package ships) are
+//! this output, and a test keeps them current, so the queries live here once
+//! and the titles in `texts/`. A tool, not part of the collector: the daemon
+//! need not carry a dashboard generator and its texts.
 //!
 //! Every panel reads the datasource chosen by the `datasource` variable and
 //! filters by the `province`, `tier` and `node` variables.
 
 use serde_json::{json, Value};
 
-use crate::i18n::{Language, Texts};
+pub mod texts;
+
+pub use texts::{Language, Texts};
 
 /// Label matchers of the template variables, for every node-scoped query.
 const SEL: &str = r#"province=~"$province",tier=~"$tier",node=~"$node""#;
@@ -705,7 +709,7 @@ mod tests {
 
     #[test]
     fn the_committed_dashboards_are_this_generator_s_output() {
-        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards"));
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dashboards"));
         for lang in Language::ALL {
             for d in all(lang) {
                 let path = root.join(lang.code()).join(&d.file);
@@ -714,7 +718,7 @@ mod tests {
                 want.push('\n');
                 assert!(
                     committed == want,
-                    "{} is not current: run `cargo run -p tierwatch-collector -- dashboards --language {} --out dashboards/{}`",
+                    "{} is not current: run `cargo run -p tierwatch-dashboards -- --language {} --out dashboards/{}`",
                     path.display(),
                     lang.code(),
                     lang.code()
