@@ -16,8 +16,7 @@ use crate::config::{Config, SendTo};
 use crate::deliver::{self, Destination};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
-use crate::probe::Icmp;
-use crate::probe::ProbeKind;
+use crate::probe::{Icmp, ProbeKind, Prober};
 use crate::push::Pusher;
 use crate::spool::{Spool, SpoolError};
 
@@ -36,6 +35,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// The destinations of `config`: in failover mode one for all endpoints
@@ -80,7 +81,7 @@ impl tierwatch_runtime::service::Instance for Running {
         // Takes the spool's lock: a write stuck on a dead disk holds it.
         let spool = self.spool.clone();
         Arc::new(move || {
-            let _ = spool.len();
+            spool.check_lock();
             true
         })
     }
@@ -157,7 +158,13 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         .host
         .clone()
         .and_then(|spec| started("host", crate::sensor::spawn_host(spec, tx.clone(), probe_token.clone())));
-    crate::scheduler::spawn(&config.targets, icmp, tx, &probe_token, &probes);
+    // Trust roots and CA files are read here, off the runtime, before any
+    // probe task runs: a slow disk delays the start, never a probe round.
+    let targets = config.targets.clone();
+    let probers = tokio::task::spawn_blocking(move || targets.into_iter().map(Prober::new).collect::<Vec<_>>())
+        .await
+        .map_err(|e| StartError::Other(format!("loading trust roots: {e}")))?;
+    crate::scheduler::spawn(probers, icmp, tx, &probe_token, &probes);
     probes.close();
 
     let mut boot_id = [0u8; 16];

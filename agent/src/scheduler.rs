@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 use crate::batcher::Measurement;
 use crate::config::NodeHealthSpec;
 use crate::probe::node_health::NodeSampler;
-use crate::probe::Target;
 use crate::probe::{Icmp, Prober};
 
 /// The start offsets of a target's rounds: phase, then interval steps, each plus jitter.
@@ -48,16 +47,17 @@ impl Schedule {
     }
 }
 
-/// Spawns one task per target on `tracker`; outcomes go to `results`.
+/// Spawns one task per prober on `tracker`; outcomes go to `results`.
 pub fn spawn(
-    targets: &[Target],
+    probers: Vec<Prober>,
     icmp: Icmp,
     results: mpsc::Sender<Measurement>,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) {
-    for target in targets.iter().cloned() {
+    for prober in probers {
         let (icmp, results, token) = (icmp.clone(), results.clone(), token.clone());
+        let target = prober.target().clone();
         tracker.spawn(async move {
             let mut schedule = Schedule::new(Instant::now(), target.interval, target.jitter, &mut rand::thread_rng());
             let early = results.clone();
@@ -65,7 +65,7 @@ pub fn spawn(
             let report = std::sync::Arc::new(move |o| {
                 let _ = early.try_send(Measurement::Probe(o));
             });
-            let mut prober = Prober::new(target.clone()).reporting_early(report);
+            let mut prober = prober.reporting_early(report);
             loop {
                 let at = schedule.next_start(Instant::now(), &mut rand::thread_rng());
                 tokio::select! {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -156,8 +156,12 @@ struct Inner {
 
 /// The spool. Cheap to share behind an `Arc`.
 pub struct Spool {
+    /// Held across `fdatasync`: only the batcher, the senders and the
+    /// watchdog's check take it, never `/healthz` or shutdown.
     inner: Mutex<Inner>,
+    /// Published after every change, for readers that must not wait on the disk.
     oldest_ms: AtomicI64,
+    entries: AtomicUsize,
     live: watch::Sender<Option<Live>>,
     metrics: Metrics,
 }
@@ -269,7 +273,13 @@ impl Spool {
         inner.expire(tierwatch_protocol::now_ms(), &metrics);
         report.pending = inner.entries.len();
         let (live, _) = watch::channel(None);
-        let spool = Spool { inner: Mutex::new(inner), oldest_ms: AtomicI64::new(0), live, metrics };
+        let spool = Spool {
+            inner: Mutex::new(inner),
+            oldest_ms: AtomicI64::new(0),
+            entries: AtomicUsize::new(0),
+            live,
+            metrics,
+        };
         spool.publish(&spool.lock());
         Ok((spool, report))
     }
@@ -284,6 +294,13 @@ impl Spool {
         self.metrics.spool_batches.set(inner.entries.len() as i64);
         self.metrics.spool_memory_batches.set(inner.memory as i64);
         self.oldest_ms.store(inner.entries.values().next().map_or(0, |e| e.created_ms), Ordering::Relaxed);
+        self.entries.store(inner.entries.len(), Ordering::Relaxed);
+    }
+
+    /// Takes and releases the lock: the watchdog's check that no write is
+    /// stuck on a dead disk (which holds it).
+    pub fn check_lock(&self) {
+        drop(self.lock());
     }
 
     /// Creation time of the oldest unsent batch, ms since the epoch; 0 when none.
@@ -388,9 +405,10 @@ impl Spool {
         self.ack(dest, id);
     }
 
-    /// Batches not yet acknowledged by every destination.
+    /// Batches not yet acknowledged by every destination, as last published
+    /// (no lock: `/healthz` and shutdown never wait on a write).
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.entries.load(Ordering::Relaxed)
     }
 
     /// True when everything was delivered.
