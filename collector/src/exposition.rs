@@ -76,17 +76,11 @@ pub const SECURITY_RECENT: &str = "tierwatch_security_recent_events";
 pub const SECURITY_LAST: &str = "tierwatch_security_last_event_timestamp_seconds";
 
 /// Renders the text exposition at `now_ms`.
-pub fn render(
-    store: &Store,
-    metrics: &Metrics,
-    derived: &Derived,
-    now_ms: i64,
-    stale_after_ms: i64,
-    down_after_ms: i64,
-) -> Vec<u8> {
+pub fn render(store: &Store, metrics: &Metrics, derived: &Derived, now_ms: i64, down_after_ms: i64) -> Vec<u8> {
     let mut fams = Families(BTreeMap::new());
     let mut series = 0i64;
-    store.for_each_node(now_ms - stale_after_ms, |node, state| {
+    let stale_before = store.stale_before(now_ms);
+    store.for_each_node(|node, state| {
         let id = identity(node);
         if let Some(alerts) = &derived.alerts {
             fams.push(
@@ -156,7 +150,7 @@ pub fn render(
                 *n as f64,
             );
         }
-        for ((name, labels), v) in &state.series {
+        for ((name, labels), v) in state.fresh_series(stale_before) {
             let help = catalogue::find(name)
                 .map(|d| d.help)
                 .unwrap_or("Agent metric not in this collector's catalogue (newer agent?).");

@@ -91,7 +91,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let tls = crate::tls::server_config(&config.ingest.ca, &config.ingest.cert, &config.ingest.key)?;
     let remote_names: Vec<String> = config.remote_write.iter().map(|r| r.name.clone()).collect();
     let metrics = Metrics::new(&remote_names)?;
-    let store = Arc::new(Store::new(Arc::new(config.topology.clone())));
+    let store = Arc::new(Store::new(Arc::new(config.topology.clone()), config.stale_after));
     let queues: Vec<QueueSpec> = config
         .remote_write
         .iter()
@@ -182,7 +182,6 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         store: store.clone(),
         alerting: alerting.clone(),
         metrics: metrics.clone(),
-        stale_after: config.stale_after,
         node_down_after: config.node_down_after,
         ready: Default::default(),
         queues: queues.clone(),
@@ -204,6 +203,9 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ));
     }
     sender_tasks.close();
+    // Stale series leave memory on the store's own timer, not when read.
+    let every = (config.stale_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    tracker.spawn(crate::store::expire(store.clone(), every, token.clone()));
     if let Some(a) = &alerting {
         tracker.spawn(crate::alert::run(a.clone(), store.clone(), metrics.clone(), token.clone()));
         crate::alert::spawn_notifiers(a, &metrics, &token, &tracker);

@@ -42,6 +42,27 @@ pub struct NodeState {
     pub recent_events: std::collections::VecDeque<tierwatch_protocol::Event>,
 }
 
+impl NodeState {
+    /// The series refreshed at or after `stale_before_ms`.
+    pub fn fresh_series(&self, stale_before_ms: i64) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
+        self.series.iter().filter(move |(_, v)| v.refreshed_ms >= stale_before_ms)
+    }
+}
+
+/// Drops stale series every `every` until `token` is cancelled, so memory
+/// follows what agents still send whether or not anyone reads it.
+pub async fn expire(store: Arc<Store>, every: std::time::Duration, token: tokio_util::sync::CancellationToken) {
+    loop {
+        if tierwatch_runtime::shutdown::sleep_or_cancelled(every, &token).await {
+            return;
+        }
+        let dropped = store.drop_stale(tierwatch_protocol::now_ms());
+        if dropped > 0 {
+            tracing::debug!(series = dropped, "stale series dropped");
+        }
+    }
+}
+
 /// Security events kept per node for event rules; a flood keeps the newest.
 pub const RECENT_EVENTS: usize = 1024;
 
@@ -49,13 +70,22 @@ pub const RECENT_EVENTS: usize = 1024;
 pub struct Store {
     topology: Arc<Topology>,
     nodes: HashMap<NodeId, Mutex<NodeState>>,
+    /// A series not refreshed for this long is stale: no reader sees it,
+    /// and [`Store::drop_stale`] (on the store's own timer) removes it.
+    stale_after_ms: i64,
 }
 
 impl Store {
-    /// An empty store for every node of `topology`.
-    pub fn new(topology: Arc<Topology>) -> Self {
+    /// An empty store for every node of `topology`; series go stale after `stale_after`.
+    pub fn new(topology: Arc<Topology>, stale_after: std::time::Duration) -> Self {
         let nodes = topology.nodes().iter().map(|n| (n.id.clone(), Mutex::new(NodeState::default()))).collect();
-        Store { topology, nodes }
+        Store { topology, nodes, stale_after_ms: stale_after.as_millis() as i64 }
+    }
+
+    /// Series last refreshed before this are stale at `now_ms`: the one
+    /// cutoff `/metrics`, the API and the alert engine all read with.
+    pub fn stale_before(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.stale_after_ms)
     }
 
     /// The topology the store was built for.
@@ -119,15 +149,29 @@ impl Store {
         }
     }
 
-    /// Calls `f` for each node in topology order with its state locked;
-    /// series not refreshed since `stale_before_ms` are dropped first.
-    pub fn for_each_node(&self, stale_before_ms: i64, mut f: impl FnMut(&Node, &NodeState)) {
+    /// Calls `f` for each node in topology order with its state locked.
+    /// Reads only: a reader takes the series it wants with
+    /// [`NodeState::fresh_series`] and [`Store::stale_before`].
+    pub fn for_each_node(&self, mut f: impl FnMut(&Node, &NodeState)) {
         for node in self.topology.nodes() {
-            if let Some(mut state) = self.lock(&node.id) {
-                state.series.retain(|_, v| v.refreshed_ms >= stale_before_ms);
+            if let Some(state) = self.lock(&node.id) {
                 f(node, &state);
             }
         }
+    }
+
+    /// Removes the series stale at `now_ms`; returns how many.
+    pub fn drop_stale(&self, now_ms: i64) -> usize {
+        let cutoff = self.stale_before(now_ms);
+        let mut dropped = 0;
+        for node in self.topology.nodes() {
+            if let Some(mut state) = self.lock(&node.id) {
+                let before = state.series.len();
+                state.series.retain(|_, v| v.refreshed_ms >= cutoff);
+                dropped += before - state.series.len();
+            }
+        }
+        dropped
     }
 }
 
@@ -156,7 +200,7 @@ mod tests {
             "nodes:\n  - id: p\n    tier: province\n    name: P\n  - id: c\n    tier: commune\n    name: C\n    parent: p\n",
         )
         .unwrap();
-        Store::new(Arc::new(t))
+        Store::new(Arc::new(t), std::time::Duration::from_millis(50))
     }
 
     fn batch(seq: u64, ts: i64, v: f64) -> Batch {
@@ -177,7 +221,7 @@ mod tests {
 
     fn value(s: &Store) -> Option<f64> {
         let mut out = None;
-        s.for_each_node(0, |n, st| {
+        s.for_each_node(|n, st| {
             if n.id.as_str() == "c" {
                 out = st.series.values().next().map(|v| v.value);
             }
@@ -202,8 +246,15 @@ mod tests {
         let s = store();
         let c = NodeId::new("c").unwrap();
         s.ingest(&c, batch(1, 2000, 1.0), 100);
-        let mut n = 0;
-        s.for_each_node(101, |_, st| n += st.series.len());
-        assert_eq!(n, 0);
+        let (mut fresh, mut kept) = (0, 0);
+        s.for_each_node(|_, st| {
+            fresh += st.fresh_series(101).count();
+            kept += st.series.len();
+        });
+        assert_eq!((fresh, kept), (0, 1), "a reader skips a stale series, and only drop_stale removes it");
+        assert_eq!(s.stale_before(100 + 50), 100, "stale after 50 ms");
+        assert_eq!(s.drop_stale(100 + 51), 1);
+        s.for_each_node(|_, st| kept = st.series.len());
+        assert_eq!(kept, 0);
     }
 }

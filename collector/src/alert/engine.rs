@@ -134,7 +134,7 @@ impl Engine {
     /// reconnect, and must not be paged for the parent's outage.
     fn silences(&mut self, store: &Store, now_ms: i64) -> HashMap<NodeId, Silence> {
         let mut raw: Vec<(usize, NodeId, i64, i64)> = Vec::new();
-        store.for_each_node(i64::MIN, |node, state| {
+        store.for_each_node(|node, state| {
             // Never heard from: unknown, neither down nor late.
             if state.last_push_ms.is_none() && !self.known.contains(&node.id) {
                 return;
@@ -302,7 +302,7 @@ mod tests {
         }
         let topo = Arc::new(Topology::parse(Path::new("t.yaml"), &t).unwrap());
         let rules = Rules::parse(Path::new("r.yaml"), RULES).unwrap();
-        (Engine::new(rules, topo.clone(), 0), Store::new(topo))
+        (Engine::new(rules, topo.clone(), 0), Store::new(topo, Duration::from_secs(300)))
     }
 
     fn push(store: &Store, node: &str, now: i64, probes: &[(&str, f64)]) {
@@ -334,6 +334,31 @@ mod tests {
                 Change::MutedResolved { incident, .. } => format!("muted-resolve {}", incident.key),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_series_that_stopped_feeds_no_pending_alert() {
+        // `for: 400s` outlasts the store's 300 s staleness: the failed probe
+        // of c1 is pending when its series stops, and must not fire later.
+        let rules = RULES.replace("    subject: target\n", "    subject: target\n    for: 400s\n");
+        let (e0, store) = setup();
+        let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+        let mut opened = Vec::new();
+        for t in (1..=500).map(|s| s * 1000) {
+            // c1's probe fails once, then only c2's is reported; p stays up.
+            let probes: &[(&str, f64)] = if t == 1000 { &[("c1", 0.0), ("c2", 1.0)] } else { &[("c2", 1.0)] };
+            push(&store, "p", t, probes);
+            opened.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert!(opened.is_empty(), "{opened:?}");
+        // The same failure still reported is paged once `for` is over.
+        let (mut e, store) =
+            (Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0), setup().1);
+        for t in (1..=402).map(|s| s * 1000) {
+            push(&store, "p", t, &[("c1", 0.0)]);
+            opened.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert_eq!(opened, ["open c1/unreachable"]);
     }
 
     #[test]

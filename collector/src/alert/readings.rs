@@ -11,7 +11,7 @@ use tierwatch_protocol::{Label, NodeId};
 use super::model::Severity;
 use super::rules::{Rule, RuleKind, Rules};
 use super::state::Reading;
-use crate::store::{NodeState, Store};
+use crate::store::{NodeState, SeriesKey, SeriesValue, Store};
 use crate::topology::{Node, Topology};
 
 /// One alert instance: a rule on one node and series.
@@ -43,7 +43,9 @@ pub fn read(
     now_ms: i64,
 ) -> Readings {
     let mut out = Readings::default();
-    store.for_each_node(i64::MIN, |node, state| {
+    // The cutoff `/metrics` uses: a series that stopped is no reading.
+    let stale_before = store.stale_before(now_ms);
+    store.for_each_node(|node, state| {
         let Some(&(age, interval)) = silences.get(&node.id) else { return };
         // Late by more than half an interval: suspect. A parent that pushed
         // up to one interval after its children is then always suspect
@@ -54,7 +56,9 @@ pub fn read(
         for (ri, rule) in rules.rules.iter().enumerate() {
             match &rule.kind {
                 RuleKind::Heartbeat { missed } => heartbeat(&mut out, ri, rule, node, (age, interval), *missed),
-                RuleKind::Threshold { .. } => threshold(&mut out, ri, rule, topo, node, state, now_ms),
+                RuleKind::Threshold { .. } => {
+                    threshold(&mut out, ri, rule, topo, node, state.fresh_series(stale_before), now_ms)
+                }
                 RuleKind::Event { .. } => events(&mut out, ri, rule, node, state, now_ms),
             }
         }
@@ -84,9 +88,17 @@ fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, (age, inte
 }
 
 /// Every series of the rule's metric that its matchers select, against its thresholds.
-fn threshold(out: &mut Readings, ri: usize, rule: &Rule, topo: &Topology, node: &Node, state: &NodeState, now_ms: i64) {
+fn threshold<'a>(
+    out: &mut Readings,
+    ri: usize,
+    rule: &Rule,
+    topo: &Topology,
+    node: &Node,
+    series: impl Iterator<Item = (&'a SeriesKey, &'a SeriesValue)>,
+    now_ms: i64,
+) {
     let RuleKind::Threshold { metric, condition, until_now } = &rule.kind else { return };
-    for ((name, labels), v) in &state.series {
+    for ((name, labels), v) in series {
         if name != metric {
             continue;
         }

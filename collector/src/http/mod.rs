@@ -31,7 +31,6 @@ pub struct Http {
     pub store: Arc<Store>,
     pub alerting: Option<Arc<crate::alert::Alerting>>,
     pub metrics: Metrics,
-    pub stale_after: Duration,
     pub node_down_after: Duration,
     /// Set once every listener is bound.
     pub ready: AtomicBool,
@@ -85,14 +84,7 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
             Err(e) => tracing::warn!(error = %e, "/metrics: outbox task failed"),
         }
     }
-    let body = exposition::render(
-        &s.store,
-        &s.metrics,
-        &derived,
-        now,
-        s.stale_after.as_millis() as i64,
-        s.node_down_after.as_millis() as i64,
-    );
+    let body = exposition::render(&s.store, &s.metrics, &derived, now, s.node_down_after.as_millis() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -40,10 +40,10 @@ pub struct ProbeStatus {
 
 /// Snapshot of every node's status at `now_ms`.
 pub fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
-    let stale_before = now_ms - s.stale_after.as_millis() as i64;
+    let stale_before = s.store.stale_before(now_ms);
     let down_after = s.node_down_after.as_millis() as i64;
     let mut out = Vec::new();
-    s.store.for_each_node(stale_before, |node, st| {
+    s.store.for_each_node(|node, st| {
         let status = match st.last_push_ms {
             None => "unknown",
             Some(t) if now_ms - t <= down_after => "up",
@@ -60,17 +60,16 @@ pub fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
             last_seen_age_seconds: st.last_push_ms.map(|t| (now_ms - t) as f64 / 1000.0),
             agent_version: st.last_push_ms.map(|_| st.agent_version.clone()),
             last_sequence: st.last_push_ms.map(|_| st.last_sequence),
-            series: st.series.len(),
-            probes: probe_statuses(st),
+            series: st.fresh_series(stale_before).count(),
+            probes: probe_statuses(st, stale_before),
         });
     });
     out
 }
 
-fn probe_statuses(st: &crate::store::NodeState) -> Vec<ProbeStatus> {
+fn probe_statuses(st: &crate::store::NodeState, stale_before: i64) -> Vec<ProbeStatus> {
     let mut probes: Vec<ProbeStatus> = st
-        .series
-        .iter()
+        .fresh_series(stale_before)
         .filter(|((name, _), _)| name == tierwatch_protocol::catalogue::PROBE_SUCCESS.name)
         .map(|((_, labels), v)| {
             let get = |n: &str| labels.iter().find(|l| l.name == n).map(|l| l.value.clone()).unwrap_or_default();
