@@ -9,9 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
 use tierwatch_protocol::{Batch, Event, NodeId, Severity};
 
+use crate::ledger::Ledger;
 use crate::store::Store;
 
 /// TLS handshake failures from one address within [`TLS_WINDOW_MS`] that make an event.
@@ -31,7 +31,7 @@ type TopSequence = (Vec<u8>, u64, i64);
 
 /// The collector's own detector.
 pub struct Detector {
-    db: Arc<Mutex<Connection>>,
+    ledger: Ledger,
     store: Arc<Store>,
     /// Where events with no node of their own are filed (the central node).
     home: Option<NodeId>,
@@ -42,12 +42,12 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// A detector storing through `db` and reporting to `store`.
-    pub fn new(db: Arc<Mutex<Connection>>, store: Arc<Store>) -> Self {
+    /// A detector storing through the `ledger`'s group commits and reporting to `store`.
+    pub fn new(ledger: Ledger, store: Arc<Store>) -> Self {
         let home =
             store.topology().nodes().iter().find(|n| n.tier == crate::topology::Tier::Central).map(|n| n.id.clone());
         Detector {
-            db,
+            ledger,
             store,
             home,
             tls: Mutex::new(HashMap::new()),
@@ -231,20 +231,7 @@ impl Detector {
     fn emit(&self, node: NodeId, e: Event) {
         tracing::warn!(node = %node, kind = %e.kind, src = e.attributes.get("src").map(String::as_str).unwrap_or(""), "security event (collector)");
         self.store.record_events(&node, std::slice::from_ref(&e));
-        let db = self.db.clone();
-        let received = tierwatch_protocol::now_ms();
-        // Off the runtime: the insert waits for SQLite.
-        let stored = std::thread::Builder::new().name("detect-store".into()).spawn(move || {
-            let mut c = db.lock().unwrap_or_else(|p| p.into_inner());
-            let r = c.transaction().and_then(|tx| {
-                crate::security::insert(&tx, &node, &[e], received)?;
-                tx.commit()
-            });
-            if let Err(err) = r {
-                tracing::error!(error = %err, "storing a collector security event failed");
-            }
-        });
-        if let Err(err) = stored {
+        if let Err(err) = self.ledger.record_events(node, vec![e]) {
             tracing::error!(error = %err, "storing a collector security event failed");
         }
     }

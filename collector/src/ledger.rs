@@ -5,22 +5,25 @@
 //! mark with the gaps a live-first replay leaves below it). A batch already
 //! in the set is acknowledged as a duplicate and stored nothing.
 //!
-//! One thread owns the database connection. Pushes queue jobs to it; it
-//! takes every job waiting, checks each against the ledger, and commits the
-//! ledger rows and the remote_write queue rows of the new batches in one
-//! transaction (group commit): a batch counts as stored only once both are
-//! durable, and only then is the agent acknowledged.
+//! One thread owns the database connection. Pushes queue jobs to it (a
+//! bounded tokio channel: a push waits for room without leaving the
+//! runtime); it takes every job waiting, checks each against the ledger,
+//! and commits the ledger rows and the remote_write queue rows of the new
+//! batches in one transaction (group commit): a batch counts as stored only
+//! once both are durable, and only then is the agent acknowledged. The
+//! collector's own detections are stored in the same group commits, so
+//! the security events table has one writer.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rusqlite::{params, Connection};
 use tierwatch_protocol::NodeId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{self, DbError};
 use crate::metrics::Metrics;
@@ -76,12 +79,21 @@ struct Boot {
 }
 
 type Reply = oneshot::Sender<Result<Outcome, LedgerError>>;
+
+/// What the ledger thread is asked to store.
+enum Work {
+    /// An agent's batch, answered once durable.
+    Batch(Job, Reply),
+    /// Security events the collector found itself, about `node`.
+    Events(NodeId, Vec<tierwatch_protocol::Event>),
+}
 /// (node, boot id).
 type BootKey = (String, Vec<u8>);
 
 /// Handle to the ledger thread.
+#[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::SyncSender<(Job, Reply)>,
+    tx: mpsc::Sender<Work>,
 }
 
 /// The thread itself, joined on shutdown.
@@ -139,7 +151,7 @@ impl Ledger {
         }
         tracing::info!(boots = boots.len(), file = %file.display(), "ledger loaded");
         metrics.ledger_boots.set(boots.len() as i64);
-        let (tx, rx) = mpsc::sync_channel(4096);
+        let (tx, rx) = mpsc::channel(4096);
         let mut worker = Worker { conn, boots, queues, max_age_ms, metrics, last_prune: Instant::now() };
         let handle = std::thread::Builder::new()
             .name("ledger".into())
@@ -151,13 +163,28 @@ impl Ledger {
     /// Records a batch; resolves once the decision is durable.
     pub async fn record(&self, job: Job) -> Result<Outcome, LedgerError> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        // The channel is bounded: wait for room off the runtime.
-        tokio::task::spawn_blocking(move || tx.send((job, reply)).map_err(|_| ()))
-            .await
-            .map_err(|_| LedgerError::Stopped)?
-            .map_err(|_| LedgerError::Stopped)?;
+        self.tx.send(Work::Batch(job, reply)).await.map_err(|_| LedgerError::Stopped)?;
         rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Stores security events the collector found about `node` with the
+    /// next group commit. Never waits: with the queue full the events wait
+    /// in a task of their own (on the runtime it is called from).
+    pub fn record_events(&self, node: NodeId, events: Vec<tierwatch_protocol::Event>) -> Result<(), LedgerError> {
+        match self.tx.try_send(Work::Events(node, events)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LedgerError::Stopped),
+            Err(mpsc::error::TrySendError::Full(work)) => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| LedgerError::Stopped)?;
+                let tx = self.tx.clone();
+                handle.spawn(async move {
+                    if tx.send(work).await.is_err() {
+                        tracing::error!("ledger stopped: a collector security event was not stored");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 }
 
@@ -171,8 +198,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&mut self, rx: mpsc::Receiver<(Job, Reply)>) {
-        while let Ok(first) = rx.recv() {
+    fn run(&mut self, mut rx: mpsc::Receiver<Work>) {
+        while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -183,15 +210,19 @@ impl Worker {
             let started = Instant::now();
             let result = self.commit(&group);
             self.metrics.ledger_commit_seconds.observe(started.elapsed().as_secs_f64());
+            let replies = group.into_iter().filter_map(|w| match w {
+                Work::Batch(_, reply) => Some(reply),
+                Work::Events(..) => None,
+            });
             match result {
                 Ok(outcomes) => {
-                    for ((_, reply), o) in group.into_iter().zip(outcomes) {
+                    for (reply, o) in replies.zip(outcomes) {
                         let _ = reply.send(Ok(o));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, batches = group.len(), "ledger: commit failed; pushes will be retried");
-                    for (_, reply) in group {
+                    tracing::error!(error = %e, "ledger: commit failed; pushes will be retried, the collector's own events of this group are lost");
+                    for reply in replies {
                         let _ = reply.send(Err(LedgerError::Db(e.to_string())));
                     }
                 }
@@ -206,14 +237,22 @@ impl Worker {
         tracing::debug!("ledger thread stopped");
     }
 
-    /// One transaction for the group; memory is updated only after it commits.
-    fn commit(&mut self, group: &[(Job, Reply)]) -> rusqlite::Result<Vec<Outcome>> {
+    /// One transaction for the group; memory is updated only after it
+    /// commits. The outcomes are the batches', in order.
+    fn commit(&mut self, group: &[Work]) -> rusqlite::Result<Vec<Outcome>> {
         let tx = self.conn.transaction()?;
         let now_ms = tierwatch_protocol::now_ms();
         let mut staged: HashMap<BootKey, Boot> = HashMap::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut added = vec![false; self.queues.len()];
-        for (job, _) in group {
+        for work in group {
+            let job = match work {
+                Work::Batch(job, _) => job,
+                Work::Events(node, events) => {
+                    crate::security::insert(&tx, node, events, now_ms)?;
+                    continue;
+                }
+            };
             let key = (job.node.as_str().to_string(), job.boot.clone());
             let boot = staged.entry(key.clone()).or_insert_with(|| match self.boots.get(&key) {
                 Some(b) => Boot { seen: b.seen.clone(), max_created_ms: b.max_created_ms },

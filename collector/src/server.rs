@@ -170,13 +170,13 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let ingest = Arc::new(Ingest {
         store: store.clone(),
         alerting: alerting.clone(),
-        ledger,
+        ledger: ledger.clone(),
         remote_write: !queues.is_empty(),
         metrics: metrics.clone(),
         limits: config.ingest.limits.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
         handshake_timeout: config.ingest.handshake_timeout,
-        detect: crate::detect::Detector::new(security_db.clone(), store.clone()),
+        detect: crate::detect::Detector::new(ledger.clone(), store.clone()),
     });
     let http_state = Arc::new(Http {
         store: store.clone(),
