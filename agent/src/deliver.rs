@@ -13,7 +13,8 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, PushResult};
+use crate::events::{InternalEvent, PushAccepted, PushFailed, PushRefused};
+use crate::metrics::Metrics;
 use crate::push::{PushError, Pusher};
 use crate::spool::{Live, Spool};
 
@@ -149,25 +150,24 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
         };
         match result {
             Ok(ack) => {
-                metrics.push(&dest.name, backlog, PushResult::Ok);
+                PushAccepted { destination: &dest.name, id, backlog, duplicate: ack.duplicate }.emit(&metrics);
                 let s = spool.clone();
                 blocking(move || s.ack(idx, id)).await;
                 if let Some(first) = ack.rejected.first() {
                     tracing::warn!(destination = %dest.name, id, rejected = ack.rejected.len(), first = %first.reason, "collector refused some samples");
                 }
-                tracing::debug!(destination = %dest.name, id, backlog, duplicate = ack.duplicate, "batch delivered");
                 backoff = FIRST_BACKOFF;
             }
             Err(PushError::Refused { endpoint, status, reason }) => {
-                metrics.push(&dest.name, backlog, PushResult::Refused);
+                let status = status.as_u16();
+                PushRefused { destination: &dest.name, id, backlog, endpoint: &endpoint, status, reason: &reason }
+                    .emit(&metrics);
                 let s = spool.clone();
                 blocking(move || s.refuse(idx, id)).await;
-                tracing::error!(id, endpoint = %endpoint, status = status.as_u16(), reason = %reason, "collector refused the batch; dropped");
             }
             Err(e @ PushError::Transient { .. }) => {
-                metrics.push(&dest.name, backlog, PushResult::Failed);
                 let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                tracing::warn!(destination = %dest.name, id, error = %e, retry_in_ms = wait.as_millis() as u64, "push failed");
+                PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
                 if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
                     return;
                 }

@@ -6,6 +6,7 @@
 pub mod batcher;
 pub mod config;
 pub mod deliver;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod probe;

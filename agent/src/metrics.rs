@@ -132,9 +132,9 @@ impl Metrics {
         newest
     }
 
-    /// Counts a dropped batch.
-    pub fn dropped(&self, why: DropReason) {
-        self.dropped.with_label_values(&[why.as_str()]).inc();
+    /// Counts `n` dropped batches (through [`crate::events::BatchesDropped`]).
+    pub(crate) fn dropped(&self, why: DropReason, n: u64) {
+        self.dropped.with_label_values(&[why.as_str()]).inc_by(n);
     }
 
     /// Sets the gauges derived from the clock (the age of the oldest unsent batch).
@@ -175,7 +175,7 @@ mod tests {
     fn snapshot_carries_every_self_metric_from_the_catalogue() {
         let m = Metrics::new(&["any".into()]).unwrap();
         m.push("any", false, PushResult::Ok);
-        m.dropped(DropReason::Age);
+        m.dropped(DropReason::Age, 1);
         let snap = m.snapshot(1000);
         for s in &snap {
             let def = cat::find(&s.name).unwrap_or_else(|| panic!("{} not in the catalogue", s.name));

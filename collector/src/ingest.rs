@@ -136,6 +136,68 @@ fn refuse(status: StatusCode, reason: String) -> Response<Full<Bytes>> {
     reply(status, reason + "\n", "text/plain; charset=utf-8")
 }
 
+/// A push refused. [`Refusal::emit`] logs it with the peer and node,
+/// counts it in `tierwatch_collector_batches_total`, and answers it: one
+/// call, so the log and the counter cannot disagree.
+enum Refusal {
+    NoIdentity(IdentityError),
+    UnknownNode,
+    TooLarge { bytes: usize },
+    Unreadable(String),
+    Malformed(String),
+    Impersonation { claimed: String },
+    Invalid(String),
+    Unavailable { sequence: u64, error: String },
+}
+
+impl Refusal {
+    fn emit(self, ingest: &Ingest, peer: SocketAddr, node: Option<&NodeId>) -> Response<Full<Bytes>> {
+        let node = node.map(NodeId::as_str).unwrap_or("");
+        let limit = ingest.max_body_bytes;
+        let (result, response) = match self {
+            Refusal::NoIdentity(e) => {
+                tracing::warn!(peer = %peer, reason = %e, "push refused: certificate names no node");
+                (BatchResult::Forbidden, refuse(StatusCode::FORBIDDEN, e.to_string()))
+            }
+            Refusal::UnknownNode => {
+                tracing::warn!(peer = %peer, node, "push refused: node is not in the topology");
+                (
+                    BatchResult::UnknownNode,
+                    refuse(StatusCode::FORBIDDEN, format!("node {node:?} is not in topology.yaml")),
+                )
+            }
+            Refusal::TooLarge { bytes } => {
+                tracing::warn!(peer = %peer, node, bytes, limit, "push refused: body too large");
+                (BatchResult::TooLarge, too_large(bytes, limit))
+            }
+            Refusal::Unreadable(e) => {
+                tracing::warn!(peer = %peer, node, error = %e, "push refused: body could not be read");
+                (BatchResult::Malformed, refuse(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
+            }
+            Refusal::Malformed(e) => {
+                tracing::warn!(peer = %peer, node, error = %e, "push refused: malformed batch");
+                (BatchResult::Malformed, refuse(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")))
+            }
+            Refusal::Impersonation { claimed } => {
+                tracing::warn!(peer = %peer, node, claimed = %claimed, "push refused: certificate and batch name different nodes");
+                let why = format!("certificate is for node {node:?} but the batch claims node {claimed:?}");
+                (BatchResult::Forbidden, refuse(StatusCode::FORBIDDEN, why))
+            }
+            Refusal::Invalid(e) => {
+                tracing::warn!(peer = %peer, node, reason = %e, "push refused: invalid batch");
+                (BatchResult::Invalid, refuse(StatusCode::BAD_REQUEST, format!("invalid batch: {e}")))
+            }
+            Refusal::Unavailable { sequence, error } => {
+                tracing::error!(node, sequence, error = %error, "push not stored: state database unavailable");
+                let why = format!("collector cannot store batches now ({error}); retry later");
+                (BatchResult::Unavailable, refuse(StatusCode::SERVICE_UNAVAILABLE, why))
+            }
+        };
+        ingest.metrics.batch(result);
+        response
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     ingest: &Ingest,
@@ -143,9 +205,8 @@ async fn handle(
     identity: Result<NodeId, IdentityError>,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let (result, response) = process(req, ingest, peer, identity).await;
-    if let Some(result) = result {
-        ingest.metrics.batch(result);
+    let (push, response) = process(req, ingest, peer, identity).await;
+    if push {
         ingest.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
     }
     response
@@ -156,26 +217,33 @@ async fn process(
     ingest: &Ingest,
     peer: SocketAddr,
     identity: Result<NodeId, IdentityError>,
-) -> (Option<BatchResult>, Response<Full<Bytes>>) {
+) -> (bool, Response<Full<Bytes>>) {
     if req.uri().path() != PUSH_PATH {
-        return (None, refuse(StatusCode::NOT_FOUND, format!("not found: batches go to POST {PUSH_PATH}")));
+        return (false, refuse(StatusCode::NOT_FOUND, format!("not found: batches go to POST {PUSH_PATH}")));
     }
     if req.method() != Method::POST {
-        return (None, refuse(StatusCode::METHOD_NOT_ALLOWED, format!("{PUSH_PATH} takes POST")));
+        return (false, refuse(StatusCode::METHOD_NOT_ALLOWED, format!("{PUSH_PATH} takes POST")));
     }
     let node = match identity {
         Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(peer = %peer, reason = %e, "push refused: certificate names no node");
-            return (Some(BatchResult::Forbidden), refuse(StatusCode::FORBIDDEN, e.to_string()));
-        }
+        Err(e) => return (true, Refusal::NoIdentity(e).emit(ingest, peer, None)),
     };
+    match push(req, ingest, peer, &node).await {
+        Ok(r) => (true, r),
+        Err(refusal) => (true, refusal.emit(ingest, peer, Some(&node))),
+    }
+}
+
+/// One push of `node`: stored (or a duplicate) and acknowledged, or refused.
+async fn push(
+    req: Request<Incoming>,
+    ingest: &Ingest,
+    peer: SocketAddr,
+    node: &NodeId,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    let node = node.clone();
     if ingest.store.topology().get(&node).is_none() {
-        tracing::warn!(peer = %peer, node = %node, "push refused: node is not in the topology");
-        return (
-            Some(BatchResult::UnknownNode),
-            refuse(StatusCode::FORBIDDEN, format!("node {:?} is not in topology.yaml", node.as_str())),
-        );
+        return Err(Refusal::UnknownNode);
     }
     let sent_ms = req
         .headers()
@@ -184,47 +252,21 @@ async fn process(
         .and_then(|v| v.parse::<i64>().ok());
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if let Some(len) = declared.filter(|&l| l > ingest.max_body_bytes) {
-        tracing::warn!(peer = %peer, node = %node, bytes = len, limit = ingest.max_body_bytes, "push refused: body too large");
-        return (Some(BatchResult::TooLarge), too_large(len, ingest.max_body_bytes));
+    if let Some(bytes) = declared.filter(|&l| l > ingest.max_body_bytes) {
+        return Err(Refusal::TooLarge { bytes });
     }
     let body = match Limited::new(req.into_body(), ingest.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            tracing::warn!(peer = %peer, node = %node, limit = ingest.max_body_bytes, "push refused: body too large");
-            return (Some(BatchResult::TooLarge), too_large(ingest.max_body_bytes + 1, ingest.max_body_bytes));
-        }
-        Err(e) => {
-            tracing::warn!(peer = %peer, node = %node, error = %e, "push refused: body could not be read");
-            return (Some(BatchResult::Malformed), refuse(StatusCode::BAD_REQUEST, format!("reading body: {e}")));
-        }
+        Err(e) if e.is::<LengthLimitError>() => return Err(Refusal::TooLarge { bytes: ingest.max_body_bytes + 1 }),
+        Err(e) => return Err(Refusal::Unreadable(e.to_string())),
     };
-    let mut batch = match Batch::decode(body) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(peer = %peer, node = %node, error = %e, "push refused: malformed batch");
-            return (Some(BatchResult::Malformed), refuse(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")));
-        }
-    };
+    let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
-        tracing::warn!(peer = %peer, node = %node, claimed = %batch.node_id, "push refused: certificate and batch name different nodes");
         ingest.detect.impersonation(&node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
-        return (
-            Some(BatchResult::Forbidden),
-            refuse(
-                StatusCode::FORBIDDEN,
-                format!("certificate is for node {:?} but the batch claims node {:?}", node.as_str(), batch.node_id),
-            ),
-        );
+        return Err(Refusal::Impersonation { claimed: std::mem::take(&mut batch.node_id) });
     }
     let now = tierwatch_protocol::now_ms();
-    let report = match validate::validate(&mut batch, now, &ingest.limits) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(peer = %peer, node = %node, reason = %e, "push refused: invalid batch");
-            return (Some(BatchResult::Invalid), refuse(StatusCode::BAD_REQUEST, format!("invalid batch: {e}")));
-        }
-    };
+    let report = validate::validate(&mut batch, now, &ingest.limits).map_err(|e| Refusal::Invalid(e.to_string()))?;
     let sequence = batch.sequence;
     let write = if ingest.remote_write {
         ingest.store.topology().get(&node).map(|n| {
@@ -242,25 +284,15 @@ async fn process(
         write,
         events: batch.events.clone(),
     };
-    let outcome = match ingest.ledger.record(job).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(node = %node, sequence, error = %e, "push not stored: state database unavailable");
-            return (
-                Some(BatchResult::Unavailable),
-                refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("collector cannot store batches now ({e}); retry later"),
-                ),
-            );
-        }
-    };
+    let outcome =
+        ingest.ledger.record(job).await.map_err(|e| Refusal::Unavailable { sequence, error: e.to_string() })?;
     let boot = tierwatch_protocol::ids::hex(&batch.boot_id);
     let created_ms = batch.created_ms;
     if outcome == Outcome::Duplicate {
         tracing::debug!(node = %node, boot_id = %boot, sequence, created_ms, "duplicate batch acknowledged, not stored again");
         let ack = Ack { sequence, duplicate: true, ..Default::default() };
-        return (Some(BatchResult::Duplicate), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
+        ingest.metrics.batch(BatchResult::Duplicate);
+        return Ok(reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
     }
     ingest.detect.batch(&node, &batch, sent_ms, now);
     ingest.store.ingest(&node, batch, now);
@@ -274,6 +306,7 @@ async fn process(
         tracing::warn!(node = %node, sequence, rejected = report.rejected.len(), first = %first, "samples refused from an accepted batch");
     }
     tracing::debug!(node = %node, boot_id = %boot, sequence, created_ms, points = report.accepted_points, "batch stored");
+    ingest.metrics.batch(BatchResult::Accepted);
     let ack = Ack {
         sequence,
         accepted_points: report.accepted_points as u32,
@@ -281,7 +314,7 @@ async fn process(
         rejected: report.rejected.iter().map(|r| WireRejection { reason: r.to_string() }).collect(),
         duplicate: false,
     };
-    (Some(BatchResult::Accepted), reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"))
+    Ok(reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"))
 }
 
 fn too_large(len: usize, limit: usize) -> Response<Full<Bytes>> {

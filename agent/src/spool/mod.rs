@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::events::{BatchesDropped, InternalEvent, SpoolWriteFailed};
 use crate::metrics::{DropReason, Metrics};
 use acks::{Ack, AckLog, DROPPED};
 use segment::{RecordMeta, Tail};
@@ -329,13 +330,14 @@ impl Spool {
                     Stored::Disk(id)
                 }
                 Err(error) => {
-                    self.metrics.spool_write_errors.inc();
+                    SpoolWriteFailed { id, error: &error }.emit(&self.metrics);
                     if inner.memory >= inner.cfg.memory_batches.max(1) {
                         let oldest =
                             inner.entries.iter().find(|(_, e)| matches!(e.loc, Loc::Memory(_))).map(|(&i, _)| i);
                         if let Some(old) = oldest {
                             inner.forget(old);
-                            self.metrics.dropped(DropReason::Memory);
+                            BatchesDropped { reason: DropReason::Memory, count: 1, first: old, file: None }
+                                .emit(&self.metrics);
                         }
                     }
                     inner.memory += 1;
@@ -384,8 +386,11 @@ impl Spool {
             Ok(p) => Ok(Some(Bytes::from(p))),
             Err(segment::ReadError::Io(e)) => Err(e),
             Err(e @ segment::ReadError::Checksum { .. }) => {
-                tracing::error!(file = %path.display(), error = %e, "spool: damaged batch dropped");
-                inner.drop_entry(id, &self.metrics, DropReason::Corrupt);
+                tracing::debug!(file = %path.display(), error = %e, "spool: checksum mismatch");
+                if inner.drop_entry(id) {
+                    BatchesDropped { reason: DropReason::Corrupt, count: 1, first: id, file: Some(&path) }
+                        .emit(&self.metrics);
+                }
                 self.publish(&inner);
                 Ok(None)
             }
@@ -399,9 +404,9 @@ impl Spool {
         self.publish(&inner);
     }
 
-    /// Drops batch `id` for `dest` because the collector refused it (4xx).
+    /// Drops batch `id` for `dest` because the collector refused it (4xx;
+    /// the sender emits [`crate::events::PushRefused`], which counts it).
     pub fn refuse(&self, dest: usize, id: u64) {
-        self.metrics.dropped(DropReason::Refused);
         self.ack(dest, id);
     }
 
@@ -451,17 +456,11 @@ impl Inner {
                 break;
             };
             let ids: Vec<u64> = self.ids_of(oldest);
-            if !ids.is_empty() {
-                tracing::warn!(
-                    batches = ids.len(),
-                    first = ids[0],
-                    "spool full (max_bytes): dropped the oldest segment"
-                );
+            let first = ids.first().copied().unwrap_or(0);
+            for i in &ids {
+                self.entries.remove(i);
             }
-            for i in ids {
-                self.entries.remove(&i);
-                metrics.dropped(DropReason::Size);
-            }
+            BatchesDropped { reason: DropReason::Size, count: ids.len() as u64, first, file: None }.emit(metrics);
             self.delete_segment(oldest);
         }
         if self.active.is_none() {
@@ -578,26 +577,23 @@ impl Inner {
         }
     }
 
-    fn drop_entry(&mut self, id: u64, metrics: &Metrics, why: DropReason) {
-        if let Some(e) = self.entries.get(&id) {
-            if matches!(e.loc, Loc::Disk { .. }) {
-                self.log_ack(Ack { id, dest: DROPPED });
-            }
-            metrics.dropped(why);
-            self.forget(id);
+    /// Gives up batch `id` for every destination; false if it was not there.
+    fn drop_entry(&mut self, id: u64) -> bool {
+        let Some(e) = self.entries.get(&id) else { return false };
+        if matches!(e.loc, Loc::Disk { .. }) {
+            self.log_ack(Ack { id, dest: DROPPED });
         }
+        self.forget(id);
+        true
     }
 
     /// Drops unsent batches older than `max_age`, oldest first.
     fn expire(&mut self, now_ms: i64, metrics: &Metrics) {
         let cutoff = now_ms.saturating_sub(self.cfg.max_age.as_millis() as i64);
         let old: Vec<u64> = self.entries.iter().take_while(|(_, e)| e.created_ms < cutoff).map(|(&i, _)| i).collect();
-        if !old.is_empty() {
-            tracing::warn!(batches = old.len(), first = old[0], "spool: dropped batches older than max_age");
-        }
-        for id in old {
-            self.drop_entry(id, metrics, DropReason::Age);
-        }
+        let dropped = old.iter().filter(|&&id| self.drop_entry(id)).count() as u64;
+        let first = old.first().copied().unwrap_or(0);
+        BatchesDropped { reason: DropReason::Age, count: dropped, first, file: None }.emit(metrics);
     }
 
     /// Rewrites the acknowledgement log with only what the index still needs:
