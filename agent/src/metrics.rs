@@ -5,7 +5,7 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tierwatch_protocol::catalogue::{self as cat, MetricDef};
-use tierwatch_protocol::{Label, MetricKind, Point, Series};
+use tierwatch_protocol::{Label, MetricKind, Series};
 
 /// Handles to every agent self-metric.
 #[derive(Clone)]
@@ -155,12 +155,8 @@ impl Metrics {
             for m in mf.get_metric() {
                 let value =
                     if kind == MetricKind::Counter { m.get_counter().get_value() } else { m.get_gauge().get_value() };
-                out.push(Series {
-                    name: mf.get_name().to_string(),
-                    kind: kind as i32,
-                    labels: m.get_label().iter().map(|l| Label::new(l.get_name(), l.get_value())).collect(),
-                    points: vec![Point { timestamp_ms: now_ms, value }],
-                });
+                let labels = m.get_label().iter().map(|l| Label::new(l.get_name(), l.get_value())).collect();
+                out.push(Series::point(mf.get_name(), kind, labels, now_ms, value));
             }
         }
         out

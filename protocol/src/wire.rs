@@ -177,6 +177,13 @@ impl Series {
     }
 }
 
+impl Series {
+    /// A series of one point: `value` measured at `timestamp_ms`.
+    pub fn point(name: impl Into<String>, kind: MetricKind, labels: Vec<Label>, timestamp_ms: i64, value: f64) -> Self {
+        Series { name: name.into(), kind: kind as i32, labels, points: vec![Point { timestamp_ms, value }] }
+    }
+}
+
 impl Label {
     /// Builds a label pair.
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {

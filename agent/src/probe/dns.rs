@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use serde::{Deserialize, Serialize};
+use tierwatch_protocol::catalogue;
+
+use super::outcome::Outcome;
 
 /// DNS record types a DNS probe asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -230,6 +233,43 @@ pub async fn query(server: SocketAddr, name: &str, rtype: RecordType, timeout: D
         Ok(Lookup { response, latency: started.elapsed(), over_tcp: true })
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| format!("no answer from {server} within {timeout:?}"))?
+}
+
+/// A lookup as series, against the expected answers.
+pub(super) fn outcome(
+    out: &mut Outcome,
+    l: &Lookup,
+    query: &str,
+    rtype: RecordType,
+    expect: Option<&std::collections::BTreeSet<String>>,
+    ts: i64,
+) {
+    let r = &l.response;
+    let rcode = rcode_name(r.rcode);
+    out.push(&catalogue::DNS_LOOKUP, &[], l.latency.as_secs_f64(), ts);
+    out.push_state(&catalogue::DNS_RCODE, "rcode", &RCODES, rcode, ts);
+    out.push(&catalogue::DNS_ANSWERS, &[], r.answers.len() as f64, ts);
+    let answers: Vec<&str> = r.answers.iter().map(String::as_str).collect();
+    out.note(|| {
+        format!(
+            "{query} {rtype}: {rcode} in {:.3} ms{}: [{}]",
+            l.latency.as_secs_f64() * 1000.0,
+            if l.over_tcp { " (over TCP)" } else { "" },
+            answers.join(", ")
+        )
+    });
+    let matched = expect.map(|e| e == &r.answers);
+    if let Some(m) = matched {
+        out.push(&catalogue::DNS_MATCH, &[], m as u8 as f64, ts);
+    }
+    if r.rcode != 0 {
+        out.error = Some(format!("{query} {rtype}: {rcode}"));
+    } else if matched == Some(false) {
+        let want: Vec<&str> = expect.map(|e| e.iter().map(String::as_str).collect()).unwrap_or_default();
+        out.error = Some(format!("answers [{}] differ from the expected [{}]", answers.join(", "), want.join(", ")));
+    } else {
+        out.success = true;
+    }
 }
 
 #[cfg(test)]

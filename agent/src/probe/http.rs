@@ -18,7 +18,9 @@ use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use super::outcome::Outcome;
 use super::tls::{self, TlsFacts};
+use tierwatch_protocol::catalogue;
 use tierwatch_runtime::url::{parse as parse_url, HttpUrl};
 
 /// An accepted HTTP status: `200`, or a class such as `2xx`.
@@ -291,6 +293,67 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
             }
         }
         return Ok(());
+    }
+}
+
+/// Turns a fetch into series; `last_fingerprint` is the previous round's, for the change signal.
+pub(super) fn outcome(out: &mut Outcome, spec: &HttpSpec, f: Fetch, ts: i64, last_fingerprint: &mut Option<u64>) {
+    if let Some(facts) = &f.tls {
+        tls::outcome(out, facts, ts);
+    }
+    for (phase, d) in f.phases.labelled() {
+        out.push(&catalogue::HTTP_PHASE, &[("phase", phase)], d.as_secs_f64(), ts);
+    }
+    out.push(&catalogue::HTTP_REDIRECTS, &[], f.redirects as f64, ts);
+    if f.redirects > 0 {
+        out.note(|| format!("followed {} redirect(s) to {}", f.redirects, f.final_url));
+    }
+    if let Some(e) = f.error {
+        out.error = Some(e);
+        return;
+    }
+    let status = f.status.unwrap_or(0);
+    out.push(&catalogue::HTTP_STATUS, &[], status as f64, ts);
+    out.push(&catalogue::HTTP_BODY_BYTES, &[], f.body_bytes as f64, ts);
+    out.push(&catalogue::HTTP_BODY_MATCH, &[], f.body_failures.is_empty() as u8 as f64, ts);
+    out.note(|| {
+        format!(
+            "status {status}, {} body bytes{}",
+            f.body_bytes,
+            if f.truncated { " (truncated at max_body_bytes)" } else { "" }
+        )
+    });
+    out.note(|| {
+        let phases: Vec<String> =
+            f.phases.labelled().iter().map(|(p, d)| format!("{p} {:.3} ms", d.as_secs_f64() * 1000.0)).collect();
+        format!("phases: {}", phases.join(", "))
+    });
+    if !spec.body_contains.is_empty() || !spec.body_not_contains.is_empty() {
+        out.note(|| {
+            if f.body_failures.is_empty() {
+                "body checks: all met".to_string()
+            } else {
+                format!("body checks FAILED: {}", f.body_failures.join("; "))
+            }
+        });
+    }
+    if let Some(fp) = f.fingerprint {
+        let changed = last_fingerprint.is_some_and(|prev| prev != fp);
+        out.push(&catalogue::HTTP_FINGERPRINT, &[], fp as f64, ts);
+        out.push(&catalogue::HTTP_CHANGED, &[], changed as u8 as f64, ts);
+        out.note(|| {
+            format!("content fingerprint {fp:012x}{}", if changed { " (changed since the last round)" } else { "" })
+        });
+        *last_fingerprint = Some(fp);
+    }
+    let status_ok = spec.expect_status.iter().any(|p| p.matches(status));
+    if !status_ok {
+        let want: Vec<String> = spec.expect_status.iter().map(|p| String::from(*p)).collect();
+        out.error = Some(format!("status {status} is not one of {}", want.join(", ")));
+    } else if !f.body_failures.is_empty() {
+        out.error = Some(f.body_failures.join("; "));
+    } else {
+        out.success = true;
     }
 }
 

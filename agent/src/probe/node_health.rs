@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use tierwatch_protocol::catalogue::{self, MetricDef};
-use tierwatch_protocol::{Label, Point, Series};
+use tierwatch_protocol::{Label, Series};
 
 /// What to sample.
 #[derive(Debug, Clone)]
@@ -40,12 +40,13 @@ impl NodeSampler {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let mut push = |def: &MetricDef, labels: &[(&str, &str)], value: f64| {
-            out.push(Series {
-                name: def.name.to_string(),
-                kind: def.kind as i32,
-                labels: labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
-                points: vec![Point { timestamp_ms: ts, value }],
-            })
+            out.push(Series::point(
+                def.name,
+                def.kind,
+                labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
+                ts,
+                value,
+            ))
         };
         match std::fs::read_to_string(self.proc_root.join("stat")) {
             Ok(text) => {

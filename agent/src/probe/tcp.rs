@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use super::outcome::Outcome;
+use tierwatch_protocol::catalogue;
+
 /// How a connect attempt ended; the `result` label of `tierwatch_tcp_connect_result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectResult {
@@ -74,6 +77,20 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Connect {
             elapsed: start.elapsed(),
             error: Some(format!("no answer within {timeout:?}")),
         },
+    }
+}
+
+/// The TCP probe: one connect to `addr`, as series.
+pub(super) async fn outcome(out: &mut Outcome, addr: SocketAddr, timeout: Duration, ts: i64) {
+    let c = connect(addr, timeout).await;
+    let labels: Vec<&str> = ConnectResult::ALL.iter().map(|r| r.as_str()).collect();
+    out.push_state(&catalogue::TCP_RESULT, "result", &labels, c.result.as_str(), ts);
+    out.note(|| format!("connect to {addr}: {} in {:.3} ms", c.result.as_str(), c.elapsed.as_secs_f64() * 1000.0));
+    if c.result == ConnectResult::Ok {
+        out.push(&catalogue::TCP_CONNECT, &[], c.elapsed.as_secs_f64(), ts);
+        out.success = true;
+    } else {
+        out.error = Some(format!("{}: {}", c.result.as_str(), c.error.unwrap_or_default()));
     }
 }
 

@@ -19,6 +19,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::outcome::Outcome;
+use std::net::SocketAddr;
+use tierwatch_protocol::catalogue;
+
 /// Why a certificate chain did not verify; the `result` label of `tierwatch_tls_verify_result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyFailure {
@@ -223,4 +227,91 @@ pub async fn handshake(
         leaf_issuer: issuer(&chain[0]),
     };
     Ok((stream, facts))
+}
+
+/// The series of a handshake's facts (TLS probes and HTTPS).
+pub(super) fn outcome(out: &mut Outcome, f: &TlsFacts, ts: i64) {
+    let result = match &f.verify {
+        Ok(()) => "ok",
+        Err((why, _)) => why.as_str(),
+    };
+    out.push(&catalogue::TLS_VERIFIED, &[], f.verify.is_ok() as u8 as f64, ts);
+    out.push_state(&catalogue::TLS_VERIFY_RESULT, "result", &VerifyFailure::LABELS, result, ts);
+    out.push(&catalogue::TLS_HOST_MATCH, &[], f.host_match as u8 as f64, ts);
+    out.push(&catalogue::TLS_HANDSHAKE, &[], f.handshake.as_secs_f64(), ts);
+    if let Some(t) = f.leaf_not_after {
+        out.push(&catalogue::TLS_LEAF_EXPIRY, &[], t as f64, ts);
+    }
+    if let Some(t) = f.chain_not_after {
+        out.push(&catalogue::TLS_CHAIN_EXPIRY, &[], t as f64, ts);
+    }
+    if let Some(v) = f.version {
+        out.push(&catalogue::TLS_VERSION, &[("version", v)], 1.0, ts);
+    }
+    let days = |t: Option<i64>| {
+        t.map(|t| format!("{:.1} days", (t - ts / 1000) as f64 / 86400.0)).unwrap_or_else(|| "?".into())
+    };
+    out.note(|| {
+        format!(
+            "TLS {}: chain {}, host name {}, leaf expires in {}, chain in {}",
+            f.version.unwrap_or("?"),
+            match &f.verify {
+                Ok(()) => "verified".to_string(),
+                Err((why, words)) => format!("NOT verified ({}: {words})", why.as_str()),
+            },
+            if f.host_match { "matches" } else { "does NOT match" },
+            days(f.leaf_not_after),
+            days(f.chain_not_after),
+        )
+    });
+}
+
+/// The TLS probe: a handshake with `host:port` verified for `name`.
+pub(super) async fn probe(
+    out: &mut Outcome,
+    host: &str,
+    port: u16,
+    name: &str,
+    roots: Option<Result<Arc<RootCertStore>, String>>,
+    ts: i64,
+) -> Option<TlsFacts> {
+    let roots = match roots {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            out.error = Some(e);
+            return None;
+        }
+        None => {
+            out.error = Some("no trust roots".into());
+            return None;
+        }
+    };
+    let addr = match super::resolve(host).await {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(e) => {
+            out.error = Some(e);
+            return None;
+        }
+    };
+    let tcp = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("connect to {addr}: {e}"));
+            return None;
+        }
+    };
+    match handshake(tcp, name, roots, &[]).await {
+        Ok((_, facts)) => {
+            outcome(out, &facts, ts);
+            match &facts.verify {
+                Ok(()) => out.success = true,
+                Err((why, words)) => out.error = Some(format!("certificate not trusted ({}): {words}", why.as_str())),
+            }
+            Some(facts)
+        }
+        Err(e) => {
+            out.error = Some(e);
+            None
+        }
+    }
 }

@@ -32,6 +32,26 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+mod probe;
+pub(super) use probe::{icmp_round, IcmpRound, RttEstimate};
+
+/// The ICMP engine, or why there is none (reported by every ICMP probe).
+#[derive(Clone)]
+pub enum Icmp {
+    Ready(Arc<IcmpEngine>),
+    Unavailable(Arc<str>),
+}
+
+impl Icmp {
+    /// Opens the engine, keeping the error for the probes to report.
+    pub fn open() -> Icmp {
+        match IcmpEngine::open() {
+            Ok(e) => Icmp::Ready(Arc::new(e)),
+            Err(e) => Icmp::Unavailable(e.to_string().into()),
+        }
+    }
+}
+
 const HEADER_LEN: usize = 8;
 const PAYLOAD_LEN: usize = 16;
 

@@ -1,0 +1,184 @@
+//! The ICMP probe: one round through the engine as series, the target's
+//! round-trip estimate, and the early report of a target that fell silent.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tierwatch_protocol::catalogue;
+
+use super::super::outcome::{EarlyReport, Outcome};
+use super::{Icmp, Watch};
+
+/// Smoothed round-trip time and its variation (RFC 6298), and from them the
+/// time after which a reply is overdue.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RttEstimate {
+    srtt: f64,
+    rttvar: f64,
+    samples: u64,
+}
+
+/// Below this a reply is never called overdue: scheduling on a busy host,
+/// and the WAN's own queueing, take that much now and then.
+const MIN_RTO: Duration = Duration::from_millis(250);
+/// Requests sent at once to confirm that an overdue one means a silent target.
+const CONFIRM: u32 = 3;
+
+impl RttEstimate {
+    /// Takes one measured round trip.
+    pub fn add(&mut self, rtt: Duration) {
+        let r = rtt.as_secs_f64();
+        if self.samples == 0 {
+            self.srtt = r;
+            self.rttvar = r / 2.0;
+        } else {
+            self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
+            self.srtt = 0.875 * self.srtt + 0.125 * r;
+        }
+        self.samples += 1;
+    }
+
+    /// When a reply is overdue: SRTT + 4 RTTVAR, within [250 ms, `timeout`];
+    /// `None` before any round trip was measured.
+    pub fn rto(&self, timeout: Duration) -> Option<Duration> {
+        (self.samples > 0).then(|| Duration::from_secs_f64(self.srtt + 4.0 * self.rttvar).max(MIN_RTO).min(timeout))
+    }
+}
+
+/// What one ICMP round sends.
+pub(in crate::probe) struct IcmpRound {
+    pub ip: IpAddr,
+    pub count: u32,
+    pub spacing: Duration,
+    pub timeout: Duration,
+    /// The probe's timestamp.
+    pub ts: i64,
+}
+
+/// Runs one round; with `early` (overdue after, where to), a silent target
+/// is reported at once as a failed probe. Returns when that happened (ms).
+pub(in crate::probe) async fn icmp_round(
+    out: &mut Outcome,
+    icmp: &Icmp,
+    r: IcmpRound,
+    early: Option<(Duration, &EarlyReport)>,
+    rtt: &mut RttEstimate,
+) -> Option<i64> {
+    let IcmpRound { ip, count, spacing, timeout, ts } = r;
+    let engine = match icmp {
+        Icmp::Ready(e) => e,
+        Icmp::Unavailable(why) => {
+            out.error = Some(why.to_string());
+            return None;
+        }
+    };
+    out.note(|| {
+        format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
+    });
+    let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
+    let watch = early.map(|(rto, _)| Watch { rto, confirm: CONFIRM, silent: silent_tx });
+    let running = engine.round(ip, count, spacing, timeout, watch);
+    tokio::pin!(running);
+    let mut early_ts = None;
+    let result = tokio::select! {
+        r = &mut running => r,
+        Ok(i) = silent_rx => {
+            let now = tierwatch_protocol::now_ms();
+            early_ts = Some(now);
+            if let Some((rto, report)) = early {
+                let mut e = Outcome::new(out.target.clone(), out.kind, false);
+                e.error = Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once"));
+                // Only a target that was up is watched: this is a flip.
+                (e.early, e.flipped) = (true, true);
+                e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
+                tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
+                report(e);
+            }
+            running.await
+        }
+    };
+    let round = match result {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return early_ts;
+        }
+    };
+    for d in round.rtts.iter().flatten() {
+        rtt.add(*d);
+    }
+    for (i, rtt) in round.rtts.iter().enumerate() {
+        out.note(|| match rtt {
+            Some(d) => format!("  seq {i}: reply in {:.3} ms", d.as_secs_f64() * 1000.0),
+            None => format!("  seq {i}: no reply"),
+        });
+    }
+    out.push(&catalogue::ICMP_SENT, &[], round.sent() as f64, ts);
+    out.push(&catalogue::ICMP_DUPLICATE, &[], round.duplicates as f64, ts);
+    out.push(&catalogue::ICMP_LATE, &[], round.late as f64, ts);
+    out.note(|| {
+        format!(
+            "kernel receive timestamps for {} of the replies; {} duplicate, {} late",
+            round.kernel_timestamps, round.duplicates, round.late
+        )
+    });
+    match round.stats() {
+        Some(s) => {
+            for (def, v) in [
+                (&catalogue::ICMP_RECEIVED, s.received as f64),
+                (&catalogue::ICMP_LOSS, s.loss_ratio),
+                (&catalogue::ICMP_RTT_MEAN, s.mean.as_secs_f64()),
+                (&catalogue::ICMP_RTT_STDDEV, s.stddev.as_secs_f64()),
+                (&catalogue::ICMP_JITTER, s.jitter.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MIN, s.min.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MEDIAN, s.median.as_secs_f64()),
+                (&catalogue::ICMP_RTT_P90, s.p90.as_secs_f64()),
+                (&catalogue::ICMP_RTT_MAX, s.max.as_secs_f64()),
+            ] {
+                out.push(def, &[], v, ts);
+            }
+            out.success = round.reachable_at_end();
+            if !out.success {
+                out.error = Some(format!(
+                    "silent since request {}: no reply to it or after it",
+                    round.silent_from.unwrap_or_default()
+                ));
+            }
+        }
+        None => {
+            out.push(&catalogue::ICMP_RECEIVED, &[], 0.0, ts);
+            out.push(&catalogue::ICMP_LOSS, &[], 1.0, ts);
+            out.error = Some(
+                round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())),
+            );
+        }
+    }
+    early_ts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overdue_follows_the_link_and_stays_within_bounds() {
+        let mut e = RttEstimate::default();
+        let timeout = Duration::from_secs(1);
+        assert_eq!(e.rto(timeout), None, "no estimate before a reply");
+        // A steady 20 ms link: the floor applies.
+        for _ in 0..50 {
+            e.add(Duration::from_millis(20));
+        }
+        assert_eq!(e.rto(timeout), Some(MIN_RTO));
+        // A jittery 200 ± 100 ms link: SRTT + 4 RTTVAR, well above any reply seen.
+        let mut e = RttEstimate::default();
+        for i in 0..200 {
+            e.add(Duration::from_millis(if i % 2 == 0 { 100 } else { 300 }));
+        }
+        let rto = e.rto(timeout).unwrap();
+        assert!(rto > Duration::from_millis(450) && rto < timeout, "{rto:?}");
+        // Never beyond the probe's own timeout.
+        e.add(Duration::from_secs(5));
+        assert_eq!(e.rto(timeout), Some(timeout));
+    }
+}
