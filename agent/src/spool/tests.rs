@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::path::Path;
 
 fn cfg(dir: &Path) -> SpoolConfig {
     SpoolConfig {
