@@ -12,20 +12,19 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use pnet::packet::ipv4::Ipv4Packet;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+mod matching;
 mod packet;
 mod probe;
 mod socket;
 mod stats;
-use packet::{encode_request, HEADER_LEN, PAYLOAD_LEN};
+use matching::{Reply, RoundState, Shared};
 pub use packet::{parse_reply, Echo};
 pub(super) use probe::{icmp_round, IcmpRound, RttEstimate};
 pub use socket::{IcmpSocket, KernelSocket, Received};
@@ -84,57 +83,6 @@ pub enum IcmpError {
     NoIpv6(String),
 }
 
-/// What the receiver learnt about a reply.
-#[derive(Debug, Clone, Copy)]
-struct Reply {
-    /// Monotonic time the receiver saw it (fallback).
-    at: Instant,
-    /// Kernel receive time (wall clock), when the kernel gave one.
-    kernel: Option<SystemTime>,
-}
-
-/// What the receiver writes for an open round: one entry per request, plus
-/// the replies that matched no waiting request.
-#[derive(Debug)]
-struct RoundState {
-    replies: Mutex<Vec<Option<Reply>>>,
-    /// Send time of each request, for the watch.
-    sent: Mutex<Vec<Option<Instant>>>,
-    /// Woken on every reply, send and the end of sending.
-    arrived: Notify,
-    duplicates: AtomicU32,
-    late: AtomicU32,
-    /// Every request is out and answered or timed out.
-    finished: std::sync::atomic::AtomicBool,
-}
-
-impl RoundState {
-    fn new(count: usize) -> Self {
-        RoundState {
-            replies: Mutex::new(vec![None; count]),
-            sent: Mutex::new(vec![None; count]),
-            arrived: Notify::new(),
-            duplicates: AtomicU32::new(0),
-            late: AtomicU32::new(0),
-            finished: Default::default(),
-        }
-    }
-
-    fn answered(&self, i: usize) -> bool {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner()).get(i).is_some_and(Option::is_some)
-    }
-
-    fn any_answered(&self) -> bool {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner()).iter().any(Option::is_some)
-    }
-
-    /// The newest request sent: its index and send time.
-    fn newest_sent(&self) -> Option<(usize, Instant)> {
-        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        sent.iter().enumerate().rev().find_map(|(i, t)| t.map(|t| (i, t)))
-    }
-}
-
 /// Fast failure detection inside a round: a request not answered within
 /// `rto` (a retransmission timeout from the target's recent RTTs) is
 /// checked at once with `confirm` more requests; when none of those is
@@ -149,35 +97,10 @@ pub struct Watch {
     pub silent: tokio::sync::oneshot::Sender<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Waiting,
-    Answered,
-    TimedOut,
-}
-
-/// One request of an open round; kept until the round ends so that
-/// duplicates and late replies are counted for their round.
-struct Slot {
-    dest: IpAddr,
-    state: SlotState,
-    round: Arc<RoundState>,
-    index: usize,
-}
-
-struct Family<S> {
-    socket: S,
-    kind: SocketKind,
-    v6: bool,
-}
-
-struct Shared {
-    ident: u16,
-    cookie: [u8; 8],
-    next_seq: Mutex<u16>,
-    slots: Mutex<HashMap<u16, Slot>>,
-    /// Replies with our cookie that match no open round at all.
-    stray: AtomicU64,
+pub(super) struct Family<S> {
+    pub(super) socket: S,
+    pub(super) kind: SocketKind,
+    pub(super) v6: bool,
 }
 
 /// The agent's ICMP engine, over the kernel's sockets unless a test gives
@@ -421,86 +344,6 @@ impl<S: IcmpSocket> IcmpEngine<S> {
     }
 }
 
-impl Shared {
-    fn register(&self, dest: IpAddr, round: Arc<RoundState>, index: usize) -> u16 {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-        // Skip sequence numbers still held by open rounds.
-        let mut seq = *next;
-        for _ in 0..=u16::MAX {
-            if !slots.contains_key(&seq) {
-                break;
-            }
-            seq = seq.wrapping_add(1);
-        }
-        *next = seq.wrapping_add(1);
-        slots.insert(seq, Slot { dest, state: SlotState::Waiting, round, index });
-        seq
-    }
-
-    fn expire(&self, seq: u16) {
-        if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&seq) {
-            if slot.state == SlotState::Waiting {
-                slot.state = SlotState::TimedOut;
-            }
-        }
-    }
-
-    fn release(&self, seqs: &[u16]) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        for s in seqs {
-            slots.remove(s);
-        }
-    }
-
-    async fn send<S: IcmpSocket>(&self, family: &Family<S>, dest: IpAddr, seq: u16) -> Result<(), IcmpError> {
-        let mut buf = [0u8; HEADER_LEN + PAYLOAD_LEN];
-        encode_request(&mut buf, family.v6, self.ident, seq, &self.cookie);
-        family.socket.send_to(&buf, dest).await.map_err(|source| IcmpError::Send { dest, source })
-    }
-
-    fn on_packet<S>(&self, family: &Family<S>, data: &[u8], from: IpAddr, reply: Reply) {
-        let icmp_bytes = match (family.kind, family.v6) {
-            // Raw IPv4 sockets deliver the IP header too; IPv6 sockets never do.
-            (SocketKind::Raw, false) => match Ipv4Packet::new(data) {
-                Some(ip) => match data.get(ip.get_header_length() as usize * 4..) {
-                    Some(rest) => rest,
-                    None => return,
-                },
-                None => return,
-            },
-            _ => data,
-        };
-        let Some(echo) = parse_reply(icmp_bytes, family.v6, &self.cookie) else { return };
-        // The kernel rewrites the identifier of unprivileged sockets and
-        // already filters replies to this socket.
-        if family.kind == SocketKind::Raw && echo.ident != self.ident {
-            return;
-        }
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        match slots.get_mut(&echo.seq) {
-            Some(slot) if slot.dest == from => match slot.state {
-                SlotState::Waiting => {
-                    slot.state = SlotState::Answered;
-                    if let Some(r) = slot.round.replies.lock().unwrap_or_else(|p| p.into_inner()).get_mut(slot.index) {
-                        *r = Some(reply);
-                    }
-                    slot.round.arrived.notify_waiters();
-                }
-                SlotState::Answered => {
-                    slot.round.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                SlotState::TimedOut => {
-                    slot.round.late.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            _ => {
-                self.stray.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 async fn receive_loop<S: IcmpSocket>(shared: Arc<Shared>, family: Arc<Family<S>>) {
     let mut buf = vec![0u8; 2048];
     loop {
@@ -521,8 +364,11 @@ async fn receive_loop<S: IcmpSocket>(shared: Arc<Shared>, family: Arc<Family<S>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use packet::{encode_request, HEADER_LEN, PAYLOAD_LEN};
     use pnet::packet::icmp::{self, IcmpPacket, IcmpTypes};
+    use std::collections::HashMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::atomic::{AtomicU32, AtomicU64};
 
     fn ms(v: u64) -> Option<Duration> {
         Some(Duration::from_millis(v))
