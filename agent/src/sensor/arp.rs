@@ -7,6 +7,7 @@
 //! whose Ethernet source differs from the sender it claims is suspicious.
 //! VRRP and HSRP virtual MACs are allowed to move. The table is bounded.
 
+use super::recently::Recently;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -66,7 +67,7 @@ pub struct ArpWatch {
     policy: ArpPolicy,
     table: HashMap<Ipv4Addr, Station>,
     /// Last event per address and kind, so a storm of forged replies is one event a minute.
-    reported: HashMap<(Ipv4Addr, &'static str), i64>,
+    reported: Recently<(Ipv4Addr, &'static str)>,
     digest: Digest,
 }
 
@@ -89,7 +90,9 @@ impl ArpWatch {
     pub fn new(mut policy: ArpPolicy) -> Self {
         let own: Vec<Ipv4Addr> = policy.own.iter().map(|(ip, _)| *ip).collect();
         policy.gateways.extend(own);
-        ArpWatch { policy, table: HashMap::new(), reported: HashMap::new(), digest: Digest::default() }
+        // A storm of reports remembers four per station at most.
+        let reported = Recently::new(QUIET_MS, policy.max_stations * 4);
+        ArpWatch { policy, table: HashMap::new(), reported, digest: Digest::default() }
     }
 
     /// Stations in the table.
@@ -230,19 +233,7 @@ impl ArpWatch {
 
     /// True (and remembered) unless `kind` was reported for `ip` within the last minute.
     fn once(&mut self, ip: Ipv4Addr, kind: &'static str, now_ms: i64) -> bool {
-        if self.reported.len() >= self.policy.max_stations * 2 {
-            self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
-        }
-        match self.reported.get(&(ip, kind)) {
-            Some(&t) if now_ms - t < QUIET_MS => false,
-            _ => {
-                // Still full of recent storms: report, but remember nothing more.
-                if self.reported.len() < self.policy.max_stations * 4 {
-                    self.reported.insert((ip, kind), now_ms);
-                }
-                true
-            }
-        }
+        self.reported.first((ip, kind), now_ms)
     }
 }
 

@@ -5,7 +5,8 @@
 //! server seen is taken as the LAN's (an info event names it) and any other
 //! is rogue.
 
-use std::collections::{BTreeMap, HashMap};
+use super::recently::Recently;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use tierwatch_protocol::{Event, Severity};
@@ -57,17 +58,23 @@ pub fn parse(udp_payload: &[u8], ip_src: Ipv4Addr) -> Option<Reply> {
 }
 
 /// The watch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DhcpWatch {
     allowed: Vec<Ipv4Addr>,
     learned: Option<Ipv4Addr>,
-    reported: HashMap<Ipv4Addr, i64>,
+    reported: Recently<Ipv4Addr>,
+}
+
+impl Default for DhcpWatch {
+    fn default() -> Self {
+        DhcpWatch::new(Vec::new())
+    }
 }
 
 impl DhcpWatch {
     /// A watch trusting `allowed` (empty: the first server seen).
     pub fn new(allowed: Vec<Ipv4Addr>) -> Self {
-        DhcpWatch { allowed, learned: None, reported: HashMap::new() }
+        DhcpWatch { allowed, learned: None, reported: Recently::new(QUIET_MS, MAX_REPORTED) }
     }
 
     /// One DHCP reply seen from `eth_src` at `now_ms`.
@@ -90,16 +97,8 @@ impl DhcpWatch {
         if self.allowed.contains(&r.server) || self.learned == Some(r.server) {
             return None;
         }
-        if self.reported.get(&r.server).is_some_and(|t| now_ms - t < QUIET_MS) {
+        if !self.reported.first(r.server, now_ms) {
             return None;
-        }
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
-        }
-        // Still full: a flood of forged servers; the sensor's per-kind event
-        // limit holds their reports, and memory stays bounded.
-        if self.reported.len() < MAX_REPORTED {
-            self.reported.insert(r.server, now_ms);
         }
         let allowed: Vec<String> = self.allowed.iter().chain(self.learned.iter()).map(Ipv4Addr::to_string).collect();
         attributes.insert("allowed".into(), allowed.join(","));

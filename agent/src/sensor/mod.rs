@@ -7,6 +7,7 @@ pub mod capture;
 pub mod dhcp;
 pub mod files;
 pub mod listen;
+pub mod recently;
 pub mod router_advert;
 pub mod scan;
 pub mod ssh;

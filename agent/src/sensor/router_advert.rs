@@ -13,7 +13,7 @@
 //! ignored. Extension headers before the ICMPv6 header are walked (RA-Guard
 //! evasion hides the RA behind them); a non-first fragment is skipped.
 
-use std::collections::HashMap;
+use super::recently::Recently;
 use std::net::Ipv6Addr;
 
 use pnet::packet::icmpv6::{checksum, Icmpv6Packet};
@@ -138,16 +138,22 @@ fn skip_extensions(mut next: u8, mut data: &[u8]) -> Option<&[u8]> {
 }
 
 /// The watch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouterWatch {
     allowed: Vec<Router>,
-    reported: HashMap<(Ipv6Addr, [u8; 6]), i64>,
+    reported: Recently<(Ipv6Addr, [u8; 6])>,
+}
+
+impl Default for RouterWatch {
+    fn default() -> Self {
+        RouterWatch::new(Vec::new())
+    }
 }
 
 impl RouterWatch {
     /// A watch trusting `allowed` (empty: every router is rogue).
     pub fn new(allowed: Vec<Router>) -> Self {
-        RouterWatch { allowed, reported: HashMap::new() }
+        RouterWatch { allowed, reported: Recently::new(QUIET_MS, MAX_REPORTED) }
     }
 
     fn trusted(&self, ad: &Advert, eth_src: [u8; 6]) -> bool {
@@ -163,14 +169,8 @@ impl RouterWatch {
             return None;
         }
         let key = (ad.router, eth_src);
-        if self.reported.get(&key).is_some_and(|t| now_ms - t < QUIET_MS) {
+        if !self.reported.first(key, now_ms) {
             return None;
-        }
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.retain(|_, t| now_ms - *t < QUIET_MS);
-        }
-        if self.reported.len() < MAX_REPORTED {
-            self.reported.insert(key, now_ms);
         }
         let list = |v: Vec<String>| v.join(",");
         let allowed = self.allowed.iter().map(|r| match r {
