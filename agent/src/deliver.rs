@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use tierwatch_runtime::backoff::Backoff;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +94,7 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
     let mut live_rx = spool.subscribe();
     let mut last_live = 0u64;
     let mut cap = ReplayCap::new(cap);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, max_backoff(dest.push_interval));
     let idx = dest.index;
     loop {
         if token.is_cancelled() {
@@ -156,7 +156,7 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 if let Some(first) = ack.rejected.first() {
                     tracing::warn!(destination = %dest.name, id, rejected = ack.rejected.len(), first = %first.reason, "collector refused some samples");
                 }
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
             Err(PushError::Refused { endpoint, status, reason }) => {
                 let status = status.as_u16();
@@ -166,12 +166,11 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 blocking(move || s.refuse(idx, id)).await;
             }
             Err(e @ PushError::Transient { .. }) => {
-                let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                let wait = backoff.next_wait();
                 PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
                 if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
                     return;
                 }
-                backoff = (backoff * 2).min(max_backoff(dest.push_interval));
             }
         }
     }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod backoff;
 pub mod duration;
 pub mod exit;
 pub mod http_client;

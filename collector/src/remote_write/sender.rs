@@ -15,8 +15,8 @@ use hyper::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT,
 };
 use hyper::{Request, StatusCode};
-use rand::Rng;
 use rusqlite::Connection;
+use tierwatch_runtime::backoff::Backoff;
 use tierwatch_runtime::http_client::HttpConn;
 use tokio_util::sync::CancellationToken;
 
@@ -226,7 +226,7 @@ pub async fn run(
                 continue;
             }
         };
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let outcome = loop {
             let sent = tokio::select! {
                 s = send_once(&mut p, body.clone(), &metrics) => s,
@@ -235,12 +235,17 @@ pub async fn run(
             match sent {
                 Sent::Retry(reason, after) => {
                     metrics.remote_write_samples(&name, "retried", samples);
-                    let wait = after.unwrap_or_else(|| backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0)));
+                    let wait = match after {
+                        Some(after) => {
+                            backoff.failed_without_waiting();
+                            after
+                        }
+                        None => backoff.next_wait(),
+                    };
                     tracing::warn!(remote = %name, samples, error = %reason, retry_in_ms = wait.as_millis() as u64, "remote_write failed");
                     if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 other => break other,
             }

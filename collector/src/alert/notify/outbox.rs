@@ -188,5 +188,5 @@ pub fn retry_at(conn: &Connection, id: i64, attempts: u32, next_ms: i64) -> rusq
 
 /// Delay before attempt `attempts + 1`: 1 s doubling to 5 minutes.
 pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+    tierwatch_runtime::backoff::nth(Duration::from_secs(1), Duration::from_secs(300), attempts)
 }
