@@ -8,6 +8,8 @@
 //! detector's memory), and an ARP flood from spoofed senders. Memory is the
 //! process's resident set before and after each flood, against the bounds
 //! (`max_sources`, `max_stations`, pending SYNs).
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::net::Ipv4Addr;
 use std::time::Instant;

@@ -8,6 +8,8 @@
 //! 3. Replay through the spool alone: oldest first, read back, acknowledge.
 //! 4. End to end: a backlog of 3,000 batches delivered over mTLS to a real
 //!    collector (in this process) with no replay cap, live batches absent.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

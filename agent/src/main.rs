@@ -1,4 +1,6 @@
 //! `tierwatch-agent`: run, check a config, or run one probe for debugging.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@
 //! decompresses and decodes (the collector's own ceiling), and Debian's
 //! Prometheus with its remote-write receiver when installed (end to end).
 //! Run: `cargo bench -p tierwatch-collector --bench remote_write`.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,4 +1,6 @@
 //! `tierwatch-collector`: run, check a config, or manage the PKI.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::path::PathBuf;
 

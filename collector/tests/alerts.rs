@@ -1,6 +1,8 @@
 //! The alert engine through the collector's API, with real pushes over
 //! mTLS: a failed probe of a commune's WAN end opens one incident at once;
 //! it survives a restart without being opened again; it resolves.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 

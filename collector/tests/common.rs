@@ -1,6 +1,7 @@
 //! Helpers for the collector's loopback integration tests: a throw-away PKI,
 //! a collector on ephemeral ports, and minimal HTTP(S) clients.
-
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

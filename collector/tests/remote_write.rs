@@ -2,6 +2,8 @@
 //! answers as told: the spec's headers and encoding, original timestamps,
 //! identity labels, retries on 5xx, drops on 4xx, and a queue that survives
 //! a collector restart while the receiver is down.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 

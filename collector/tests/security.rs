@@ -1,6 +1,8 @@
 //! Security events through the real ingest path over mTLS: stored once with
 //! their evidence (a resent batch adds nothing), listed by the API, counted
 //! in `/metrics` across a restart, and paged through the shipped rules.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 

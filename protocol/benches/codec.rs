@@ -3,6 +3,8 @@
 //!
 //! The batch is what an agent with 10 targets (5 ICMP, 5 TCP) pushes after
 //! `rounds` probe rounds: one point per series and round.
+// A failed setup is a failed test (or bench): unwrapping says where.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

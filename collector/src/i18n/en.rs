@@ -2,7 +2,7 @@
 
 use super::Texts;
 
-pub const TEXTS: Texts = Texts {
+pub(super) const TEXTS: Texts = Texts {
     incident_children: "{{ count }} nodes behind {{ node }} show {{ problem }}: {{ names }}",
     incident_cut_off: "{{ node }} is {{ problem }}; {{ count }} node(s) behind it are cut off: {{ names }}",
     incident_plain: "{{ node }}: {{ problem }}",

@@ -2,7 +2,7 @@
 
 use super::Texts;
 
-pub const TEXTS: Texts = Texts {
+pub(super) const TEXTS: Texts = Texts {
     incident_children: "{{ count }} điểm phía sau {{ node }} cùng {{ problem }}: {{ names }}",
     incident_cut_off: "{{ node }} {{ problem }}; {{ count }} điểm phía sau bị mất kết nối theo: {{ names }}",
     incident_plain: "{{ node }}: {{ problem }}",

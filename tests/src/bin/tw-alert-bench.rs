@@ -9,6 +9,9 @@
 //! ROUNDS/2 with 1 request per round (blackbox_exporter's packet rate);
 //! then QUIET_SECONDS (default 600) over a healthy link with 40 ± 30 ms of
 //! jitter each way, counting pages (there must be none).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Stdio;

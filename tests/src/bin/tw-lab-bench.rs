@@ -3,6 +3,9 @@
 //! - `tw-lab-bench accuracy`: configured vs measured delay, jitter and loss (fping, 1,000 packets).
 //! - `tw-lab-bench hold N SECONDS`: build a lab and keep it up, for inspection with `ip netns`.
 //! - `tw-lab-bench icmp1000 [SECONDS]`: agent vs fping vs blackbox_exporter+Prometheus on 1,000 ICMP targets.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -18,6 +18,9 @@
 //! - `tw-labnet hooks ADDR`: a webhook receiver: answers every request 200
 //!   (keeping connections alive) and prints `<ms since epoch> <body>` per
 //!   request, the body on one line, after a first `ready` line.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -2,6 +2,7 @@
 //! dashboards of one language into DIR (created if missing), one JSON file
 //! each, and prints their paths.
 #![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -12,7 +12,7 @@ use super::{Icmp, Watch};
 /// Smoothed round-trip time and its variation (RFC 6298), and from them the
 /// time after which a reply is overdue.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RttEstimate {
+pub(crate) struct RttEstimate {
     srtt: f64,
     rttvar: f64,
     samples: u64,
@@ -26,7 +26,7 @@ const CONFIRM: u32 = 3;
 
 impl RttEstimate {
     /// Takes one measured round trip.
-    pub fn add(&mut self, rtt: Duration) {
+    pub(crate) fn add(&mut self, rtt: Duration) {
         let r = rtt.as_secs_f64();
         if self.samples == 0 {
             self.srtt = r;
@@ -40,7 +40,7 @@ impl RttEstimate {
 
     /// When a reply is overdue: SRTT + 4 RTTVAR, within [250 ms, `timeout`];
     /// `None` before any round trip was measured.
-    pub fn rto(&self, timeout: Duration) -> Option<Duration> {
+    pub(crate) fn rto(&self, timeout: Duration) -> Option<Duration> {
         (self.samples > 0).then(|| Duration::from_secs_f64(self.srtt + 4.0 * self.rttvar).max(MIN_RTO).min(timeout))
     }
 }

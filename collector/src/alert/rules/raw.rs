@@ -14,7 +14,7 @@ use crate::i18n::Language;
 
 /// A threshold written as a number or, for time values, a duration (`14d`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Threshold(pub f64);
+pub(super) struct Threshold(pub f64);
 
 impl<'de> Deserialize<'de> for Threshold {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -36,7 +36,7 @@ impl<'de> Deserialize<'de> for Threshold {
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRules {
+pub(super) struct RawRules {
     #[serde(default)]
     pub grouping: RawGrouping,
     #[serde(default)]
@@ -48,7 +48,7 @@ pub struct RawRules {
 /// When a bouncing incident becomes one "flapping" incident.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFlapping {
+pub(super) struct RawFlapping {
     /// Openings within `window` that make an incident flapping; 0 turns detection off.
     #[serde(default = "default_flap_opens")]
     pub opens: usize,
@@ -78,7 +78,7 @@ pub(super) fn default_flap_quiet() -> Duration {
 /// How alerts are grouped by the topology.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGrouping {
+pub(super) struct RawGrouping {
     /// This many children of one parent with the same problem at once make one
     /// "parent side" alert instead of one per child.
     #[serde(default = "default_min_children")]
@@ -105,7 +105,7 @@ pub(super) fn default_group_wait() -> Duration {
 /// One rule as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRule {
+pub(super) struct RawRule {
     pub name: String,
     /// Threshold rules: the metric.
     #[serde(default)]
@@ -154,7 +154,7 @@ pub struct RawRule {
 /// A text written once, or once per language.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum Localized {
+pub(super) enum Localized {
     One(String),
     PerLanguage(std::collections::BTreeMap<Language, String>),
 }
@@ -174,14 +174,14 @@ impl Localized {
 /// Heartbeat settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHeartbeat {
+pub(super) struct RawHeartbeat {
     pub missed: u32,
 }
 
 /// Which security events an event rule takes, and for how long one counts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEventRule {
+pub(super) struct RawEventRule {
     /// Only this event kind (`port_scan`, `arp_spoof`, ...); default: every kind.
     #[serde(default)]
     pub kind: Option<String>,
