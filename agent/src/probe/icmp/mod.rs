@@ -208,16 +208,7 @@ impl<S: IcmpSocket> IcmpEngine<S> {
     ) -> Round {
         let start = Instant::now();
         let mut sent = Vec::with_capacity(count as usize);
-        let mut round = Round {
-            dest,
-            rtts: Vec::with_capacity(count as usize),
-            send_errors: 0,
-            first_error: None,
-            duplicates: 0,
-            late: 0,
-            kernel_timestamps: 0,
-            silent_from: None,
-        };
+        let mut round = Round::new(dest, count as usize);
         for i in 0..count as usize {
             tokio::time::sleep_until(start + spacing * i as u32).await;
             let seq = self.shared.register(dest, state.clone(), i);
@@ -377,14 +368,8 @@ mod tests {
     #[test]
     fn stats_of_a_round() {
         let r = Round {
-            dest: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtts: vec![ms(10), None, ms(30), ms(20), ms(40)],
-            send_errors: 0,
-            first_error: None,
-            duplicates: 0,
-            late: 0,
-            kernel_timestamps: 0,
-            silent_from: None,
+            ..Round::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5)
         };
         let s = r.stats().unwrap();
         assert_eq!((s.sent, s.received), (5, 4));

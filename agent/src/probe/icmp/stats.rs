@@ -49,6 +49,20 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 impl Round {
+    /// A round to `dest` of `count` requests with nothing sent yet.
+    pub fn new(dest: IpAddr, count: usize) -> Round {
+        Round {
+            dest,
+            rtts: Vec::with_capacity(count),
+            send_errors: 0,
+            first_error: None,
+            duplicates: 0,
+            late: 0,
+            kernel_timestamps: 0,
+            silent_from: None,
+        }
+    }
+
     /// True unless the watch found the target silent and nothing sent after that was answered.
     pub fn reachable_at_end(&self) -> bool {
         match self.silent_from {
