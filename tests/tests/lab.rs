@@ -187,6 +187,7 @@ fn lan_hosts_sit_on_the_commune_lan_and_reach_the_province() -> anyhow::Result<(
 fn a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing() -> anyhow::Result<()> {
     require_lab!("a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing");
     // A run that died: its pid is gone, its namespace and a process inside remain.
+    let staging = netns::cleanup_lock();
     let mut dead = std::process::Command::new("true").spawn()?;
     let pid = dead.id();
     dead.wait()?;
@@ -204,6 +205,7 @@ fn a_crashed_run_is_cleaned_up_and_teardown_leaves_nothing() -> anyhow::Result<(
         let _ = orphan.kill();
     }
     inside?;
+    drop(staging);
 
     let lab = Lab::build(LabSpec::communes(2))?;
     assert!(!netns::list().contains(&stale), "stale namespace survived");

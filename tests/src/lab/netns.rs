@@ -107,12 +107,29 @@ impl Netns {
 }
 
 fn delete_by_name(name: &str) {
-    if let Ok(pids) = ip(&["netns", "pids", name]) {
+    // A process may still be entering (`ip netns exec` joins some time after
+    // it starts): kill until none is left, a few rounds at most.
+    for _ in 0..5 {
+        let pids = ip(&["netns", "pids", name]).unwrap_or_default();
+        if pids.split_whitespace().next().is_none() {
+            break;
+        }
         for pid in pids.split_whitespace() {
             let _ = Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = ip(&["netns", "del", name]);
+}
+
+/// Held while stale namespaces are removed. Tests of one binary run in
+/// parallel: one that stages a crashed run holds it until its orphan is
+/// inside, so another test's cleanup cannot delete the namespace between
+/// the orphan's start and its entry (the orphan would then outlive every
+/// cleanup, in a namespace no longer named).
+pub fn cleanup_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every lab namespace on the machine.
@@ -129,6 +146,7 @@ pub fn list() -> Vec<String> {
 /// Removes namespaces left by runs whose process is gone (a crash or `kill -9`);
 /// returns how many. Namespaces of live processes (parallel runs) are kept.
 pub fn remove_stale() -> usize {
+    let _held = cleanup_lock();
     let mut removed = 0;
     for name in list() {
         let owner = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
