@@ -158,7 +158,7 @@ fn alerts(h: &mut String, s: &Snapshot) {
             h,
             "<div class=\"alert {class}{}\"><p><span class=\"badge {class}\">{}</span> <b>{}</b></p><p>{} {} · {}</p>",
             if muted { " muted" } else { "" },
-            esc(t.severity(i.severity)),
+            esc(t.severity(i.severity.as_str())),
             esc(&i.summary),
             esc(t.page_since),
             esc(&s.locale.time(i.since_ms)),

@@ -7,7 +7,6 @@
 mod en;
 mod vi;
 
-use crate::alert::model::Severity;
 use serde::Deserialize;
 
 /// The language of everything a person reads (`language:` in collector.yaml).
@@ -172,12 +171,13 @@ impl Texts {
         self.problems.iter().find(|(k, _)| *k == id).map_or(id, |(_, v)| v)
     }
 
-    /// The display word of a severity.
-    pub fn severity(&self, s: Severity) -> &'static str {
-        match s {
-            Severity::Critical => self.severities[0],
-            Severity::Warning => self.severities[1],
-            Severity::Info => self.severities[2],
+    /// The display word of a severity, by its label value (`critical`,
+    /// `warning`, `info`): texts sit below alerting and name no alert type.
+    pub fn severity(&self, name: &str) -> &'static str {
+        match name {
+            "critical" => self.severities[0],
+            "warning" => self.severities[1],
+            _ => self.severities[2],
         }
     }
 

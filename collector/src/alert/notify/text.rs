@@ -16,7 +16,7 @@ pub fn render(m: &Message, l: &Locale) -> (String, String) {
         (_, super::super::flap::FLAPPING) => t.tag_flapping,
         _ => t.tag_firing,
     };
-    let subject = format!("[{tag}] [{}] {}", t.severity(i.severity), i.summary);
+    let subject = format!("[{tag}] [{}] {}", t.severity(i.severity.as_str()), i.summary);
     let mut body = vec![subject.clone(), String::new()];
     let at = |ms: i64| l.time(ms);
     // Labels padded to one column, whatever their length in the language.
