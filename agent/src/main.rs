@@ -73,9 +73,11 @@ fn real_main() -> anyhow::Result<()> {
                 let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
                 anyhow::bail!("no target {target:?} in {}; targets: {}", config.display(), names.join(", "));
             };
+            // One run: its stray replies are counted nowhere.
+            let stray = prometheus::IntCounter::new("stray", "unused")?;
             let outcome = runtime()?.block_on(async move {
                 let icmp = if matches!(t.spec, tierwatch_agent::probe::ProbeSpec::Icmp { .. }) {
-                    Icmp::open()
+                    Icmp::open(stray)
                 } else {
                     Icmp::Unavailable("not needed".into())
                 };

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub spool_batches: IntGauge,
     pub spool_memory_batches: IntGauge,
     pub spool_oldest_age: Gauge,
+    /// Counted by the ICMP engine (it holds a clone).
+    pub icmp_stray_replies: IntCounter,
     pub spool_write_errors: IntCounter,
     pub spool_truncations: IntCounter,
 }
@@ -95,6 +97,7 @@ impl Metrics {
             spool_oldest_age: register(&r, Gauge::with_opts(opts(&cat::AGENT_SPOOL_OLDEST))?)?,
             spool_write_errors: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_WRITE_ERRORS))?)?,
             spool_truncations: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_TRUNCATIONS))?)?,
+            icmp_stray_replies: register(&r, IntCounter::with_opts(opts(&cat::AGENT_ICMP_STRAY))?)?,
             registry: r,
             probes,
             pushes,

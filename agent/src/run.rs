@@ -106,7 +106,11 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     let spool = Arc::new(spool);
     tracing::info!(dir = %config.spool.dir.display(), unsent = report.pending, truncated = report.truncated.len(), "spool opened");
     let needs_icmp = config.targets.iter().any(|t| t.kind() == ProbeKind::Icmp);
-    let icmp = if needs_icmp { Icmp::open() } else { Icmp::Unavailable("no ICMP targets configured".into()) };
+    let icmp = if needs_icmp {
+        Icmp::open(metrics.icmp_stray_replies.clone())
+    } else {
+        Icmp::Unavailable("no ICMP targets configured".into())
+    };
     let icmp_state = match &icmp {
         Icmp::Ready(e) => e.kind().as_str().to_string(),
         Icmp::Unavailable(why) => {

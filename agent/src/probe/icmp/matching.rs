@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -89,7 +89,7 @@ pub(super) struct Shared {
     pub(super) next_seq: Mutex<u16>,
     pub(super) slots: Mutex<HashMap<u16, Slot>>,
     /// Replies with our cookie that match no open round at all.
-    pub(super) stray: AtomicU64,
+    pub(super) stray: prometheus::IntCounter,
 }
 
 impl Shared {
@@ -171,7 +171,7 @@ impl Shared {
                 }
             },
             _ => {
-                self.stray.fetch_add(1, Ordering::Relaxed);
+                self.stray.inc();
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -38,9 +38,10 @@ pub enum Icmp {
 }
 
 impl Icmp {
-    /// Opens the engine, keeping the error for the probes to report.
-    pub fn open() -> Icmp {
-        match IcmpEngine::open() {
+    /// Opens the engine, keeping the error for the probes to report;
+    /// replies that match no request are counted in `stray`.
+    pub fn open(stray: prometheus::IntCounter) -> Icmp {
+        match IcmpEngine::open(stray) {
             Ok(e) => Icmp::Ready(Arc::new(e)),
             Err(e) => Icmp::Unavailable(e.to_string().into()),
         }
@@ -129,9 +130,9 @@ fn random<const N: usize>() -> [u8; N] {
 impl IcmpEngine<KernelSocket> {
     /// Opens the sockets (raw first, unprivileged second) and starts the
     /// receivers. IPv4 is required; IPv6 is optional. Must run inside tokio.
-    pub fn open() -> Result<Self, IcmpError> {
+    pub fn open(stray: prometheus::IntCounter) -> Result<Self, IcmpError> {
         let family = |v6| KernelSocket::open(v6).map(|(socket, kind)| Family { socket, kind, v6 });
-        let engine = IcmpEngine::start(family(false)?, family(true).map_err(|e| e.to_string()));
+        let engine = IcmpEngine::start(family(false)?, family(true).map_err(|e| e.to_string()), stray);
         tracing::info!(
             socket = engine.v4.kind.as_str(),
             ipv6 = engine.v6.as_ref().map(|f| f.kind.as_str()).unwrap_or("unavailable"),
@@ -143,14 +144,14 @@ impl IcmpEngine<KernelSocket> {
 
 impl<S: IcmpSocket> IcmpEngine<S> {
     /// Starts the receivers of `v4` and, when there is one, `v6`.
-    fn start(v4: Family<S>, v6: Result<Family<S>, String>) -> Self {
+    fn start(v4: Family<S>, v6: Result<Family<S>, String>, stray: prometheus::IntCounter) -> Self {
         let (v4, v6) = (Arc::new(v4), v6.map(Arc::new));
         let shared = Arc::new(Shared {
             ident: u16::from_be_bytes(random::<2>()),
             cookie: random::<8>(),
             next_seq: Mutex::new(u16::from_be_bytes(random::<2>())),
             slots: Mutex::new(HashMap::new()),
-            stray: AtomicU64::new(0),
+            stray,
         });
         let mut receivers = vec![tokio::spawn(receive_loop(shared.clone(), v4.clone()))];
         if let Ok(f) = &v6 {
@@ -162,11 +163,6 @@ impl<S: IcmpSocket> IcmpEngine<S> {
     /// The kind of socket in use (IPv4).
     pub fn kind(&self) -> SocketKind {
         self.v4.kind
-    }
-
-    /// Replies with our cookie that matched no open round (after their round ended).
-    pub fn stray_replies(&self) -> u64 {
-        self.shared.stray.load(Ordering::Relaxed)
     }
 
     /// Sends `count` echo requests to `dest`, `spacing` apart, and waits up to
@@ -359,7 +355,7 @@ mod tests {
     use pnet::packet::icmp::{self, IcmpPacket, IcmpTypes};
     use std::collections::HashMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
-    use std::sync::atomic::{AtomicU32, AtomicU64};
+    use std::sync::atomic::AtomicU32;
 
     fn ms(v: u64) -> Option<Duration> {
         Some(Duration::from_millis(v))
@@ -460,7 +456,7 @@ mod tests {
 
     fn engine(script: Vec<Option<Duration>>) -> IcmpEngine<Scripted> {
         let v4 = Family { socket: Scripted::new(script), kind: SocketKind::Unprivileged, v6: false };
-        IcmpEngine::start(v4, Err("no IPv6 in this test".into()))
+        IcmpEngine::start(v4, Err("no IPv6 in this test".into()), prometheus::IntCounter::new("stray", "test").unwrap())
     }
 
     const GW: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
@@ -534,7 +530,7 @@ mod tests {
             cookie: [9; 8],
             next_seq: Mutex::new(100),
             slots: Mutex::new(HashMap::new()),
-            stray: AtomicU64::new(0),
+            stray: prometheus::IntCounter::new("stray", "test").unwrap(),
         };
         let state = Arc::new(RoundState::new(2));
         let gw = IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1));
@@ -560,7 +556,7 @@ mod tests {
         // After the round, its sequences are free again and stray replies are counted as such.
         shared.release(&[a, b]);
         shared.on_packet(&family, &reply_bytes(7, a, &[9; 8]), gw, reply);
-        assert_eq!(shared.stray.load(Ordering::Relaxed), 2, "wrong source + after release");
+        assert_eq!(shared.stray.get(), 2, "wrong source + after release");
     }
 
     /// Says why a test could not run; under `CI` that fails it, since CI
@@ -573,7 +569,7 @@ mod tests {
     /// Pings 127.0.0.1 for real when this process may open an ICMP socket.
     #[tokio::test]
     async fn pings_loopback() {
-        let engine = match IcmpEngine::open() {
+        let engine = match IcmpEngine::open(prometheus::IntCounter::new("stray", "test").unwrap()) {
             Ok(e) => e,
             Err(e) => return skipped("pings_loopback", &e),
         };
@@ -591,7 +587,7 @@ mod tests {
     /// Pings ::1 when the host has IPv6 and an ICMPv6 socket may be opened.
     #[tokio::test]
     async fn pings_ipv6_loopback() {
-        let engine = match IcmpEngine::open() {
+        let engine = match IcmpEngine::open(prometheus::IntCounter::new("stray", "test").unwrap()) {
             Ok(e) => e,
             Err(e) => return skipped("pings_ipv6_loopback", &e),
         };
