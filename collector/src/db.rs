@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 /// File name inside the state directory.
-pub const FILE: &str = "collector.db";
+pub(crate) const FILE: &str = "collector.db";
 
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.
-pub fn open(dir: &Path) -> Result<Connection, DbError> {
+pub(crate) fn open(dir: &Path) -> Result<Connection, DbError> {
     std::fs::create_dir_all(dir).map_err(|source| DbError::Dir { dir: dir.to_path_buf(), source })?;
     let file = dir.join(FILE);
     let err = |source| DbError::Sqlite { file: file.clone(), source };

@@ -15,10 +15,10 @@ use crate::ledger::Ledger;
 use crate::store::Store;
 
 /// TLS handshake failures from one address within [`TLS_WINDOW_MS`] that make an event.
-pub const TLS_FAILURES: usize = 10;
+pub(crate) const TLS_FAILURES: usize = 10;
 const TLS_WINDOW_MS: i64 = 300_000;
 /// An agent clock this far ahead of or behind the collector's is reported.
-pub const CLOCK_SKEW_MS: i64 = 120_000;
+pub(crate) const CLOCK_SKEW_MS: i64 = 120_000;
 /// One event per node (or address) and kind at most this often.
 const QUIET_MS: i64 = 3_600_000;
 const MAX_ADDRESSES: usize = 10_000;

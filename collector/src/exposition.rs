@@ -64,7 +64,7 @@ use tierwatch_protocol::catalogue::{NODE_ALERTS, NODE_INFO, NODE_LAST_PUSH, NODE
 
 /// Per-node figures that come from the alert engine and the state database.
 #[derive(Debug, Default)]
-pub struct Derived {
+pub(crate) struct Derived {
     /// Firing alerts per node id; none when alerting is off (no alert series then).
     pub alerts: Option<std::collections::HashMap<String, usize>>,
     /// Security events of the last 24 h per node, kind, severity and source.
@@ -72,11 +72,11 @@ pub struct Derived {
 }
 
 /// Recent security events per group, and when the last one happened.
-pub const SECURITY_RECENT: &str = "tierwatch_security_recent_events";
-pub const SECURITY_LAST: &str = "tierwatch_security_last_event_timestamp_seconds";
+pub(crate) const SECURITY_RECENT: &str = "tierwatch_security_recent_events";
+pub(crate) const SECURITY_LAST: &str = "tierwatch_security_last_event_timestamp_seconds";
 
 /// Renders the text exposition at `now_ms`.
-pub fn render(store: &Store, metrics: &Metrics, derived: &Derived, now_ms: i64, down_after_ms: i64) -> Vec<u8> {
+pub(crate) fn render(store: &Store, metrics: &Metrics, derived: &Derived, now_ms: i64, down_after_ms: i64) -> Vec<u8> {
     let mut fams = Families(BTreeMap::new());
     let mut series = 0i64;
     let stale_before = store.stale_before(now_ms);

@@ -31,7 +31,7 @@ use crate::remote_write::queue::{self, QueueState};
 use crate::seqset::SeqSet;
 
 /// Boots remembered per node; the least recent go first beyond this.
-pub const MAX_BOOTS_PER_NODE: usize = 256;
+pub(crate) const MAX_BOOTS_PER_NODE: usize = 256;
 /// Jobs committed together at most.
 const MAX_GROUP: usize = 256;
 

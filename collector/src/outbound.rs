@@ -11,7 +11,7 @@ use tierwatch_runtime::http_client::Tls;
 use tokio_rustls::TlsConnector;
 
 /// The TLS client for `host`: trusting `ca` (PEM) when given, else the system's roots.
-pub fn client_tls(host: &str, ca: Option<&Path>) -> Result<Tls, String> {
+pub(crate) fn client_tls(host: &str, ca: Option<&Path>) -> Result<Tls, String> {
     let roots = match ca {
         Some(ca) => tierwatch_runtime::tls::load_roots(ca).map_err(|e| e.to_string())?,
         None => {

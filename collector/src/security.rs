@@ -11,14 +11,14 @@ use serde::Serialize;
 use tierwatch_protocol::{Event, NodeId};
 
 /// The counter exposed per node, kind and severity.
-pub const EVENTS_TOTAL: &str = "tierwatch_security_events_total";
+pub(crate) const EVENTS_TOTAL: &str = "tierwatch_security_events_total";
 /// Events older than this are deleted.
-pub const KEEP_MS: i64 = 90 * 86_400_000;
+pub(crate) const KEEP_MS: i64 = 90 * 86_400_000;
 /// At most this many events are kept; the oldest go first.
-pub const KEEP_ROWS: i64 = 1_000_000;
+pub(crate) const KEEP_ROWS: i64 = 1_000_000;
 
 /// An event's severity as a label value.
-pub fn severity_name(s: i32) -> &'static str {
+pub(crate) fn severity_name(s: i32) -> &'static str {
     match tierwatch_protocol::Severity::try_from(s) {
         Ok(tierwatch_protocol::Severity::Critical) => "critical",
         Ok(tierwatch_protocol::Severity::Warning) => "warning",
@@ -28,7 +28,7 @@ pub fn severity_name(s: i32) -> &'static str {
 
 /// An event as stored and listed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     pub id: i64,
     pub node: String,
     pub kind: String,
@@ -44,7 +44,7 @@ pub struct StoredEvent {
 }
 
 /// Inserts the events of one new batch, inside the ledger's transaction.
-pub fn insert(tx: &Transaction<'_>, node: &NodeId, events: &[Event], received_ms: i64) -> rusqlite::Result<()> {
+pub(crate) fn insert(tx: &Transaction<'_>, node: &NodeId, events: &[Event], received_ms: i64) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO security_event (node, kind, severity, at_ms, received_ms, attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -63,7 +63,7 @@ pub fn insert(tx: &Transaction<'_>, node: &NodeId, events: &[Event], received_ms
 }
 
 /// Deletes events older than [`KEEP_MS`] and beyond [`KEEP_ROWS`]; returns how many.
-pub fn prune(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
+pub(crate) fn prune(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
     let old = conn.execute("DELETE FROM security_event WHERE at_ms < ?1", [now_ms - KEEP_MS])?;
     let over =
         conn.execute("DELETE FROM security_event WHERE id <= (SELECT max(id) FROM security_event) - ?1", [KEEP_ROWS])?;
@@ -73,7 +73,7 @@ pub fn prune(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
 /// Which events to list.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Query {
+pub(crate) struct Query {
     pub node: Option<String>,
     pub kind: Option<String>,
     /// Only events that happened at or after this time (ms since the epoch).
@@ -83,7 +83,7 @@ pub struct Query {
 }
 
 /// The events matching `q`, newest first.
-pub fn list(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<StoredEvent>> {
+pub(crate) fn list(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<StoredEvent>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, node, kind, severity, at_ms, received_ms, attributes FROM security_event
          WHERE (?1 IS NULL OR node = ?1) AND (?2 IS NULL OR kind = ?2) AND at_ms >= ?3
@@ -114,7 +114,7 @@ pub fn list(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<StoredEvent>> 
 
 /// Recent events of one node, kind, severity and source.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Recent {
+pub(crate) struct Recent {
     pub node: String,
     pub kind: String,
     pub severity: String,
@@ -126,7 +126,7 @@ pub struct Recent {
 
 /// Events since `since_ms` grouped by node, kind, severity and source: the
 /// `limit` groups with the latest events (a bound on the series exposed).
-pub fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite::Result<Vec<Recent>> {
+pub(crate) fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite::Result<Vec<Recent>> {
     let mut stmt = conn.prepare_cached(
         "SELECT node, kind, severity, ifnull(json_extract(attributes, '$.src'), ''), count(*), max(at_ms)
          FROM security_event WHERE at_ms >= ?1
@@ -147,7 +147,7 @@ pub fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite::Resul
 
 /// Events stored so far per (node, kind, severity): the counters start from
 /// these after a restart, so `tierwatch_security_events_total` never goes back.
-pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
     let mut stmt =
         conn.prepare("SELECT node, kind, severity, count(*) FROM security_event GROUP BY node, kind, severity")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64)))?;

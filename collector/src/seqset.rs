@@ -5,13 +5,14 @@
 
 /// Sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeqSet {
+pub(crate) struct SeqSet {
     ranges: Vec<(u64, u64)>,
 }
 
 impl SeqSet {
-    /// True if `n` is in the set.
-    pub fn contains(&self, n: u64) -> bool {
+    /// True if `n` is in the set. (the tests' view of the set)
+    #[cfg(test)]
+    pub(crate) fn contains(&self, n: u64) -> bool {
         match self.ranges.binary_search_by(|&(lo, _)| lo.cmp(&n)) {
             Ok(_) => true,
             Err(0) => false,
@@ -20,7 +21,7 @@ impl SeqSet {
     }
 
     /// Adds `n`; returns false if it was already there.
-    pub fn insert(&mut self, n: u64) -> bool {
+    pub(crate) fn insert(&mut self, n: u64) -> bool {
         let i = match self.ranges.binary_search_by(|&(lo, _)| lo.cmp(&n)) {
             Ok(_) => return false,
             Err(i) => i,
@@ -42,19 +43,21 @@ impl SeqSet {
         true
     }
 
-    /// Number of ranges.
-    pub fn ranges(&self) -> usize {
+    /// Number of ranges. (the tests' view of the set)
+    #[cfg(test)]
+    pub(crate) fn ranges(&self) -> usize {
         self.ranges.len()
     }
 
-    /// Highest member.
-    pub fn max(&self) -> Option<u64> {
+    /// Highest member. (the tests' view of the set)
+    #[cfg(test)]
+    pub(crate) fn max(&self) -> Option<u64> {
         self.ranges.last().map(|r| r.1)
     }
 
     /// Compact encoding: LEB128 varints, each range as (gap from the
     /// previous end, length - 1).
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.ranges.len() * 4);
         let mut prev = 0u64;
         for &(lo, hi) in &self.ranges {
@@ -66,7 +69,7 @@ impl SeqSet {
     }
 
     /// Decodes [`SeqSet::encode`]'s output; `None` if it is not well formed.
-    pub fn decode(mut b: &[u8]) -> Option<SeqSet> {
+    pub(crate) fn decode(mut b: &[u8]) -> Option<SeqSet> {
         let mut ranges = Vec::new();
         let mut prev = 0u64;
         while !b.is_empty() {

@@ -10,7 +10,7 @@ use tierwatch_protocol::{Batch, Label, MetricKind, NodeId};
 use crate::topology::{Node, Topology};
 
 /// Identity of a series within one node: metric name and sorted labels.
-pub type SeriesKey = (String, Vec<Label>);
+pub(crate) type SeriesKey = (String, Vec<Label>);
 
 /// The latest value of a series.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,7 +51,7 @@ impl NodeState {
 
 /// Drops stale series every `every` until `token` is cancelled, so memory
 /// follows what agents still send whether or not anyone reads it.
-pub async fn expire(store: Arc<Store>, every: std::time::Duration, token: tokio_util::sync::CancellationToken) {
+pub(crate) async fn expire(store: Arc<Store>, every: std::time::Duration, token: tokio_util::sync::CancellationToken) {
     loop {
         if tierwatch_runtime::shutdown::sleep_or_cancelled(every, &token).await {
             return;
@@ -64,7 +64,7 @@ pub async fn expire(store: Arc<Store>, every: std::time::Duration, token: tokio_
 }
 
 /// Security events kept per node for event rules; a flood keeps the newest.
-pub const RECENT_EVENTS: usize = 1024;
+pub(crate) const RECENT_EVENTS: usize = 1024;
 
 /// The collector's current state.
 pub struct Store {

@@ -4,12 +4,12 @@
 
 /// Replaces `{{ key }}` in `template` by `vars(key)`; `{{ key | percent }}`,
 /// `| ms` and `| days` format numbers. Unknown keys are left visible.
-pub fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn render(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
     render_in(template, vars, "days")
 }
 
 /// [`render`] with `days_word` after `| days` numbers (the language's word).
-pub fn render_in(template: &str, vars: &dyn Fn(&str) -> Option<String>, days_word: &str) -> String {
+pub(crate) fn render_in(template: &str, vars: &dyn Fn(&str) -> Option<String>, days_word: &str) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {

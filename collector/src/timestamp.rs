@@ -1,7 +1,7 @@
 //! Times as the APIs and Alertmanager write them.
 
 /// `ms` since the epoch as RFC 3339 (UTC); `None` outside what the format can hold.
-pub fn rfc3339(ms: i64) -> Option<String> {
+pub(crate) fn rfc3339(ms: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
     t.format(&time::format_description::well_known::Rfc3339).ok()
 }

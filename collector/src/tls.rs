@@ -13,7 +13,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 /// Builds the server config: our chain and key, client certificates required, signed by `ca`.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(load_roots(ca)?);
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
@@ -29,7 +29,7 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
 
 /// Why a verified certificate still names no usable node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("no client certificate")]
     NoCertificate,
     #[error("client certificate does not parse: {0}")]
@@ -43,7 +43,7 @@ pub enum IdentityError {
 }
 
 /// DNS names among the certificate's subject alternative names.
-pub fn dns_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+pub(crate) fn dns_sans(cert: &X509Certificate<'_>) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -56,7 +56,7 @@ pub fn dns_sans(cert: &X509Certificate<'_>) -> Vec<String> {
 }
 
 /// The node id of a peer: its leaf certificate's single `DNS:` SAN.
-pub fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeId, IdentityError> {
+pub(crate) fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeId, IdentityError> {
     let leaf = certs.and_then(|c| c.first()).ok_or(IdentityError::NoCertificate)?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| IdentityError::Unparsable(e.to_string()))?;

@@ -17,9 +17,9 @@ use axum::Router;
 
 mod alerts;
 mod auth;
-pub mod nodes;
+pub(crate) mod nodes;
 mod security;
-pub mod status_page;
+pub(crate) mod status_page;
 
 use crate::exposition;
 use crate::ledger::QueueSpec;
@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Shared state of the HTTP handlers.
-pub struct Http {
+pub(crate) struct Http {
     pub store: Arc<Store>,
     pub alerting: Option<Arc<crate::alert::Alerting>>,
     pub metrics: Metrics,
@@ -45,7 +45,7 @@ pub struct Http {
 }
 
 /// The router of the HTTP listener.
-pub fn router(state: Arc<Http>) -> Router {
+pub(crate) fn router(state: Arc<Http>) -> Router {
     Router::new()
         .route("/", get(status_page::page))
         .route("/api", get(index))

@@ -12,7 +12,7 @@ use super::Http;
 
 /// A node as `/api/v1/nodes` reports it.
 #[derive(Debug, Serialize)]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     pub id: String,
     pub name: String,
     pub tier: &'static str,
@@ -32,14 +32,14 @@ pub struct NodeStatus {
 
 /// The last result of one probe of a node.
 #[derive(Debug, Serialize)]
-pub struct ProbeStatus {
+pub(crate) struct ProbeStatus {
     pub probe: String,
     pub target: String,
     pub success: bool,
 }
 
 /// Snapshot of every node's status at `now_ms`.
-pub fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
+pub(crate) fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
     let stale_before = s.store.stale_before(now_ms);
     let down_after = s.node_down_after.as_millis() as i64;
     let mut out = Vec::new();

@@ -17,7 +17,7 @@ use crate::i18n::{Locale, Texts};
 use crate::security::StoredEvent;
 
 /// What the page shows, gathered by the handler.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub locale: Locale,
     pub now_ms: i64,
     pub nodes: Vec<NodeStatus>,
@@ -96,7 +96,7 @@ footer a{color:#1f4e8c;margin-right:10px}
 ";
 
 /// The page's HTML.
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     let t = s.locale.texts();
     let mut h = String::with_capacity(16 * 1024);
     let count = |status: &str| s.nodes.iter().filter(|n| n.status == status).count().to_string();
