@@ -9,12 +9,12 @@ use std::time::Duration;
 use crate::metrics::{DropReason, Metrics, PushResult};
 
 /// Something the agent logs and counts.
-pub trait InternalEvent {
+pub(crate) trait InternalEvent {
     fn emit(self, metrics: &Metrics);
 }
 
 /// The spool's disk refused a batch: it is kept in memory only.
-pub struct SpoolWriteFailed<'a> {
+pub(crate) struct SpoolWriteFailed<'a> {
     pub id: u64,
     pub error: &'a std::io::Error,
 }
@@ -27,7 +27,7 @@ impl InternalEvent for SpoolWriteFailed<'_> {
 }
 
 /// Batches given up before every destination had them.
-pub struct BatchesDropped<'a> {
+pub(crate) struct BatchesDropped<'a> {
     pub reason: DropReason,
     pub count: u64,
     /// The first (oldest) spool id dropped.
@@ -63,7 +63,7 @@ impl InternalEvent for BatchesDropped<'_> {
 }
 
 /// A push the collector acknowledged.
-pub struct PushAccepted<'a> {
+pub(crate) struct PushAccepted<'a> {
     pub destination: &'a str,
     pub id: u64,
     pub backlog: bool,
@@ -79,7 +79,7 @@ impl InternalEvent for PushAccepted<'_> {
 
 /// The collector refused a batch (4xx): sending it again cannot help, so it
 /// is dropped for this destination.
-pub struct PushRefused<'a> {
+pub(crate) struct PushRefused<'a> {
     pub destination: &'a str,
     pub id: u64,
     pub backlog: bool,
@@ -97,7 +97,7 @@ impl InternalEvent for PushRefused<'_> {
 }
 
 /// A push that failed in a way worth retrying.
-pub struct PushFailed<'a> {
+pub(crate) struct PushFailed<'a> {
     pub destination: &'a str,
     pub id: u64,
     pub backlog: bool,

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::spool::Spool;
 
 /// What the health handlers read.
-pub struct Health {
+pub(crate) struct Health {
     pub node: String,
     pub icmp: String,
     pub metrics: Metrics,
@@ -21,7 +21,7 @@ pub struct Health {
 }
 
 /// The router of the local endpoint.
-pub fn router(state: Arc<Health>) -> Router {
+pub(crate) fn router(state: Arc<Health>) -> Router {
     Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state)
 }
 

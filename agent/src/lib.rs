@@ -6,8 +6,8 @@
 pub mod batcher;
 pub mod config;
 pub mod deliver;
-pub mod events;
-pub mod health;
+pub(crate) mod events;
+pub(crate) mod health;
 pub mod metrics;
 pub mod probe;
 pub mod push;
