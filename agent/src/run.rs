@@ -164,10 +164,13 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         .and_then(|spec| started("host", crate::sensor::spawn_host(spec, tx.clone(), probe_token.clone())));
     // Trust roots and CA files are read here, off the runtime, before any
     // probe task runs: a slow disk delays the start, never a probe round.
+    // Only the roots: the probers themselves are built here, so their
+    // memory comes from the runtime thread's allocator arena.
     let targets = config.targets.clone();
-    let probers = tokio::task::spawn_blocking(move || targets.into_iter().map(Prober::new).collect::<Vec<_>>())
+    let roots = tokio::task::spawn_blocking(move || targets.iter().map(Prober::roots_of).collect::<Vec<_>>())
         .await
         .map_err(|e| StartError::Other(format!("loading trust roots: {e}")))?;
+    let probers = config.targets.iter().cloned().zip(roots).map(|(t, r)| Prober::with_roots(t, r)).collect();
     crate::scheduler::spawn(probers, icmp, tx, &probe_token, &probes);
     probes.close();
 

@@ -61,13 +61,23 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// A prober for `target`.
+    /// A prober for `target`; reads its trust roots (files: call it off the runtime).
     pub fn new(target: Target) -> Self {
-        let roots = match &target.spec {
+        let roots = Prober::roots_of(&target);
+        Prober::with_roots(target, roots)
+    }
+
+    /// The trust roots `target` needs (TLS and HTTPS), read from disk; `None` for other kinds.
+    pub fn roots_of(target: &Target) -> Option<Result<Arc<RootCertStore>, String>> {
+        match &target.spec {
             ProbeSpec::Http(h) => Some(tls::roots(h.ca.as_deref())),
             ProbeSpec::Tls { ca, .. } => Some(tls::roots(ca.as_deref())),
             _ => None,
-        };
+        }
+    }
+
+    /// A prober for `target` with roots read beforehand ([`Prober::roots_of`]).
+    pub fn with_roots(target: Target, roots: Option<Result<Arc<RootCertStore>, String>>) -> Self {
         Prober {
             target,
             roots,

@@ -37,7 +37,11 @@ pub trait IcmpSocket: Send + Sync + 'static {
 /// The kernel's ICMP socket: raw when allowed, else unprivileged, driven by
 /// tokio as a datagram socket (the same readiness and sendto/recvmsg calls,
 /// and no unsafe code here).
-pub struct KernelSocket(tokio::net::UdpSocket);
+pub struct KernelSocket {
+    socket: tokio::net::UdpSocket,
+    /// Room for the timestamp control message, allocated once (one receiver per socket).
+    cmsg: std::sync::Mutex<Vec<u8>>,
+}
 
 fn current_gid() -> u32 {
     use std::os::unix::fs::MetadataExt;
@@ -62,7 +66,7 @@ impl KernelSocket {
         let _ = setsockopt(&socket, sockopt::ReceiveTimestampns, &true);
         let std_socket: std::net::UdpSocket = socket.into();
         let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(IcmpError::Setup)?;
-        Ok((KernelSocket(socket), kind))
+        Ok((KernelSocket { socket, cmsg: std::sync::Mutex::new(nix::cmsg_space!(TimeSpec)) }, kind))
     }
 }
 
@@ -76,17 +80,17 @@ fn source(addr: Option<SockaddrStorage>) -> Option<IpAddr> {
 
 impl IcmpSocket for KernelSocket {
     async fn send_to(&self, packet: &[u8], dest: IpAddr) -> io::Result<()> {
-        self.0.send_to(packet, SocketAddr::new(dest, 0)).await.map(|_| ())
+        self.socket.send_to(packet, SocketAddr::new(dest, 0)).await.map(|_| ())
     }
 
     async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
-        let fd = self.0.as_raw_fd();
-        let mut cmsg = nix::cmsg_space!(TimeSpec);
+        let fd = self.socket.as_raw_fd();
         loop {
-            self.0.readable().await?;
-            let got = self.0.try_io(Interest::READABLE, || {
+            self.socket.readable().await?;
+            let got = self.socket.try_io(Interest::READABLE, || {
+                let mut cmsg = self.cmsg.lock().unwrap_or_else(|p| p.into_inner());
                 let mut iov = [IoSliceMut::new(buf)];
-                let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+                let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut *cmsg), MsgFlags::MSG_DONTWAIT)
                     .map_err(io::Error::from)?;
                 let kernel = msg.cmsgs().ok().and_then(|mut it| {
                     it.find_map(|c| match c {
