@@ -61,10 +61,9 @@ pub fn spawn(
         tracker.spawn(async move {
             let mut schedule = Schedule::new(Instant::now(), target.interval, target.jitter, &mut rand::thread_rng());
             let early = results.clone();
-            // A full inbox only delays the news to the round's end.
-            let report = std::sync::Arc::new(move |o| {
-                let _ = early.try_send(Measurement::Probe(o));
-            });
+            // A full inbox only delays the news to the round's end: the
+            // prober then reports the round's failure as the flip.
+            let report = std::sync::Arc::new(move |o| early.try_send(Measurement::Probe(o)).is_ok());
             let mut prober = prober.reporting_early(report);
             loop {
                 let at = schedule.next_start(Instant::now(), &mut rand::thread_rng());

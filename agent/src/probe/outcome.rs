@@ -10,8 +10,9 @@ use tierwatch_protocol::{Label, Series};
 use super::ProbeKind;
 
 /// Where a prober reports a failure found before its round ends (the
-/// scheduler hands the batcher's inbox in as this): it must not block.
-pub type EarlyReport = Arc<dyn Fn(Outcome) + Send + Sync>;
+/// scheduler hands the batcher's inbox in as this): it must not block, and
+/// says whether the report was taken.
+pub type EarlyReport = Arc<dyn Fn(Outcome) -> bool + Send + Sync>;
 
 /// What one probe run measured.
 #[derive(Debug, Clone)]

@@ -210,14 +210,22 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
                 next_repeat_check = now + 1000;
                 let views = alerting.open();
                 let receivers = alerting.receivers.clone();
-                let due = resends_due(&alerting.receivers, &mut resent, now);
+                let due = resends_due(&alerting.receivers, &resent, now);
                 let queue = move |c: &mut Connection| {
-                    Ok(notify::outbox::enqueue_repeats(c, &receivers, &views, now)?
-                        + notify::outbox::enqueue_resends(c, &due, &views, now)?)
+                    let repeats = notify::outbox::enqueue_repeats(c, &receivers, &views, now)?;
+                    Ok((repeats, notify::outbox::enqueue_resends(c, &due, &views, now)?))
                 };
                 match alerting.db(queue).await {
-                    Ok(0) => {}
-                    Ok(_) => alerting.outbox.queued.notify_waiters(),
+                    Ok((repeats, resends)) => {
+                        // Marked only once queued: one skipped for a busy
+                        // outbox is tried again at the next evaluation.
+                        for name in &resends {
+                            resent.insert(name.clone(), now);
+                        }
+                        if repeats > 0 || !resends.is_empty() {
+                            alerting.outbox.queued.notify_waiters();
+                        }
+                    }
                     Err(e) => tracing::error!(error = %e, "alert: queueing repeats failed"),
                 }
             }
@@ -266,21 +274,17 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
 }
 
 /// The Alertmanager receivers whose `resend` is up at `now_ms` (each at
-/// once after a start), marked as resent.
+/// once after a start).
 fn resends_due(
     receivers: &[notify::Receiver],
-    resent: &mut std::collections::HashMap<String, i64>,
+    resent: &std::collections::HashMap<String, i64>,
     now_ms: i64,
 ) -> Vec<notify::Receiver> {
     receivers
         .iter()
         .filter(|r| {
             let notify::Kind::Alertmanager(am) = &r.kind else { return false };
-            let due = resent.get(&r.name).is_none_or(|last| now_ms - last >= am.resend.as_millis() as i64);
-            if due {
-                resent.insert(r.name.clone(), now_ms);
-            }
-            due
+            resent.get(&r.name).is_none_or(|last| now_ms - last >= am.resend.as_millis() as i64)
         })
         .cloned()
         .collect()

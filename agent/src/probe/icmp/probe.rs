@@ -56,7 +56,9 @@ pub(in crate::probe) struct IcmpRound {
 }
 
 /// Runs one round; with `early` (overdue after, where to), a silent target
-/// is reported at once as a failed probe. Returns when that happened (ms).
+/// is reported at once as a failed probe. Returns when that report was
+/// taken (ms); `None` when there was none or it could not be delivered
+/// (then the round's own result is the news).
 pub(in crate::probe) async fn icmp_round(
     out: &mut Outcome,
     icmp: &Icmp,
@@ -84,7 +86,6 @@ pub(in crate::probe) async fn icmp_round(
         r = &mut running => r,
         Ok(i) = silent_rx => {
             let now = tierwatch_protocol::now_ms();
-            early_ts = Some(now);
             if let Some((rto, report)) = early {
                 let mut e = Outcome::new(out.target.clone(), out.kind, false);
                 e.error = Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once"));
@@ -92,7 +93,9 @@ pub(in crate::probe) async fn icmp_round(
                 (e.early, e.flipped) = (true, true);
                 e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
                 tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
-                report(e);
+                if report(e) {
+                    early_ts = Some(now);
+                }
             }
             running.await
         }

@@ -21,6 +21,11 @@ pub struct Message {
     pub event: String,
     pub at_ms: i64,
     pub incident: IncidentView,
+    /// With a `resent` row: the other open incidents, sent in the same
+    /// request (one row per receiver, so a slow Alertmanager holds back
+    /// what is queued behind it by one request at most).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<IncidentView>,
 }
 
 impl Message {
@@ -41,6 +46,7 @@ impl Message {
             event: event.to_string(),
             at_ms,
             incident: incident.clone(),
+            also: Vec::new(),
         }
     }
 }
@@ -116,33 +122,37 @@ pub fn enqueue_repeats(
     Ok(n)
 }
 
-/// Queues a `resent` message of every open incident routed to each
+/// Queues one `resent` row with every open incident routed to each
 /// Alertmanager receiver in `due` whose outbox is empty: Alertmanager
 /// takes a firing alert for resolved at its `endsAt`, so an open incident
 /// is sent again each `resend`. A receiver with rows still queued (a
 /// resolution, say) gets none: what it has goes first, in order. Returns
-/// how many were queued.
+/// the receivers done with (a row queued, or nothing open to send); the
+/// others are tried again at the next evaluation.
 pub fn enqueue_resends(
     conn: &mut Connection,
     due: &[Receiver],
     open: &[IncidentView],
     now_ms: i64,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Vec<String>> {
     let tx = conn.transaction()?;
-    let mut n = 0;
+    let mut done = Vec::new();
     for r in due.iter().filter(|r| matches!(r.kind, Kind::Alertmanager(_))) {
         let waiting: i64 =
             tx.query_row("SELECT count(*) FROM outbox WHERE receiver = ?1", [&r.name], |row| row.get(0))?;
         if waiting > 0 {
             continue;
         }
-        for v in open.iter().filter(|v| r.routes(v, false)) {
-            queue(&tx, r, &Message::new("resent", v, now_ms), now_ms)?;
-            n += 1;
+        let mut routed = open.iter().filter(|v| r.routes(v, false));
+        if let Some(first) = routed.next() {
+            let mut m = Message::new("resent", first, now_ms);
+            m.also = routed.cloned().collect();
+            queue(&tx, r, &m, now_ms)?;
         }
+        done.push(r.name.clone());
     }
     tx.commit()?;
-    Ok(n)
+    Ok(done)
 }
 
 /// A queued notification.
