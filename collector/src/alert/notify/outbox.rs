@@ -200,3 +200,49 @@ pub fn retry_at(conn: &Connection, id: i64, attempts: u32, next_ms: i64) -> rusq
 pub fn backoff(attempts: u32) -> Duration {
     tierwatch_runtime::backoff::nth(Duration::from_secs(1), Duration::from_secs(300), attempts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::model::{Scope, Severity};
+
+    fn view(key: &str) -> IncidentView {
+        IncidentView {
+            key: format!("{key}/unreachable"),
+            node: key.into(),
+            node_name: key.into(),
+            problem: "unreachable".into(),
+            scope: Scope::Node,
+            severity: Severity::Critical,
+            since_ms: 1_000,
+            summary: format!("{key} is unreachable"),
+            affected: Vec::new(),
+            alerts: Vec::new(),
+            muted: None,
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn one_resent_row_per_receiver_and_only_into_an_empty_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::db::open(dir.path()).unwrap();
+        let yaml = "- name: am\n  alertmanager:\n    url: http://127.0.0.1:9093\n";
+        let raw: Vec<super::super::RawReceiver> = serde_yaml::from_str(yaml).unwrap();
+        let mut p = tierwatch_yamlconf::Problems::default();
+        let receivers = super::super::validate(&raw, dir.path(), &mut p);
+        let open = [view("a"), view("b"), view("c")];
+        assert_eq!(enqueue_resends(&mut conn, &receivers, &open, 2_000).unwrap(), ["am"]);
+        assert_eq!(queued(&conn).unwrap(), [("am".to_string(), 1)], "one row for three incidents");
+        let m = next_due(&conn, "am", 2_000).unwrap().unwrap().message;
+        assert_eq!((m.event.as_str(), m.incident.key.as_str(), m.also.len()), ("resent", "a/unreachable", 2));
+        // Still queued: no second row, and the receiver is not done with.
+        assert!(enqueue_resends(&mut conn, &receivers, &open, 3_000).unwrap().is_empty());
+        assert_eq!(queued(&conn).unwrap(), [("am".to_string(), 1)]);
+        // Nothing open: nothing queued, but done.
+        let id = next_due(&conn, "am", 3_000).unwrap().unwrap().id;
+        done(&conn, id).unwrap();
+        assert_eq!(enqueue_resends(&mut conn, &receivers, &[], 4_000).unwrap(), ["am"]);
+        assert!(queued(&conn).unwrap().is_empty());
+    }
+}
