@@ -241,7 +241,6 @@ async fn push(
     peer: SocketAddr,
     node: &NodeId,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    let node = node.clone();
     if ingest.store.topology().get(&node).is_none() {
         return Err(Refusal::UnknownNode);
     }

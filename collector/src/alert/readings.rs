@@ -53,6 +53,8 @@ pub fn read(
         if age > interval + interval / 2 {
             out.suspect.insert(node.id.clone());
         }
+        // The node's identity labels, once per evaluation, not per lookup.
+        let node = &Labelled { node, identity: node.identity_labels() };
         for (ri, rule) in rules.rules.iter().enumerate() {
             match &rule.kind {
                 RuleKind::Heartbeat { missed } => heartbeat(&mut out, ri, rule, node, (age, interval), *missed),
@@ -66,14 +68,22 @@ pub fn read(
     out
 }
 
-/// An identity label of `node`.
-fn identity<'a>(node: &'a Node, k: &str) -> Option<&'a str> {
-    node.identity_labels().into_iter().find(|(n, _)| *n == k).map(|(_, v)| v)
+/// A node with its identity labels.
+struct Labelled<'a> {
+    node: &'a Node,
+    identity: [(&'static str, &'a str); 4],
+}
+
+impl<'a> Labelled<'a> {
+    /// The identity label `k`.
+    fn identity(&self, k: &str) -> Option<&'a str> {
+        self.identity.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    }
 }
 
 /// A node missing `missed` push intervals breaches; back within one and a half, clears.
-fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, (age, interval): Silence, missed: u32) {
-    if !rule.matches(|k| identity(node, k)) {
+fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Labelled<'_>, (age, interval): Silence, missed: u32) {
+    if !rule.matches(|k| node.identity(k)) {
         return;
     }
     let reading = if age > missed as i64 * interval {
@@ -83,8 +93,8 @@ fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, (age, inte
     } else {
         Reading::Between
     };
-    let key = AlertKey { rule: ri, node: node.id.clone(), labels: Vec::new() };
-    out.by_key.insert(key, (reading, node.id.clone(), age as f64 / 1000.0));
+    let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: Vec::new() };
+    out.by_key.insert(key, (reading, node.node.id.clone(), age as f64 / 1000.0));
 }
 
 /// Every series of the rule's metric that its matchers select, against its thresholds.
@@ -93,7 +103,7 @@ fn threshold<'a>(
     ri: usize,
     rule: &Rule,
     topo: &Topology,
-    node: &Node,
+    node: &Labelled<'_>,
     series: impl Iterator<Item = (&'a SeriesKey, &'a SeriesValue)>,
     now_ms: i64,
 ) {
@@ -103,7 +113,7 @@ fn threshold<'a>(
             continue;
         }
         let lookup =
-            |k: &str| identity(node, k).or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()));
+            |k: &str| node.identity(k).or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()));
         if !rule.matches(lookup) {
             continue;
         }
@@ -119,19 +129,19 @@ fn threshold<'a>(
         // one: the province's probe of its own upstream gateway is no
         // commune's WAN link.
         let subject = match rule.subject.as_deref() {
-            None => node.id.clone(),
+            None => node.node.id.clone(),
             Some(l) => match labels.iter().find(|x| x.name == l).and_then(|x| topo.get_str(&x.value)) {
                 Some(n) => n.id.clone(),
                 None => continue,
             },
         };
-        let key = AlertKey { rule: ri, node: node.id.clone(), labels: labels.clone() };
+        let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: labels.clone() };
         out.by_key.insert(key, (reading, subject, value));
     }
 }
 
 /// One alert per kind (and `group_by` attributes) with an event within `hold`.
-fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, state: &NodeState, now_ms: i64) {
+fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Labelled<'_>, state: &NodeState, now_ms: i64) {
     let RuleKind::Event { kind, severity, hold, group_by } = &rule.kind else { return };
     let hold_ms = hold.as_millis() as i64;
     let mut groups: BTreeMap<Vec<Label>, f64> = BTreeMap::new();
@@ -143,7 +153,7 @@ fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, state: &NodeS
             continue;
         }
         let lookup = |k: &str| {
-            identity(node, k).or_else(|| {
+            node.identity(k).or_else(|| {
                 if k == "kind" {
                     Some(e.kind.as_str())
                 } else {
@@ -164,8 +174,8 @@ fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Node, state: &NodeS
         *groups.entry(labels).or_default() += 1.0;
     }
     for (labels, count) in groups {
-        let key = AlertKey { rule: ri, node: node.id.clone(), labels };
-        out.by_key.insert(key, (Reading::Breach, node.id.clone(), count));
+        let key = AlertKey { rule: ri, node: node.node.id.clone(), labels };
+        out.by_key.insert(key, (Reading::Breach, node.node.id.clone(), count));
     }
 }
 

@@ -168,7 +168,7 @@ impl Client {
                 Outcome::Sent => self.send(std::slice::from_ref(&m.incident), true, m.at_ms).await,
                 other => other,
             },
-            "resent" => {
+            super::outbox::RESENT => {
                 let all: Vec<IncidentView> = std::iter::once(&m.incident).chain(&m.also).cloned().collect();
                 self.send(&all, false, m.at_ms).await
             }

@@ -28,6 +28,10 @@ pub struct Message {
     pub also: Vec<IncidentView>,
 }
 
+/// The event of a row that only keeps Alertmanager's alerts firing: no news,
+/// not counted as a notification, not retried.
+pub const RESENT: &str = "resent";
+
 impl Message {
     /// The message for one change at `now_ms`.
     pub fn from_change(c: &Change, now_ms: i64) -> Message {
@@ -145,7 +149,7 @@ pub fn enqueue_resends(
         }
         let mut routed = open.iter().filter(|v| r.routes(v, false));
         if let Some(first) = routed.next() {
-            let mut m = Message::new("resent", first, now_ms);
+            let mut m = Message::new(RESENT, first, now_ms);
             m.also = routed.cloned().collect();
             queue(&tx, r, &m, now_ms)?;
         }

@@ -80,7 +80,7 @@ async fn drain(outbox: Outbox, receiver: Receiver, locale: Locale, metrics: Metr
         };
         let (id, attempts) = (pending.id, pending.attempts + 1);
         // Re-sends keep Alertmanager's alerts firing; they are no news.
-        let resend = pending.message.event == "resent";
+        let resend = pending.message.event == outbox::RESENT;
         let result = match outcome {
             Outcome::Failed(why) | Outcome::Refused(why) if resend => {
                 // The next resend comes soon; retrying this one would only

@@ -84,17 +84,21 @@ fn event(r: &RawRule, e: &RawEventRule, key: &dyn Fn(&str) -> String, p: &mut Pr
     if e.hold.is_zero() {
         p.push(key("event.hold"), "must be longer than 0s");
     }
-    for (k, set) in [
+    let set = [
         ("above", r.above.is_some()),
         ("below", r.below.is_some()),
         ("for", r.for_.is_some()),
         ("subject", r.subject.is_some()),
-    ] {
-        if set {
-            p.push(key(k), "event rules take no threshold, for or subject");
-        }
-    }
+    ];
+    refuse_set(&set, "event rules take no threshold, for or subject", key, p);
     Some(RuleKind::Event { kind: e.kind.clone(), severity: e.severity, hold: e.hold, group_by: e.group_by.clone() })
+}
+
+/// Each of `fields` that is set is a problem: that kind of rule takes none.
+fn refuse_set(fields: &[(&str, bool)], why: &str, key: &dyn Fn(&str) -> String, p: &mut Problems) {
+    for (k, _) in fields.iter().filter(|(_, set)| *set) {
+        p.push(key(k), why);
+    }
 }
 
 /// A heartbeat rule: missed push intervals; no threshold.
@@ -102,16 +106,13 @@ fn heartbeat(r: &RawRule, h: &RawHeartbeat, key: &dyn Fn(&str) -> String, p: &mu
     if h.missed == 0 {
         p.push(key("heartbeat.missed"), "must be at least 1");
     }
-    for (k, set) in [
+    let set = [
         ("above", r.above.is_some()),
         ("below", r.below.is_some()),
         ("clear_below", r.clear_below.is_some()),
         ("clear_above", r.clear_above.is_some()),
-    ] {
-        if set {
-            p.push(key(k), "heartbeat rules take no threshold");
-        }
-    }
+    ];
+    refuse_set(&set, "heartbeat rules take no threshold", key, p);
     RuleKind::Heartbeat { missed: h.missed }
 }
 

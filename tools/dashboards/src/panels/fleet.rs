@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::*;
+use crate::{names, node_link, panel, q, rename, table, unit_override, Panel, Texts, SEL};
 
 pub(crate) fn fleet(t: &Texts) -> Vec<Panel> {
     vec![

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::*;
+use crate::{names, node_link, panel, q, rename, table, unit_override, Panel, Texts, SEL};
 
 pub(crate) fn overview(t: &Texts) -> Vec<Panel> {
     let thresholds_bad_at = |n: f64| json!({ "mode": "absolute", "steps": [{ "color": "green", "value": null }, { "color": "red", "value": n }] });

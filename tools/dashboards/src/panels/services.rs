@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::*;
+use crate::{node_link, panel, q, rename, table, Panel, Texts, SEL};
 
 pub(crate) fn services(t: &Texts) -> Vec<Panel> {
     let svc = format!(r#"{SEL},probe!="icmp""#);

@@ -1,8 +1,8 @@
 //! The WAN link detail of one node and target, SmokePing-style.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::*;
+use crate::{panel, q, Panel, WAN};
 
 pub(crate) fn wan() -> Vec<Panel> {
     let by =
