@@ -241,7 +241,7 @@ async fn push(
     peer: SocketAddr,
     node: &NodeId,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    if ingest.store.topology().get(&node).is_none() {
+    if ingest.store.topology().get(node).is_none() {
         return Err(Refusal::UnknownNode);
     }
     let sent_ms = req
@@ -261,14 +261,14 @@ async fn push(
     };
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
-        ingest.detect.impersonation(&node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
+        ingest.detect.impersonation(node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
         return Err(Refusal::Impersonation { claimed: std::mem::take(&mut batch.node_id) });
     }
     let now = tierwatch_protocol::now_ms();
     let report = validate::validate(&mut batch, now, &ingest.limits).map_err(|e| Refusal::Invalid(e.to_string()))?;
     let sequence = batch.sequence;
     let write = if ingest.remote_write {
-        ingest.store.topology().get(&node).map(|n| {
+        ingest.store.topology().get(node).map(|n| {
             let (req, samples) = proto::from_batch(&batch, &n.identity_labels());
             (req.encode_to_vec(), samples)
         })
@@ -293,8 +293,8 @@ async fn push(
         ingest.metrics.batch(BatchResult::Duplicate);
         return Ok(reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"));
     }
-    ingest.detect.batch(&node, &batch, sent_ms, now);
-    ingest.store.ingest(&node, batch, now);
+    ingest.detect.batch(node, &batch, sent_ms, now);
+    ingest.store.ingest(node, batch, now);
     if let Some(a) = &ingest.alerting {
         a.trigger.notify_one();
     }
