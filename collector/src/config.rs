@@ -61,13 +61,19 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
-    /// File holding the bearer token; without a token, only loopback clients may change state.
+    /// File holding the bearer token; without a token, nothing can change state.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Or the environment variable holding it.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Listing security events (their evidence) takes the token too.
+    #[serde(default)]
+    pub protect_security_events: bool,
 }
+
+/// A guessable token is no token.
+const MIN_TOKEN_LEN: usize = 16;
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tierwatch-collector")
@@ -93,6 +99,72 @@ pub struct RawIngest {
     pub handshake_timeout: Duration,
     #[serde(default)]
     pub limits: Limits,
+    /// Time for a push's body to arrive, once its header has.
+    #[serde(default = "default_ingest_request_timeout", with = "duration::serde")]
+    pub request_timeout: Duration,
+    /// Bytes of push bodies read and decoded at once, over all nodes.
+    #[serde(default = "default_decode_budget")]
+    pub decode_budget_bytes: usize,
+    #[serde(default)]
+    pub connections: RawConnections,
+}
+
+/// Connection limits of a listener (`ingest.connections`, `http.connections`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConnections {
+    /// Open connections at most.
+    pub max: usize,
+    /// Open connections from one source address at most.
+    pub per_source: usize,
+    /// Time to send a request header.
+    #[serde(with = "duration::serde")]
+    pub header_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    #[serde(with = "duration::serde")]
+    pub idle_timeout: Duration,
+    /// Bytes of a request header.
+    pub max_header_bytes: usize,
+}
+
+impl Default for RawConnections {
+    fn default() -> Self {
+        RawConnections {
+            max: 1024,
+            per_source: 32,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl RawConnections {
+    /// Checks the values (`at` is the key path of this block).
+    fn validate(&self, at: &str, problems: &mut Problems) -> crate::listen::ConnLimits {
+        if self.max == 0 {
+            problems.push(format!("{at}.max"), "must be at least 1");
+        }
+        if self.per_source == 0 || self.per_source > self.max {
+            problems.push(format!("{at}.per_source"), "must be between 1 and max");
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            problems.push(format!("{at}.header_timeout"), "must be at least 100ms");
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            problems.push(format!("{at}.idle_timeout"), "must be at least 1s");
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            problems.push(format!("{at}.max_header_bytes"), "must be between 8192 and 1048576");
+        }
+        crate::listen::ConnLimits {
+            max_connections: self.max,
+            max_per_source: self.per_source,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
 }
 
 /// The plain HTTP listener: status, API, `/metrics`, health.
@@ -101,11 +173,20 @@ pub struct RawIngest {
 pub struct RawHttp {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Time for one request, body and answer included.
+    #[serde(default = "default_http_request_timeout", with = "duration::serde")]
+    pub request_timeout: Duration,
+    #[serde(default)]
+    pub connections: RawConnections,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { listen: default_http_listen() }
+        RawHttp {
+            listen: default_http_listen(),
+            request_timeout: default_http_request_timeout(),
+            connections: RawConnections::default(),
+        }
     }
 }
 
@@ -121,11 +202,23 @@ fn default_stale_after() -> Duration {
 fn default_ingest_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7443))
 }
+// Loopback: Prometheus and a reverse proxy on the collector host reach it;
+// exposing the API to the provincial network is a decision (docs/operations.md).
 fn default_http_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9400))
+    SocketAddr::from(([127, 0, 0, 1], 9400))
 }
+// A node with a thousand targets pushes about 400 KB per batch: ten times that.
 fn default_max_body() -> usize {
-    8 * 1024 * 1024
+    4 * 1024 * 1024
+}
+fn default_decode_budget() -> usize {
+    256 * 1024 * 1024
+}
+fn default_ingest_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
@@ -140,6 +233,10 @@ pub struct Config {
     pub locale: crate::i18n::Locale,
     pub ingest: RawIngest,
     pub http: RawHttp,
+    /// Connection limits of the ingest listener.
+    pub ingest_connections: crate::listen::ConnLimits,
+    /// Connection limits of the HTTP listener.
+    pub http_connections: crate::listen::ConnLimits,
     pub node_down_after: Duration,
     pub stale_after: Duration,
     pub topology_file: PathBuf,
@@ -151,8 +248,10 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     pub receivers: Vec<crate::alert::notify::Receiver>,
     pub maintenance: Vec<crate::alert::maintenance::Window>,
-    /// Bearer token for the API's changing endpoints; none: loopback only.
+    /// Bearer token for the API's changing endpoints; none: nothing changes.
     pub api_token: Option<String>,
+    /// Listing security events takes the token.
+    pub protect_security_events: bool,
 }
 
 /// Errors loading the configuration.
@@ -181,6 +280,17 @@ impl Config {
         if ingest.max_body_bytes < 1024 {
             problems.push("ingest.max_body_bytes", "must be at least 1024");
         }
+        if ingest.decode_budget_bytes < ingest.max_body_bytes {
+            problems.push("ingest.decode_budget_bytes", "must be at least ingest.max_body_bytes");
+        }
+        if ingest.request_timeout < Duration::from_secs(1) {
+            problems.push("ingest.request_timeout", "must be at least 1s");
+        }
+        if raw.http.request_timeout < Duration::from_secs(1) {
+            problems.push("http.request_timeout", "must be at least 1s");
+        }
+        let ingest_connections = ingest.connections.validate("ingest.connections", &mut problems);
+        let http_connections = raw.http.connections.validate("http.connections", &mut problems);
         if raw.node_down_after < Duration::from_secs(1) {
             problems.push("node_down_after", "must be at least 1s");
         }
@@ -198,18 +308,21 @@ impl Config {
         let receivers = crate::alert::notify::validate(&raw.notify, base, &mut problems);
         let maintenance = crate::alert::maintenance::validate_config(&raw.maintenance, &mut problems);
         let token_file = raw.api.token_file.as_deref().map(resolve);
-        let api_token =
-            match tierwatch_runtime::secret::from_file_or_env(token_file.as_deref(), raw.api.token_env.as_deref()) {
-                Ok(Some(t)) if t.is_empty() => {
-                    problems.push("api", "the API token is empty");
-                    None
-                }
-                Ok(t) => t,
-                Err(e) => {
-                    problems.push(if token_file.is_some() { "api.token_file" } else { "api.token_env" }, e.to_string());
-                    None
-                }
-            };
+        let api_token = match tierwatch_runtime::secret::from_file_or_env(
+            token_file.as_deref(),
+            raw.api.token_env.as_deref(),
+        ) {
+            Ok(Some(t)) if t.len() < MIN_TOKEN_LEN => {
+                let key = if token_file.is_some() { "api.token_file" } else { "api.token_env" };
+                problems.push(key, format!("the API token is {} characters; at least {MIN_TOKEN_LEN} (`tierwatch-collector api-token` makes one)", t.len()));
+                None
+            }
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(if token_file.is_some() { "api.token_file" } else { "api.token_env" }, e.to_string());
+                None
+            }
+        };
         let max_age = Duration::from_millis(ingest.limits.max_age_ms.max(0) as u64);
         if max_age < Duration::from_secs(3600) {
             problems
@@ -237,6 +350,8 @@ impl Config {
             locale,
             ingest,
             http: raw.http,
+            ingest_connections,
+            http_connections,
             node_down_after: raw.node_down_after,
             stale_after: raw.stale_after,
             topology_file,
@@ -248,6 +363,7 @@ impl Config {
             receivers,
             maintenance,
             api_token,
+            protect_security_events: raw.api.protect_security_events,
         })
     }
 }
@@ -262,14 +378,14 @@ fn tracing_subscriber_filter_ok(level: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// The shipped example parses; its only problems are the TLS files,
-    /// which exist only on a real collector. The topology loads in full.
+    /// The shipped example parses; its only problems are the TLS files and
+    /// the API token, which exist only on a real collector. The topology loads in full.
     #[test]
     fn shipped_example_is_valid() {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
         let LoadError::Config(err) = Config::load(&dir.join("collector.yaml")).unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key"], "{err}");
+        assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key", "api.token_file"], "{err}");
         let t = Topology::load(&dir.join("topology.yaml")).unwrap();
         assert_eq!(t.get_str("nui-cam").map(|n| n.name.as_str()), Some("Xã Núi Cấm"));
         assert!(t.nodes().len() >= 5);

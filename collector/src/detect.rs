@@ -30,7 +30,7 @@ type NewestBoot = (Vec<u8>, Vec<u8>, i64);
 type TopSequence = (Vec<u8>, u64, i64);
 
 /// The collector's own detector.
-pub struct Detector {
+pub(crate) struct Detector {
     ledger: Ledger,
     store: Arc<Store>,
     /// Where events with no node of their own are filed (the central node).
@@ -43,7 +43,7 @@ pub struct Detector {
 
 impl Detector {
     /// A detector storing through the `ledger`'s group commits and reporting to `store`.
-    pub fn new(ledger: Ledger, store: Arc<Store>) -> Self {
+    pub(crate) fn new(ledger: Ledger, store: Arc<Store>) -> Self {
         let home =
             store.topology().nodes().iter().find(|n| n.tier == crate::topology::Tier::Central).map(|n| n.id.clone());
         Detector {
@@ -73,7 +73,7 @@ impl Detector {
     }
 
     /// A TLS handshake on the ingest port failed.
-    pub fn tls_failure(&self, peer: IpAddr, reason: &str, now_ms: i64) {
+    pub(crate) fn tls_failure(&self, peer: IpAddr, reason: &str, now_ms: i64) {
         let count = {
             let mut t = self.tls.lock().unwrap_or_else(|p| p.into_inner());
             if !t.contains_key(&peer) && t.len() >= MAX_ADDRESSES {
@@ -113,7 +113,7 @@ impl Detector {
     }
 
     /// A valid certificate of `node` pushed a batch claiming `claimed`.
-    pub fn impersonation(&self, node: &NodeId, claimed: &str, peer: IpAddr, now_ms: i64) {
+    pub(crate) fn impersonation(&self, node: &NodeId, claimed: &str, peer: IpAddr, now_ms: i64) {
         if !self.once(node.as_str(), "node_impersonation", now_ms) {
             return;
         }
@@ -136,7 +136,7 @@ impl Detector {
     /// agent's clock (`None` from an agent that does not say). Configuration
     /// is compared between boots, newest first: a backlog from the previous
     /// boot arriving after the new one's batches is not a change.
-    pub fn batch(&self, node: &NodeId, batch: &Batch, sent_ms: Option<i64>, now_ms: i64) {
+    pub(crate) fn batch(&self, node: &NodeId, batch: &Batch, sent_ms: Option<i64>, now_ms: i64) {
         let changed = {
             let mut c = self.configs.lock().unwrap_or_else(|p| p.into_inner());
             match c.get(node) {
@@ -209,8 +209,8 @@ impl Detector {
         }
         // Without the send time only a clock ahead shows: a batch created
         // in the past may simply have waited in the spool.
-        let skew = sent_ms.unwrap_or((batch.created_ms).max(now_ms)) - now_ms;
-        if skew.abs() > CLOCK_SKEW_MS && self.once(node.as_str(), "clock_skew", now_ms) {
+        let skew = sent_ms.unwrap_or((batch.created_ms).max(now_ms)).saturating_sub(now_ms);
+        if skew.saturating_abs() > CLOCK_SKEW_MS && self.once(node.as_str(), "clock_skew", now_ms) {
             let (direction, why) = if skew > 0 {
                 ("ahead_s", "the agent's clock runs ahead of the collector's: its samples land in the future")
             } else {
@@ -222,7 +222,11 @@ impl Detector {
                     "clock_skew",
                     Severity::Warning,
                     now_ms,
-                    [("src", node.to_string()), (direction, (skew.abs() / 1000).to_string()), ("why", why.into())],
+                    [
+                        ("src", node.to_string()),
+                        (direction, (skew.saturating_abs() / 1000).to_string()),
+                        ("why", why.into()),
+                    ],
                 ),
             );
         }

@@ -13,23 +13,25 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message;
+use tierwatch_protocol::validate::Location;
 use tierwatch_protocol::wire::WireRejection;
-use tierwatch_protocol::{validate, Ack, Batch, Limits, NodeId, PUSH_PATH};
+use tierwatch_protocol::{validate, Ack, Batch, Limits, NodeId, Shape, ShapeError, PUSH_PATH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Exhausted};
 use crate::ledger::{Job, Ledger, Outcome};
+use crate::listen::{Ended, Gate, Ticket};
 use crate::metrics::{BatchResult, Metrics};
 use crate::remote_write::proto;
 use crate::store::Store;
 use crate::tls::{peer_node_id, IdentityError};
 
 /// What the ingest path needs, shared by all connections.
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub store: Arc<Store>,
     /// Woken after each stored batch, so alerts need not wait for a tick.
     pub alerting: Option<Arc<crate::alert::Alerting>>,
@@ -40,34 +42,31 @@ pub struct Ingest {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub handshake_timeout: Duration,
+    /// Time for a push's body to arrive.
+    pub request_timeout: Duration,
     /// The collector's own security detections.
     pub detect: crate::detect::Detector,
+    /// One push per node at a time; the decode budget.
+    pub admission: Admission,
+    /// Connection caps of the listener.
+    pub gate: Arc<Gate>,
 }
 
 /// Accepts connections until `token` is cancelled; each connection is a task on `tracker`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ingest: Arc<Ingest>,
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed on ingest listener");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = token.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        tracker.spawn(connection(stream, peer, acceptor.clone(), ingest.clone(), token.clone()));
-    }
+    let (gate, metrics) = (ingest.gate.clone(), ingest.metrics.clone());
+    let conn_token = token.clone();
+    let handle = move |stream, peer, ticket| {
+        connection(stream, peer, ticket, acceptor.clone(), ingest.clone(), conn_token.clone())
+    };
+    let refused = move |why| metrics.connection_refused("ingest", why);
+    crate::listen::accept("ingest", listener, gate, refused, handle, token, tracker).await;
 }
 
 struct ConnGauge(Metrics);
@@ -80,6 +79,7 @@ impl Drop for ConnGauge {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    _ticket: Ticket,
     acceptor: TlsAcceptor,
     ingest: Arc<Ingest>,
     token: CancellationToken,
@@ -108,20 +108,13 @@ async fn connection(
         let identity = identity.clone();
         async move { Ok::<_, Infallible>(handle(req, &ingest, peer, identity).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    match crate::listen::serve(tls, service, ingest.gate.limits(), &token).await {
+        Ended::Done => {}
+        Ended::Idle => {
+            ingest.metrics.connection_idle_closed("ingest");
+            tracing::debug!(peer = %peer, "idle ingest connection closed");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(peer = %peer, error = %e, "ingest connection ended with an error");
+        Ended::Error(e) => tracing::debug!(peer = %peer, error = %e, "ingest connection ended with an error"),
     }
 }
 
@@ -148,6 +141,9 @@ enum Refusal {
     Impersonation { claimed: String },
     Invalid(String),
     Unavailable { sequence: u64, error: String },
+    Busy,
+    Overloaded(Exhausted),
+    Timeout { after: Duration },
 }
 
 impl Refusal {
@@ -192,8 +188,30 @@ impl Refusal {
                 let why = format!("collector cannot store batches now ({error}); retry later");
                 (BatchResult::Unavailable, refuse(StatusCode::SERVICE_UNAVAILABLE, why))
             }
+            Refusal::Busy => {
+                tracing::warn!(peer = %peer, node, "push refused: another push of this node is in flight");
+                let why = format!("a push from node {node:?} is already in flight; one at a time");
+                (BatchResult::Busy, refuse(StatusCode::TOO_MANY_REQUESTS, why))
+            }
+            Refusal::Overloaded(Exhausted { wanted, budget }) => {
+                tracing::warn!(peer = %peer, node, wanted, budget, "push refused: decode budget exhausted");
+                let why = format!(
+                    "collector is decoding {budget} bytes of pushes already (ingest.decode_budget_bytes); retry later"
+                );
+                (BatchResult::Overloaded, refuse(StatusCode::SERVICE_UNAVAILABLE, why))
+            }
+            Refusal::Timeout { after } => {
+                let after_ms = after.as_millis() as u64;
+                tracing::warn!(peer = %peer, node, after_ms, "push refused: body too slow");
+                let why = format!("body not received within ingest.request_timeout ({after_ms} ms)");
+                (BatchResult::Timeout, refuse(StatusCode::REQUEST_TIMEOUT, why))
+            }
         };
         ingest.metrics.batch(result);
+        // Only nodes of the topology get a series of their own (bounded).
+        if !node.is_empty() && !matches!(result, BatchResult::UnknownNode) {
+            ingest.metrics.node_refusal(node, result.as_str(), 1);
+        }
         response
     }
 }
@@ -244,21 +262,36 @@ async fn push(
     if ingest.store.topology().get(node).is_none() {
         return Err(Refusal::UnknownNode);
     }
+    let Some(_slot) = ingest.admission.enter(node) else { return Err(Refusal::Busy) };
+    // Only a plausible clock reading: the skew check subtracts it from ours.
     let sent_ms = req
         .headers()
         .get(tierwatch_protocol::SENT_AT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|t| (1..=tierwatch_protocol::validate::MAX_TIMESTAMP_MS).contains(t));
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if let Some(bytes) = declared.filter(|&l| l > ingest.max_body_bytes) {
         return Err(Refusal::TooLarge { bytes });
     }
-    let body = match Limited::new(req.into_body(), ingest.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(Refusal::TooLarge { bytes: ingest.max_body_bytes + 1 }),
-        Err(e) => return Err(Refusal::Unreadable(e.to_string())),
+    // The body's bytes are held before it is read: a chunked body counts at the limit.
+    let mut held =
+        ingest.admission.reserve(declared.unwrap_or(ingest.max_body_bytes)).await.map_err(Refusal::Overloaded)?;
+    let read = Limited::new(req.into_body(), ingest.max_body_bytes).collect();
+    let body = match tokio::time::timeout(ingest.request_timeout, read).await {
+        Err(_) => return Err(Refusal::Timeout { after: ingest.request_timeout }),
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(Refusal::TooLarge { bytes: ingest.max_body_bytes + 1 }),
+        Ok(Err(e)) => return Err(Refusal::Unreadable(e.to_string())),
     };
+    // Counted on the wire first: what decoding would allocate is known,
+    // and a batch over the limits is refused without being materialised.
+    let shape = Shape::measure(&body, &ingest.limits).map_err(|e| match e {
+        ShapeError::Malformed { .. } => Refusal::Malformed(e.to_string()),
+        ShapeError::Over(e) => Refusal::Invalid(e.to_string()),
+    })?;
+    ingest.admission.grow(&mut held, shape.decoded_bytes()).await.map_err(Refusal::Overloaded)?;
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
         ingest.detect.impersonation(node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
@@ -301,6 +334,14 @@ async fn push(
     ingest.metrics.samples_accepted.inc_by(report.accepted_points as u64);
     ingest.metrics.samples_rejected.inc_by(report.rejected.len() as u64);
     ingest.metrics.events_accepted.inc_by(report.accepted_events as u64);
+    let refused_events = report.rejected.iter().filter(|r| matches!(r.location, Location::Event { .. })).count();
+    let refused_samples = report.rejected.len() - refused_events;
+    if refused_samples > 0 {
+        ingest.metrics.node_refusal(node.as_str(), "sample", refused_samples as u64);
+    }
+    if refused_events > 0 {
+        ingest.metrics.node_refusal(node.as_str(), "event", refused_events as u64);
+    }
     if let Some(first) = report.rejected.first() {
         tracing::warn!(node = %node, sequence, rejected = report.rejected.len(), first = %first, "samples refused from an accepted batch");
     }

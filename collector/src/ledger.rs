@@ -36,7 +36,7 @@ pub(crate) const MAX_BOOTS_PER_NODE: usize = 256;
 const MAX_GROUP: usize = 256;
 
 /// A batch to record.
-pub struct Job {
+pub(crate) struct Job {
     pub node: NodeId,
     pub boot: Vec<u8>,
     pub sequence: u64,
@@ -49,7 +49,7 @@ pub struct Job {
 
 /// What the ledger decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// New: recorded and queued.
     Stored,
     /// Seen before: nothing done.
@@ -58,7 +58,7 @@ pub enum Outcome {
 
 /// Why a batch could not be recorded (the push gets a 503 and is retried).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum LedgerError {
+pub(crate) enum LedgerError {
     #[error("state database: {0}")]
     Db(String),
     #[error("the ledger has stopped")]
@@ -67,7 +67,7 @@ pub enum LedgerError {
 
 /// A remote_write queue the ledger fills.
 #[derive(Clone)]
-pub struct QueueSpec {
+pub(crate) struct QueueSpec {
     pub name: String,
     pub max_bytes: u64,
     pub state: Arc<QueueState>,
@@ -92,16 +92,16 @@ type BootKey = (String, Vec<u8>);
 
 /// Handle to the ledger thread.
 #[derive(Clone)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     tx: mpsc::Sender<Work>,
 }
 
 /// The thread itself, joined on shutdown.
-pub struct LedgerThread(JoinHandle<()>);
+pub(crate) struct LedgerThread(JoinHandle<()>);
 
 impl LedgerThread {
     /// Waits until the thread has committed its last group and closed the database.
-    pub fn join(self) {
+    pub(crate) fn join(self) {
         let _ = self.0.join();
     }
 }
@@ -110,7 +110,7 @@ impl Ledger {
     /// Opens the database in `state_dir`, loads the ledger and starts the thread.
     /// `max_age_ms` is the ingest age limit: a boot whose newest stored batch
     /// is older can send nothing acceptable, so it is forgotten.
-    pub fn open(
+    pub(crate) fn open(
         state_dir: &Path,
         queues: Vec<QueueSpec>,
         max_age_ms: i64,
@@ -161,7 +161,7 @@ impl Ledger {
     }
 
     /// Records a batch; resolves once the decision is durable.
-    pub async fn record(&self, job: Job) -> Result<Outcome, LedgerError> {
+    pub(crate) async fn record(&self, job: Job) -> Result<Outcome, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Work::Batch(job, reply)).await.map_err(|_| LedgerError::Stopped)?;
         rx.await.map_err(|_| LedgerError::Stopped)?
@@ -170,7 +170,11 @@ impl Ledger {
     /// Stores security events the collector found about `node` with the
     /// next group commit. Never waits: with the queue full the events wait
     /// in a task of their own (on the runtime it is called from).
-    pub fn record_events(&self, node: NodeId, events: Vec<tierwatch_protocol::Event>) -> Result<(), LedgerError> {
+    pub(crate) fn record_events(
+        &self,
+        node: NodeId,
+        events: Vec<tierwatch_protocol::Event>,
+    ) -> Result<(), LedgerError> {
         match self.tx.try_send(Work::Events(node, events)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(LedgerError::Stopped),

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub(crate) mod admission;
 pub mod alert;
 pub mod config;
 pub(crate) mod db;
@@ -11,8 +12,9 @@ pub(crate) mod detect;
 pub(crate) mod exposition;
 pub(crate) mod http;
 pub mod i18n;
-pub mod ingest;
+pub(crate) mod ingest;
 pub(crate) mod ledger;
+pub mod listen;
 pub mod metrics;
 pub(crate) mod outbound;
 pub mod pki;

@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9400")]
         url: String,
     },
+    /// Write a new random API token to FILE (mode 0640), for api.token_file.
+    ApiToken {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage the certificate authority that signs agent and collector certificates.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -103,6 +111,11 @@ fn real_main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let nodes = rt.block_on(tierwatch_collector::status::fetch(&url))?;
             print!("{}", tierwatch_collector::status::render(&nodes));
+            Ok(())
+        }
+        Some(Command::ApiToken { out, force }) => {
+            tierwatch_runtime::secret::generate(&out, force).with_context(|| "writing the API token".to_string())?;
+            println!("API token written: {} (mode 0640); name it in api.token_file", out.display());
             Ok(())
         }
         Some(Command::Pki(PkiCommand::Init { dir, name, days, force })) => {

@@ -18,10 +18,19 @@ pub enum BatchResult {
     Duplicate,
     /// The state database failed; the agent retries (503).
     Unavailable,
+    /// Another push of the node is in flight (429); the agent retries.
+    Busy,
+    /// The decode budget stayed exhausted (503); the agent retries.
+    Overloaded,
+    /// The body did not arrive within `ingest.request_timeout` (408).
+    Timeout,
 }
 
 impl BatchResult {
-    const ALL: [BatchResult; 8] = [
+    const ALL: [BatchResult; 11] = [
+        BatchResult::Busy,
+        BatchResult::Overloaded,
+        BatchResult::Timeout,
         BatchResult::Duplicate,
         BatchResult::Unavailable,
         BatchResult::Accepted,
@@ -43,6 +52,9 @@ impl BatchResult {
             BatchResult::Invalid => "invalid",
             BatchResult::Duplicate => "duplicate",
             BatchResult::Unavailable => "unavailable",
+            BatchResult::Busy => "busy",
+            BatchResult::Overloaded => "overloaded",
+            BatchResult::Timeout => "timeout",
         }
     }
 }
@@ -71,6 +83,10 @@ pub struct Metrics {
     pub incidents_open: IntGauge,
     notifications: IntCounterVec,
     notifications_queued: IntGaugeVec,
+    node_refusals: IntCounterVec,
+    connections_refused: IntCounterVec,
+    connections_idle_closed: IntCounterVec,
+    pub http_connections: IntGauge,
 }
 
 impl Metrics {
@@ -193,6 +209,39 @@ impl Metrics {
             &["receiver"],
         )?;
         registry.register(Box::new(notifications_queued.clone()))?;
+        let node_refusals = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_node_refusals_total",
+                "What the collector refused of a node in the topology, by node and reason: whole pushes (the batch outcomes) and single samples or events.",
+            ),
+            &["node", "reason"],
+        )?;
+        registry.register(Box::new(node_refusals.clone()))?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_connections_refused_total",
+                "Connections closed at once because a listener's connection cap was reached, by listener and cap.",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        let connections_idle_closed = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_connections_idle_closed_total",
+                "Connections the collector closed after they carried no traffic for the idle timeout, by listener.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections_idle_closed.clone()))?;
+        let http_connections =
+            IntGauge::new("tierwatch_collector_http_connections", "Open connections on the HTTP listener.")?;
+        registry.register(Box::new(http_connections.clone()))?;
+        for listener in ["ingest", "http"] {
+            for reason in [crate::listen::Full::Listener, crate::listen::Full::Source] {
+                connections_refused.with_label_values(&[listener, reason.as_str()]);
+            }
+            connections_idle_closed.with_label_values(&[listener]);
+        }
         for event in ["opened", "updated", "resolved"] {
             incidents.with_label_values(&[event]);
         }
@@ -234,6 +283,10 @@ impl Metrics {
             incidents_open,
             notifications,
             notifications_queued,
+            node_refusals,
+            connections_refused,
+            connections_idle_closed,
+            http_connections,
         })
     }
 
@@ -284,6 +337,21 @@ impl Metrics {
     pub fn remote_write_queue(&self, remote: &str, bytes: u64, batches: u64) {
         self.rw_queue_bytes.with_label_values(&[remote]).set(bytes as i64);
         self.rw_queue_batches.with_label_values(&[remote]).set(batches as i64);
+    }
+
+    /// Counts something of `node` (a topology node) refused for `reason`.
+    pub fn node_refusal(&self, node: &str, reason: &str, n: u64) {
+        self.node_refusals.with_label_values(&[node, reason]).inc_by(n);
+    }
+
+    /// Counts a connection closed at accept on `listener` because it was full.
+    pub fn connection_refused(&self, listener: &str, why: crate::listen::Full) {
+        self.connections_refused.with_label_values(&[listener, why.as_str()]).inc();
+    }
+
+    /// Counts a connection closed for idleness on `listener`.
+    pub fn connection_idle_closed(&self, listener: &str) {
+        self.connections_idle_closed.with_label_values(&[listener]).inc();
     }
 
     /// Counts one push with its outcome.

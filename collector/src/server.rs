@@ -11,16 +11,21 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::alert::engine::Engine;
 use crate::alert::Alerting;
 use crate::config::Config;
 use crate::http::{self, Http};
 use crate::ingest::{self, Ingest};
 use crate::ledger::{Ledger, QueueSpec};
+use crate::listen::Gate;
 use crate::metrics::Metrics;
 use crate::remote_write::queue::QueueState;
 use crate::remote_write::sender::Prepared;
 use crate::store::Store;
+
+/// How long a push waits for its share of the decode budget before a 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// How long in-flight pushes and requests get to finish on shutdown.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -176,7 +181,10 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         limits: config.ingest.limits.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
         handshake_timeout: config.ingest.handshake_timeout,
+        request_timeout: config.ingest.request_timeout,
         detect: crate::detect::Detector::new(ledger.clone(), store.clone()),
+        admission: Admission::new(config.ingest.decode_budget_bytes, BUDGET_WAIT),
+        gate: Gate::new(config.ingest_connections.clone()),
     });
     let http_state = Arc::new(Http {
         store: store.clone(),
@@ -186,6 +194,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         ready: Default::default(),
         queues: queues.clone(),
         api_token: config.api_token.clone(),
+        protect_security_events: config.protect_security_events,
         security_db: security_db.clone(),
         locale: config.locale,
     });
@@ -211,15 +220,17 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         crate::alert::spawn_notifiers(a, &metrics, &token, &tracker);
     }
     tracker.spawn(ingest::serve(ingest_listener, TlsAcceptor::from(tls), ingest, token.clone(), tracker.clone()));
-    let router = http::router(http_state.clone());
-    let http_token = token.clone();
-    tracker.spawn(async move {
-        let server = axum::serve(http_listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(http_token.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
+    tracker.spawn(http::serve(
+        http_listener,
+        http_state.clone(),
+        Gate::new(config.http_connections.clone()),
+        config.http.request_timeout,
+        token.clone(),
+        tracker.clone(),
+    ));
+    if config.api_token.is_none() {
+        tracing::warn!("no api.token_file: acknowledgements and maintenance windows cannot be changed through the API");
+    }
     http_state.ready.store(true, Ordering::Release);
     tracing::info!(
         ingest = %ingest_addr,

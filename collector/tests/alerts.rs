@@ -223,7 +223,8 @@ async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
         "rules: rules.yaml\napi:\n  token_file: api.token\nnotify:\n  - name: am\n    alertmanager:\n      url: http://{}\n      resend: 1s\n",
         am.addr
     );
-    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken\n")]).await;
+    let mut lab =
+        Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken-t0ken-t0ken\n")]).await;
     let client = lab.client(&lab.pki, "an-giang");
     lab.push(client.clone(), probe(1, 1, "nui-cam", false)).await.unwrap();
     until("the alert in Alertmanager", || async { am.alerts().await.is_some_and(|a| !a.is_empty()) }).await;
@@ -243,7 +244,7 @@ async fn incidents_reach_a_real_alertmanager_and_resolve_there() {
 
     // Acknowledged: silenced in Alertmanager by the person, nothing else.
     let ack = r#"{"key": "nui-cam/unreachable", "by": "Lan", "comment": "ISP ticket 42"}"#;
-    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken")).await;
+    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken-t0ken-t0ken")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     until("the alert silenced in Alertmanager", || async {
         am.alerts().await.is_some_and(|a| a.len() == 1 && a[0]["status"]["state"] == "suppressed")
@@ -347,7 +348,8 @@ async fn telegram_and_email_get_the_page_repeats_until_acknowledged_and_the_reso
         "rules: rules.yaml\napi:\n  token_file: api.token\nnotify:\n  - name: tg\n    repeat_interval: 2s\n    telegram:\n      bot_token_env: TW_TEST_BOT_TOKEN\n      chat_id: \"-1001\"\n      api_url: http://{bot_addr}\n  - name: mail\n    email:\n      smtp_host: 127.0.0.1\n      smtp_port: {}\n      security: none\n      from: Tierwatch <tierwatch@angiang.gov.vn>\n      to: [\"Trực ban <oncall@angiang.gov.vn>\"]\n",
         smtp.port()
     );
-    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken\n")]).await;
+    let mut lab =
+        Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("api.token", "t0ken-t0ken-t0ken\n")]).await;
     let client = lab.client(&lab.pki, "an-giang");
     lab.push(client.clone(), probe(1, 1, "nui-cam", false)).await.unwrap();
     until("the page on Telegram", || async { !sent.lock().unwrap().is_empty() }).await;
@@ -382,9 +384,10 @@ async fn telegram_and_email_get_the_page_repeats_until_acknowledged_and_the_reso
     let ack = r#"{"key": "nui-cam/unreachable", "by": "Lan", "comment": "ISP ticket 42"}"#;
     let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken")).await;
+    let (status, body) = lab.call("POST", "/api/v1/alerts/ack", ack, Some("t0ken-t0ken-t0ken")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _) = lab.call("POST", "/api/v1/alerts/ack", r#"{"key": "nope", "by": "Lan"}"#, Some("t0ken")).await;
+    let (status, _) =
+        lab.call("POST", "/api/v1/alerts/ack", r#"{"key": "nope", "by": "Lan"}"#, Some("t0ken-t0ken-t0ken")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     until("the acknowledgement by email", || async { mails.lock().unwrap().len() == 2 }).await;
     assert!(mails.lock().unwrap()[1].1.contains("Acknowledged by Lan at "), "{:?}", mails.lock().unwrap()[1]);
@@ -413,24 +416,26 @@ async fn maintenance_windows_from_the_api_mute_exactly_their_nodes() {
     let hook_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let got = receiver_on(hook_addr).await;
     let top = format!("rules: rules.yaml\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{hook_addr}/hook\n      hmac_secret_file: hook.secret\n");
-    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("hook.secret", "s3cret\n")]).await;
+    let top = format!("{top}api:\n  token_file: api.token\n");
+    let files = [("rules.yaml", RULES), ("hook.secret", "s3cret\n"), ("api.token", MAINT_TOKEN)];
+    let mut lab = Lab::start_full_with_files("", &top, &files).await;
+    let token = Some(MAINT_TOKEN);
     let (status, body) = lab
         .call(
             "POST",
             "/api/v1/maintenance",
             r#"{"match": {"node": "nui-cam"}, "duration": "tomorrow", "reason": ""}"#,
-            None,
+            token,
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("body.reason: say why") && body.contains("body.duration: invalid duration"), "{body}");
-    // No token configured: loopback may change state.
     let (status, body) = lab
         .call(
             "POST",
             "/api/v1/maintenance",
             r#"{"match": {"node": "nui-cam"}, "duration": "1h", "reason": "thay router", "by": "Lan"}"#,
-            None,
+            token,
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -462,11 +467,69 @@ async fn maintenance_windows_from_the_api_mute_exactly_their_nodes() {
 
     // The window ends early while nui-cam is still down: it pages now.
     let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "ending a window takes the token too");
+    let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     lab.push(client.clone(), probes(2, 1, &[("nui-cam", false), ("giang-thanh", false)])).await.unwrap();
     until("the page after the window", || async { events(&got).len() == 2 }).await;
     assert_eq!(events(&got), ["opened giang-thanh/unreachable", "opened nui-cam/unreachable"]);
-    let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", None).await;
+    let (status, _) = lab.call("DELETE", &format!("/api/v1/maintenance/{id}"), "", token).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    lab.stop().await;
+}
+
+const MAINT_TOKEN: &str = "maint-token-0123456789";
+
+/// The CSRF of the issue: a page on another site makes the operator's
+/// browser on the collector host POST a ten-year window for every node.
+/// Without a token nothing changes; with one, a foreign Origin and a body
+/// that is not JSON are refused even when the token is right.
+#[tokio::test]
+async fn api_changes_need_the_token_json_and_this_origin() {
+    let window = r#"{"match": {"tier": "commune"}, "duration": "87600h", "reason": "x", "by": "evil"}"#;
+    let attack = [("origin", "http://evil.example"), ("content-type", "text/plain")];
+    let mut lab = Lab::start_full_with_files("", "rules: rules.yaml\n", &[("rules.yaml", RULES)]).await;
+    let (status, body) = lab.call_with("POST", "/api/v1/maintenance", window, &attack).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = lab.call("POST", "/api/v1/maintenance", window, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token configured: nothing changes, even from loopback: {body}");
+    assert!(body.contains("api-token"), "the refusal says how to make a token: {body}");
+    lab.stop().await;
+
+    let files = [("rules.yaml", RULES), ("api.token", MAINT_TOKEN)];
+    let mut lab = Lab::start_full_with_files("", "rules: rules.yaml\napi:\n  token_file: api.token\n", &files).await;
+    let bearer = format!("Bearer {MAINT_TOKEN}");
+    let with_token = |extra: &[(&'static str, &'static str)]| {
+        let mut h: Vec<(&str, &str)> = extra.to_vec();
+        h.push(("authorization", bearer.as_str()));
+        h
+    };
+    let (status, body) = lab.call_with("POST", "/api/v1/maintenance", window, &with_token(&attack)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("cross-origin"), "{body}");
+    let (status, body) = lab
+        .call_with(
+            "POST",
+            "/api/v1/maintenance",
+            window,
+            &with_token(&[("sec-fetch-site", "cross-site"), ("content-type", "application/json")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) =
+        lab.call_with("POST", "/api/v1/maintenance", window, &with_token(&[("content-type", "text/plain")])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    let (_, body) = lab.get("/api/v1/maintenance").await;
+    assert!(!body.contains("evil"), "no window was made: {body}");
+    // The same request from this origin with the token and JSON goes through.
+    let (status, body) = lab
+        .call_with(
+            "POST",
+            "/api/v1/maintenance",
+            window,
+            &with_token(&[("origin", "http://collector"), ("content-type", "application/json")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     lab.stop().await;
 }

@@ -52,6 +52,11 @@ impl Lab {
 
     /// As [`Lab::start_full`], with extra files (name, content) beside collector.yaml.
     pub async fn start_full_with_files(ingest_extra: &str, top_extra: &str, files: &[(&str, &str)]) -> Lab {
+        Self::start_custom(ingest_extra, "", top_extra, files).await
+    }
+
+    /// The most general start: extra YAML inside `ingest:` and `http:` and at the top level, extra files.
+    pub async fn start_custom(ingest_extra: &str, http_extra: &str, top_extra: &str, files: &[(&str, &str)]) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
         pki::init(&pki_dir, "test CA", 30, false).unwrap();
@@ -74,7 +79,7 @@ impl Lab {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let conf = format!(
-            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\nstate_dir: state\n{top_extra}"
+            "topology: topology.yaml\ningest:\n  listen: 127.0.0.1:0\n  ca: pki/ca.crt\n  cert: pki/collector.crt\n  key: pki/collector.key\n{ingest_extra}http:\n  listen: 127.0.0.1:0\n{http_extra}state_dir: state\n{top_extra}"
         );
         std::fs::write(dir.path().join("collector.yaml"), conf).unwrap();
         let config = Config::load(&dir.path().join("collector.yaml")).unwrap();
@@ -108,23 +113,7 @@ impl Lab {
         body: Vec<u8>,
         sent_ms: Option<i64>,
     ) -> Result<(StatusCode, Bytes), String> {
-        let tcp = TcpStream::connect(self.ingest).await.map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(client)
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = Request::post(tierwatch_protocol::PUSH_PATH).header("host", "collector");
-        if let Some(t) = sent_ms {
-            req = req.header(tierwatch_protocol::SENT_AT_HEADER, t);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).unwrap();
-        let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, body))
+        push_to(self.ingest, client, body, sent_ms).await
     }
 
     /// GETs `path` from the HTTP listener.
@@ -151,6 +140,39 @@ impl Lab {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Sends `method path` with `body` and exactly the extra `headers` given (no content type of its own).
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let (status, _, body) = self.call_raw(method, path, body, headers).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// [`Lab::call_with`], answering the headers and the body's bytes.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        let tcp = TcpStream::connect(self.http).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", "collector");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
     /// Stops the collector and starts it again on the same configuration and state.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -173,6 +195,31 @@ impl Lab {
             c.shutdown().await;
         }
     }
+}
+
+/// POSTs `body` to the push endpoint at `ingest` with `client` (and the agent's send time).
+pub async fn push_to(
+    ingest: SocketAddr,
+    client: Arc<ClientConfig>,
+    body: impl Into<Bytes>,
+    sent_ms: Option<i64>,
+) -> Result<(StatusCode, Bytes), String> {
+    let tcp = TcpStream::connect(ingest).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::post(tierwatch_protocol::PUSH_PATH).header("host", "collector");
+    if let Some(t) = sent_ms {
+        req = req.header(tierwatch_protocol::SENT_AT_HEADER, t);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, body))
 }
 
 pub fn id(s: &str) -> NodeId {

@@ -280,3 +280,20 @@ async fn a_batch_sent_twice_is_stored_once_even_across_a_restart() {
     assert_eq!(lab.metric("tierwatch_collector_ledger_boots").await, Some(2.0));
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_are_gzipped_when_asked() {
+    use std::io::Read;
+    let mut lab = Lab::start().await;
+    let (status, headers, zipped) = lab.call_raw("GET", "/metrics", "", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..]).read_to_string(&mut text).unwrap();
+    let (_, plain) = lab.get("/metrics").await;
+    assert!(text.contains("tierwatch_collector_build_info"), "{text}");
+    assert!(zipped.len() * 3 < plain.len(), "{} bytes gzipped of {}", zipped.len(), plain.len());
+    let (_, headers, _) = lab.call_raw("GET", "/metrics", "", &[("accept-encoding", "gzip;q=0, identity")]).await;
+    assert!(headers.get("content-encoding").is_none(), "q=0 refuses gzip");
+    lab.stop().await;
+}

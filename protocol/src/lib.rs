@@ -9,11 +9,13 @@
 
 pub mod catalogue;
 pub mod ids;
+pub mod shape;
 pub mod testing;
 pub mod validate;
 pub mod wire;
 
 pub use ids::{NodeId, NodeIdError};
+pub use shape::{Shape, ShapeError};
 pub use validate::{BatchError, Limits, Rejection, ValidationReport};
 pub use wire::{Ack, Batch, Event, Label, MetricKind, Point, Series, Severity};
 

@@ -52,6 +52,14 @@ impl Default for Limits {
     }
 }
 
+/// The latest time any field of the protocol may carry (ms since the
+/// epoch, 2^53: the year 2255, and exact as an `f64`).
+pub const MAX_TIMESTAMP_MS: i64 = 1 << 53;
+/// Bytes in a batch's `agent_version` (a version string is a few dozen).
+pub const MAX_AGENT_VERSION_LEN: usize = 64;
+/// Bytes in a batch's `config_hash` (a SHA-256 is 32).
+pub const MAX_CONFIG_HASH_LEN: usize = 64;
+
 /// A fault that refuses the whole batch.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BatchError {
@@ -69,6 +77,14 @@ pub enum BatchError {
     TooManyPoints { got: usize, max: usize },
     #[error("{got} events in one batch exceeds the limit of {max}")]
     TooManyEvents { got: usize, max: usize },
+    #[error("{got} labels in one batch exceeds the limit of {max}")]
+    TooManyLabels { got: usize, max: usize },
+    #[error("{got} event attributes in one batch exceeds the limit of {max}")]
+    TooManyAttributes { got: usize, max: usize },
+    #[error("{field} is {got} bytes, over the limit of {max}")]
+    FieldTooLong { field: &'static str, got: usize, max: usize },
+    #[error("created_ms {0} is not a time in ms since the epoch")]
+    BadCreated(i64),
 }
 
 /// Where in the batch a rejected item stood.
@@ -123,6 +139,20 @@ pub fn validate(batch: &mut Batch, now_ms: i64, limits: &Limits) -> Result<Valid
     }
     if batch.sequence == 0 {
         return Err(BatchError::ZeroSequence);
+    }
+    if batch.agent_version.len() > MAX_AGENT_VERSION_LEN {
+        let (got, max) = (batch.agent_version.len(), MAX_AGENT_VERSION_LEN);
+        return Err(BatchError::FieldTooLong { field: "agent_version", got, max });
+    }
+    if batch.config_hash.len() > MAX_CONFIG_HASH_LEN {
+        let (got, max) = (batch.config_hash.len(), MAX_CONFIG_HASH_LEN);
+        return Err(BatchError::FieldTooLong { field: "config_hash", got, max });
+    }
+    // Loosely: a clock far ahead is reported (clock_skew) from this very
+    // field; only values no clock shows, which arithmetic on them could
+    // overflow, are refused.
+    if !(1..=MAX_TIMESTAMP_MS).contains(&batch.created_ms) {
+        return Err(BatchError::BadCreated(batch.created_ms));
     }
     if batch.series.len() > limits.max_series {
         return Err(BatchError::TooManySeries { got: batch.series.len(), max: limits.max_series });
@@ -374,6 +404,23 @@ mod tests {
         let mut b = batch(vec![]);
         b.sequence = 0;
         assert_eq!(validate(&mut b, NOW, &Limits::default()), Err(BatchError::ZeroSequence));
+        for created in [0, -1, i64::MIN, i64::MAX, MAX_TIMESTAMP_MS + 1] {
+            let mut b = batch(vec![]);
+            b.created_ms = created;
+            assert_eq!(validate(&mut b, NOW, &Limits::default()), Err(BatchError::BadCreated(created)));
+        }
+        let mut b = batch(vec![]);
+        b.agent_version = "v".repeat(65);
+        assert!(matches!(
+            validate(&mut b, NOW, &Limits::default()),
+            Err(BatchError::FieldTooLong { field: "agent_version", got: 65, max: 64 })
+        ));
+        let mut b = batch(vec![]);
+        b.config_hash = vec![0; 65];
+        assert!(matches!(
+            validate(&mut b, NOW, &Limits::default()),
+            Err(BatchError::FieldTooLong { field: "config_hash", .. })
+        ));
         let limits = Limits { max_series: 1, ..Limits::default() };
         let mut b = batch(vec![
             series("tierwatch_a", MetricKind::Gauge, &[], &[(NOW, 1.0)]),

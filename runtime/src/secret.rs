@@ -33,9 +33,46 @@ pub fn from_file_or_env(file: Option<&Path>, env: Option<&str>) -> Result<Option
     Ok(None)
 }
 
+/// Writes a new random token (32 bytes from the OS generator, hex) to
+/// `path`, readable by owner and group only; an existing file is kept
+/// unless `force`. Returns the token.
+pub fn generate(path: &Path, force: bool) -> Result<String, SecretError> {
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let err = |source| SecretError::File { path: path.to_path_buf(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o640);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut f = options.open(path).map_err(err)?;
+    writeln!(f, "{token}").and_then(|()| f.sync_all()).map_err(err)?;
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_token_is_long_private_and_not_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("api.token");
+        let t = generate(&f, false).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(from_file(&f).unwrap(), t);
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o640);
+        let e = generate(&f, false).unwrap_err().to_string();
+        assert!(e.contains("exists"), "{e}");
+        assert_ne!(generate(&f, true).unwrap(), t);
+    }
 
     #[test]
     fn a_file_is_trimmed_and_a_missing_one_named() {

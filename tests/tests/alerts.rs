@@ -11,7 +11,7 @@ use tierwatch_tests::lab::system::SystemSpec;
 use tierwatch_tests::lab::{Lab, LabSpec};
 use tierwatch_tests::{require_lab, wait_for};
 
-const TOKEN: &str = "lab-api-token";
+const TOKEN: &str = "lab-api-token-0123456789";
 
 /// The shipped rules, with a flapping quiet period short enough for a test,
 /// and heartbeats judged over 6 of the lab's 0.5 s pushes (3 s) instead of 3,

@@ -142,9 +142,12 @@ fn packages_install_on_clean_debian_12_and_keep_state_across_upgrade_and_removal
         ("/var/lib/tierwatch-collector", "tierwatch:tierwatch 750"),
         ("/etc/tierwatch", "root:tierwatch 750"),
         ("/etc/tierwatch/agent.yaml", "root:tierwatch 640"),
+        ("/etc/tierwatch/api.token", "root:tierwatch 640"),
     ] {
         assert_eq!(chroot.exec(&["stat", "-c", "%U:%G %a", dir])?.trim(), want, "{dir}");
     }
+    let token = std::fs::read_to_string(chroot.path("/etc/tierwatch/api.token"))?.trim().to_string();
+    assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()), "a random API token: {token:?}");
     let conffiles = chroot.exec(&["dpkg-query", "-W", "-f=${Conffiles}", "tierwatch-collector"])?;
     for f in ["/etc/tierwatch/collector.yaml", "/etc/tierwatch/rules.yaml", "/etc/tierwatch/topology.yaml"] {
         assert!(conffiles.contains(f), "{f} is not a conffile: {conffiles}");
@@ -209,6 +212,11 @@ fn packages_install_on_clean_debian_12_and_keep_state_across_upgrade_and_removal
         Ok(())
     };
     kept("upgrade")?;
+    assert_eq!(
+        std::fs::read_to_string(chroot.path("/etc/tierwatch/api.token"))?.trim(),
+        token,
+        "the API token is kept on upgrade"
+    );
 
     // Remove, then purge: the state stays, the configuration goes with the purge.
     chroot.exec(&["dpkg", "-r", "tierwatch-agent", "tierwatch-collector"])?;
@@ -217,5 +225,6 @@ fn packages_install_on_clean_debian_12_and_keep_state_across_upgrade_and_removal
     chroot.exec(&["dpkg", "-P", "tierwatch-agent", "tierwatch-collector"])?;
     kept("purge")?;
     assert!(!chroot.path("/etc/tierwatch/agent.yaml").exists(), "conffiles go on purge");
+    assert!(!chroot.path("/etc/tierwatch/api.token").exists(), "the generated token goes on purge");
     Ok(())
 }

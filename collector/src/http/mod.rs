@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,8 +23,13 @@ pub(crate) mod nodes;
 mod security;
 pub(crate) mod status_page;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
 use crate::exposition;
 use crate::ledger::QueueSpec;
+use crate::listen::{Ended, Gate, Ticket};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -36,12 +43,60 @@ pub(crate) struct Http {
     pub ready: AtomicBool,
     /// remote_write queues, for their gauges.
     pub queues: Vec<QueueSpec>,
-    /// Bearer token of the API's changing endpoints; none: loopback only.
+    /// Bearer token of the API's changing endpoints; none: nothing changes.
     pub api_token: Option<String>,
+    /// Whether listing security events takes the token too.
+    pub protect_security_events: bool,
     /// The state database, for the security event list.
     pub security_db: Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// Language and local time of the status page.
     pub locale: crate::i18n::Locale,
+}
+
+/// Serves the router on `listener` until `token` is cancelled: each
+/// connection admitted by `gate`, each request answered within `timeout`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<Http>,
+    gate: Arc<Gate>,
+    timeout: Duration,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let metrics = state.metrics.clone();
+    let router = router(state.clone());
+    let conn_token = token.clone();
+    let conn_gate = gate.clone();
+    let handle = move |stream: tokio::net::TcpStream, peer: SocketAddr, ticket: Ticket| {
+        let (router, token, gate, metrics) =
+            (router.clone(), conn_token.clone(), conn_gate.clone(), state.metrics.clone());
+        async move {
+            let _ticket = ticket;
+            metrics.http_connections.inc();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let answer = router.clone().call(req.map(axum::body::Body::new));
+                async move {
+                    match tokio::time::timeout(timeout, answer).await {
+                        Ok(r) => r,
+                        Err(_) => Ok((
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("request not answered within http.request_timeout ({} ms)\n", timeout.as_millis()),
+                        )
+                            .into_response()),
+                    }
+                }
+            });
+            match crate::listen::serve(stream, service, gate.limits(), &token).await {
+                Ended::Done => {}
+                Ended::Idle => metrics.connection_idle_closed("http"),
+                Ended::Error(e) => tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error"),
+            }
+            metrics.http_connections.dec();
+        }
+    };
+    let refused = move |why| metrics.connection_refused("http", why);
+    crate::listen::accept("http", listener, gate, refused, handle, token, tracker).await;
 }
 
 /// The router of the HTTP listener.
@@ -55,6 +110,8 @@ pub(crate) fn router(state: Arc<Http>) -> Router {
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/security/events", get(security::events))
         .merge(alerts::routes())
+        // API bodies are a few hundred bytes; axum's default is 2 MB.
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
 
@@ -62,7 +119,7 @@ async fn index() -> impl IntoResponse {
     "tierwatch collector\n\n/               status page (HTML)\n/metrics        Prometheus exposition\n/api/v1/nodes   nodes and their status (JSON)\n/api/v1/alerts  open incidents (JSON)\n/api/v1/alerts/history  incident history (JSON)\n/api/v1/alerts/ack      acknowledge an incident (POST)\n/api/v1/maintenance     maintenance windows (GET, POST, DELETE /{id})\n/api/v1/security/events security events with evidence (?node=&kind=&since_ms=&limit=)\n/healthz        liveness\n/readyz         readiness\n"
 }
 
-async fn metrics(State(s): State<Arc<Http>>) -> Response {
+async fn metrics(State(s): State<Arc<Http>>, headers: axum::http::HeaderMap) -> Response {
     for q in &s.queues {
         s.metrics.remote_write_queue(
             &q.name,
@@ -85,7 +142,49 @@ async fn metrics(State(s): State<Arc<Http>>) -> Response {
         }
     }
     let body = exposition::render(&s.store, &s.metrics, &derived, now, s.node_down_after.as_millis() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+    if accepts_gzip(&headers) {
+        // Province-wide exposition is megabytes of repetitive text: gzip
+        // takes it to about a tenth (Prometheus asks for it by default).
+        match tokio::task::spawn_blocking(move || (gzip(&body), body)).await {
+            Ok((Ok(zipped), _)) => {
+                let headers = [
+                    (header::CONTENT_TYPE, TEXT),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "accept-encoding"),
+                ];
+                return (headers, zipped).into_response();
+            }
+            Ok((Err(e), body)) => {
+                tracing::warn!(error = %e, "/metrics: gzip failed; answering uncompressed");
+                return ([(header::CONTENT_TYPE, TEXT)], body).into_response();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "/metrics: gzip task failed");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "compressing /metrics failed\n").into_response();
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, TEXT)], body).into_response()
+}
+
+/// Whether `Accept-Encoding` allows gzip (not with `q=0`).
+fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |c| {
+            let mut parts = c.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        },
+    )
+}
+
+fn gzip(text: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 8), flate2::Compression::fast());
+    z.write_all(text)?;
+    z.finish()
 }
 
 /// Runs `f` on the state database off the runtime.
@@ -99,6 +198,9 @@ pub(crate) async fn read_db<T: Send + 'static>(
         .map_err(|e| e.to_string())
         .and_then(|r| r)
 }
+
+/// Bytes of a JSON request body.
+const MAX_API_BODY: usize = 64 * 1024;
 
 /// Bound on the recent security event groups exposed (each is two series).
 const RECENT_EVENT_GROUPS: usize = 200;

@@ -7,10 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Reader;
 use super::{read_db, Http};
 
 /// `/api/v1/security/events?node=&kind=&since_ms=&limit=`: stored security events with their evidence, newest first.
 pub(super) async fn events(
+    _: Reader,
     State(s): State<Arc<Http>>,
     axum::extract::Query(q): axum::extract::Query<crate::security::Query>,
 ) -> Response {
