@@ -27,8 +27,6 @@ pub const FINAL_PUSH_GRACE: Duration = Duration::from_secs(5);
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("TLS: {0}")]
-    Tls(#[from] tierwatch_runtime::tls::TlsError),
     #[error("binding the health endpoint on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metrics registry: {0}")]
@@ -93,7 +91,7 @@ impl tierwatch_runtime::service::Instance for Running {
 
 /// Starts every task of the agent; returns once the health endpoint is bound.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
-    let tls = crate::push::client_config(&config.ca, &config.cert, &config.key)?;
+    let tls = config.tls.clone();
     let dests = destinations(&config);
     let names: Vec<String> = dests.iter().map(|d| d.1.clone()).collect();
     let metrics = Metrics::new(&names)?;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -252,6 +253,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Listing security events takes the token.
     pub protect_security_events: bool,
+    /// The ingest listener's TLS, loaded from `ingest.ca`, `cert` and `key`.
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
 /// Errors loading the configuration.
@@ -336,7 +339,11 @@ impl Config {
                 time::UtcOffset::UTC
             }
         };
-        problems.into_result(file, &text)?;
+        // The TLS material is loaded here, once: a reload with a bad
+        // certificate or key is refused before the running instance stops,
+        // and falling back to the previous configuration reads no file.
+        let tls = ingest_tls(&ingest, &mut problems);
+        let tls = problems.into_value(file, &text, "ingest.cert", tls)?;
         let topology = Topology::load(&topology_file)?;
         let locale = crate::i18n::Locale { language: raw.language, utc_offset };
         let rules_file = raw.rules.as_deref().map(resolve);
@@ -364,7 +371,39 @@ impl Config {
             maintenance,
             api_token,
             protect_security_events: raw.api.protect_security_events,
+            tls,
         })
+    }
+}
+
+/// The ingest TLS configuration, or `None` with the problem recorded at
+/// the key naming the file at fault (none when a file is missing: that
+/// problem is already recorded).
+fn ingest_tls(ingest: &RawIngest, problems: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
+    if ![&ingest.ca, &ingest.cert, &ingest.key].iter().all(|p| p.is_file()) {
+        return None;
+    }
+    use tierwatch_runtime::tls::TlsError;
+    match crate::tls::server_config(&ingest.ca, &ingest.cert, &ingest.key) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Errors of rustls name no file: say which one it was.
+            let (key, message) = match &e {
+                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if *path == ingest.ca => {
+                    ("ingest.ca", e.to_string())
+                }
+                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if *path == ingest.key => {
+                    ("ingest.key", e.to_string())
+                }
+                TlsError::Pem { .. } | TlsError::NoCertificate { .. } => ("ingest.cert", e.to_string()),
+                TlsError::Verifier(_) => ("ingest.ca", format!("{}: {e}", ingest.ca.display())),
+                TlsError::Rustls(_) => {
+                    ("ingest.cert", format!("{} with key {}: {e}", ingest.cert.display(), ingest.key.display()))
+                }
+            };
+            problems.push(key, message);
+            None
+        }
     }
 }
 

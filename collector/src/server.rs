@@ -33,8 +33,6 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Errors starting the collector.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("TLS: {0}")]
-    Tls(#[from] tierwatch_runtime::tls::TlsError),
     #[error("binding {what} on {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("metrics registry: {0}")]
@@ -93,7 +91,7 @@ impl Running {
 
 /// Binds the listeners and starts serving; returns once both are bound and ready.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
-    let tls = crate::tls::server_config(&config.ingest.ca, &config.ingest.cert, &config.ingest.key)?;
+    let tls = config.tls.clone();
     let remote_names: Vec<String> = config.remote_write.iter().map(|r| r.name.clone()).collect();
     let metrics = Metrics::new(&remote_names)?;
     let store = Arc::new(Store::new(Arc::new(config.topology.clone()), config.stale_after));

@@ -4,8 +4,12 @@
 //! A reload loads and validates the configuration first: a bad one is
 //! refused with a log line and the running instance is not touched. A good
 //! one replaces the running instance (drained like a stop, so nothing in
-//! flight is lost); should the new one fail to start (a port taken, a key
-//! unreadable), the previous configuration is started again.
+//! flight is lost); should the new one fail to start (a port taken), the
+//! previous configuration is started again, retried for ten seconds. The
+//! binaries load every file a configuration needs (certificates and keys
+//! included) when they validate it, so a bad file refuses the reload and
+//! the previous configuration never needs a file again. systemd hears
+//! `RELOADING=1` and then `READY=1` either way, with the outcome in `STATUS`.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -67,6 +71,36 @@ impl Signals {
     }
 }
 
+/// How often, and how far apart, the previous configuration is tried again
+/// when neither it nor the new one starts (a port held a moment longer by
+/// the old instance's last connections).
+const FALLBACK_ATTEMPTS: u32 = 10;
+const FALLBACK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the previous configuration again, retrying: every file it needs
+/// was loaded with it, so only a resource held a moment longer can stop it.
+async fn restart_previous<C, I, E, S, Fut>(config: &C, start: &S, token: &mut CancellationToken) -> Result<I, E>
+where
+    C: Clone,
+    E: std::fmt::Display,
+    S: Fn(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<I, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        *token = CancellationToken::new();
+        match start(config.clone(), token.clone()).await {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt < FALLBACK_ATTEMPTS => {
+                tracing::error!(error = %e, attempt, "the previous configuration did not start either; trying again");
+                tokio::time::sleep(FALLBACK_PAUSE).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs `start(config)` until SIGTERM or SIGINT; SIGHUP calls `reload` for a
 /// new configuration and restarts the instance with it.
 pub async fn supervise<C, I, E, S, Fut>(
@@ -115,18 +149,20 @@ where
                 return Ok(());
             }
             Event::Reload => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                systemd::reloading();
                 let new = match reload() {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "reload refused: the new configuration is invalid; the running one stays");
-                        systemd::notify(
-                            "STATUS=reload refused: invalid configuration (see the log); running the previous one",
-                        );
+                        // READY again: `systemctl reload` returns, and the status says why nothing changed.
+                        systemd::ready(&format!(
+                            "reload refused: invalid configuration (see the log); running the previous one: {}",
+                            running.status()
+                        ));
                         continue;
                     }
                 };
-                tracing::info!("SIGHUP: reloading the configuration");
-                systemd::reloading();
                 set_check(None);
                 token.cancel();
                 running.wait().await;
@@ -139,8 +175,7 @@ where
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the new configuration did not start; running the previous one again");
-                        token = CancellationToken::new();
-                        start(config.clone(), token.clone()).await.map_err(ServiceError::Start)?
+                        restart_previous(&config, &start, &mut token).await.map_err(ServiceError::Start)?
                     }
                 };
                 set_check(Some(running.health_check()));

@@ -2,7 +2,8 @@
 //! root): the notify protocol as systemd sees it (READY only once serving,
 //! watchdog pings, RELOADING then READY around a reload, STOPPING), SIGHUP
 //! reloads with a good and a bad configuration for the agent and the
-//! collector (a new log level included), and SIGTERM under load with nothing lost from the spool.
+//! collector (a new log level included; a bad certificate or key keeps the
+//! running one serving), and SIGTERM under load with nothing lost from the spool.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -46,20 +47,6 @@ impl Notify {
         }
         bail!("no {prefix:?} notification within {within:?}; got {seen:?}")
     }
-
-    /// Everything but watchdog pings received within `within`.
-    fn others(&self, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut out = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.next(left) {
-                Some(m) if m == "WATCHDOG=1" => {}
-                Some(m) => out.push(m),
-                None => break,
-            }
-        }
-        out
-    }
 }
 
 fn wait_log(log: &Path, message: &str, within: Duration) -> anyhow::Result<()> {
@@ -98,10 +85,38 @@ fn the_collector_tells_systemd_when_it_serves_and_reloads_only_a_valid_configura
     let refused = events(&log, "reload refused: the new configuration is invalid; the running one stays");
     let why = refused[0]["fields"]["error"].as_str().or(refused[0]["error"].as_str()).unwrap_or_default().to_string();
     assert!(why.contains("topology.yaml") && why.contains("nowhere"), "the log line says what and where: {refused:?}");
-    let others = notify.others(Duration::from_secs(1));
-    assert!(others.iter().all(|m| !m.starts_with("RELOADING=1")), "{others:?}");
+    // systemd hears of it: RELOADING, then READY with why nothing changed.
+    notify.until("RELOADING=1", Duration::from_secs(5))?;
+    let ready = notify.until("READY=1", Duration::from_secs(5))?;
+    assert!(ready.contains("STATUS=reload refused"), "{ready}");
     assert!(collector.running());
     assert_eq!(http_get(lb.http_addr(), "/readyz")?.0, 200);
+    std::fs::write(&topology, TOPOLOGY)?;
+
+    // Certificate rotation gone wrong: a garbage certificate file. The
+    // reload is refused before anything stops; agents still push.
+    let cert = lb.path("pki/collector.crt");
+    let good_cert = std::fs::read(&cert)?;
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")?;
+    let before = events(&log, "reload refused: the new configuration is invalid; the running one stays").len();
+    signal(collector.pid(), "HUP");
+    wait_for(Duration::from_secs(10), "the certificate reload refused", || {
+        (events(&log, "reload refused: the new configuration is invalid; the running one stays").len() > before)
+            .then_some(())
+    })?;
+    let refused = events(&log, "reload refused: the new configuration is invalid; the running one stays");
+    let why = refused[before]["fields"]["error"].as_str().or(refused[before]["error"].as_str()).unwrap_or_default();
+    assert!(why.contains("ingest.cert") && why.contains("collector.crt"), "says which key and file: {why}");
+    let ready = notify.until("READY=1", Duration::from_secs(5))?;
+    assert!(ready.contains("STATUS=reload refused"), "{ready}");
+    assert!(collector.running(), "a bad certificate on SIGHUP does not stop the collector");
+    let agent_cfg = lb.agent_config("nui-cam", "200ms", "", None, "")?;
+    let mut agent = lb.start_agent("agent", &agent_cfg, "agent.log")?;
+    wait_for(Duration::from_secs(10), "a push through the running TLS configuration", || {
+        (!events(&log, "batch stored").is_empty()).then_some(())
+    })?;
+    agent.terminate(Duration::from_secs(15))?;
+    std::fs::write(&cert, good_cert)?;
 
     // A good one: RELOADING, then READY with the new node known.
     std::fs::write(
@@ -148,6 +163,8 @@ fn the_agent_reloads_a_valid_configuration_without_losing_a_batch() -> anyhow::R
     wait_log(&log, "reload refused: the new configuration is invalid; the running one stays", Duration::from_secs(10))?;
     let line = std::fs::read_to_string(&log)?;
     assert!(line.contains("nui-cam.yaml:") && line.contains("colour"), "the refusal names the file and key");
+    let ready = notify.until("READY=1", Duration::from_secs(5))?;
+    assert!(ready.contains("STATUS=reload refused"), "{ready}");
     let series = |m: &str, target: &str| {
         let (_, text) = http_get(lb.http_addr(), "/metrics").unwrap_or_default();
         text.lines()
@@ -155,6 +172,25 @@ fn the_agent_reloads_a_valid_configuration_without_losing_a_batch() -> anyhow::R
     };
     assert!(!series("tierwatch_probe_success", "collector-ingest"));
     assert!(agent.running());
+
+    // A key file cut short during rotation: refused, the agent keeps pushing.
+    std::fs::write(&cfg, &good)?;
+    let key = lb.path("pki/nui-cam.key");
+    let good_key = std::fs::read(&key)?;
+    std::fs::write(&key, &good_key[..good_key.len() / 2])?;
+    let refusals = || events(&log, "reload refused: the new configuration is invalid; the running one stays").len();
+    let before = refusals();
+    signal(agent.pid(), "HUP");
+    wait_for(Duration::from_secs(10), "the key reload refused", || (refusals() > before).then_some(()))?;
+    let line = std::fs::read_to_string(&log)?;
+    assert!(line.contains("collector.key") && line.contains("nui-cam.key"), "names the key and file");
+    notify.until("READY=1", Duration::from_secs(5))?;
+    let stored = events(&lb.path("collector.log"), "batch stored").len();
+    wait_for(Duration::from_secs(10), "pushes go on with the loaded key", || {
+        (events(&lb.path("collector.log"), "batch stored").len() > stored + 2).then_some(())
+    })?;
+    assert!(agent.running(), "a bad key on SIGHUP does not stop the agent");
+    std::fs::write(&key, good_key)?;
 
     // Two more targets (one refused) and a finer log level: RELOADING,
     // READY, the new target's series at the collector, and the level in force.

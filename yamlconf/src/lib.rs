@@ -87,6 +87,21 @@ impl Problems {
         self.0.iter()
     }
 
+    /// `value` when no problem was recorded; otherwise the problems as
+    /// [`Problems::into_result`]. A value that is missing although nothing
+    /// was recorded is reported at `path`.
+    pub fn into_value<T>(mut self, file: &Path, text: &str, path: &str, value: Option<T>) -> Result<T, ConfigError> {
+        const MISSING: &str = "could not be loaded";
+        if value.is_none() && self.0.is_empty() {
+            self.push(path, MISSING);
+        }
+        self.into_result(file, text)?;
+        value.ok_or_else(|| {
+            let problem = Problem { line: None, column: None, path: path.into(), message: MISSING.into() };
+            ConfigError::single(file, problem)
+        })
+    }
+
     /// Turns the recorded problems into an error located in `text`, or `Ok` when none.
     pub fn into_result(self, file: &Path, text: &str) -> Result<(), ConfigError> {
         if self.0.is_empty() {

@@ -250,6 +250,38 @@ pub struct Config {
     pub host: Option<crate::sensor::HostSpec>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
+    /// The push client's TLS, loaded from `collector.ca`, `cert` and `key`.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// The push client's TLS configuration, or `None` with the problem
+/// recorded at the key naming the file at fault (none when a file is
+/// missing: that problem is already recorded).
+fn client_tls(ca: &Path, cert: &Path, key: &Path, p: &mut Problems) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    if ![ca, cert, key].iter().all(|f| f.is_file()) {
+        return None;
+    }
+    use tierwatch_runtime::tls::TlsError;
+    match crate::push::client_config(ca, cert, key) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Errors of rustls name no file: say which one it was.
+            let (at, message) = match &e {
+                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if path == ca => {
+                    ("collector.ca", e.to_string())
+                }
+                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if path == key => {
+                    ("collector.key", e.to_string())
+                }
+                TlsError::Pem { .. } | TlsError::NoCertificate { .. } => ("collector.cert", e.to_string()),
+                TlsError::Verifier(_) | TlsError::Rustls(_) => {
+                    ("collector.cert", format!("{} with key {}: {e}", cert.display(), key.display()))
+                }
+            };
+            p.push(at, message);
+            None
+        }
+    }
 }
 
 impl Config {
@@ -350,7 +382,11 @@ impl Config {
                 targets.push(target);
             }
         }
-        p.into_result(file, text)?;
+        // Loaded here, once: a reload with a bad certificate or key is
+        // refused before the running agent stops, and falling back to the
+        // previous configuration reads no file.
+        let tls = client_tls(&ca, &cert, &key, &mut p);
+        let tls = p.into_value(file, text, "collector.cert", tls)?;
         let json = serde_json::to_vec(&raw).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, &json);
         let mut hash = [0u8; 32];
@@ -385,6 +421,7 @@ impl Config {
             host,
             targets,
             hash,
+            tls,
         })
     }
 
@@ -400,10 +437,14 @@ mod tests {
     use crate::probe::ProbeSpec;
     use crate::sensor::router_advert::Router;
 
+    /// A real CA and client certificate (`ca.crt`, `n.crt`, `n.key`): the
+    /// push client's TLS is loaded with the configuration.
     fn write_pki(dir: &Path) {
-        for f in ["ca.crt", "n.crt", "n.key"] {
-            std::fs::write(dir.join(f), "x").unwrap();
-        }
+        use tierwatch_collector::pki;
+        pki::init(dir, "test CA", 1, true).unwrap();
+        let issued = pki::issue(dir, &NodeId::new("nui-cam").unwrap(), &pki::Usage::Client, 1, true).unwrap();
+        std::fs::rename(issued.cert, dir.join("n.crt")).unwrap();
+        std::fs::rename(issued.key, dir.join("n.key")).unwrap();
     }
 
     const GOOD: &str = "\
