@@ -13,7 +13,7 @@ use tierwatch_runtime::backoff::Backoff;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{InternalEvent, PushAccepted, PushFailed, PushRefused};
+use crate::events::{CollectorRejected, InternalEvent, PushAccepted, PushFailed, PushRefused};
 use crate::metrics::Metrics;
 use crate::push::{PushError, Pusher};
 use crate::spool::{Live, Spool};
@@ -153,8 +153,8 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 PushAccepted { destination: &dest.name, id, backlog, duplicate: ack.duplicate }.emit(&metrics);
                 let s = spool.clone();
                 blocking(move || s.ack(idx, id)).await;
-                if let Some(first) = ack.rejected.first() {
-                    tracing::warn!(destination = %dest.name, id, rejected = ack.rejected.len(), first = %first.reason, "collector refused some samples");
+                if !ack.rejected.is_empty() || ack.truncated_attributes > 0 {
+                    CollectorRejected { destination: &dest.name, id, ack: &ack }.emit(&metrics);
                 }
                 backoff.reset();
             }

@@ -77,6 +77,33 @@ impl InternalEvent for PushAccepted<'_> {
     }
 }
 
+/// The collector accepted a batch but took samples or events out of it, or
+/// cut event attributes to its limits. Lost evidence is an error: the
+/// node's security events are what the province relies on.
+pub(crate) struct CollectorRejected<'a> {
+    pub destination: &'a str,
+    pub id: u64,
+    pub ack: &'a tierwatch_protocol::Ack,
+}
+
+impl InternalEvent for CollectorRejected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let (events, samples): (Vec<_>, Vec<_>) = self.ack.rejected.iter().partition(|r| r.event);
+        if let Some(first) = events.first() {
+            tracing::error!(destination = %self.destination, id = self.id, refused = events.len(), first = %first.reason, "collector refused security events; their evidence is lost");
+            metrics.collector_rejected("event", events.len() as u64);
+        }
+        if let Some(first) = samples.first() {
+            tracing::warn!(destination = %self.destination, id = self.id, rejected = samples.len(), first = %first.reason, "collector refused some samples");
+            metrics.collector_rejected("sample", samples.len() as u64);
+        }
+        if self.ack.truncated_attributes > 0 {
+            tracing::warn!(destination = %self.destination, id = self.id, truncated = self.ack.truncated_attributes, "collector cut event attributes to its limits; the events were kept");
+            metrics.collector_rejected("truncated_attribute", u64::from(self.ack.truncated_attributes));
+        }
+    }
+}
+
 /// The collector refused a batch (4xx): sending it again cannot help, so it
 /// is dropped for this destination.
 pub(crate) struct PushRefused<'a> {

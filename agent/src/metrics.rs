@@ -15,6 +15,7 @@ pub struct Metrics {
     pushes: IntCounterVec,
     last_push: GaugeVec,
     dropped: IntCounterVec,
+    collector_rejected: IntCounterVec,
     pub spool_bytes: IntGauge,
     pub spool_batches: IntGauge,
     pub spool_memory_batches: IntGauge,
@@ -90,6 +91,13 @@ impl Metrics {
         for reason in DropReason::ALL {
             dropped.with_label_values(&[reason.as_str()]);
         }
+        let collector_rejected = register(
+            &r,
+            IntCounterVec::new(opts(&cat::AGENT_COLLECTOR_REJECTED), cat::AGENT_COLLECTOR_REJECTED.labels)?,
+        )?;
+        for what in ["sample", "event", "truncated_attribute"] {
+            collector_rejected.with_label_values(&[what]);
+        }
         Ok(Metrics {
             spool_bytes: register(&r, IntGauge::with_opts(opts(&cat::AGENT_SPOOL_BYTES))?)?,
             spool_batches: register(&r, IntGauge::with_opts(opts(&cat::AGENT_SPOOL_BATCHES))?)?,
@@ -103,6 +111,7 @@ impl Metrics {
             pushes,
             last_push,
             dropped,
+            collector_rejected,
         })
     }
 
@@ -133,6 +142,12 @@ impl Metrics {
             }
         }
         newest
+    }
+
+    /// Counts `n` items of `what` the collector took out of accepted batches
+    /// (through [`crate::events::CollectorRejected`]).
+    pub(crate) fn collector_rejected(&self, what: &str, n: u64) {
+        self.collector_rejected.with_label_values(&[what]).inc_by(n);
     }
 
     /// Counts `n` dropped batches (through [`crate::events::BatchesDropped`]).

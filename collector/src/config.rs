@@ -339,11 +339,7 @@ impl Config {
                 time::UtcOffset::UTC
             }
         };
-        // The TLS material is loaded here, once: a reload with a bad
-        // certificate or key is refused before the running instance stops,
-        // and falling back to the previous configuration reads no file.
-        let tls = ingest_tls(&ingest, &mut problems);
-        let tls = problems.into_value(file, &text, "ingest.cert", tls)?;
+        problems.into_result(file, &text)?;
         let topology = Topology::load(&topology_file)?;
         let locale = crate::i18n::Locale { language: raw.language, utc_offset };
         let rules_file = raw.rules.as_deref().map(resolve);
@@ -351,6 +347,13 @@ impl Config {
             Some(f) => Rules::load(f, locale)?,
             None => Rules { locale, ..Rules::default() },
         };
+        // The TLS material is loaded here, once (after the files that say
+        // what the collector is): a reload with a bad certificate or key is
+        // refused before the running instance stops, and falling back to
+        // the previous configuration reads no file.
+        let mut late = Problems::default();
+        let tls = ingest_tls(&ingest, &mut late);
+        let tls = late.into_value(file, &text, "ingest.cert", tls)?;
         Ok(Config {
             file: file.to_path_buf(),
             log_level: raw.log_level,

@@ -2,7 +2,8 @@
 //! port: repeated TLS handshake failures from one address (a scanner, or a
 //! node with a wrong certificate), a valid certificate pushing for another
 //! node, an agent whose configuration changed, an agent clock running
-//! ahead or behind. They become security events like the agents' own: stored, listed,
+//! ahead or behind, security events of a node the collector had to refuse.
+//! They become security events like the agents' own: stored, listed,
 //! counted and paged through the event rules.
 
 use std::collections::{HashMap, VecDeque};
@@ -107,6 +108,28 @@ impl Detector {
                     ("failures", count.to_string()),
                     ("window_s", (TLS_WINDOW_MS / 1000).to_string()),
                     ("last_error", reason.chars().take(200).collect()),
+                ],
+            ),
+        );
+    }
+
+    /// The collector refused `count` events of an accepted batch of `node`
+    /// (`first` says which and why): evidence was lost, which must page.
+    pub(crate) fn events_refused(&self, node: &NodeId, count: usize, first: &str, now_ms: i64) {
+        if !self.once(node.as_str(), "events_refused", now_ms) {
+            return;
+        }
+        self.emit(
+            node.clone(),
+            Event::new(
+                "events_refused",
+                Severity::Warning,
+                now_ms,
+                [
+                    ("src", node.to_string()),
+                    ("refused", count.to_string()),
+                    ("first", first.chars().take(300).collect()),
+                    ("why", "the collector refused security events this node sent: their evidence is lost".into()),
                 ],
             ),
         );

@@ -341,9 +341,20 @@ async fn push(
     }
     if refused_events > 0 {
         ingest.metrics.node_refusal(node.as_str(), "event", refused_events as u64);
+        let first = report.rejected.iter().find(|r| matches!(r.location, Location::Event { .. }));
+        let first = first.map(|r| r.to_string()).unwrap_or_default();
+        tracing::error!(node = %node, sequence, refused = refused_events, first = %first, "security events refused from an accepted batch");
+        // Evidence lost is itself a finding: stored and paged like one.
+        ingest.detect.events_refused(node, refused_events, &first, now);
     }
-    if let Some(first) = report.rejected.first() {
-        tracing::warn!(node = %node, sequence, rejected = report.rejected.len(), first = %first, "samples refused from an accepted batch");
+    if report.truncated_attributes > 0 {
+        ingest.metrics.attributes_truncated(node.as_str(), report.truncated_attributes as u64);
+        tracing::warn!(node = %node, sequence, truncated = report.truncated_attributes, limit = ingest.limits.max_attribute_len, "event attributes over the limits cut, events kept");
+    }
+    if refused_samples > 0 {
+        let first = report.rejected.iter().find(|r| !matches!(r.location, Location::Event { .. }));
+        let first = first.map(|r| r.to_string()).unwrap_or_default();
+        tracing::warn!(node = %node, sequence, rejected = refused_samples, first = %first, "samples refused from an accepted batch");
     }
     tracing::debug!(node = %node, boot_id = %boot, sequence, created_ms, points = report.accepted_points, "batch stored");
     ingest.metrics.batch(BatchResult::Accepted);
@@ -351,8 +362,13 @@ async fn push(
         sequence,
         accepted_points: report.accepted_points as u32,
         accepted_events: report.accepted_events as u32,
-        rejected: report.rejected.iter().map(|r| WireRejection { reason: r.to_string() }).collect(),
+        rejected: report
+            .rejected
+            .iter()
+            .map(|r| WireRejection { reason: r.to_string(), event: matches!(r.location, Location::Event { .. }) })
+            .collect(),
         duplicate: false,
+        truncated_attributes: report.truncated_attributes as u32,
     };
     Ok(reply(StatusCode::OK, ack.encode_to_vec(), "application/x-protobuf"))
 }

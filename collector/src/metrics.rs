@@ -84,6 +84,7 @@ pub struct Metrics {
     notifications: IntCounterVec,
     notifications_queued: IntGaugeVec,
     node_refusals: IntCounterVec,
+    attributes_truncated: IntCounterVec,
     connections_refused: IntCounterVec,
     connections_idle_closed: IntCounterVec,
     pub http_connections: IntGauge,
@@ -217,6 +218,14 @@ impl Metrics {
             &["node", "reason"],
         )?;
         registry.register(Box::new(node_refusals.clone()))?;
+        let attributes_truncated = IntCounterVec::new(
+            Opts::new(
+                "tierwatch_collector_event_attributes_truncated_total",
+                "Event attributes of a node cut to ingest.limits.max_attribute_len (or left out over max_event_attributes); their events were stored, marked.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(attributes_truncated.clone()))?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "tierwatch_collector_connections_refused_total",
@@ -284,6 +293,7 @@ impl Metrics {
             notifications,
             notifications_queued,
             node_refusals,
+            attributes_truncated,
             connections_refused,
             connections_idle_closed,
             http_connections,
@@ -342,6 +352,11 @@ impl Metrics {
     /// Counts something of `node` (a topology node) refused for `reason`.
     pub fn node_refusal(&self, node: &str, reason: &str, n: u64) {
         self.node_refusals.with_label_values(&[node, reason]).inc_by(n);
+    }
+
+    /// Counts event attributes of `node` cut or left out to fit the limits.
+    pub fn attributes_truncated(&self, node: &str, n: u64) {
+        self.attributes_truncated.with_label_values(&[node]).inc_by(n);
     }
 
     /// Counts a connection closed at accept on `listener` because it was full.

@@ -171,3 +171,57 @@ async fn the_collector_reports_impersonation_handshake_storms_config_changes_and
     assert_eq!(storm["attributes"]["src"], "127.0.0.1");
     lab.stop().await;
 }
+
+/// An event the collector cannot store (an attribute name no Prometheus
+/// label may have) is refused alone: the batch is accepted, the Ack marks
+/// the refusal as an event's, the collector counts it for the node, files
+/// `events_refused` under the node and the shipped rules page it as a
+/// collector problem, not a security incident. Over-long evidence is cut,
+/// not refused.
+#[tokio::test]
+async fn refused_evidence_is_counted_filed_and_paged_and_long_evidence_is_cut() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rules.yaml")).unwrap();
+    let mut lab = Lab::start_full_with_files("", "rules: rules.yaml\n", &[("rules.yaml", &rules)]).await;
+    let client = lab.client(&lab.pki, "nui-cam");
+    let bad = event("port_scan", Severity::Warning, &[("src", "10.2.1.50"), ("not a name!", "x")]);
+    let issuer = format!("CN={}", "Tổ chức cấp giả mạo ".repeat(100));
+    let long = event("certificate_changed", Severity::Warning, &[("src", "portal"), ("issuer", &issuer)]);
+    let (status, body) = lab.push(client.clone(), batch(1, vec![bad, long])).await.unwrap();
+    assert_eq!(status, 200);
+    let ack = tierwatch_protocol::Ack::decode(body).unwrap();
+    assert_eq!((ack.accepted_events, ack.rejected.len(), ack.truncated_attributes), (1, 1, 1), "{ack:?}");
+    assert!(ack.rejected[0].event && ack.rejected[0].reason.contains("not a name!"), "{ack:?}");
+
+    let changed = events(&lab, "?kind=certificate_changed").await;
+    let cut = changed[0]["attributes"]["issuer"].as_str().unwrap();
+    assert!(cut.len() <= 1024 && cut.ends_with(&format!("…[truncated, {} bytes]", issuer.len())), "{cut}");
+    // The collector's own findings are stored by the ledger's next group commit.
+    let mut refused = Vec::new();
+    for _ in 0..50 {
+        refused = events(&lab, "?kind=events_refused&node=nui-cam").await;
+        if !refused.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["attributes"]["refused"], "1");
+    assert!(refused[0]["attributes"]["first"].as_str().unwrap().contains("not a name!"));
+    assert_eq!(
+        lab.metric(r#"tierwatch_collector_node_refusals_total{node="nui-cam",reason="event"}"#).await,
+        Some(1.0)
+    );
+    let mut incidents = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = lab.get("/api/v1/alerts").await;
+        incidents = serde_json::from_str(&body).unwrap();
+        if incidents["incidents"].as_array().is_some_and(|a| a.iter().any(|i| i["key"] == "nui-cam/collector")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let keys: Vec<&str> = incidents["incidents"].as_array().unwrap().iter().filter_map(|i| i["key"].as_str()).collect();
+    assert!(keys.contains(&"nui-cam/collector"), "paged as a collector problem: {keys:?}");
+    assert!(!keys.contains(&"nui-cam/security"), "not as an attack: {keys:?}");
+    lab.stop().await;
+}

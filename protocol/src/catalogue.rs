@@ -151,6 +151,8 @@ defs! {
         "Damaged segment tails cut off when the spool was opened (a write cut short by power loss).";
     AGENT_DROPPED: "tierwatch_agent_dropped_batches_total", Counter, "", ["reason"],
         "Batches given up, by reason: size (spool max_bytes), age (spool max_age), refused (collector 4xx), corrupt (failed its checksum), memory (in-memory fallback full).";
+    AGENT_COLLECTOR_REJECTED: "tierwatch_agent_collector_rejected_total", Counter, "", ["what"],
+        "What the collector took out of batches it accepted, by what: sample, event (evidence lost, logged at error level), truncated_attribute (an event attribute cut to the collector's limit; the event was kept).";
     AGENT_ICMP_STRAY: "tierwatch_agent_icmp_stray_replies_total", Counter, "", [],
         "Echo replies carrying this agent's cookie that matched no open request: after their round ended, from another address than the one asked, or for a sequence never sent (spoofed replies among them).";
     AGENT_BUILD_INFO: "tierwatch_agent_build_info", Gauge, "", ["version"],

@@ -122,7 +122,15 @@ pub struct ValidationReport {
     pub accepted_points: usize,
     pub accepted_events: usize,
     pub rejected: Vec<Rejection>,
+    /// Event attributes cut to `max_attribute_len` (and attributes over
+    /// `max_event_attributes` left out): the events were kept, marked.
+    pub truncated_attributes: usize,
 }
+
+/// Ends an attribute value cut to the limit; the original length follows.
+pub const TRUNCATED_MARKER: &str = "…[truncated, ";
+/// The attribute listing how many attributes an event had over the limit.
+pub const DROPPED_ATTRIBUTES: &str = "attributes_dropped";
 
 /// Checks `batch` against the protocol rules and `limits` at time `now_ms`.
 ///
@@ -189,7 +197,10 @@ pub fn validate(batch: &mut Batch, now_ms: i64, limits: &Limits) -> Result<Valid
         }
     }
     let events = std::mem::take(&mut batch.events);
-    for (index, e) in events.into_iter().enumerate() {
+    for (index, mut e) in events.into_iter().enumerate() {
+        // Evidence is cut, not thrown away: a defaced page behind a long
+        // redirect is still an event.
+        report.truncated_attributes += truncate_attributes(&mut e, limits);
         match check_event(&e, now_ms, limits) {
             Ok(()) => batch.events.push(e),
             Err(reason) => {
@@ -305,6 +316,41 @@ fn check_point(ts: i64, value: f64, now_ms: i64, limits: &Limits) -> Result<(), 
         return Err(format!("value {value} is not finite"));
     }
     check_timestamp(ts, now_ms, limits)
+}
+
+/// Cuts values over `max_attribute_len` (at a character boundary, ending
+/// in the marker and the original length) and leaves out attributes over
+/// `max_event_attributes` (the last one says how many); returns how many
+/// attributes were cut or left out.
+pub fn truncate_attributes(e: &mut Event, limits: &Limits) -> usize {
+    let max = limits.max_attribute_len;
+    let mut cut = 0;
+    for v in e.attributes.values_mut() {
+        if v.len() <= max {
+            continue;
+        }
+        let marker = format!("{TRUNCATED_MARKER}{} bytes]", v.len());
+        let mut keep = max.saturating_sub(marker.len());
+        while keep > 0 && !v.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        v.truncate(keep);
+        if v.len() + marker.len() <= max {
+            v.push_str(&marker);
+        }
+        cut += 1;
+    }
+    let allowed = limits.max_event_attributes;
+    if e.attributes.len() > allowed && allowed > 0 {
+        // The keys kept are the first in order; the marker takes the last place.
+        let over: Vec<String> = e.attributes.keys().skip(allowed - 1).cloned().collect();
+        for k in &over {
+            e.attributes.remove(k);
+        }
+        e.attributes.insert(DROPPED_ATTRIBUTES.into(), over.len().to_string());
+        cut += over.len();
+    }
+    cut
 }
 
 fn check_event(e: &Event, now_ms: i64, limits: &Limits) -> Result<(), String> {
@@ -441,6 +487,30 @@ mod tests {
         assert_eq!(r.rejected.len(), 2);
         assert!(r.rejected[0].reason.contains("appears twice"));
         assert!(r.rejected[1].reason.contains("_total"));
+    }
+
+    #[test]
+    fn long_evidence_is_cut_with_a_marker_not_refused() {
+        let url = format!("https://xa-nui-cam.gov.vn/{}", "dài/".repeat(400));
+        let mut attrs: Vec<(String, String)> =
+            vec![("final_url".into(), url.clone()), ("src".into(), "10.0.0.1".into())];
+        let limits = Limits { max_event_attributes: 4, ..Limits::default() };
+        attrs.extend((0..6).map(|i| (format!("x{i}"), "v".to_string())));
+        let mut b = batch(vec![]);
+        b.events = vec![Event::new("page_defaced", Severity::Critical, NOW, attrs)];
+        let r = validate(&mut b, NOW, &limits).unwrap();
+        assert_eq!(r.accepted_events, 1, "{:?}", r.rejected);
+        assert_eq!(r.truncated_attributes, 1 + 5);
+        let e = &b.events[0];
+        let cut = &e.attributes["final_url"];
+        assert!(cut.len() <= limits.max_attribute_len, "{}", cut.len());
+        assert!(url.starts_with(cut.split(TRUNCATED_MARKER).next().unwrap()));
+        assert!(cut.ends_with(&format!("{TRUNCATED_MARKER}{} bytes]", url.len())), "{cut}");
+        assert_eq!(e.attributes.len(), 4);
+        assert_eq!(e.attributes[DROPPED_ATTRIBUTES], "5");
+        // What was kept passes again untouched.
+        let again = validate(&mut b.clone(), NOW, &limits).unwrap();
+        assert_eq!((again.truncated_attributes, again.rejected.len()), (0, 0));
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub struct Ack {
     /// nothing was stored again, and the agent can forget it.
     #[prost(bool, tag = "5")]
     pub duplicate: bool,
+    /// Event attributes cut to the collector's length limit (or left out
+    /// over its count limit); their events were stored, marked.
+    #[prost(uint32, tag = "6")]
+    pub truncated_attributes: u32,
 }
 
 /// A refused sample or event, as carried in an [`Ack`].
@@ -154,6 +158,9 @@ pub struct WireRejection {
     /// `series 3 (tierwatch_x{target="a"}) point 0: value is NaN`.
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// True when an event (evidence) was refused, not a sample.
+    #[prost(bool, tag = "2")]
+    pub event: bool,
 }
 
 impl Series {

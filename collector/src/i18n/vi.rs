@@ -14,6 +14,7 @@ pub(super) const TEXTS: Texts = Texts {
         ("certificate", "chứng chỉ sắp hết hạn"),
         ("dns", "sai lệch DNS"),
         ("security", "sự kiện an ninh"),
+        ("collector", "lỗi của bộ thu"),
         ("flapping", "chập chờn"),
     ],
     severities: ["nghiêm trọng", "cảnh báo", "thông tin"],
