@@ -92,6 +92,10 @@ pub struct RawIngest {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// Revocation list of the CA (PEM, `pki revoke` writes it): a client
+    /// certificate on it is refused at the handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// Largest request body accepted; larger gets 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -280,6 +284,15 @@ impl Config {
                 problems.push(key, format!("file {} does not exist", path.display()));
             }
         }
+        if let Some(crl) = &mut ingest.crl {
+            *crl = resolve(crl);
+            if !crl.is_file() {
+                problems.push(
+                    "ingest.crl",
+                    format!("file {} does not exist (`tierwatch-collector pki revoke` writes it)", crl.display()),
+                );
+            }
+        }
         if ingest.max_body_bytes < 1024 {
             problems.push("ingest.max_body_bytes", "must be at least 1024");
         }
@@ -383,11 +396,14 @@ impl Config {
 /// the key naming the file at fault (none when a file is missing: that
 /// problem is already recorded).
 fn ingest_tls(ingest: &RawIngest, problems: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
-    if ![&ingest.ca, &ingest.cert, &ingest.key].iter().all(|p| p.is_file()) {
+    if ![&ingest.ca, &ingest.cert, &ingest.key].iter().all(|p| p.is_file())
+        || ingest.crl.as_ref().is_some_and(|c| !c.is_file())
+    {
         return None;
     }
     use tierwatch_runtime::tls::TlsError;
-    match crate::tls::server_config(&ingest.ca, &ingest.cert, &ingest.key) {
+    let is_crl = |p: &Path| ingest.crl.as_deref() == Some(p);
+    match crate::tls::server_config(&ingest.ca, &ingest.cert, &ingest.key, ingest.crl.as_deref()) {
         Ok(c) => Some(c),
         Err(e) => {
             // Errors of rustls name no file: say which one it was.
@@ -398,8 +414,12 @@ fn ingest_tls(ingest: &RawIngest, problems: &mut Problems) -> Option<Arc<rustls:
                 TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if *path == ingest.key => {
                     ("ingest.key", e.to_string())
                 }
+                TlsError::Pem { path, .. } if is_crl(path) => ("ingest.crl", e.to_string()),
                 TlsError::Pem { .. } | TlsError::NoCertificate { .. } => ("ingest.cert", e.to_string()),
-                TlsError::Verifier(_) => ("ingest.ca", format!("{}: {e}", ingest.ca.display())),
+                TlsError::Verifier(_) => {
+                    let list = ingest.crl.as_ref().map(|c| format!(" or {}", c.display())).unwrap_or_default();
+                    ("ingest.ca", format!("{}{list}: {e}", ingest.ca.display()))
+                }
                 TlsError::Rustls(_) => {
                     ("ingest.cert", format!("{} with key {}: {e}", ingest.cert.display(), ingest.key.display()))
                 }
@@ -427,7 +447,7 @@ mod tests {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
         let LoadError::Config(err) = Config::load(&dir.join("collector.yaml")).unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key", "api.token_file"], "{err}");
+        assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key", "ingest.crl", "api.token_file"], "{err}");
         let t = Topology::load(&dir.join("topology.yaml")).unwrap();
         assert_eq!(t.get_str("nui-cam").map(|n| n.name.as_str()), Some("Xã Núi Cấm"));
         assert!(t.nodes().len() >= 5);

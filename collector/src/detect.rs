@@ -135,6 +135,29 @@ impl Detector {
         );
     }
 
+    /// A revoked certificate of `node` tried to connect from `peer`: the
+    /// stolen box (or its thief) is still out there.
+    pub(crate) fn revoked(&self, node: &NodeId, peer: IpAddr, now_ms: i64) {
+        if !self.once(node.as_str(), "revoked_certificate", now_ms) {
+            return;
+        }
+        let event = Event::new(
+            "revoked_certificate",
+            Severity::Critical,
+            now_ms,
+            [
+                ("src", peer.to_string()),
+                ("certificate_node", node.to_string()),
+                ("why", "a revoked certificate tried to connect; refused at the handshake".into()),
+            ],
+        );
+        // Filed under its node when the topology still has it.
+        match self.store.topology().get(node).map(|n| n.id.clone()).or_else(|| self.home.clone()) {
+            Some(home) => self.emit(home, event),
+            None => tracing::warn!(node = %node, peer = %peer, "revoked certificate seen (no node to file it under)"),
+        }
+    }
+
     /// A valid certificate of `node` pushed a batch claiming `claimed`.
     pub(crate) fn impersonation(&self, node: &NodeId, claimed: &str, peer: IpAddr, now_ms: i64) {
         if !self.once(node.as_str(), "node_impersonation", now_ms) {

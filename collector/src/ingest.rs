@@ -86,12 +86,23 @@ async fn connection(
 ) {
     ingest.metrics.ingest_connections.inc();
     let _gauge = ConnGauge(ingest.metrics.clone());
-    let tls = match tokio::time::timeout(ingest.handshake_timeout, acceptor.accept(stream)).await {
+    let handshake = tokio::time::timeout(ingest.handshake_timeout, acceptor.accept(stream));
+    let (handshake, revoked) = crate::tls::revoked_in(handshake).await;
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             ingest.metrics.tls_handshake_failures.inc();
+            let now = tierwatch_protocol::now_ms();
+            if let Some(node) = revoked {
+                tracing::warn!(peer = %peer, node = %node, "TLS handshake refused: the certificate is revoked");
+                if ingest.store.topology().get(&node).is_some() {
+                    ingest.metrics.node_refusal(node.as_str(), "revoked", 1);
+                }
+                ingest.detect.revoked(&node, peer.ip(), now);
+                return;
+            }
             tracing::warn!(peer = %peer, error = %e, "TLS handshake refused");
-            ingest.detect.tls_failure(peer.ip(), &e.to_string(), tierwatch_protocol::now_ms());
+            ingest.detect.tls_failure(peer.ip(), &e.to_string(), now);
             return;
         }
         Err(_) => {

@@ -86,6 +86,18 @@ enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Add a certificate to the revocation list DIR/revoked.crl (name it in
+    /// ingest.crl, then reload the collector).
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The node whose current certificate (DIR/ID.crt) is revoked.
+        #[arg(long, value_name = "ID", required_unless_present = "serial", conflicts_with = "serial")]
+        node: Option<String>,
+        /// Or a certificate's serial number, hex.
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -128,6 +140,22 @@ fn real_main() -> anyhow::Result<()> {
             let usage = if server { pki::Usage::Server { sans: san } } else { pki::Usage::Client };
             let issued = pki::issue(&dir, &id, &usage, days, force)?;
             println!("certificate: {}\nkey:         {} (mode 0600)", issued.cert.display(), issued.key.display());
+            Ok(())
+        }
+        Some(Command::Pki(PkiCommand::Revoke { dir, node, serial })) => {
+            let which = match (node, serial) {
+                (Some(n), _) => pki::Revoke::Node(NodeId::new(&n).with_context(|| format!("--node {n:?}"))?),
+                (None, Some(s)) => pki::Revoke::Serial(s),
+                (None, None) => anyhow::bail!("give --node ID or --serial HEX"),
+            };
+            let r = pki::revoke(&dir, &which)?;
+            let what = if r.added { "revoked" } else { "already revoked" };
+            println!(
+                "serial {} {what}; {} holds {} certificate(s).\nName it in ingest.crl and reload the collector (systemctl reload tierwatch-collector).",
+                r.serial,
+                r.crl.display(),
+                r.entries
+            );
             Ok(())
         }
         None => {

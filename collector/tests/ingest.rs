@@ -297,3 +297,45 @@ async fn metrics_are_gzipped_when_asked() {
     assert!(headers.get("content-encoding").is_none(), "q=0 refuses gzip");
     lab.stop().await;
 }
+
+/// A stolen commune box: its certificate is revoked with `pki revoke`, and
+/// from the next reload on its handshakes are refused while the other
+/// nodes push on; the attempt is counted for the node and filed as a
+/// `revoked_certificate` event with the address it came from.
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_at_the_next_handshake_and_reported() {
+    use tierwatch_collector::pki;
+    let mut lab = Lab::start_with("  crl: pki/revoked.crl\n").await;
+    let stolen = lab.client(&lab.pki, "nui-cam");
+    let (status, _) = lab.push(stolen.clone(), probe_ok("nui-cam", 1)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let r = pki::revoke(&lab.pki, &pki::Revoke::Node(common::id("nui-cam"))).unwrap();
+    assert!(r.added);
+    // The running configuration keeps its list until it is reloaded.
+    let (status, _) = lab.push(stolen.clone(), probe_ok("nui-cam", 2)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    lab.restart().await;
+    let refused = lab.push(stolen.clone(), probe_ok("nui-cam", 3)).await;
+    assert!(refused.is_err(), "a revoked certificate got through: {refused:?}");
+    let honest = lab.client(&lab.pki, "giang-thanh");
+    let (status, _) = lab.push(honest, probe_ok("giang-thanh", 1)).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "other nodes are not affected");
+    let mut found = None;
+    for _ in 0..50 {
+        let (_, body) = lab.get("/api/v1/security/events?kind=revoked_certificate").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        found = v["events"].as_array().and_then(|a| a.first().cloned());
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let e = found.expect("a revoked_certificate event");
+    assert_eq!((e["node"].as_str(), e["severity"].as_str()), (Some("nui-cam"), Some("critical")), "{e}");
+    assert_eq!(e["attributes"]["src"], "127.0.0.1");
+    assert_eq!(
+        lab.metric(r#"tierwatch_collector_node_refusals_total{node="nui-cam",reason="revoked"}"#).await,
+        Some(1.0)
+    );
+    lab.stop().await;
+}
