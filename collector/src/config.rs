@@ -112,6 +112,9 @@ pub struct RawIngest {
     pub decode_budget_bytes: usize,
     #[serde(default)]
     pub connections: RawConnections,
+    /// What one node may use.
+    #[serde(default)]
+    pub quotas: crate::admission::Quotas,
 }
 
 /// Connection limits of a listener (`ingest.connections`, `http.connections`).
@@ -306,6 +309,33 @@ impl Config {
             problems.push("http.request_timeout", "must be at least 1s");
         }
         let ingest_connections = ingest.connections.validate("ingest.connections", &mut problems);
+        let q = &ingest.quotas;
+        for (key, rate) in [
+            ("batches_per_second", q.batches_per_second),
+            ("bytes_per_second", q.bytes_per_second),
+            ("events_per_second", q.events_per_second),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                problems.push(format!("ingest.quotas.{key}"), "must be a number above 0");
+            }
+        }
+        if q.bytes_per_second.is_finite()
+            && q.bytes_per_second * q.burst.as_secs_f64().max(1.0) < ingest.max_body_bytes as f64
+        {
+            problems.push(
+                "ingest.quotas.bytes_per_second",
+                "times burst must hold at least one push of ingest.max_body_bytes",
+            );
+        }
+        if q.burst < Duration::from_secs(1) {
+            problems.push("ingest.quotas.burst", "must be at least 1s");
+        }
+        if q.series_per_node == 0 {
+            problems.push("ingest.quotas.series_per_node", "must be at least 1");
+        }
+        if q.security_events_per_node < 100 {
+            problems.push("ingest.quotas.security_events_per_node", "must be at least 100");
+        }
         let http_connections = raw.http.connections.validate("http.connections", &mut problems);
         if raw.node_down_after < Duration::from_secs(1) {
             problems.push("node_down_after", "must be at least 1s");

@@ -95,6 +95,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX security_event_at ON security_event (at_ms);
     CREATE INDEX security_event_node ON security_event (node, at_ms);",
+    // 6: per-node shares: each node's events pruned on their own, and the
+    // node of each remote_write row (a full queue drops from the node
+    // holding the most).
+    "CREATE INDEX security_event_node_id ON security_event (node, id);
+    ALTER TABLE rw_queue ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    CREATE INDEX rw_queue_node ON rw_queue (remote, node, id);",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

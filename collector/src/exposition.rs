@@ -99,7 +99,7 @@ pub(crate) fn render(store: &Store, metrics: &Metrics, derived: &Derived, now_ms
             fams.push(
                 SECURITY_RECENT,
                 MetricKind::Gauge,
-                "Security events of the last 24 hours per node, kind, severity and source address (the 200 most recent groups).",
+                "Security events of the last 24 hours per node, kind, severity and source address (each node's 20 most recent groups; kinds outside the catalogue count as kind=\"other\").",
                 ls.clone(),
                 r.count as f64,
             );

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use prost::Message;
-use tierwatch_protocol::validate::Location;
+use tierwatch_protocol::validate::{Location, Rejection};
 use tierwatch_protocol::wire::WireRejection;
 use tierwatch_protocol::{validate, Ack, Batch, Limits, NodeId, Shape, ShapeError, PUSH_PATH};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, Exhausted};
+use crate::admission::{Admission, Exhausted, OverRate};
 use crate::ledger::{Job, Ledger, Outcome};
 use crate::listen::{Ended, Gate, Ticket};
 use crate::metrics::{BatchResult, Metrics};
@@ -153,6 +153,7 @@ enum Refusal {
     Invalid(String),
     Unavailable { sequence: u64, error: String },
     Busy,
+    RateLimited(OverRate),
     Overloaded(Exhausted),
     Timeout { after: Duration },
 }
@@ -203,6 +204,19 @@ impl Refusal {
                 tracing::warn!(peer = %peer, node, "push refused: another push of this node is in flight");
                 let why = format!("a push from node {node:?} is already in flight; one at a time");
                 (BatchResult::Busy, refuse(StatusCode::TOO_MANY_REQUESTS, why))
+            }
+            Refusal::RateLimited(OverRate { what, rate, retry_after }) => {
+                let retry_ms = retry_after.as_millis() as u64;
+                tracing::warn!(peer = %peer, node, what, rate, retry_ms, "push refused: over the node's rate");
+                let why = format!(
+                    "node {node:?} is over its rate of {rate} {what}/s (ingest.quotas); retry in {retry_ms} ms"
+                );
+                let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, why);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+                    r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                (BatchResult::RateLimited, r)
             }
             Refusal::Overloaded(Exhausted { wanted, budget }) => {
                 tracing::warn!(peer = %peer, node, wanted, budget, "push refused: decode budget exhausted");
@@ -302,6 +316,7 @@ async fn push(
         ShapeError::Malformed { .. } => Refusal::Malformed(e.to_string()),
         ShapeError::Over(e) => Refusal::Invalid(e.to_string()),
     })?;
+    ingest.admission.spend(node, body.len(), shape.events, Instant::now()).map_err(Refusal::RateLimited)?;
     ingest.admission.grow(&mut held, shape.decoded_bytes()).await.map_err(Refusal::Overloaded)?;
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
@@ -309,7 +324,22 @@ async fn push(
         return Err(Refusal::Impersonation { claimed: std::mem::take(&mut batch.node_id) });
     }
     let now = tierwatch_protocol::now_ms();
-    let report = validate::validate(&mut batch, now, &ingest.limits).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let mut report =
+        validate::validate(&mut batch, now, &ingest.limits).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let cap = ingest.admission.quotas().series_per_node;
+    let over_cap = ingest.store.admit_series(node, &mut batch, cap);
+    for (index, s) in &over_cap {
+        report.accepted_points -= s.points.len().min(report.accepted_points);
+        report.rejected.push(Rejection {
+            location: Location::Series { index: *index, name: s.display_name() },
+            reason: format!(
+                "node is at its cap of {cap} live series (ingest.quotas.series_per_node); new series are refused, existing ones keep updating"
+            ),
+        });
+    }
+    if !over_cap.is_empty() {
+        ingest.metrics.node_refusal(node.as_str(), "series_cap", over_cap.len() as u64);
+    }
     let sequence = batch.sequence;
     let write = if ingest.remote_write {
         ingest.store.topology().get(node).map(|n| {
@@ -346,7 +376,7 @@ async fn push(
     ingest.metrics.samples_rejected.inc_by(report.rejected.len() as u64);
     ingest.metrics.events_accepted.inc_by(report.accepted_events as u64);
     let refused_events = report.rejected.iter().filter(|r| matches!(r.location, Location::Event { .. })).count();
-    let refused_samples = report.rejected.len() - refused_events;
+    let refused_samples = report.rejected.len() - refused_events - over_cap.len();
     if refused_samples > 0 {
         ingest.metrics.node_refusal(node.as_str(), "sample", refused_samples as u64);
     }

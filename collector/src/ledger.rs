@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -114,6 +113,7 @@ impl Ledger {
         state_dir: &Path,
         queues: Vec<QueueSpec>,
         max_age_ms: i64,
+        events_per_node: usize,
         metrics: Metrics,
     ) -> Result<(Ledger, LedgerThread), DbError> {
         let conn = db::open(state_dir)?;
@@ -125,9 +125,7 @@ impl Ledger {
             tracing::warn!(rows = purged, "remote_write: dropped queued rows of receivers no longer configured");
         }
         for q in &queues {
-            let (bytes, rows) = queue::totals(&conn, &q.name).map_err(err)?;
-            q.state.bytes.store(bytes, Ordering::Relaxed);
-            q.state.rows.store(rows, Ordering::Relaxed);
+            queue::load_totals(&conn, &q.name, &q.state).map_err(err)?;
         }
         let mut boots: HashMap<BootKey, Boot> = HashMap::new();
         {
@@ -149,10 +147,20 @@ impl Ledger {
                 }
             }
         }
+        let event_rows = crate::security::rows_per_node(&conn).map_err(err)?;
         tracing::info!(boots = boots.len(), file = %file.display(), "ledger loaded");
         metrics.ledger_boots.set(boots.len() as i64);
         let (tx, rx) = mpsc::channel(4096);
-        let mut worker = Worker { conn, boots, queues, max_age_ms, metrics, last_prune: Instant::now() };
+        let mut worker = Worker {
+            conn,
+            boots,
+            queues,
+            max_age_ms,
+            metrics,
+            last_prune: Instant::now(),
+            events_per_node,
+            event_rows,
+        };
         let handle = std::thread::Builder::new()
             .name("ledger".into())
             .spawn(move || worker.run(rx))
@@ -199,6 +207,10 @@ struct Worker {
     max_age_ms: i64,
     metrics: Metrics,
     last_prune: Instant,
+    /// Security events kept per node.
+    events_per_node: usize,
+    /// Security events stored per node (rows in the table).
+    event_rows: HashMap<String, usize>,
 }
 
 impl Worker {
@@ -249,11 +261,13 @@ impl Worker {
         let mut staged: HashMap<BootKey, Boot> = HashMap::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut added = vec![false; self.queues.len()];
+        let mut inserted: Vec<(&str, usize)> = Vec::new();
         for work in group {
             let job = match work {
                 Work::Batch(job, _) => job,
                 Work::Events(node, events) => {
                     crate::security::insert(&tx, node, events, now_ms)?;
+                    inserted.push((node.as_str(), events.len()));
                     continue;
                 }
             };
@@ -269,19 +283,19 @@ impl Worker {
             boot.max_created_ms = boot.max_created_ms.max(job.created_ms);
             if let Some((body, samples)) = &job.write {
                 for (i, q) in self.queues.iter().enumerate() {
-                    let (rows, dropped) = queue::trim(&tx, &q.name, &q.state, body.len() as u64, q.max_bytes)?;
+                    let (rows, dropped, of) = queue::trim(&tx, &q.name, &q.state, body.len() as u64, q.max_bytes)?;
                     if rows > 0 {
                         self.metrics.remote_write_samples(&q.name, "dropped", dropped);
-                        tracing::warn!(remote = %q.name, rows, samples = dropped, "remote_write queue full: dropped the oldest");
+                        let nodes = of.join(",");
+                        tracing::warn!(remote = %q.name, rows, samples = dropped, nodes = %nodes, "remote_write queue full: dropped the oldest of the node holding the most");
                     }
-                    queue::push(&tx, &q.name, job.created_ms, *samples, body)?;
-                    q.state.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    q.state.rows.fetch_add(1, Ordering::Relaxed);
+                    queue::push(&tx, &q.name, &q.state, job.node.as_str(), job.created_ms, *samples, body)?;
                     added[i] = true;
                 }
             }
             if !job.events.is_empty() {
                 crate::security::insert(&tx, &job.node, &job.events, now_ms)?;
+                inserted.push((job.node.as_str(), job.events.len()));
             }
             outcomes.push(Outcome::Stored);
         }
@@ -297,15 +311,33 @@ impl Worker {
         if let Err(e) = tx.commit() {
             // The queue counters were raised for rows that are not there.
             for q in &self.queues {
-                if let Ok((bytes, rows)) = queue::totals(&self.conn, &q.name) {
-                    q.state.bytes.store(bytes, Ordering::Relaxed);
-                    q.state.rows.store(rows, Ordering::Relaxed);
+                if let Err(e) = queue::load_totals(&self.conn, &q.name, &q.state) {
+                    tracing::warn!(remote = %q.name, error = %e, "remote_write: re-reading the queue totals failed");
                 }
             }
             return Err(e);
         }
         for (key, b) in staged {
             self.boots.insert(key, b);
+        }
+        for (node, n) in inserted {
+            let rows = self.event_rows.entry(node.to_string()).or_default();
+            *rows += n;
+            if *rows > self.events_per_node {
+                // Over its share: its own oldest go, right away.
+                match crate::security::prune_node(&self.conn, node, self.events_per_node) {
+                    Ok(deleted) => {
+                        *rows = rows.saturating_sub(deleted);
+                        tracing::warn!(
+                            node,
+                            deleted,
+                            keep = self.events_per_node,
+                            "security: node over its share of stored events; its oldest deleted"
+                        );
+                    }
+                    Err(e) => tracing::warn!(node, error = %e, "security: pruning a node's events failed"),
+                }
+            }
         }
         for (q, added) in self.queues.iter().zip(added) {
             if added {
@@ -322,6 +354,7 @@ impl Worker {
         let events = crate::security::prune(&self.conn, now_ms)?;
         if events > 0 {
             tracing::info!(events, "security: deleted events past their retention");
+            self.event_rows = crate::security::rows_per_node(&self.conn)?;
         }
         let cutoff = now_ms - self.max_age_ms;
         let mut gone: HashSet<BootKey> =
@@ -373,7 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = || QueueSpec { name: "prom".into(), max_bytes: 1 << 20, state: Arc::new(QueueState::default()) };
         let m = Metrics::new(&["prom".to_string()]).unwrap();
-        let (l, t) = Ledger::open(dir.path(), vec![q()], 86_400_000, m.clone()).unwrap();
+        let (l, t) = Ledger::open(dir.path(), vec![q()], 86_400_000, 10_000, m.clone()).unwrap();
         assert_eq!(l.record(job("c", 1, 5)).await.unwrap(), Outcome::Stored);
         assert_eq!(l.record(job("c", 1, 5)).await.unwrap(), Outcome::Duplicate);
         assert_eq!(l.record(job("c", 2, 5)).await.unwrap(), Outcome::Stored, "another boot");
@@ -381,8 +414,8 @@ mod tests {
         drop(l);
         t.join();
         let spec = q();
-        let (l, _t) = Ledger::open(dir.path(), vec![spec.clone()], 86_400_000, m).unwrap();
-        assert_eq!(spec.state.rows.load(Ordering::Relaxed), 3, "queued rows survive");
+        let (l, _t) = Ledger::open(dir.path(), vec![spec.clone()], 86_400_000, 10_000, m).unwrap();
+        assert_eq!(spec.state.rows.load(std::sync::atomic::Ordering::Relaxed), 3, "queued rows survive");
         assert_eq!(l.record(job("c", 1, 5)).await.unwrap(), Outcome::Duplicate);
         assert_eq!(l.record(job("c", 1, 4)).await.unwrap(), Outcome::Stored);
     }
@@ -391,7 +424,7 @@ mod tests {
     async fn concurrent_copies_of_one_batch_store_once() {
         let dir = tempfile::tempdir().unwrap();
         let m = Metrics::new(&[]).unwrap();
-        let (l, _t) = Ledger::open(dir.path(), vec![], 86_400_000, m).unwrap();
+        let (l, _t) = Ledger::open(dir.path(), vec![], 86_400_000, 10_000, m).unwrap();
         let l = Arc::new(l);
         let mut tasks = Vec::new();
         for _ in 0..16 {

@@ -20,6 +20,8 @@ pub enum BatchResult {
     Unavailable,
     /// Another push of the node is in flight (429); the agent retries.
     Busy,
+    /// The node is over its batch, byte or event rate (429); the agent retries.
+    RateLimited,
     /// The decode budget stayed exhausted (503); the agent retries.
     Overloaded,
     /// The body did not arrive within `ingest.request_timeout` (408).
@@ -27,8 +29,9 @@ pub enum BatchResult {
 }
 
 impl BatchResult {
-    const ALL: [BatchResult; 11] = [
+    const ALL: [BatchResult; 12] = [
         BatchResult::Busy,
+        BatchResult::RateLimited,
         BatchResult::Overloaded,
         BatchResult::Timeout,
         BatchResult::Duplicate,
@@ -53,6 +56,7 @@ impl BatchResult {
             BatchResult::Duplicate => "duplicate",
             BatchResult::Unavailable => "unavailable",
             BatchResult::Busy => "busy",
+            BatchResult::RateLimited => "rate_limited",
             BatchResult::Overloaded => "overloaded",
             BatchResult::Timeout => "timeout",
         }

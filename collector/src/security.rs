@@ -14,8 +14,6 @@ use tierwatch_protocol::{Event, NodeId};
 pub(crate) const EVENTS_TOTAL: &str = "tierwatch_security_events_total";
 /// Events older than this are deleted.
 pub(crate) const KEEP_MS: i64 = 90 * 86_400_000;
-/// At most this many events are kept; the oldest go first.
-pub(crate) const KEEP_ROWS: i64 = 1_000_000;
 
 /// An event's severity as a label value.
 pub(crate) fn severity_name(s: i32) -> &'static str {
@@ -62,12 +60,26 @@ pub(crate) fn insert(tx: &Transaction<'_>, node: &NodeId, events: &[Event], rece
     Ok(())
 }
 
-/// Deletes events older than [`KEEP_MS`] and beyond [`KEEP_ROWS`]; returns how many.
+/// Deletes events older than [`KEEP_MS`]; returns how many.
 pub(crate) fn prune(conn: &Connection, now_ms: i64) -> rusqlite::Result<usize> {
-    let old = conn.execute("DELETE FROM security_event WHERE at_ms < ?1", [now_ms - KEEP_MS])?;
-    let over =
-        conn.execute("DELETE FROM security_event WHERE id <= (SELECT max(id) FROM security_event) - ?1", [KEEP_ROWS])?;
-    Ok(old + over)
+    conn.execute("DELETE FROM security_event WHERE at_ms < ?1", [now_ms - KEEP_MS])
+}
+
+/// Deletes `node`'s oldest events beyond `keep`; returns how many. Each
+/// node has its own share: a flood from one never deletes another's.
+pub(crate) fn prune_node(conn: &Connection, node: &str, keep: usize) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM security_event WHERE node = ?1 AND id <
+             (SELECT id FROM security_event WHERE node = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        params![node, keep.saturating_sub(1) as i64],
+    )
+}
+
+/// Rows stored per node.
+pub(crate) fn rows_per_node(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<String, usize>> {
+    let mut stmt = conn.prepare("SELECT node, count(*) FROM security_event GROUP BY node")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?;
+    rows.collect()
 }
 
 /// Which events to list.
@@ -126,13 +138,18 @@ pub(crate) struct Recent {
 
 /// Events since `since_ms` grouped by node, kind, severity and source: the
 /// `limit` groups with the latest events (a bound on the series exposed).
-pub(crate) fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite::Result<Vec<Recent>> {
+pub(crate) fn recent(conn: &Connection, since_ms: i64, per_node: usize) -> rusqlite::Result<Vec<Recent>> {
+    // Each node's newest groups: one node's flood cannot push another's out.
     let mut stmt = conn.prepare_cached(
-        "SELECT node, kind, severity, ifnull(json_extract(attributes, '$.src'), ''), count(*), max(at_ms)
-         FROM security_event WHERE at_ms >= ?1
-         GROUP BY 1, 2, 3, 4 ORDER BY 6 DESC LIMIT ?2",
+        "SELECT node, kind, severity, src, n, last FROM (
+             SELECT node, kind, severity, ifnull(json_extract(attributes, '$.src'), '') AS src,
+                    count(*) AS n, max(at_ms) AS last,
+                    row_number() OVER (PARTITION BY node ORDER BY max(at_ms) DESC) AS rank
+             FROM security_event WHERE at_ms >= ?1
+             GROUP BY node, kind, severity, src)
+         WHERE rank <= ?2 ORDER BY last DESC",
     )?;
-    let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
+    let rows = stmt.query_map(params![since_ms, per_node as i64], |r| {
         Ok(Recent {
             node: r.get(0)?,
             kind: r.get(1)?,
@@ -142,7 +159,28 @@ pub(crate) fn recent(conn: &Connection, since_ms: i64, limit: usize) -> rusqlite
             last_ms: r.get(5)?,
         })
     })?;
-    rows.collect()
+    // Kinds outside the catalogue are one label value ("other"); their groups merge.
+    let mut merged: BTreeMap<(String, String, String, String), (u64, i64)> = BTreeMap::new();
+    for row in rows {
+        let r = row?;
+        let kind = tierwatch_protocol::catalogue::event_kind_label(&r.kind).to_string();
+        let m = merged.entry((r.node, kind, r.severity, r.source)).or_insert((0, i64::MIN));
+        m.0 += r.count;
+        m.1 = m.1.max(r.last_ms);
+    }
+    let mut out: Vec<Recent> = merged
+        .into_iter()
+        .map(|((node, kind, severity, source), (count, last_ms))| Recent {
+            node,
+            kind,
+            severity,
+            source,
+            count,
+            last_ms,
+        })
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(r.last_ms));
+    Ok(out)
 }
 
 /// Events stored so far per (node, kind, severity): the counters start from

@@ -110,10 +110,11 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
     }
     let (state_dir, q, max_age, m) =
         (config.state_dir.clone(), queues.clone(), config.ingest.limits.max_age_ms, metrics.clone());
+    let events_per_node = config.ingest.quotas.security_events_per_node;
     let (ledger, ledger_thread) =
-        tokio::task::spawn_blocking(move || Ledger::open(&state_dir, q, max_age, m)).await.map_err(|e| {
-            crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) }
-        })??;
+        tokio::task::spawn_blocking(move || Ledger::open(&state_dir, q, max_age, events_per_node, m)).await.map_err(
+            |e| crate::db::DbError::Dir { dir: config.state_dir.clone(), source: std::io::Error::other(e) },
+        )??;
     // Each sender reads and trims its queue on its own connection (WAL lets it run beside the ledger).
     let mut sender_conns = Vec::new();
     for _ in &senders {
@@ -181,7 +182,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         handshake_timeout: config.ingest.handshake_timeout,
         request_timeout: config.ingest.request_timeout,
         detect: crate::detect::Detector::new(ledger.clone(), store.clone()),
-        admission: Admission::new(config.ingest.decode_budget_bytes, BUDGET_WAIT),
+        admission: Admission::new(config.ingest.decode_budget_bytes, BUDGET_WAIT, config.ingest.quotas.clone()),
         gate: Gate::new(config.ingest_connections.clone()),
     });
     let http_state = Arc::new(Http {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tierwatch_protocol::catalogue::event_kind_label;
 use tierwatch_protocol::{Batch, Label, MetricKind, NodeId};
 
 use crate::topology::{Node, Topology};
@@ -98,6 +99,40 @@ impl Store {
         self.nodes.get(id).map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Takes out of `batch` the series new to `node` beyond `cap` live
+    /// series (series it has already keep updating); returns them with
+    /// their index in the batch as it came in. Called
+    /// with the node's one push in flight, so nothing comes in between this
+    /// and [`Store::ingest`].
+    pub(crate) fn admit_series(
+        &self,
+        node: &NodeId,
+        batch: &mut Batch,
+        cap: usize,
+    ) -> Vec<(usize, tierwatch_protocol::Series)> {
+        let Some(state) = self.lock(node) else { return Vec::new() };
+        // The common case: no key lookups at all.
+        if state.series.len() + batch.series.len() <= cap {
+            return Vec::new();
+        }
+        let mut room = cap.saturating_sub(state.series.len());
+        let mut new = std::collections::HashSet::new();
+        let mut refused = Vec::new();
+        for (i, s) in std::mem::take(&mut batch.series).into_iter().enumerate() {
+            let key = (s.name.clone(), s.labels.clone());
+            if state.series.contains_key(&key) || new.contains(&key) {
+                batch.series.push(s);
+            } else if room > 0 {
+                room -= 1;
+                new.insert(key);
+                batch.series.push(s);
+            } else {
+                refused.push((i, s));
+            }
+        }
+        refused
+    }
+
     /// Stores a validated batch from `node` received at `now_ms`. A point
     /// older than the stored one (a replayed backlog) does not replace it.
     /// Returns false when the node is not in the topology.
@@ -144,7 +179,8 @@ impl Store {
         for (node, kind, severity, n) in counts {
             let Ok(id) = NodeId::new(&node) else { continue };
             if let Some(mut state) = self.lock(&id) {
-                state.security_counts.insert((kind, severity), n);
+                // Kinds outside the catalogue share one series, after a restart too.
+                *state.security_counts.entry((event_kind_label(&kind).to_string(), severity)).or_default() += n;
             }
         }
     }
@@ -179,7 +215,7 @@ fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {
     for e in events {
         *state
             .security_counts
-            .entry((e.kind.clone(), crate::security::severity_name(e.severity).to_string()))
+            .entry((event_kind_label(&e.kind).to_string(), crate::security::severity_name(e.severity).to_string()))
             .or_default() += 1;
         if state.recent_events.len() >= RECENT_EVENTS {
             state.recent_events.pop_front();

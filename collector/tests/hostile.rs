@@ -283,3 +283,139 @@ impl LabRef {
         common::push_to(self.ingest, client, body, None).await
     }
 }
+
+fn gauges(node: &str, seq: u64, names: impl Iterator<Item = String>) -> Vec<u8> {
+    let now = tierwatch_protocol::now_ms();
+    let series = names
+        .map(|target| {
+            Series::point("tierwatch_probe_success", MetricKind::Gauge, vec![Label::new("target", target)], now, 1.0)
+        })
+        .collect();
+    batch(node, seq, series).encode_to_vec()
+}
+
+fn node_series(metrics: &str, node: &str) -> usize {
+    let tag = format!("node=\"{node}\"");
+    metrics.lines().filter(|l| l.starts_with("tierwatch_probe_success{") && l.contains(&tag)).count()
+}
+
+/// The issue's cardinality attack, at the shipped defaults: one node
+/// inventing 15,000 series per second. Past its cap of 20,000 live series
+/// the new ones are refused in the Ack (and counted), the ones it has keep
+/// updating, memory stays bounded, and another node is not touched.
+#[tokio::test]
+async fn a_node_inventing_series_stops_at_its_cap() {
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start().await;
+    let rss = RssWatch::start();
+    let hostile = lab.client(&lab.pki, "nui-cam");
+    let mut refused = 0;
+    for second in 0..3u64 {
+        let t = Instant::now();
+        for part in 0..3u64 {
+            let seq = second * 3 + part + 1;
+            let names = (0..5000).map(move |i| format!("invented-{seq}-{i}"));
+            let (status, body) = lab.push(hostile.clone(), gauges("nui-cam", seq, names)).await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            let ack = tierwatch_protocol::Ack::decode(body).unwrap();
+            refused += ack.rejected.iter().filter(|r| r.reason.contains("series_per_node")).count();
+        }
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
+    }
+    assert_eq!(refused, 45_000 - 20_000, "every series past the cap was refused, and only those");
+    // What it has keeps updating.
+    let (status, body) =
+        lab.push(hostile.clone(), gauges("nui-cam", 100, (0..10).map(|i| format!("invented-1-{i}")))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(tierwatch_protocol::Ack::decode(body).unwrap().rejected.is_empty());
+    let honest = lab.client(&lab.pki, "giang-thanh");
+    let (status, body) = lab.push(honest, gauges("giang-thanh", 1, (0..50).map(|i| format!("gw-{i}")))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(tierwatch_protocol::Ack::decode(body).unwrap().rejected.is_empty(), "another node is not capped");
+    let (_, metrics) = lab.get("/metrics").await;
+    assert_eq!(node_series(&metrics, "nui-cam"), 20_000);
+    assert_eq!(node_series(&metrics, "giang-thanh"), 50);
+    let counted = lab.metric(r#"tierwatch_collector_node_refusals_total{node="nui-cam",reason="series_cap"}"#).await;
+    assert_eq!(counted, Some(25_000.0));
+    let grown = rss.grown_mb();
+    eprintln!("series cap: 45,000 invented series in 3 s, 20,000 kept; RSS +{grown:.1} MB");
+    assert!(grown < 200.0, "RSS grew by {grown:.1} MB");
+    lab.stop().await;
+}
+
+/// A node over its batch rate is told to come back (429 with
+/// Retry-After); the push is not lost (the agent retries), and another
+/// node's pushes go on.
+#[tokio::test]
+async fn a_node_over_its_rate_is_told_when_to_come_back() {
+    let _serial = SERIAL.lock().await;
+    let quotas = "  quotas:\n    batches_per_second: 2\n    burst: 2s\n";
+    let mut lab = Lab::start_with(quotas).await;
+    let hostile = lab.client(&lab.pki, "nui-cam");
+    for seq in 1..=4 {
+        assert_eq!(lab.push(hostile.clone(), probe_ok("nui-cam", seq)).await.unwrap().0, StatusCode::OK);
+    }
+    let (status, body) = lab.push(hostile.clone(), probe_ok("nui-cam", 5)).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(String::from_utf8_lossy(&body).contains("over its rate of 2 batches/s"), "{body:?}");
+    honest_pushes(&lab, "giang-thanh", 1, 3).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lab.push(hostile, probe_ok("nui-cam", 5)).await.unwrap().0, StatusCode::OK, "later it fits");
+    assert_eq!(
+        lab.metric(r#"tierwatch_collector_node_refusals_total{node="nui-cam",reason="rate_limited"}"#).await,
+        Some(1.0)
+    );
+    lab.stop().await;
+}
+
+fn events_batch(node: &str, seq: u64, kinds: impl Iterator<Item = String>) -> Vec<u8> {
+    let now = tierwatch_protocol::now_ms();
+    let mut b = batch(node, seq, vec![]);
+    b.events = kinds
+        .map(|k| tierwatch_protocol::Event::new(&k, tierwatch_protocol::Severity::Warning, now, [("src", "10.0.0.66")]))
+        .collect();
+    b.encode_to_vec()
+}
+
+async fn listed(lab: &Lab, query: &str) -> Vec<serde_json::Value> {
+    let (_, body) = lab.get(&format!("/api/v1/security/events{query}")).await;
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Invented event kinds are stored with their evidence but counted under
+/// one `kind="other"` series (after a restart too); a node flooding events
+/// stays within its share of the table and never deletes another node's.
+#[tokio::test]
+async fn invented_event_kinds_and_event_floods_stay_in_their_share() {
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start_with("  quotas:\n    security_events_per_node: 100\n").await;
+    let honest = lab.client(&lab.pki, "giang-thanh");
+    let scans = (0..10).map(|_| "port_scan".to_string());
+    assert_eq!(lab.push(honest, events_batch("giang-thanh", 1, scans)).await.unwrap().0, StatusCode::OK);
+    let hostile = lab.client(&lab.pki, "nui-cam");
+    for seq in 1..=4u64 {
+        let kinds = (0..1000).map(move |i| format!("invented_{seq}_{i}"));
+        let (status, body) = lab.push(hostile.clone(), events_batch("nui-cam", seq, kinds)).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    let other = r#"tierwatch_security_events_total{kind="other",node="nui-cam",parent="an-giang",province="an-giang",severity="warning",tier="commune"}"#;
+    assert_eq!(lab.metric(other).await, Some(4000.0));
+    let (_, metrics) = lab.get("/metrics").await;
+    assert!(!metrics.contains("invented_"), "no series per invented kind");
+    // The share is enforced within seconds; the honest node's events stay.
+    let mut kept = usize::MAX;
+    for _ in 0..100 {
+        kept = listed(&lab, "?node=nui-cam&limit=5000").await.len();
+        if kept <= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, 100, "the flooding node keeps its newest 100");
+    assert_eq!(listed(&lab, "?node=giang-thanh").await.len(), 10, "the other node's events are all there");
+    lab.restart().await;
+    let (_, metrics) = lab.get("/metrics").await;
+    assert!(!metrics.contains("invented_"), "not after a restart either");
+    assert!(lab.metric(other).await.is_some());
+    lab.stop().await;
+}

@@ -192,3 +192,60 @@ async fn the_queue_survives_a_restart_while_the_receiver_is_down() {
     assert_eq!(left, Some(0.0), "sent rows leave the queue");
     lab.stop().await;
 }
+
+fn batch_of(node: &str, seq: u64, ts: i64, series: usize) -> Vec<u8> {
+    Batch {
+        version: PROTOCOL_VERSION,
+        node_id: node.into(),
+        agent_version: "t".into(),
+        boot_id: vec![6; 16],
+        sequence: seq,
+        config_hash: vec![0; 32],
+        created_ms: ts,
+        series: (0..series)
+            .map(|i| Series {
+                name: "tierwatch_icmp_loss_ratio".into(),
+                kind: MetricKind::Gauge as i32,
+                labels: vec![Label::new("target", format!("padding-target-with-a-long-name-{i:05}"))],
+                points: vec![Point { timestamp_ms: ts, value: 0.5 }],
+            })
+            .collect(),
+        events: vec![],
+        push_interval_ms: 0,
+    }
+    .encode_to_vec()
+}
+
+/// One node pushing hard while the receiver is down fills the 1 MiB queue:
+/// the rows dropped are its own oldest, never the other node's.
+#[tokio::test]
+async fn a_full_queue_drops_from_the_node_holding_the_most() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let conf = format!("remote_write:\n  - name: test\n    url: http://{addr}/api/v1/write\n    timeout: 2s\n    max_queue_bytes: 1048576\n");
+    let mut lab = Lab::start_full("", &conf).await;
+    let honest = lab.client(&lab.pki, "giang-thanh");
+    let hostile = lab.client(&lab.pki, "nui-cam");
+    let t0 = tierwatch_protocol::now_ms();
+    for i in 0..5 {
+        let (status, _) = lab.push(honest.clone(), batch_of("giang-thanh", i + 1, t0 + i as i64, 1)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    // About 100 KB per row: 30 rows are three times the queue.
+    for i in 0..30 {
+        let (status, _) =
+            lab.push(hostile.clone(), batch_of("nui-cam", i + 1, t0 + 100 + i as i64, 1500)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let dropped = lab.metric(r#"tierwatch_collector_remote_write_samples_total{remote="test",result="dropped"}"#).await;
+    assert!(dropped.is_some_and(|d| d > 0.0), "the queue overflowed: {dropped:?}");
+    let rx = receiver_on(tokio::net::TcpListener::bind(addr).await.unwrap(), vec![]).await;
+    let honest_ts: Vec<i64> = (0..5).map(|i| t0 + i).collect();
+    until("the honest node's 5 samples", || {
+        let got: Vec<i64> = samples(&rx).iter().map(|s| s.0).filter(|t| honest_ts.contains(t)).collect();
+        got.len() == 5
+    })
+    .await;
+    lab.stop().await;
+}

@@ -179,6 +179,61 @@ pub fn is_collector_owned(name: &str) -> bool {
         || [NODE_UP, NODE_LAST_PUSH, NODE_INFO, NODE_ALERTS].contains(&name)
 }
 
+/// Every kind of security event tierwatch makes: the agent's sensors and
+/// probes, then the collector's own findings. A kind not listed is still
+/// stored with its evidence, but counted in metrics as [`OTHER_EVENT_KIND`]:
+/// an agent cannot add series by inventing kinds.
+pub const EVENT_KINDS: &[&str] = &[
+    // LAN sensor
+    "arp_spoof",
+    "arp_change",
+    "arp_flipflop",
+    "arp_mismatch",
+    "arp_new_stations",
+    "rogue_dhcp",
+    "dhcp_server",
+    "rogue_router_advert",
+    "port_scan",
+    "events_suppressed",
+    // host sensors
+    "ssh_bruteforce",
+    "ssh_success_after_failures",
+    "new_listener",
+    "listener_owner_changed",
+    "file_added",
+    "file_changed",
+    "file_removed",
+    "files_changed",
+    // probes: tampering with public services
+    "defacement",
+    "content_changed",
+    "title_changed",
+    "certificate_invalid",
+    "certificate_changed",
+    "certificate_renewed",
+    "dns_mismatch",
+    // the collector
+    "tls_handshake_failures",
+    "node_impersonation",
+    "revoked_certificate",
+    "config_changed",
+    "clock_skew",
+    "sequence_rewound",
+    "events_refused",
+];
+
+/// The `kind` label of events whose kind is not in [`EVENT_KINDS`].
+pub const OTHER_EVENT_KIND: &str = "other";
+
+/// The `kind` label value for an event of `kind`: itself when known.
+pub fn event_kind_label(kind: &str) -> &str {
+    if EVENT_KINDS.contains(&kind) {
+        kind
+    } else {
+        OTHER_EVENT_KIND
+    }
+}
+
 /// Looks up a definition by metric name.
 pub fn find(name: &str) -> Option<&'static MetricDef> {
     AGENT_METRICS.iter().find(|d| d.name == name)

@@ -3,7 +3,9 @@
 //! collector's configuration appears in their reference docs, as a key
 //! (`` `key` ``, `` `a.key` ``, `key:` in an example, `{key: ...}`).
 //! Like `docs/metrics.md` for metrics: a new key without a line in the docs
-//! fails here.
+//! fails here. The same for security event kinds: every kind the code
+//! emits is in the catalogue (else it would be counted as `other`) and in
+//! `docs/security.md`.
 
 use std::path::Path;
 
@@ -86,6 +88,7 @@ fn every_agent_and_collector_key_is_documented() {
         &["docs/collector-config.md", "docs/alerts.md"],
         &[
             "collector/src/config.rs",
+            "collector/src/admission.rs",
             "collector/src/topology.rs",
             "collector/src/remote_write/mod.rs",
             "collector/src/alert/rules/raw.rs",
@@ -122,4 +125,73 @@ fn the_reader_finds_keys_and_the_check_fails_on_a_missing_one() {
     let missing = check(&["target/config-docs-test/doc.md"], &["target/config-docs-test/src.rs"]);
     assert_eq!(missing.len(), 1, "{missing:?}");
     assert!(missing[0].contains("brand_new_key"));
+}
+
+/// Rust sources under `dir`, recursively, outside their tests.
+fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") && !p.ends_with("tests.rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            out.push((p.display().to_string(), code));
+        }
+    }
+}
+
+/// Kinds the code makes: `Event::new("kind"`, `event("kind"`, `("kind", Severity::`.
+fn emitted_kinds(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices('"') {
+        let Some(len) = code[i + 1..].find('"') else { continue };
+        let word = &code[i + 1..i + 1 + len];
+        if word.is_empty() || !word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
+        }
+        let before = code[..i].trim_end();
+        let after = code[i + 2 + len..].trim_start();
+        let made = before.ends_with("Event::new(")
+            || before.ends_with("event(")
+            || (before.ends_with('(') && after.starts_with(", Severity::"))
+            || (before.ends_with('(') && after.starts_with(",\n") && after[2..].trim_start().starts_with("Severity::"));
+        if made && !out.iter().any(|k| k == word) {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_event_kind_emitted_is_in_the_catalogue_and_documented() {
+    let catalogue = std::fs::read_to_string(root().join("protocol/src/catalogue.rs")).unwrap();
+    let list =
+        catalogue.split("pub const EVENT_KINDS: &[&str] = &[").nth(1).and_then(|r| r.split("];").next()).unwrap();
+    let known: Vec<&str> = list.lines().filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\",")).collect();
+    let docs = std::fs::read_to_string(root().join("docs/security.md")).unwrap();
+    let mut files = Vec::new();
+    sources(&root().join("agent/src"), &mut files);
+    sources(&root().join("collector/src"), &mut files);
+    let mut found = Vec::new();
+    for (file, code) in &files {
+        for kind in emitted_kinds(code) {
+            found.push((file.clone(), kind));
+        }
+    }
+    for want in ["port_scan", "defacement", "node_impersonation", "new_listener"] {
+        assert!(found.iter().any(|(_, k)| k == want), "the reader misses {want}: {found:?}");
+    }
+    let mut wrong = Vec::new();
+    for (file, kind) in &found {
+        if !known.contains(&kind.as_str()) {
+            wrong.push(format!("{file}: {kind} is not in protocol/src/catalogue.rs EVENT_KINDS"));
+        }
+    }
+    for kind in &known {
+        if !docs.contains(&format!("`{kind}`")) {
+            wrong.push(format!("{kind} is not in docs/security.md"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -130,7 +130,7 @@ async fn metrics(State(s): State<Arc<Http>>, headers: axum::http::HeaderMap) -> 
     let now = tierwatch_protocol::now_ms();
     let mut derived =
         exposition::Derived { alerts: s.alerting.as_ref().map(|a| a.alerts_per_node()), ..Default::default() };
-    match read_db(&s, move |c| crate::security::recent(c, now - 86_400_000, RECENT_EVENT_GROUPS)).await {
+    match read_db(&s, move |c| crate::security::recent(c, now - 86_400_000, RECENT_EVENT_GROUPS_PER_NODE)).await {
         Ok(r) => derived.recent_events = r,
         Err(e) => tracing::warn!(error = %e, "/metrics: reading recent security events failed"),
     }
@@ -202,8 +202,9 @@ pub(crate) async fn read_db<T: Send + 'static>(
 /// Bytes of a JSON request body.
 const MAX_API_BODY: usize = 64 * 1024;
 
-/// Bound on the recent security event groups exposed (each is two series).
-const RECENT_EVENT_GROUPS: usize = 200;
+/// Bound on the recent security event groups exposed per node (each is two
+/// series): one node's flood cannot push another's groups out.
+const RECENT_EVENT_GROUPS_PER_NODE: usize = 20;
 
 async fn readyz(State(s): State<Arc<Http>>) -> Response {
     if s.ready.load(Ordering::Acquire) {
