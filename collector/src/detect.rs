@@ -42,11 +42,24 @@ pub(crate) struct Detector {
     sequences: Mutex<HashMap<NodeId, TopSequence>>,
 }
 
+/// Where findings about no node of the topology (an address, a revoked
+/// certificate of a removed node) are filed: the central node, else the
+/// first node without a parent (the province), else the first node. A
+/// topology always has a home for them, so they are stored and paged.
+fn home(t: &crate::topology::Topology) -> Option<NodeId> {
+    let nodes = t.nodes();
+    nodes
+        .iter()
+        .find(|n| n.tier == crate::topology::Tier::Central)
+        .or_else(|| nodes.iter().find(|n| n.parent.is_none()))
+        .or_else(|| nodes.first())
+        .map(|n| n.id.clone())
+}
+
 impl Detector {
     /// A detector storing through the `ledger`'s group commits and reporting to `store`.
     pub(crate) fn new(ledger: Ledger, store: Arc<Store>) -> Self {
-        let home =
-            store.topology().nodes().iter().find(|n| n.tier == crate::topology::Tier::Central).map(|n| n.id.clone());
+        let home = home(store.topology());
         Detector {
             ledger,
             store,
@@ -94,7 +107,7 @@ impl Detector {
             return;
         }
         let Some(home) = self.home.clone() else {
-            tracing::warn!(peer = %peer, failures = count, "repeated TLS handshake failures (no central node to file them under)");
+            tracing::warn!(peer = %peer, failures = count, "repeated TLS handshake failures (the topology has no node to file them under)");
             return;
         };
         self.emit(

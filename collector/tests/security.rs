@@ -225,3 +225,37 @@ async fn refused_evidence_is_counted_filed_and_paged_and_long_evidence_is_cut() 
     assert!(!keys.contains(&"nui-cam/security"), "not as an attack: {keys:?}");
     lab.stop().await;
 }
+
+/// The collector's own findings always have a home and page: with no
+/// central node in the topology a handshake storm is filed under the
+/// province (the node without a parent), and a certificate used for
+/// another node pages for its own node although that node never pushed.
+#[tokio::test]
+async fn findings_page_without_a_central_node_and_for_a_node_never_heard_from() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rules.yaml")).unwrap();
+    let mut lab = Lab::start_full_with_files("", "rules: rules.yaml\n", &[("rules.yaml", &rules)]).await;
+    let now = tierwatch_protocol::now_ms();
+    // giang-thanh has never pushed; its certificate claims nui-cam.
+    let gt = lab.client(&lab.pki, "giang-thanh");
+    let (status, _) = lab.push(gt, batch_of("nui-cam", 9, 1, now, 0)).await.unwrap();
+    assert_eq!(status, 403);
+    let evil = lab.client(&lab.dir.path().join("evil"), "nui-cam");
+    for i in 0..12 {
+        assert!(lab.push(evil.clone(), batch_of("nui-cam", 3, i + 1, now, 0)).await.is_err());
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        let (_, body) = lab.get("/api/v1/alerts").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        keys = v["incidents"].as_array().unwrap().iter().filter_map(|i| i["key"].as_str().map(String::from)).collect();
+        if keys.contains(&"giang-thanh/security".to_string()) && keys.contains(&"an-giang/security".to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(keys.contains(&"giang-thanh/security".to_string()), "impersonation paged: {keys:?}");
+    assert!(keys.contains(&"an-giang/security".to_string()), "handshake storm paged under the province: {keys:?}");
+    let storms = events(&lab, "?kind=tls_handshake_failures").await;
+    assert_eq!(storms[0]["node"], "an-giang");
+    lab.stop().await;
+}

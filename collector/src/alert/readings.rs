@@ -46,22 +46,26 @@ pub fn read(
     // The cutoff `/metrics` uses: a series that stopped is no reading.
     let stale_before = store.stale_before(now_ms);
     store.for_each_node(|node, state| {
-        let Some(&(age, interval)) = silences.get(&node.id) else { return };
+        // A node never heard from has no silence: it is neither down nor
+        // late, and has no series; but events about it (the collector's
+        // findings: its certificate used by another node) still page.
+        let silence = silences.get(&node.id).copied();
         // Late by more than half an interval: suspect. A parent that pushed
         // up to one interval after its children is then always suspect
         // when they are declared down (missed >= 2), so they wait for it.
-        if age > interval + interval / 2 {
+        if silence.is_some_and(|(age, interval)| age > interval + interval / 2) {
             out.suspect.insert(node.id.clone());
         }
         // The node's identity labels, once per evaluation, not per lookup.
         let node = &Labelled { node, identity: node.identity_labels() };
         for (ri, rule) in rules.rules.iter().enumerate() {
-            match &rule.kind {
-                RuleKind::Heartbeat { missed } => heartbeat(&mut out, ri, rule, node, (age, interval), *missed),
-                RuleKind::Threshold { .. } => {
+            match (&rule.kind, silence) {
+                (RuleKind::Heartbeat { missed }, Some(s)) => heartbeat(&mut out, ri, rule, node, s, *missed),
+                (RuleKind::Threshold { .. }, Some(_)) => {
                     threshold(&mut out, ri, rule, topo, node, state.fresh_series(stale_before), now_ms)
                 }
-                RuleKind::Event { .. } => events(&mut out, ri, rule, node, state, now_ms),
+                (RuleKind::Event { .. }, _) => events(&mut out, ri, rule, node, state, now_ms),
+                (RuleKind::Heartbeat { .. } | RuleKind::Threshold { .. }, None) => {}
             }
         }
     });
