@@ -133,14 +133,21 @@ impl Admission {
         &self.quotas
     }
 
-    /// Takes one batch, `bytes` and `events` from `node`'s buckets at `now`,
+    /// Takes `batches`, `bytes` and `events` from `node`'s buckets at `now`,
     /// or none of them and says which rate the push is over. A push larger
     /// than a full bucket goes once the bucket is full (so it is not refused forever).
-    pub(crate) fn spend(&self, node: &NodeId, bytes: usize, events: usize, now: Instant) -> Result<(), OverRate> {
+    pub(crate) fn spend(
+        &self,
+        node: &NodeId,
+        batches: usize,
+        bytes: usize,
+        events: usize,
+        now: Instant,
+    ) -> Result<(), OverRate> {
         let q = &self.quotas;
         let burst = q.burst.as_secs_f64().max(1.0);
         let rates = [("batches", q.batches_per_second), ("bytes", q.bytes_per_second), ("events", q.events_per_second)];
-        let want = [1.0, bytes as f64, events as f64];
+        let want = [batches as f64, bytes as f64, events as f64];
         let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = all
             .entry(node.clone())
@@ -236,24 +243,24 @@ mod tests {
         let t0 = Instant::now();
         // A burst of four batches, then the fifth is over the batch rate.
         for _ in 0..4 {
-            a.spend(&hostile, 10, 0, t0).unwrap();
+            a.spend(&hostile, 1, 10, 0, t0).unwrap();
         }
-        let over = a.spend(&hostile, 10, 0, t0).unwrap_err();
+        let over = a.spend(&hostile, 1, 10, 0, t0).unwrap_err();
         assert_eq!((over.what, over.rate), ("batches", 2.0));
         assert_eq!(over.retry_after, Duration::from_millis(500));
         // Another node is not held back.
-        a.spend(&honest, 10, 0, t0).unwrap();
+        a.spend(&honest, 1, 10, 0, t0).unwrap();
         // Half a second later one more batch fits; a refused push spent nothing.
-        a.spend(&hostile, 10, 0, t0 + Duration::from_millis(500)).unwrap();
+        a.spend(&hostile, 1, 10, 0, t0 + Duration::from_millis(500)).unwrap();
         let later = t0 + Duration::from_secs(10);
-        a.spend(&hostile, 10, 15, later).unwrap();
-        let over = a.spend(&hostile, 10, 10, later).unwrap_err();
+        a.spend(&hostile, 1, 10, 15, later).unwrap();
+        let over = a.spend(&hostile, 1, 10, 10, later).unwrap_err();
         assert_eq!(over.what, "events");
-        a.spend(&hostile, 10, 5, later).unwrap();
+        a.spend(&hostile, 1, 10, 5, later).unwrap();
         // Larger than a full bucket: goes when the bucket is full.
         let much_later = later + Duration::from_secs(60);
-        a.spend(&hostile, 1_000_000, 0, much_later).unwrap();
-        assert_eq!(a.spend(&hostile, 1, 0, much_later).unwrap_err().what, "bytes");
+        a.spend(&hostile, 1, 1_000_000, 0, much_later).unwrap();
+        assert_eq!(a.spend(&hostile, 1, 1, 0, much_later).unwrap_err().what, "bytes");
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Exhausted, OverRate};
 use crate::ledger::{Job, Ledger, Outcome};
-use crate::listen::{Ended, Gate, Ticket};
+use crate::listen::{Ended, Gate, Throttle, Ticket};
 use crate::metrics::{BatchResult, Metrics};
 use crate::remote_write::proto;
 use crate::store::Store;
@@ -50,6 +50,8 @@ pub(crate) struct Ingest {
     pub admission: Admission,
     /// Connection caps of the listener.
     pub gate: Arc<Gate>,
+    /// Log lines of refusals, throttled.
+    pub refusal_logs: RefusalLogs,
 }
 
 /// Accepts connections until `token` is cancelled; each connection is a task on `tracker`.
@@ -162,74 +164,104 @@ impl Refusal {
     fn emit(self, ingest: &Ingest, peer: SocketAddr, node: Option<&NodeId>) -> Response<Full<Bytes>> {
         let node = node.map(NodeId::as_str).unwrap_or("");
         let limit = ingest.max_body_bytes;
-        let (result, response) = match self {
-            Refusal::NoIdentity(e) => {
-                tracing::warn!(peer = %peer, reason = %e, "push refused: certificate names no node");
-                (BatchResult::Forbidden, refuse(StatusCode::FORBIDDEN, e.to_string()))
-            }
-            Refusal::UnknownNode => {
-                tracing::warn!(peer = %peer, node, "push refused: node is not in the topology");
-                (
-                    BatchResult::UnknownNode,
-                    refuse(StatusCode::FORBIDDEN, format!("node {node:?} is not in topology.yaml")),
-                )
-            }
-            Refusal::TooLarge { bytes } => {
-                tracing::warn!(peer = %peer, node, bytes, limit, "push refused: body too large");
-                (BatchResult::TooLarge, too_large(bytes, limit))
-            }
-            Refusal::Unreadable(e) => {
-                tracing::warn!(peer = %peer, node, error = %e, "push refused: body could not be read");
-                (BatchResult::Malformed, refuse(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
-            }
-            Refusal::Malformed(e) => {
-                tracing::warn!(peer = %peer, node, error = %e, "push refused: malformed batch");
-                (BatchResult::Malformed, refuse(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")))
-            }
-            Refusal::Impersonation { claimed } => {
-                tracing::warn!(peer = %peer, node, claimed = %claimed, "push refused: certificate and batch name different nodes");
-                let why = format!("certificate is for node {node:?} but the batch claims node {claimed:?}");
-                (BatchResult::Forbidden, refuse(StatusCode::FORBIDDEN, why))
-            }
-            Refusal::Invalid(e) => {
-                tracing::warn!(peer = %peer, node, reason = %e, "push refused: invalid batch");
-                (BatchResult::Invalid, refuse(StatusCode::BAD_REQUEST, format!("invalid batch: {e}")))
-            }
-            Refusal::Unavailable { sequence, error } => {
-                tracing::error!(node, sequence, error = %error, "push not stored: state database unavailable");
-                let why = format!("collector cannot store batches now ({error}); retry later");
-                (BatchResult::Unavailable, refuse(StatusCode::SERVICE_UNAVAILABLE, why))
-            }
-            Refusal::Busy => {
-                tracing::warn!(peer = %peer, node, "push refused: another push of this node is in flight");
-                let why = format!("a push from node {node:?} is already in flight; one at a time");
-                (BatchResult::Busy, refuse(StatusCode::TOO_MANY_REQUESTS, why))
-            }
+        // (outcome, answer, log message, what else the log line says)
+        let (result, response, message, detail) = match self {
+            Refusal::NoIdentity(e) => (
+                BatchResult::Forbidden,
+                refuse(StatusCode::FORBIDDEN, e.to_string()),
+                "push refused: certificate names no node",
+                e.to_string(),
+            ),
+            Refusal::UnknownNode => (
+                BatchResult::UnknownNode,
+                refuse(StatusCode::FORBIDDEN, format!("node {node:?} is not in topology.yaml")),
+                "push refused: node is not in the topology",
+                String::new(),
+            ),
+            Refusal::TooLarge { bytes } => (
+                BatchResult::TooLarge,
+                too_large(bytes, limit),
+                "push refused: body too large",
+                format!("{bytes} bytes, limit {limit}"),
+            ),
+            Refusal::Unreadable(e) => (
+                BatchResult::Malformed,
+                refuse(StatusCode::BAD_REQUEST, format!("reading body: {e}")),
+                "push refused: body could not be read",
+                e,
+            ),
+            Refusal::Malformed(e) => (
+                BatchResult::Malformed,
+                refuse(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")),
+                "push refused: malformed batch",
+                e,
+            ),
+            Refusal::Impersonation { claimed } => (
+                BatchResult::Forbidden,
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("certificate is for node {node:?} but the batch claims node {claimed:?}"),
+                ),
+                "push refused: certificate and batch name different nodes",
+                format!("claimed {claimed:?}"),
+            ),
+            Refusal::Invalid(e) => (
+                BatchResult::Invalid,
+                refuse(StatusCode::BAD_REQUEST, format!("invalid batch: {e}")),
+                "push refused: invalid batch",
+                e,
+            ),
+            Refusal::Unavailable { sequence, error } => (
+                BatchResult::Unavailable,
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("collector cannot store batches now ({error}); retry later"),
+                ),
+                "push not stored: state database unavailable",
+                format!("sequence {sequence}: {error}"),
+            ),
+            Refusal::Busy => (
+                BatchResult::Busy,
+                refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("a push from node {node:?} is already in flight; one at a time"),
+                ),
+                "push refused: another push of this node is in flight",
+                String::new(),
+            ),
             Refusal::RateLimited(OverRate { what, rate, retry_after }) => {
                 let retry_ms = retry_after.as_millis() as u64;
-                tracing::warn!(peer = %peer, node, what, rate, retry_ms, "push refused: over the node's rate");
-                let why = format!(
-                    "node {node:?} is over its rate of {rate} {what}/s (ingest.quotas); retry in {retry_ms} ms"
-                );
+                let why =
+                    format!("node {node:?} is over its rate of {rate} {what}/s (ingest.quotas); retry in {retry_ms} ms");
                 let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, why);
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
                     r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
                 }
-                (BatchResult::RateLimited, r)
+                (BatchResult::RateLimited, r, "push refused: over the node's rate", format!("{rate} {what}/s"))
             }
-            Refusal::Overloaded(Exhausted { wanted, budget }) => {
-                tracing::warn!(peer = %peer, node, wanted, budget, "push refused: decode budget exhausted");
-                let why = format!(
-                    "collector is decoding {budget} bytes of pushes already (ingest.decode_budget_bytes); retry later"
-                );
-                (BatchResult::Overloaded, refuse(StatusCode::SERVICE_UNAVAILABLE, why))
-            }
+            Refusal::Overloaded(Exhausted { wanted, budget }) => (
+                BatchResult::Overloaded,
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "collector is decoding {budget} bytes of pushes already (ingest.decode_budget_bytes); retry later"
+                    ),
+                ),
+                "push refused: decode budget exhausted",
+                format!("wanted {wanted} of {budget} bytes"),
+            ),
             Refusal::Timeout { after } => {
                 let after_ms = after.as_millis() as u64;
-                tracing::warn!(peer = %peer, node, after_ms, "push refused: body too slow");
-                let why = format!("body not received within ingest.request_timeout ({after_ms} ms)");
-                (BatchResult::Timeout, refuse(StatusCode::REQUEST_TIMEOUT, why))
+                (
+                    BatchResult::Timeout,
+                    refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("body not received within ingest.request_timeout ({after_ms} ms)"),
+                    ),
+                    "push refused: body too slow",
+                    format!("after {after_ms} ms"),
+                )
             }
         };
         ingest.metrics.batch(result);
@@ -237,7 +269,35 @@ impl Refusal {
         if !node.is_empty() && !matches!(result, BatchResult::UnknownNode) {
             ingest.metrics.node_refusal(node, result.as_str(), 1);
         }
+        // Every refusal is counted; its log line comes at most every ten
+        // seconds per node (or address) and outcome, saying how many were
+        // not logged: a node refused in a loop cannot flood the journal.
+        let who = if node.is_empty() { peer.ip().to_string() } else { node.to_string() };
+        if let Some(suppressed) = ingest.refusal_logs.allow(who, result.as_str()) {
+            if result == BatchResult::Unavailable {
+                tracing::error!(peer = %peer, node, detail = %detail, suppressed, "{message}");
+            } else {
+                tracing::warn!(peer = %peer, node, detail = %detail, suppressed, "{message}");
+            }
+        }
         response
+    }
+}
+
+/// One [`Throttle`] per (node or address, outcome) of refused pushes.
+#[derive(Default)]
+pub(crate) struct RefusalLogs(std::sync::Mutex<std::collections::HashMap<(String, &'static str), Throttle>>);
+
+/// Addresses and nodes remembered for log throttling at most; beyond, the map starts over.
+const MAX_THROTTLED: usize = 10_000;
+
+impl RefusalLogs {
+    fn allow(&self, who: String, outcome: &'static str) -> Option<u64> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_THROTTLED && !m.contains_key(&(who.clone(), outcome)) {
+            m.clear();
+        }
+        m.entry((who, outcome)).or_default().allow(tierwatch_protocol::now_ms().max(0) as u64)
     }
 }
 
@@ -310,13 +370,16 @@ async fn push(
         Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(Refusal::TooLarge { bytes: ingest.max_body_bytes + 1 }),
         Ok(Err(e)) => return Err(Refusal::Unreadable(e.to_string())),
     };
+    // The push and its bytes count against the node's rate whatever comes
+    // of them: refused pushes in a loop are held back like accepted ones.
+    ingest.admission.spend(node, 1, body.len(), 0, Instant::now()).map_err(Refusal::RateLimited)?;
     // Counted on the wire first: what decoding would allocate is known,
     // and a batch over the limits is refused without being materialised.
     let shape = Shape::measure(&body, &ingest.limits).map_err(|e| match e {
         ShapeError::Malformed { .. } => Refusal::Malformed(e.to_string()),
         ShapeError::Over(e) => Refusal::Invalid(e.to_string()),
     })?;
-    ingest.admission.spend(node, body.len(), shape.events, Instant::now()).map_err(Refusal::RateLimited)?;
+    ingest.admission.spend(node, 0, 0, shape.events, Instant::now()).map_err(Refusal::RateLimited)?;
     ingest.admission.grow(&mut held, shape.decoded_bytes()).await.map_err(Refusal::Overloaded)?;
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {

@@ -184,6 +184,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         detect: crate::detect::Detector::new(ledger.clone(), store.clone()),
         admission: Admission::new(config.ingest.decode_budget_bytes, BUDGET_WAIT, config.ingest.quotas.clone()),
         gate: Gate::new(config.ingest_connections.clone()),
+        refusal_logs: Default::default(),
     });
     let http_state = Arc::new(Http {
         store: store.clone(),
