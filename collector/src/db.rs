@@ -101,6 +101,18 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX security_event_node_id ON security_event (node, id);
     ALTER TABLE rw_queue ADD COLUMN node TEXT NOT NULL DEFAULT '';
     CREATE INDEX rw_queue_node ON rw_queue (remote, node, id);",
+    // 7: outbox rows carry the version of their message format; a row that
+    // cannot be read goes to the dead letters, so it never jams its receiver.
+    "ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE outbox_dead (
+        id INTEGER PRIMARY KEY,
+        receiver TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        dead_ms INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        error TEXT NOT NULL
+    );",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

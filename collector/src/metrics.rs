@@ -201,7 +201,7 @@ impl Metrics {
         let notifications = IntCounterVec::new(
             Opts::new(
                 "tierwatch_collector_notifications_total",
-                "Notification attempts by receiver and result: sent, failed (retried with backoff), refused (dropped).",
+                "Notification attempts by receiver and result: sent, failed (retried with backoff), refused (dropped), dead_letter (an outbox row that cannot be read, moved to outbox_dead), panicked (the notifier task, restarted).",
             ),
             &["receiver", "result"],
         )?;
@@ -306,7 +306,7 @@ impl Metrics {
 
     /// Makes every outcome of `receiver` exist from the start, so rate() works before the first page.
     pub fn receiver(&self, receiver: &str) {
-        for result in ["sent", "failed", "refused"] {
+        for result in ["sent", "failed", "refused", "dead_letter", "panicked"] {
             self.notifications.with_label_values(&[receiver, result]);
         }
         self.notifications_queued.with_label_values(&[receiver]);

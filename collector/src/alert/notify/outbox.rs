@@ -1,7 +1,9 @@
 //! The outbox in the state database: what each receiver still has to send.
 //! Rows are written by the alert runner (changes, repeats, Alertmanager
 //! re-sends) and drained by the receiver's worker; a row leaves only once
-//! sent or refused for good.
+//! sent or refused for good. Each row says the version of its message
+//! format; one this build cannot read (a newer version, a damaged row) is
+//! moved to the dead letters (`outbox_dead`), so the rows behind it go on.
 
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<IncidentView>,
 }
+
+/// The version of [`Message`] rows this build writes and reads.
+pub const MESSAGE_VERSION: i64 = 1;
 
 /// The event of a row that only keeps Alertmanager's alerts firing: no news,
 /// not counted as a notification, not retried.
@@ -80,8 +85,8 @@ pub fn enqueue(
 fn queue(tx: &Transaction<'_>, r: &Receiver, m: &Message, now_ms: i64) -> rusqlite::Result<()> {
     let body = serde_json::to_string(m).unwrap_or_default();
     tx.execute(
-        "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message) VALUES (?1, ?2, 0, ?2, ?3)",
-        params![r.name, now_ms, body],
+        "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message, version) VALUES (?1, ?2, 0, ?2, ?3, ?4)",
+        params![r.name, now_ms, body, MESSAGE_VERSION],
     )?;
     if r.repeat_interval.is_some() && m.status == "firing" {
         tx.execute(
@@ -174,19 +179,48 @@ pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
     rows.collect()
 }
 
-/// The oldest notification of `receiver` due at `now_ms`.
-pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<Option<Pending>> {
-    let row = conn
-        .query_row(
-            "SELECT id, attempts, message FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
-            params![receiver, now_ms],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
-        )
-        .map(Some)
-        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-    Ok(row.and_then(|(id, attempts, text)| {
-        serde_json::from_str(&text).ok().map(|message| Pending { id, attempts: attempts as u32, message })
-    }))
+/// A row moved to the dead letters: its id and why it could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dead {
+    pub id: i64,
+    pub error: String,
+}
+
+/// The oldest notification of `receiver` due at `now_ms` that can be
+/// read; the unreadable rows before it are moved to the dead letters and
+/// returned (for the caller to log and count).
+pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<(Option<Pending>, Vec<Dead>)> {
+    let mut dead = Vec::new();
+    loop {
+        let row = conn
+            .query_row(
+                "SELECT id, attempts, message, version FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
+                params![receiver, now_ms],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)),
+            )
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        let Some((id, attempts, text, version)) = row else { return Ok((None, dead)) };
+        let read = if version == MESSAGE_VERSION {
+            serde_json::from_str::<Message>(&text).map_err(|e| format!("message does not parse: {e}"))
+        } else {
+            Err(format!("message format version {version}; this collector reads {MESSAGE_VERSION}"))
+        };
+        match read {
+            Ok(message) => return Ok((Some(Pending { id, attempts: attempts as u32, message }), dead)),
+            Err(error) => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "INSERT INTO outbox_dead (id, receiver, created_ms, dead_ms, version, message, error)
+                     SELECT id, receiver, created_ms, ?2, version, message, ?3 FROM outbox WHERE id = ?1",
+                    params![id, now_ms, error],
+                )?;
+                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+                tx.commit()?;
+                dead.push(Dead { id, error });
+            }
+        }
+    }
 }
 
 /// Removes a sent (or given up) notification.
@@ -238,15 +272,39 @@ mod tests {
         let open = [view("a"), view("b"), view("c")];
         assert_eq!(enqueue_resends(&mut conn, &receivers, &open, 2_000).unwrap(), ["am"]);
         assert_eq!(queued(&conn).unwrap(), [("am".to_string(), 1)], "one row for three incidents");
-        let m = next_due(&conn, "am", 2_000).unwrap().unwrap().message;
+        let m = next_due(&conn, "am", 2_000).unwrap().0.unwrap().message;
         assert_eq!((m.event.as_str(), m.incident.key.as_str(), m.also.len()), ("resent", "a/unreachable", 2));
         // Still queued: no second row, and the receiver is not done with.
         assert!(enqueue_resends(&mut conn, &receivers, &open, 3_000).unwrap().is_empty());
         assert_eq!(queued(&conn).unwrap(), [("am".to_string(), 1)]);
         // Nothing open: nothing queued, but done.
-        let id = next_due(&conn, "am", 3_000).unwrap().unwrap().id;
+        let id = next_due(&conn, "am", 3_000).unwrap().0.unwrap().id;
         done(&conn, id).unwrap();
         assert_eq!(enqueue_resends(&mut conn, &receivers, &[], 4_000).unwrap(), ["am"]);
         assert!(queued(&conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unreadable_rows_go_to_the_dead_letters_and_the_rest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(dir.path()).unwrap();
+        let insert = |message: &str, version: i64| {
+            conn.execute(
+                "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message, version) VALUES ('hook', 1, 0, 1, ?1, ?2)",
+                params![message, version],
+            )
+            .unwrap();
+        };
+        insert("{not json", MESSAGE_VERSION);
+        insert(&serde_json::to_string(&Message::new("opened", &view("a"), 1)).unwrap(), 2);
+        insert(&serde_json::to_string(&Message::new("opened", &view("b"), 1)).unwrap(), MESSAGE_VERSION);
+        let (pending, dead) = next_due(&conn, "hook", 10).unwrap();
+        assert_eq!(pending.unwrap().message.incident.key, "b/unreachable", "the receiver carries on");
+        assert_eq!(dead.len(), 2);
+        assert!(dead[0].error.contains("does not parse"), "{dead:?}");
+        assert!(dead[1].error.contains("version 2"), "{dead:?}");
+        let kept: i64 = conn.query_row("SELECT count(*) FROM outbox_dead", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, 2, "kept for a person to look at");
+        assert_eq!(queued(&conn).unwrap(), [("hook".to_string(), 1)]);
     }
 }

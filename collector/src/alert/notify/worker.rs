@@ -45,7 +45,40 @@ pub fn spawn(
 ) {
     for r in receivers.iter().cloned() {
         metrics.receiver(&r.name);
-        tracker.spawn(drain(outbox.clone(), r, locale, metrics.clone(), token.clone()));
+        let (outbox, metrics, token) = (outbox.clone(), metrics.clone(), token.clone());
+        let name = r.name.clone();
+        let m = metrics.clone();
+        tracker.spawn(restart_on_panic(
+            name,
+            move || drain(outbox.clone(), r.clone(), locale, metrics.clone(), token.clone()),
+            move |n| m.notification(n, "panicked"),
+        ));
+    }
+}
+
+/// Runs the task `make` builds until it returns; when it panics, logs it,
+/// reports it to `panicked` and starts a new one after a pause (doubling to
+/// a minute), so one bad notification cannot silence a receiver for good.
+pub(crate) async fn restart_on_panic<F, Fut>(name: String, make: F, panicked: impl Fn(&str))
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut restarts = 0u32;
+    loop {
+        match tokio::spawn(make()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                restarts += 1;
+                panicked(&name);
+                let wait =
+                    tierwatch_runtime::backoff::nth(Duration::from_secs(1), Duration::from_secs(60), restarts - 1);
+                tracing::error!(receiver = %name, restarts, restart_in_ms = wait.as_millis() as u64, "notifier task panicked; restarting it");
+                tokio::time::sleep(wait).await;
+            }
+            // Cancelled with the runtime: shutting down.
+            Err(_) => return,
+        }
     }
 }
 
@@ -55,7 +88,14 @@ async fn drain(outbox: Outbox, receiver: Receiver, locale: Locale, metrics: Metr
     loop {
         let now = tierwatch_protocol::now_ms();
         let n = name.clone();
-        let pending = match outbox.db(move |c| outbox::next_due(c, &n, now)).await {
+        let due = outbox.db(move |c| outbox::next_due(c, &n, now)).await;
+        if let Ok(Ok((_, dead))) = &due {
+            for d in dead {
+                metrics.notification(&name, "dead_letter");
+                tracing::error!(receiver = %name, row = d.id, error = %d.error, "notify: outbox row cannot be read; moved to outbox_dead");
+            }
+        }
+        let pending = match due.map(|r| r.map(|(p, _)| p)) {
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => {
                 tokio::select! {
@@ -113,5 +153,36 @@ async fn drain(outbox: Outbox, receiver: Receiver, locale: Locale, metrics: Metr
         if let Ok(Err(e)) = result {
             tracing::error!(receiver = %name, error = %e, "notify: updating the outbox failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_notifier_is_restarted_and_reported() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let reported = Arc::new(AtomicU32::new(0));
+        let (r, p) = (runs.clone(), reported.clone());
+        restart_on_panic(
+            "hook".into(),
+            move || {
+                let r = r.clone();
+                async move {
+                    // Panics twice, then runs to its end.
+                    if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("a bad notification");
+                    }
+                }
+            },
+            move |name| {
+                assert_eq!(name, "hook");
+                p.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await;
+        assert_eq!((runs.load(Ordering::SeqCst), reported.load(Ordering::SeqCst)), (3, 2));
     }
 }
