@@ -383,8 +383,13 @@ async fn push(
     ingest.admission.grow(&mut held, shape.decoded_bytes()).await.map_err(Refusal::Overloaded)?;
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
-        ingest.detect.impersonation(node, &batch.node_id, peer.ip(), tierwatch_protocol::now_ms());
-        return Err(Refusal::Impersonation { claimed: std::mem::take(&mut batch.node_id) });
+        // The claim is the sender's text: logged and answered only once it is a node id.
+        let claimed = match NodeId::new(&batch.node_id) {
+            Ok(id) => id.to_string(),
+            Err(_) => format!("(not a node id, {} bytes)", batch.node_id.len()),
+        };
+        ingest.detect.impersonation(node, &claimed, peer.ip(), tierwatch_protocol::now_ms());
+        return Err(Refusal::Impersonation { claimed });
     }
     let now = tierwatch_protocol::now_ms();
     let mut report =

@@ -1,7 +1,14 @@
 //! A set of sequence numbers stored as sorted, disjoint, non-adjacent
 //! inclusive ranges. Batches of one agent boot arrive mostly in order, with
 //! the newest ahead of a backlog after an outage, so a boot's set is a
-//! handful of ranges however many batches it sent.
+//! handful of ranges however many batches it sent. A node sending every
+//! other sequence number would make a range per batch, and every commit
+//! rewrites the set: past [`MAX_RANGES`] the oldest gap is forgotten
+//! (filled), so the work per batch stays bounded.
+
+/// Ranges a set keeps at most: far more than an honest agent's gaps (one
+/// per outage whose backlog it had to drop), a 40 KB row at most.
+pub(crate) const MAX_RANGES: usize = 10_000;
 
 /// Sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +45,15 @@ impl SeqSet {
             }
             (true, false) => self.ranges[i - 1].1 = n,
             (false, true) => self.ranges[i].0 = n,
-            (false, false) => self.ranges.insert(i, (n, n)),
+            (false, false) => {
+                self.ranges.insert(i, (n, n));
+                if self.ranges.len() > MAX_RANGES {
+                    // The oldest gap is filled: a batch that old arriving
+                    // later is taken for a copy (acknowledged, not stored).
+                    self.ranges[0].1 = self.ranges[1].1;
+                    self.ranges.remove(1);
+                }
+            }
         }
         true
     }
@@ -127,6 +142,18 @@ mod tests {
         assert_eq!((s.ranges(), s.max()), (1, Some(61)));
         assert!(!s.insert(30));
         assert_eq!(SeqSet::decode(&s.encode()), Some(s));
+    }
+
+    #[test]
+    fn a_scattered_boot_stays_bounded() {
+        let mut s = SeqSet::default();
+        for n in (1..=(2 * MAX_RANGES as u64 + 2000)).step_by(2) {
+            assert!(s.insert(n));
+        }
+        assert_eq!(s.ranges(), MAX_RANGES);
+        assert!(s.encode().len() <= 4 * MAX_RANGES, "{} bytes", s.encode().len());
+        // The newest gaps are still gaps; the oldest were filled.
+        assert!(!s.contains(2 * MAX_RANGES as u64 + 1998) && s.contains(2));
     }
 
     proptest! {

@@ -48,7 +48,11 @@ pub async fn fetch(base: &str) -> anyhow::Result<Vec<NodeRow>> {
     let req = Request::get("/api/v1/nodes").header("host", authority).body(Empty::<Bytes>::new())?;
     let resp = send.send_request(req).await?;
     anyhow::ensure!(resp.status().is_success(), "{base}/api/v1/nodes answered {}", resp.status());
-    let body = resp.into_body().collect().await?.to_bytes();
+    let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {base}/api/v1/nodes: {e}"))?
+        .to_bytes();
     Ok(serde_json::from_slice::<NodesResponse>(&body)?.nodes)
 }
 

@@ -160,9 +160,11 @@ pub(crate) fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeI
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
     let names = dns_sans(&cert);
+    // What is not a node id is shown cut short: it ends up in logs and answers.
+    let short = |s: &str| s.chars().take(64).collect::<String>();
     match names.as_slice() {
         [] => Err(IdentityError::NoDnsSan),
-        [one] => NodeId::new(one).map_err(|_| IdentityError::BadId(one.clone())),
-        many => Err(IdentityError::Ambiguous(many.join(", "))),
+        [one] => NodeId::new(one).map_err(|_| IdentityError::BadId(short(one))),
+        many => Err(IdentityError::Ambiguous(many.iter().take(4).map(|n| short(n)).collect::<Vec<_>>().join(", "))),
     }
 }

@@ -533,3 +533,52 @@ async fn api_changes_need_the_token_json_and_this_origin() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     lab.stop().await;
 }
+
+/// A webhook over https, verified against the CA named in `ca:`: the page
+/// arrives signed. (The receiver here uses the lab's own server certificate.)
+#[tokio::test]
+async fn a_webhook_over_https_gets_the_page() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let top = format!("rules: rules.yaml\nnotify:\n  - name: oncall\n    webhook:\n      url: https://127.0.0.1:{}/hook\n      ca: pki/ca.crt\n      hmac_secret_file: hook.secret\n", addr.port());
+    let mut lab = Lab::start_full_with_files("", &top, &[("rules.yaml", RULES), ("hook.secret", "s3cret\n")]).await;
+    let certs = tierwatch_runtime::tls::load_certs(&lab.pki.join("collector.crt")).unwrap();
+    let key = tierwatch_runtime::tls::load_key(&lab.pki.join("collector.key")).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(tierwatch_runtime::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let got: Got = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, got) = (acceptor.clone(), g.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let got = got.clone();
+                    async move {
+                        let headers = req.headers().clone();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let status = hook(State(got), headers, body).await;
+                        let mut r = hyper::Response::new(http_body_util::Empty::<Bytes>::new());
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let client = lab.client(&lab.pki, "an-giang");
+    lab.push(client.clone(), probe(1, 1, "nui-cam", true)).await.unwrap();
+    lab.push(client.clone(), probe(2, 1, "nui-cam", false)).await.unwrap();
+    until("the page over https", || async { !events(&got).is_empty() }).await;
+    assert_eq!(events(&got), ["opened nui-cam/unreachable"]);
+    lab.stop().await;
+}

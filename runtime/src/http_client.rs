@@ -11,6 +11,9 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// Bytes of a response body read at most; a longer one is an error.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// A response read in full.
 #[derive(Debug)]
 pub struct Reply {
@@ -105,7 +108,12 @@ impl HttpConn {
         };
         let resp = sender.send_request(req).await.map_err(|e| format!("sending: {e}"))?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| format!("reading response: {e}"))?.to_bytes();
+        // A receiver answers a few bytes; a hostile one could answer forever.
+        let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading response (at most {MAX_RESPONSE_BYTES} bytes): {e}"))?
+            .to_bytes();
         self.sender = Some(sender);
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }

@@ -63,6 +63,13 @@ pub struct TargetSpec {
     /// Redirects to follow (http), default 5; 0 reports the redirect itself.
     #[serde(default)]
     pub follow_redirects: Option<u32>,
+    /// Other hosts a redirect may go to (http); by default only the
+    /// target's own host is followed.
+    #[serde(default)]
+    pub redirect_hosts: Option<Vec<String>>,
+    /// Follow a redirect from https to http (http), default false.
+    #[serde(default)]
+    pub redirect_downgrade: Option<bool>,
     /// Bytes of body read at most (http), default 1 MiB.
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
@@ -97,6 +104,8 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("body_contains", t.body_contains.is_some(), &[Http]),
         ("body_not_contains", t.body_not_contains.is_some(), &[Http]),
         ("follow_redirects", t.follow_redirects.is_some(), &[Http]),
+        ("redirect_hosts", t.redirect_hosts.is_some(), &[Http]),
+        ("redirect_downgrade", t.redirect_downgrade.is_some(), &[Http]),
         ("max_body_bytes", t.max_body_bytes.is_some(), &[Http]),
         ("ca", t.ca.is_some(), &[Http, Tls]),
         ("server_name", t.server_name.is_some(), &[Http, Tls]),
@@ -248,6 +257,14 @@ pub(super) fn validate(
                 body_contains: t.body_contains.clone().unwrap_or_default(),
                 body_not_contains: t.body_not_contains.clone().unwrap_or_default(),
                 follow_redirects: t.follow_redirects.unwrap_or(5),
+                redirect_hosts: t
+                    .redirect_hosts
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                redirect_downgrade: t.redirect_downgrade.unwrap_or(false),
                 max_body_bytes,
                 ca,
                 server_name: t.server_name.clone(),

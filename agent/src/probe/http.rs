@@ -86,6 +86,10 @@ pub struct HttpSpec {
     pub body_contains: Vec<String>,
     pub body_not_contains: Vec<String>,
     pub follow_redirects: u32,
+    /// Other hosts a redirect may lead to (lower case); the target's own always.
+    pub redirect_hosts: Vec<String>,
+    /// Whether a redirect from https to http is followed.
+    pub redirect_downgrade: bool,
     pub max_body_bytes: usize,
     pub ca: Option<PathBuf>,
     pub server_name: Option<String>,
@@ -255,7 +259,9 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
         f.final_url = url.clone();
         if resp.status().is_redirection() && f.redirects < spec.follow_redirects {
             if let Some(loc) = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()) {
-                url = join(&url, loc);
+                let next = join(&url, loc);
+                redirect_allowed(spec, &first_host, https, &next)?;
+                url = next;
                 f.redirects += 1;
                 continue;
             }
@@ -294,6 +300,22 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
         }
         return Ok(());
     }
+}
+
+/// Whether a redirect from an `https` (or plain) URL to `next` may be
+/// followed: to the target's own host or one it lists, and never from
+/// https down to http unless it says so. A page that sends its visitors
+/// elsewhere is what a hijacked site does; the probe says so instead.
+fn redirect_allowed(spec: &HttpSpec, first_host: &str, https: bool, next: &str) -> Result<(), String> {
+    let to = parse_url(next, None)?;
+    let host = to.host.to_ascii_lowercase();
+    if !host.eq_ignore_ascii_case(first_host) && !spec.redirect_hosts.contains(&host) {
+        return Err(format!("redirect to another host refused: {next} (list {host} in redirect_hosts to follow it)"));
+    }
+    if https && !to.https && !spec.redirect_downgrade {
+        return Err(format!("redirect from https to http refused: {next} (redirect_downgrade: true follows it)"));
+    }
+    Ok(())
 }
 
 /// Turns a fetch into series; `last_fingerprint` is the previous round's, for the change signal.
@@ -360,6 +382,39 @@ pub(super) fn outcome(out: &mut Outcome, spec: &HttpSpec, f: Fetch, ts: i64, las
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(hosts: &[&str], downgrade: bool) -> HttpSpec {
+        HttpSpec {
+            url: "https://portal.angiang.gov.vn/".into(),
+            expect_status: vec![],
+            body_contains: vec![],
+            body_not_contains: vec![],
+            follow_redirects: 5,
+            redirect_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            redirect_downgrade: downgrade,
+            max_body_bytes: 1024,
+            ca: None,
+            server_name: None,
+            connect_to: None,
+            defacement: false,
+        }
+    }
+
+    #[test]
+    fn redirects_stay_on_the_host_and_never_downgrade_unless_allowed() {
+        let first = "portal.angiang.gov.vn";
+        let plain = spec(&[], false);
+        assert!(redirect_allowed(&plain, first, true, "https://PORTAL.angiang.gov.vn/vi/").is_ok());
+        assert!(redirect_allowed(&plain, first, false, "https://portal.angiang.gov.vn/").is_ok(), "an upgrade is fine");
+        let e = redirect_allowed(&plain, first, true, "https://nhacai.example/").unwrap_err();
+        assert!(e.contains("another host") && e.contains("redirect_hosts"), "{e}");
+        let e = redirect_allowed(&plain, first, true, "http://portal.angiang.gov.vn/").unwrap_err();
+        assert!(e.contains("https to http") && e.contains("redirect_downgrade"), "{e}");
+        let listed = spec(&["cdn.angiang.gov.vn"], true);
+        assert!(redirect_allowed(&listed, first, true, "https://cdn.angiang.gov.vn/x").is_ok());
+        assert!(redirect_allowed(&listed, first, true, "http://portal.angiang.gov.vn/").is_ok());
+        assert!(redirect_allowed(&listed, first, true, "https://other.example/").is_err());
+    }
 
     #[test]
     fn fingerprint_ignores_digits_and_spacing_only() {

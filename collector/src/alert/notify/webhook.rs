@@ -21,8 +21,11 @@ use tierwatch_runtime::secret;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
-    /// `http://host[:port]/path` (https receivers: put a TLS proxy in front, or use Alertmanager).
+    /// `http(s)://host[:port]/path`.
     pub url: String,
+    /// CA certificates (PEM) of an https receiver; default: the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
     #[serde(default)]
@@ -39,9 +42,11 @@ fn default_timeout() -> Duration {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub url: String,
+    pub https: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
+    pub ca: Option<PathBuf>,
     pub hmac_secret_file: Option<PathBuf>,
     pub hmac_secret_env: Option<String>,
     pub timeout: Duration,
@@ -49,18 +54,23 @@ pub struct Webhook {
 
 /// Checks `raw`; `key` is its key path for problems.
 pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> Option<Webhook> {
-    if !raw.url.starts_with("http://") {
-        p.push(format!("{key}.url"), format!("{:?} must start with http://", raw.url));
-        return None;
+    let tierwatch_runtime::url::HttpUrl { https, host, port, path } =
+        match tierwatch_runtime::url::parse(&raw.url, None) {
+            Ok(parts) => parts,
+            Err(e) => {
+                p.push(format!("{key}.url"), e);
+                return None;
+            }
+        };
+    let resolve = |f: &Path| if f.is_absolute() { f.to_path_buf() } else { base.join(f) };
+    let ca = raw.ca.as_deref().map(resolve);
+    if let Some(c) = ca.as_ref().filter(|c| !c.is_file()) {
+        p.push(format!("{key}.ca"), format!("file {} does not exist", c.display()));
     }
-    let tierwatch_runtime::url::HttpUrl { host, port, path, .. } = match tierwatch_runtime::url::parse(&raw.url, None) {
-        Ok(parts) => parts,
-        Err(e) => {
-            p.push(format!("{key}.url"), e);
-            return None;
-        }
-    };
-    let file = raw.hmac_secret_file.as_deref().map(|f| if f.is_absolute() { f.to_path_buf() } else { base.join(f) });
+    if ca.is_some() && !https {
+        p.push(format!("{key}.ca"), "a CA is for an https:// URL");
+    }
+    let file = raw.hmac_secret_file.as_deref().map(resolve);
     if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
         p.push(format!("{key}.hmac_secret_file"), format!("file {} does not exist", f.display()));
     }
@@ -69,9 +79,11 @@ pub fn validate(raw: &RawWebhook, base: &Path, key: &str, p: &mut Problems) -> O
     }
     Some(Webhook {
         url: raw.url.clone(),
+        https,
         host,
         port,
         path,
+        ca,
         hmac_secret_file: file,
         hmac_secret_env: raw.hmac_secret_env.clone(),
         timeout: raw.timeout,
@@ -87,24 +99,31 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// A connection to one webhook.
 pub struct Client {
     hook: Webhook,
-    conn: HttpConn,
+    /// The connection, or why its TLS could not be set up (tried per message).
+    conn: Result<HttpConn, String>,
 }
 
 impl Client {
     /// A client for `hook`.
     pub fn new(hook: Webhook) -> Client {
-        let conn = HttpConn::new(hook.host.clone(), hook.port, None);
+        let tls =
+            if hook.https { crate::outbound::client_tls(&hook.host, hook.ca.as_deref()).map(Some) } else { Ok(None) };
+        let conn = tls.map(|tls| HttpConn::new(hook.host.clone(), hook.port, tls));
         Client { hook, conn }
     }
 
     /// Sends one message.
     pub async fn send(&mut self, m: &Message) -> Outcome {
+        let conn = match &mut self.conn {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(format!("TLS: {e}")),
+        };
         let body = match serde_json::to_vec(m) {
             Ok(b) => b,
             Err(e) => return Outcome::Refused(format!("encoding: {e}")),
         };
         let mut req = Request::post(self.hook.path.as_str())
-            .header(HOST, self.conn.authority())
+            .header(HOST, conn.authority())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("tierwatch-collector/", env!("CARGO_PKG_VERSION")));
         match secret::from_file_or_env(self.hook.hmac_secret_file.as_deref(), self.hook.hmac_secret_env.as_deref()) {
@@ -116,7 +135,7 @@ impl Client {
             Ok(r) => r,
             Err(e) => return Outcome::Refused(format!("building request: {e}")),
         };
-        super::exchange(&mut self.conn, req, self.hook.timeout).await
+        super::exchange(conn, req, self.hook.timeout).await
     }
 }
 
