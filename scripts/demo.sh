@@ -54,6 +54,8 @@ for n in "${nodes[@]}"; do
 done
 
 cp "$root/config/topology.yaml" "$work/topology.yaml"
+# The API token, as the package makes one: changes through the API take it.
+"$collector" api-token --out "$work/api.token" >/dev/null
 cat > "$work/collector.yaml" <<YAML
 topology: topology.yaml
 ingest:
@@ -66,6 +68,8 @@ http:
 node_down_after: 15s
 stale_after: 1m
 state_dir: state
+api:
+  token_file: api.token
 YAML
 
 # Loopback stands in for each node's WAN: 127.0.0.1 plays the provincial
@@ -128,6 +132,7 @@ tierwatch demo: collector + ${#nodes[@]} agents of An Giang on loopback
   nodes (JSON):             http://127.0.0.1:$http_port/api/v1/nodes
   agent health:             http://127.0.0.1:$agent_port/healthz (and the next ports)
   node table any time:      $collector status --url http://127.0.0.1:$http_port
+  API token (changes):      $work/api.token (Authorization: Bearer ...)
   logs:                     $work/*.log
 TXT
 if ! grep -q "ICMP engine ready" "$work"/*.log 2>/dev/null; then
