@@ -191,15 +191,19 @@ impl Admission {
         }
     }
 
-    /// Grows `held` to `bytes` (it never shrinks: the body is still in memory).
-    pub(crate) async fn grow(&self, held: &mut Reservation, bytes: usize) -> Result<(), Exhausted> {
+    /// Grows `held` to `bytes` (it never shrinks: the body is still in
+    /// memory) if the budget has them now. It does not wait: a push holding
+    /// its body's share while waiting for more would hold up every push
+    /// queued behind it (the semaphore is first come, first served).
+    pub(crate) fn grow(&self, held: &mut Reservation, bytes: usize) -> Result<(), Exhausted> {
         let want = self.units(bytes);
         let have = held.permit.num_permits() as u32;
         if want <= have {
             return Ok(());
         }
-        let more = self.reserve((want - have) as usize * UNIT).await?;
-        held.permit.merge(more.permit);
+        let exhausted = Exhausted { wanted: bytes, budget: self.budget_units as usize * UNIT };
+        let more = self.budget.clone().try_acquire_many_owned(want - have).map_err(|_| exhausted)?;
+        held.permit.merge(more);
         Ok(())
     }
 
@@ -267,8 +271,12 @@ mod tests {
     async fn the_budget_queues_then_refuses() {
         let a = Admission::new(100 * UNIT, Duration::from_secs(1), Quotas::default());
         let mut big = a.reserve(60 * UNIT).await.unwrap();
-        a.grow(&mut big, 90 * UNIT).await.unwrap();
+        a.grow(&mut big, 90 * UNIT).unwrap();
         assert_eq!(a.available_bytes(), 10 * UNIT);
+        // Growing does not wait: more than is free is refused at once.
+        let mut small = a.reserve(5 * UNIT).await.unwrap();
+        assert!(a.grow(&mut small, 20 * UNIT).is_err());
+        drop(small);
         assert_eq!(a.reserve(20 * UNIT).await.err(), Some(Exhausted { wanted: 20 * UNIT, budget: 100 * UNIT }));
         // Freed while a push waits: it goes.
         let waiter = a.reserve(20 * UNIT);

@@ -106,11 +106,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
     CREATE TABLE outbox_dead (
         id INTEGER PRIMARY KEY,
+        outbox_id INTEGER NOT NULL,
         receiver TEXT NOT NULL,
         created_ms INTEGER NOT NULL,
         dead_ms INTEGER NOT NULL,
         version INTEGER NOT NULL,
-        message TEXT NOT NULL,
+        message BLOB NOT NULL,
         error TEXT NOT NULL
     );",
 ];

@@ -95,21 +95,28 @@ async fn connection(
         Ok(Err(e)) => {
             ingest.metrics.tls_handshake_failures.inc();
             let now = tierwatch_protocol::now_ms();
+            // Counted each time, logged at most every ten seconds per node or address.
             if let Some(node) = revoked {
-                tracing::warn!(peer = %peer, node = %node, "TLS handshake refused: the certificate is revoked");
+                if let Some(suppressed) = ingest.refusal_logs.allow(node.to_string(), "revoked") {
+                    tracing::warn!(peer = %peer, node = %node, suppressed, "TLS handshake refused: the certificate is revoked");
+                }
                 if ingest.store.topology().get(&node).is_some() {
                     ingest.metrics.node_refusal(node.as_str(), "revoked", 1);
                 }
                 ingest.detect.revoked(&node, peer.ip(), now);
                 return;
             }
-            tracing::warn!(peer = %peer, error = %e, "TLS handshake refused");
+            if let Some(suppressed) = ingest.refusal_logs.allow(peer.ip().to_string(), "handshake") {
+                tracing::warn!(peer = %peer, error = %e, suppressed, "TLS handshake refused");
+            }
             ingest.detect.tls_failure(peer.ip(), &e.to_string(), now);
             return;
         }
         Err(_) => {
             ingest.metrics.tls_handshake_failures.inc();
-            tracing::warn!(peer = %peer, timeout_ms = ingest.handshake_timeout.as_millis() as u64, "TLS handshake timed out");
+            if let Some(suppressed) = ingest.refusal_logs.allow(peer.ip().to_string(), "handshake") {
+                tracing::warn!(peer = %peer, timeout_ms = ingest.handshake_timeout.as_millis() as u64, suppressed, "TLS handshake timed out");
+            }
             ingest.detect.tls_failure(peer.ip(), "handshake timed out", tierwatch_protocol::now_ms());
             return;
         }
@@ -121,13 +128,12 @@ async fn connection(
         let identity = identity.clone();
         async move { Ok::<_, Infallible>(handle(req, &ingest, peer, identity).await) }
     });
-    match crate::listen::serve(tls, service, ingest.gate.limits(), &token).await {
-        Ended::Done => {}
-        Ended::Idle => {
-            ingest.metrics.connection_idle_closed("ingest");
-            tracing::debug!(peer = %peer, "idle ingest connection closed");
-        }
-        Ended::Error(e) => tracing::debug!(peer = %peer, error = %e, "ingest connection ended with an error"),
+    let ended = crate::listen::serve(tls, service, ingest.gate.limits(), &token).await;
+    if let Some(reason) = ended.closed_reason() {
+        ingest.metrics.connection_closed("ingest", reason);
+        tracing::debug!(peer = %peer, reason, "ingest connection closed");
+    } else if let Ended::Error(e) = ended {
+        tracing::debug!(peer = %peer, error = %e, "ingest connection ended with an error");
     }
 }
 
@@ -292,7 +298,7 @@ pub(crate) struct RefusalLogs(std::sync::Mutex<std::collections::HashMap<(String
 const MAX_THROTTLED: usize = 10_000;
 
 impl RefusalLogs {
-    fn allow(&self, who: String, outcome: &'static str) -> Option<u64> {
+    pub(crate) fn allow(&self, who: String, outcome: &'static str) -> Option<u64> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_THROTTLED && !m.contains_key(&(who.clone(), outcome)) {
             m.clear();
@@ -321,10 +327,20 @@ async fn process(
     peer: SocketAddr,
     identity: Result<NodeId, IdentityError>,
 ) -> (bool, Response<Full<Bytes>>) {
-    if req.uri().path() != PUSH_PATH {
-        return (false, refuse(StatusCode::NOT_FOUND, format!("not found: batches go to POST {PUSH_PATH}")));
-    }
-    if req.method() != Method::POST {
+    if req.uri().path() != PUSH_PATH || req.method() != Method::POST {
+        // Not a push: counted for a node of the topology, logged (throttled).
+        let who = identity.as_ref().map(|n| n.to_string()).unwrap_or_else(|_| peer.ip().to_string());
+        if let Ok(n) = &identity {
+            if ingest.store.topology().get(n).is_some() {
+                ingest.metrics.node_refusal(n.as_str(), "not_a_push", 1);
+            }
+        }
+        if let Some(suppressed) = ingest.refusal_logs.allow(who, "not_a_push") {
+            tracing::warn!(peer = %peer, method = %req.method(), path = %req.uri().path().chars().take(100).collect::<String>(), suppressed, "ingest request that is not a push refused");
+        }
+        if req.uri().path() != PUSH_PATH {
+            return (false, refuse(StatusCode::NOT_FOUND, format!("not found: batches go to POST {PUSH_PATH}")));
+        }
         return (false, refuse(StatusCode::METHOD_NOT_ALLOWED, format!("{PUSH_PATH} takes POST")));
     }
     let node = match identity {
@@ -380,7 +396,7 @@ async fn push(
         ShapeError::Over(e) => Refusal::Invalid(e.to_string()),
     })?;
     ingest.admission.spend(node, 0, 0, shape.events, Instant::now()).map_err(Refusal::RateLimited)?;
-    ingest.admission.grow(&mut held, shape.decoded_bytes()).await.map_err(Refusal::Overloaded)?;
+    ingest.admission.grow(&mut held, shape.decoded_bytes()).map_err(Refusal::Overloaded)?;
     let mut batch = Batch::decode(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if batch.node_id != node.as_str() {
         // The claim is the sender's text: logged and answered only once it is a node id.

@@ -238,6 +238,8 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "ledger: commit failed; pushes will be retried, the collector's own events of this group are lost");
+                    // The queue counters moved with rows that were rolled back.
+                    self.reload_queue_totals();
                     for reply in replies {
                         let _ = reply.send(Err(LedgerError::Db(e.to_string())));
                     }
@@ -308,15 +310,7 @@ impl Worker {
                 up.execute(params![node, boot, b.seen.encode(), b.max_created_ms])?;
             }
         }
-        if let Err(e) = tx.commit() {
-            // The queue counters were raised for rows that are not there.
-            for q in &self.queues {
-                if let Err(e) = queue::load_totals(&self.conn, &q.name, &q.state) {
-                    tracing::warn!(remote = %q.name, error = %e, "remote_write: re-reading the queue totals failed");
-                }
-            }
-            return Err(e);
-        }
+        tx.commit()?;
         for (key, b) in staged {
             self.boots.insert(key, b);
         }
@@ -346,6 +340,16 @@ impl Worker {
         }
         self.metrics.ledger_boots.set(self.boots.len() as i64);
         Ok(outcomes)
+    }
+
+    /// Reads every queue's totals again from the database: after a group
+    /// failed anywhere, the counters raised or lowered for its rows are off.
+    fn reload_queue_totals(&self) {
+        for q in &self.queues {
+            if let Err(e) = queue::load_totals(&self.conn, &q.name, &q.state) {
+                tracing::warn!(remote = %q.name, error = %e, "remote_write: re-reading the queue totals failed");
+            }
+        }
     }
 
     /// Forgets boots that can send nothing acceptable any more, and the

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -141,20 +140,56 @@ impl Throttle {
     }
 }
 
-/// Milliseconds since `epoch` of the last byte read or written.
+/// What a connection has been doing, for its watchdog.
 struct Activity {
     epoch: Instant,
+    /// Milliseconds since `epoch` of the last byte read or written.
     last_ms: AtomicU64,
+    /// When the request head being read began (ms since `epoch`, plus one;
+    /// 0: no head is being read). A new connection starts one at once, a
+    /// kept-alive one with the first byte of its next request.
+    head_since: AtomicU64,
+    /// True between requests: the next byte read starts a head.
+    between: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.between.swap(false, Ordering::Relaxed) {
+            self.head_since.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The head is complete: the request goes to the service.
+    fn request(&self) {
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The answer is ready: the connection waits for its next request.
+    fn answered(&self) {
+        self.between.store(true, Ordering::Relaxed);
     }
 
     fn idle(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// How long the head being read has taken, if one is.
+    fn reading_head(&self) -> Option<Duration> {
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(self.now_ms().saturating_sub(since - 1))),
+        }
     }
 }
 
@@ -169,7 +204,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         r
     }
@@ -179,7 +214,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         r
     }
@@ -200,46 +235,110 @@ pub(crate) enum Ended {
     Done,
     /// Closed for idleness.
     Idle,
-    /// HTTP failed (a header too large or too slow, a reset).
+    /// Closed: a request head took longer than `header_timeout`.
+    HeaderTimeout,
+    /// Closed: a request head over `max_header_bytes` (answered 431).
+    HeaderTooLarge,
+    /// HTTP failed (a malformed request, a reset).
     Error(hyper::Error),
 }
 
+impl Ended {
+    /// The `reason` label of a connection the collector closed, if it did.
+    pub(crate) fn closed_reason(&self) -> Option<&'static str> {
+        match self {
+            Ended::Idle => Some("idle"),
+            Ended::HeaderTimeout => Some("header_timeout"),
+            Ended::HeaderTooLarge => Some("header_too_large"),
+            Ended::Done | Ended::Error(_) => None,
+        }
+    }
+}
+
+/// `service` with the connection's activity told of each request and answer.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = hyper::Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        self.activity.request();
+        let answer = self.inner.call(req);
+        let activity = self.activity.clone();
+        Box::pin(async move {
+            let r = answer.await;
+            activity.answered();
+            r
+        })
+    }
+}
+
 /// Serves HTTP/1.1 on `io` with `limits` until the client leaves, the
-/// connection idles out, or `token` is cancelled (then in-flight requests
-/// finish first).
-pub(crate) async fn serve<IO, S>(io: IO, service: S, limits: &ConnLimits, token: &CancellationToken) -> Ended
+/// connection idles out, a request head is too slow, or `token` is
+/// cancelled (then in-flight requests finish first). The header timeout
+/// runs from the connection's start and then from the first byte of each
+/// request: a kept-alive connection waiting for its next request is idle,
+/// not slow (hyper's own header timer would close it after
+/// `header_timeout`, racing an agent that pushes every 10 s).
+pub(crate) async fn serve<IO, S, B>(io: IO, service: S, limits: &ConnLimits, token: &CancellationToken) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming> + Send,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Send,
     S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as hyper::body::Body>::Data: Send,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Arc::new(Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) });
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        head_since: AtomicU64::new(1),
+        between: std::sync::atomic::AtomicBool::new(false),
+    });
     let io = Watched { io, activity: activity.clone() };
+    let service = Tracked { inner: service, activity: activity.clone() };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let shortest = limits.idle_timeout.min(limits.header_timeout);
+    let check = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut tick = tokio::time::interval(check);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let why = loop {
         tokio::select! {
             r = conn.as_mut() => return ended(r),
             _ = token.cancelled() => break Ended::Done,
-            _ = tick.tick() => if activity.idle() >= limits.idle_timeout {
-                break Ended::Idle;
+            _ = tick.tick() => {
+                if activity.reading_head().is_some_and(|t| t >= limits.header_timeout) {
+                    break Ended::HeaderTimeout;
+                }
+                if activity.idle() >= limits.idle_timeout {
+                    break Ended::Idle;
+                }
             },
         }
     };
+    if matches!(why, Ended::HeaderTimeout) {
+        // No answer is owed to a head that never came: close now.
+        return why;
+    }
     conn.as_mut().graceful_shutdown();
     // A client that never reads its response must not hold the slot forever.
     match tokio::time::timeout(CLOSE_GRACE, conn).await {
-        Ok(Err(e)) => Ended::Error(e),
+        Ok(Err(e)) => ended(Err(e)),
         _ => why,
     }
 }
@@ -247,6 +346,7 @@ where
 fn ended(r: Result<(), hyper::Error>) -> Ended {
     match r {
         Ok(()) => Ended::Done,
+        Err(e) if e.is_parse_too_large() => Ended::HeaderTooLarge,
         Err(e) => Ended::Error(e),
     }
 }

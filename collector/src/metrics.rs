@@ -90,7 +90,7 @@ pub struct Metrics {
     node_refusals: IntCounterVec,
     attributes_truncated: IntCounterVec,
     connections_refused: IntCounterVec,
-    connections_idle_closed: IntCounterVec,
+    connections_closed: IntCounterVec,
     pub http_connections: IntGauge,
 }
 
@@ -238,14 +238,14 @@ impl Metrics {
             &["listener", "reason"],
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
-        let connections_idle_closed = IntCounterVec::new(
+        let connections_closed = IntCounterVec::new(
             Opts::new(
-                "tierwatch_collector_connections_idle_closed_total",
-                "Connections the collector closed after they carried no traffic for the idle timeout, by listener.",
+                "tierwatch_collector_connections_closed_total",
+                "Connections the collector closed, by listener and reason: idle (no traffic for the idle timeout), header_timeout (a request head too slow), header_too_large (answered 431).",
             ),
-            &["listener"],
+            &["listener", "reason"],
         )?;
-        registry.register(Box::new(connections_idle_closed.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         let http_connections =
             IntGauge::new("tierwatch_collector_http_connections", "Open connections on the HTTP listener.")?;
         registry.register(Box::new(http_connections.clone()))?;
@@ -253,7 +253,9 @@ impl Metrics {
             for reason in [crate::listen::Full::Listener, crate::listen::Full::Source] {
                 connections_refused.with_label_values(&[listener, reason.as_str()]);
             }
-            connections_idle_closed.with_label_values(&[listener]);
+            for reason in ["idle", "header_timeout", "header_too_large"] {
+                connections_closed.with_label_values(&[listener, reason]);
+            }
         }
         for event in ["opened", "updated", "resolved"] {
             incidents.with_label_values(&[event]);
@@ -299,7 +301,7 @@ impl Metrics {
             node_refusals,
             attributes_truncated,
             connections_refused,
-            connections_idle_closed,
+            connections_closed,
             http_connections,
         })
     }
@@ -368,9 +370,9 @@ impl Metrics {
         self.connections_refused.with_label_values(&[listener, why.as_str()]).inc();
     }
 
-    /// Counts a connection closed for idleness on `listener`.
-    pub fn connection_idle_closed(&self, listener: &str) {
-        self.connections_idle_closed.with_label_values(&[listener]).inc();
+    /// Counts a connection `listener` closed for `reason`.
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed.with_label_values(&[listener, reason]).inc();
     }
 
     /// Counts one push with its outcome.

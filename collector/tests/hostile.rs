@@ -202,7 +202,7 @@ async fn a_slow_header_flood_is_bounded_and_others_are_served() {
         metrics.lines().filter(|l| l.contains("connections")).collect::<Vec<_>>().join("\n")
     );
 
-    // An idle connection (no byte at all) is closed after idle_timeout.
+    // A connection that sends nothing is closed after header_timeout.
     let mut idle = connect_from([127, 0, 0, 10], lab.http).await.unwrap();
     let t = Instant::now();
     assert!(read_to_close(&mut idle, Duration::from_secs(5)).await.is_some(), "idle connection left open");
@@ -215,6 +215,41 @@ async fn a_slow_header_flood_is_bounded_and_others_are_served() {
     let _ = big.write_all(&req).await;
     let answer = read_to_close(&mut big, Duration::from_secs(5)).await.unwrap_or_default();
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&answer));
+    let (_, metrics) = lab.get("/metrics").await;
+    let closed = |reason: &str| {
+        let series = format!("tierwatch_collector_connections_closed_total{{listener=\"http\",reason=\"{reason}\"}}");
+        tierwatch_protocol_sample(&metrics, &series)
+    };
+    assert!(closed("header_timeout") >= 1.0, "slow heads are counted");
+    assert!(closed("header_too_large") >= 1.0, "431s are counted");
+    lab.stop().await;
+}
+
+/// The header timeout runs while a head is being read, not while a
+/// kept-alive connection waits for its next request: an agent pushing every
+/// 10 s on one connection is not cut off by a 10 s header timeout.
+#[tokio::test]
+async fn a_kept_alive_connection_waiting_longer_than_the_header_timeout_stays() {
+    let _serial = SERIAL.lock().await;
+    let http = "  connections:\n    header_timeout: 1s\n    idle_timeout: 4s\n";
+    let mut lab = Lab::start_custom("", http, "", &[]).await;
+    let mut s = TcpStream::connect(lab.http).await.unwrap();
+    let ask = b"GET /healthz HTTP/1.1\r\nHost: collector\r\n\r\n";
+    for round in 0..2 {
+        s.write_all(ask).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "round {round}: {n} bytes");
+        // Longer than the header timeout, inside the idle timeout.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    // Past the idle timeout it is closed, and counted as idle.
+    let t = Instant::now();
+    assert!(read_to_close(&mut s, Duration::from_secs(6)).await.is_some(), "left open past idle_timeout");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let (_, metrics) = lab.get("/metrics").await;
+    let idle = r#"tierwatch_collector_connections_closed_total{listener="http",reason="idle"}"#;
+    assert!(tierwatch_protocol_sample(&metrics, idle) >= 1.0, "idle closes are counted");
     lab.stop().await;
 }
 
@@ -418,4 +453,9 @@ async fn invented_event_kinds_and_event_floods_stay_in_their_share() {
     assert!(!metrics.contains("invented_"), "not after a restart either");
     assert!(lab.metric(other).await.is_some());
     lab.stop().await;
+}
+
+/// The value of sample line `series` in an exposition (0 when absent).
+fn tierwatch_protocol_sample(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }

@@ -92,8 +92,9 @@ impl Shape {
         Ok(shape)
     }
 
-    /// A generous estimate of the memory the decoded batch takes: the body's
-    /// bytes (strings are copied out of it) and each item's fixed size.
+    /// A generous estimate of the memory a decode takes: the body twice
+    /// (it stays while its strings are copied out of it) and each item's
+    /// fixed size.
     pub fn decoded_bytes(&self) -> usize {
         use std::mem::size_of;
         let per_series = size_of::<crate::Series>();
@@ -103,6 +104,7 @@ impl Shape {
         // A B-tree map entry: two strings and its share of a node.
         let per_attribute = 2 * size_of::<String>() + 16;
         self.bytes
+            .saturating_mul(2)
             .saturating_add(self.series.saturating_mul(per_series))
             .saturating_add(self.points.saturating_mul(per_point))
             .saturating_add(self.labels.saturating_mul(per_label))
@@ -225,7 +227,7 @@ mod tests {
         let body = b.encode_to_vec();
         let s = Shape::measure(&body, &Limits::default()).unwrap();
         assert_eq!(s, Shape { bytes: body.len(), series: 3, points: 12, labels: 6, events: 5, attributes: 5 }, "{s:?}");
-        assert!(s.decoded_bytes() > body.len());
+        assert!(s.decoded_bytes() > 2 * body.len());
     }
 
     #[test]

@@ -87,10 +87,11 @@ pub(crate) async fn serve(
                     }
                 }
             });
-            match crate::listen::serve(stream, service, gate.limits(), &token).await {
-                Ended::Done => {}
-                Ended::Idle => metrics.connection_idle_closed("http"),
-                Ended::Error(e) => tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error"),
+            let ended = crate::listen::serve(stream, service, gate.limits(), &token).await;
+            if let Some(reason) = ended.closed_reason() {
+                metrics.connection_closed("http", reason);
+            } else if let Ended::Error(e) = ended {
+                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
             }
             metrics.http_connections.dec();
         }

@@ -173,17 +173,23 @@ pub fn peek(conn: &Connection, remote: &str, max_samples: u64) -> rusqlite::Resu
     Ok(out)
 }
 
-/// Deletes rows after they were sent (or refused for good).
+/// Deletes rows after they were sent (or refused for good). The counters
+/// move only once the deletion is committed.
 pub fn remove(conn: &mut Connection, rows: &[Row], state: &QueueState) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    let mut gone = Vec::new();
     {
         let mut del = tx.prepare_cached("DELETE FROM rw_queue WHERE id = ?1")?;
         for r in rows {
             if del.execute([r.id])? > 0 {
-                state.sub(r.body.len() as u64);
-                state.node_sub(&r.node, r.body.len() as u64);
+                gone.push(r);
             }
         }
     }
-    tx.commit()
+    tx.commit()?;
+    for r in gone {
+        state.sub(r.body.len() as u64);
+        state.node_sub(&r.node, r.body.len() as u64);
+    }
+    Ok(())
 }

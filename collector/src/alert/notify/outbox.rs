@@ -192,17 +192,19 @@ pub struct Dead {
 pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Result<(Option<Pending>, Vec<Dead>)> {
     let mut dead = Vec::new();
     loop {
+        // The message is read as bytes: a damaged row (a BLOB, not UTF-8)
+        // must reach the dead letters, not stop the query.
         let row = conn
             .query_row(
-                "SELECT id, attempts, message, version FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
+                "SELECT id, attempts, CAST(message AS BLOB), version FROM outbox WHERE receiver = ?1 AND next_ms <= ?2 ORDER BY id LIMIT 1",
                 params![receiver, now_ms],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)),
             )
             .map(Some)
             .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
         let Some((id, attempts, text, version)) = row else { return Ok((None, dead)) };
         let read = if version == MESSAGE_VERSION {
-            serde_json::from_str::<Message>(&text).map_err(|e| format!("message does not parse: {e}"))
+            serde_json::from_slice::<Message>(&text).map_err(|e| format!("message does not parse: {e}"))
         } else {
             Err(format!("message format version {version}; this collector reads {MESSAGE_VERSION}"))
         };
@@ -210,9 +212,10 @@ pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Res
             Ok(message) => return Ok((Some(Pending { id, attempts: attempts as u32, message }), dead)),
             Err(error) => {
                 let tx = conn.unchecked_transaction()?;
+                // Its own id: outbox ids are reused once the outbox drains.
                 tx.execute(
-                    "INSERT INTO outbox_dead (id, receiver, created_ms, dead_ms, version, message, error)
-                     SELECT id, receiver, created_ms, ?2, version, message, ?3 FROM outbox WHERE id = ?1",
+                    "INSERT INTO outbox_dead (outbox_id, receiver, created_ms, dead_ms, version, message, error)
+                     SELECT id, receiver, created_ms, ?2, version, CAST(message AS BLOB), ?3 FROM outbox WHERE id = ?1",
                     params![id, now_ms, error],
                 )?;
                 tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -221,6 +224,19 @@ pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Res
             }
         }
     }
+}
+
+/// Moves row `id` to the dead letters with `error` (a notification the
+/// notifier cannot handle: it panicked on it).
+pub fn bury(conn: &Connection, id: i64, now_ms: i64, error: &str) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "INSERT INTO outbox_dead (outbox_id, receiver, created_ms, dead_ms, version, message, error)
+         SELECT id, receiver, created_ms, ?2, version, CAST(message AS BLOB), ?3 FROM outbox WHERE id = ?1",
+        params![id, now_ms, error],
+    )?;
+    tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+    tx.commit()
 }
 
 /// Removes a sent (or given up) notification.
@@ -296,15 +312,29 @@ mod tests {
             .unwrap();
         };
         insert("{not json", MESSAGE_VERSION);
+        conn.execute(
+            "INSERT INTO outbox (receiver, created_ms, attempts, next_ms, message, version) VALUES ('hook', 1, 0, 1, ?1, 1)",
+            [vec![0xffu8, 0xfe, 0x00]],
+        )
+        .unwrap();
         insert(&serde_json::to_string(&Message::new("opened", &view("a"), 1)).unwrap(), 2);
         insert(&serde_json::to_string(&Message::new("opened", &view("b"), 1)).unwrap(), MESSAGE_VERSION);
         let (pending, dead) = next_due(&conn, "hook", 10).unwrap();
         assert_eq!(pending.unwrap().message.incident.key, "b/unreachable", "the receiver carries on");
-        assert_eq!(dead.len(), 2);
+        assert_eq!(dead.len(), 3);
         assert!(dead[0].error.contains("does not parse"), "{dead:?}");
-        assert!(dead[1].error.contains("version 2"), "{dead:?}");
+        assert!(dead[1].error.contains("does not parse"), "a BLOB row too: {dead:?}");
+        assert!(dead[2].error.contains("version 2"), "{dead:?}");
         let kept: i64 = conn.query_row("SELECT count(*) FROM outbox_dead", [], |r| r.get(0)).unwrap();
-        assert_eq!(kept, 2, "kept for a person to look at");
+        assert_eq!(kept, 3, "kept for a person to look at");
         assert_eq!(queued(&conn).unwrap(), [("hook".to_string(), 1)]);
+        // The outbox drained, its ids are used again: a second dead letter of id 1 is kept too.
+        let id = next_due(&conn, "hook", 10).unwrap().0.unwrap().id;
+        done(&conn, id).unwrap();
+        insert("{again not json", MESSAGE_VERSION);
+        let (pending, dead) = next_due(&conn, "hook", 10).unwrap();
+        assert!(pending.is_none() && dead.len() == 1, "{dead:?}");
+        let kept: i64 = conn.query_row("SELECT count(*) FROM outbox_dead", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, 4);
     }
 }

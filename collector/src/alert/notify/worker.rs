@@ -47,11 +47,12 @@ pub fn spawn(
         metrics.receiver(&r.name);
         let (outbox, metrics, token) = (outbox.clone(), metrics.clone(), token.clone());
         let name = r.name.clone();
-        let m = metrics.clone();
+        let (m, t) = (metrics.clone(), token.clone());
         tracker.spawn(restart_on_panic(
             name,
             move || drain(outbox.clone(), r.clone(), locale, metrics.clone(), token.clone()),
             move |n| m.notification(n, "panicked"),
+            t,
         ));
     }
 }
@@ -59,7 +60,7 @@ pub fn spawn(
 /// Runs the task `make` builds until it returns; when it panics, logs it,
 /// reports it to `panicked` and starts a new one after a pause (doubling to
 /// a minute), so one bad notification cannot silence a receiver for good.
-pub(crate) async fn restart_on_panic<F, Fut>(name: String, make: F, panicked: impl Fn(&str))
+pub(crate) async fn restart_on_panic<F, Fut>(name: String, make: F, panicked: impl Fn(&str), token: CancellationToken)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -74,7 +75,9 @@ where
                 let wait =
                     tierwatch_runtime::backoff::nth(Duration::from_secs(1), Duration::from_secs(60), restarts - 1);
                 tracing::error!(receiver = %name, restarts, restart_in_ms = wait.as_millis() as u64, "notifier task panicked; restarting it");
-                tokio::time::sleep(wait).await;
+                if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
+                    return;
+                }
             }
             // Cancelled with the runtime: shutting down.
             Err(_) => return,
@@ -114,9 +117,36 @@ async fn drain(outbox: Outbox, receiver: Receiver, locale: Locale, metrics: Metr
             }
             Err(_) => return,
         };
+        // Sent from a task of its own: a notification that makes the
+        // notifier panic is buried (moved to the dead letters), and the
+        // receiver goes on with a fresh client and the next row.
+        let message = pending.message.clone();
+        let mut sending = tokio::spawn(async move {
+            let outcome = client.send(&message).await;
+            (client, outcome)
+        });
         let outcome = tokio::select! {
-            o = client.send(&pending.message) => o,
-            _ = token.cancelled() => return,
+            r = &mut sending => match r {
+                Ok((c, o)) => {
+                    client = c;
+                    o
+                }
+                Err(e) if e.is_panic() => {
+                    client = Client::new(&receiver.kind, locale);
+                    metrics.notification(&name, "panicked");
+                    tracing::error!(receiver = %name, id = %pending.message.id, "notifier panicked on this notification; moved to outbox_dead");
+                    let (id, now) = (pending.id, tierwatch_protocol::now_ms());
+                    if let Ok(Err(e)) = outbox.db(move |c| outbox::bury(c, id, now, "the notifier panicked on it")).await {
+                        tracing::error!(receiver = %name, error = %e, "notify: moving a row to outbox_dead failed");
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            },
+            _ = token.cancelled() => {
+                sending.abort();
+                return;
+            }
         };
         let (id, attempts) = (pending.id, pending.attempts + 1);
         // Re-sends keep Alertmanager's alerts firing; they are no news.
@@ -181,6 +211,7 @@ mod tests {
                 assert_eq!(name, "hook");
                 p.fetch_add(1, Ordering::SeqCst);
             },
+            CancellationToken::new(),
         )
         .await;
         assert_eq!((runs.load(Ordering::SeqCst), reported.load(Ordering::SeqCst)), (3, 2));
