@@ -67,7 +67,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Probe { config, target }) => {
-            let c = Config::load(&config)?;
+            let c = Config::load_without_tls(&config)?;
             let _ = logging::init(cli.run.log_format, "warn");
             let Some(t) = c.target(&target).cloned() else {
                 let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();

@@ -91,7 +91,10 @@ impl tierwatch_runtime::service::Instance for Running {
 
 /// Starts every task of the agent; returns once the health endpoint is bound.
 pub async fn start(config: Config, token: CancellationToken) -> Result<Running, StartError> {
-    let tls = config.tls.clone();
+    let tls = config
+        .tls
+        .clone()
+        .ok_or_else(|| StartError::Other("the configuration was loaded without its TLS material".into()))?;
     let dests = destinations(&config);
     let names: Vec<String> = dests.iter().map(|d| d.1.clone()).collect();
     let metrics = Metrics::new(&names)?;

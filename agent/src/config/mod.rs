@@ -250,8 +250,9 @@ pub struct Config {
     pub host: Option<crate::sensor::HostSpec>,
     /// SHA-256 of the effective configuration, sent with every batch.
     pub hash: [u8; 32],
-    /// The push client's TLS, loaded from `collector.ca`, `cert` and `key`.
-    pub tls: std::sync::Arc<rustls::ClientConfig>,
+    /// The push client's TLS, loaded from `collector.ca`, `cert` and `key`
+    /// (none only from [`Config::load_without_tls`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The push client's TLS configuration, or `None` with the problem
@@ -285,19 +286,28 @@ fn client_tls(ca: &Path, cert: &Path, key: &Path, p: &mut Problems) -> Option<st
 }
 
 impl Config {
-    /// Loads and validates `file`, reporting every problem at once.
+    /// Loads and validates `file`, its TLS material included, reporting
+    /// every problem at once.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
-        Self::from_raw(raw, file, &text)
+        Self::from_raw(raw, file, &text, true)
+    }
+
+    /// [`Config::load`] without loading the certificate and key: for running
+    /// one probe by hand (`tierwatch-agent probe`), which pushes nothing and
+    /// must work on a node whose certificate is the problem.
+    pub fn load_without_tls(file: &Path) -> Result<Config, ConfigError> {
+        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
+        Self::from_raw(raw, file, &text, false)
     }
 
     /// Parses and validates config text (`file` names it in errors, and anchors relative paths).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw = tierwatch_yamlconf::parse::<RawConfig>(file, text)?;
-        Self::from_raw(raw, file, text)
+        Self::from_raw(raw, file, text, true)
     }
 
-    fn from_raw(raw: RawConfig, file: &Path, text: &str) -> Result<Config, ConfigError> {
+    fn from_raw(raw: RawConfig, file: &Path, text: &str, load_tls: bool) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
         let node = NodeId::new(&raw.node).map_err(|e| p.push("node", e.to_string())).ok();
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
@@ -385,8 +395,13 @@ impl Config {
         // Loaded here, once: a reload with a bad certificate or key is
         // refused before the running agent stops, and falling back to the
         // previous configuration reads no file.
-        let tls = client_tls(&ca, &cert, &key, &mut p);
-        let tls = p.into_value(file, text, "collector.cert", tls)?;
+        let tls = if load_tls {
+            let tls = client_tls(&ca, &cert, &key, &mut p);
+            Some(p.into_value(file, text, "collector.cert", tls)?)
+        } else {
+            p.into_result(file, text)?;
+            None
+        };
         let json = serde_json::to_vec(&raw).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, &json);
         let mut hash = [0u8; 32];
