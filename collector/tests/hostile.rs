@@ -253,7 +253,7 @@ async fn a_kept_alive_connection_waiting_longer_than_the_header_timeout_stays() 
     lab.stop().await;
 }
 
-/// The stolen certificate of the issue: parallel pushes at the body limit
+/// The stolen certificate of the issue: parallel 4 MiB pushes
 /// made of empty series (`0x42 0x00`), about forty times their size once
 /// decoded. They are counted on the wire and refused before decoding; the
 /// second one in flight is told to wait; another node is not affected.
