@@ -211,25 +211,18 @@ pub fn next_due(conn: &Connection, receiver: &str, now_ms: i64) -> rusqlite::Res
         match read {
             Ok(message) => return Ok((Some(Pending { id, attempts: attempts as u32, message }), dead)),
             Err(error) => {
-                let tx = conn.unchecked_transaction()?;
-                // Its own id: outbox ids are reused once the outbox drains.
-                tx.execute(
-                    "INSERT INTO outbox_dead (outbox_id, receiver, created_ms, dead_ms, version, message, error)
-                     SELECT id, receiver, created_ms, ?2, version, CAST(message AS BLOB), ?3 FROM outbox WHERE id = ?1",
-                    params![id, now_ms, error],
-                )?;
-                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
-                tx.commit()?;
+                bury(conn, id, now_ms, &error)?;
                 dead.push(Dead { id, error });
             }
         }
     }
 }
 
-/// Moves row `id` to the dead letters with `error` (a notification the
-/// notifier cannot handle: it panicked on it).
+/// Moves row `id` to the dead letters with `error` (a row that cannot be
+/// read, or a notification the notifier panicked on).
 pub fn bury(conn: &Connection, id: i64, now_ms: i64, error: &str) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
+    // Its own id: outbox ids are reused once the outbox drains.
     tx.execute(
         "INSERT INTO outbox_dead (outbox_id, receiver, created_ms, dead_ms, version, message, error)
          SELECT id, receiver, created_ms, ?2, version, CAST(message AS BLOB), ?3 FROM outbox WHERE id = ?1",
