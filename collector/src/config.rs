@@ -433,25 +433,25 @@ fn ingest_tls(ingest: &RawIngest, problems: &mut Problems) -> Option<Arc<rustls:
         return None;
     }
     use tierwatch_runtime::tls::TlsError;
-    let is_crl = |p: &Path| ingest.crl.as_deref() == Some(p);
     match crate::tls::server_config(&ingest.ca, &ingest.cert, &ingest.key, ingest.crl.as_deref()) {
         Ok(c) => Some(c),
         Err(e) => {
+            let files = [
+                ("ingest.ca", Some(&ingest.ca)),
+                ("ingest.key", Some(&ingest.key)),
+                ("ingest.crl", ingest.crl.as_ref()),
+            ];
             // Errors of rustls name no file: say which one it was.
-            let (key, message) = match &e {
-                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if *path == ingest.ca => {
-                    ("ingest.ca", e.to_string())
+            let (key, message) = match (&e, e.path()) {
+                (_, Some(p)) => {
+                    let key = files.iter().find(|(_, f)| f.is_some_and(|f| f == p)).map_or("ingest.cert", |(k, _)| k);
+                    (key, e.to_string())
                 }
-                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if *path == ingest.key => {
-                    ("ingest.key", e.to_string())
-                }
-                TlsError::Pem { path, .. } if is_crl(path) => ("ingest.crl", e.to_string()),
-                TlsError::Pem { .. } | TlsError::NoCertificate { .. } => ("ingest.cert", e.to_string()),
-                TlsError::Verifier(_) => {
+                (TlsError::Verifier(_), None) => {
                     let list = ingest.crl.as_ref().map(|c| format!(" or {}", c.display())).unwrap_or_default();
                     ("ingest.ca", format!("{}{list}: {e}", ingest.ca.display()))
                 }
-                TlsError::Rustls(_) => {
+                (_, None) => {
                     ("ingest.cert", format!("{} with key {}: {e}", ingest.cert.display(), ingest.key.display()))
                 }
             };

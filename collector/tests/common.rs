@@ -186,7 +186,7 @@ impl Lab {
     /// The value of the unlabelled-or-labelled sample line `series` in `/metrics`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await;
-        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        sample(&text, series)
     }
 
     /// Stops the collector and waits for it.
@@ -220,6 +220,11 @@ pub async fn push_to(
     let status = resp.status();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, body))
+}
+
+/// The value of sample line `series` in an exposition `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 pub fn id(s: &str) -> NodeId {

@@ -93,7 +93,7 @@ fn probe_ok(node: &str, seq: u64) -> Vec<u8> {
     batch(node, seq, vec![s]).encode_to_vec()
 }
 
-/// An honest node pushing every 100 ms while `until` is false; returns the
+/// An honest node pushing `n` batches 100 ms apart; returns the
 /// push latencies, failing the test on any push not accepted.
 async fn honest_pushes(lab: &Lab, node: &str, first_seq: u64, n: u64) -> Vec<Duration> {
     let client = lab.client(&lab.pki, node);
@@ -218,7 +218,7 @@ async fn a_slow_header_flood_is_bounded_and_others_are_served() {
     let (_, metrics) = lab.get("/metrics").await;
     let closed = |reason: &str| {
         let series = format!("tierwatch_collector_connections_closed_total{{listener=\"http\",reason=\"{reason}\"}}");
-        tierwatch_protocol_sample(&metrics, &series)
+        common::sample(&metrics, &series).unwrap_or(0.0)
     };
     assert!(closed("header_timeout") >= 1.0, "slow heads are counted");
     assert!(closed("header_too_large") >= 1.0, "431s are counted");
@@ -249,7 +249,7 @@ async fn a_kept_alive_connection_waiting_longer_than_the_header_timeout_stays() 
     assert!(t.elapsed() < Duration::from_secs(5));
     let (_, metrics) = lab.get("/metrics").await;
     let idle = r#"tierwatch_collector_connections_closed_total{listener="http",reason="idle"}"#;
-    assert!(tierwatch_protocol_sample(&metrics, idle) >= 1.0, "idle closes are counted");
+    assert!(common::sample(&metrics, idle).unwrap_or(0.0) >= 1.0, "idle closes are counted");
     lab.stop().await;
 }
 
@@ -453,9 +453,4 @@ async fn invented_event_kinds_and_event_floods_stay_in_their_share() {
     assert!(!metrics.contains("invented_"), "not after a restart either");
     assert!(lab.metric(other).await.is_some());
     lab.stop().await;
-}
-
-/// The value of sample line `series` in an exposition (0 when absent).
-fn tierwatch_protocol_sample(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }

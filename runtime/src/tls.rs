@@ -20,6 +20,17 @@ pub enum TlsError {
     Verifier(String),
 }
 
+impl TlsError {
+    /// The file the error is about, when it names one (rustls' own errors,
+    /// a certificate and key that do not match, name none).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Pem { path, .. } | TlsError::NoCertificate { path } => Some(path),
+            TlsError::Rustls(_) | TlsError::Verifier(_) => None,
+        }
+    }
+}
+
 /// The ring-based provider; aws-lc-rs would add a C/cmake build to every CI run.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -262,22 +262,15 @@ fn client_tls(ca: &Path, cert: &Path, key: &Path, p: &mut Problems) -> Option<st
     if ![ca, cert, key].iter().all(|f| f.is_file()) {
         return None;
     }
-    use tierwatch_runtime::tls::TlsError;
     match crate::push::client_config(ca, cert, key) {
         Ok(c) => Some(c),
         Err(e) => {
-            // Errors of rustls name no file: say which one it was.
-            let (at, message) = match &e {
-                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if path == ca => {
-                    ("collector.ca", e.to_string())
-                }
-                TlsError::Pem { path, .. } | TlsError::NoCertificate { path } if path == key => {
-                    ("collector.key", e.to_string())
-                }
-                TlsError::Pem { .. } | TlsError::NoCertificate { .. } => ("collector.cert", e.to_string()),
-                TlsError::Verifier(_) | TlsError::Rustls(_) => {
-                    ("collector.cert", format!("{} with key {}: {e}", cert.display(), key.display()))
-                }
+            // Errors of rustls name no file: say which ones were used.
+            let (at, message) = match e.path() {
+                Some(f) if f == ca => ("collector.ca", e.to_string()),
+                Some(f) if f == key => ("collector.key", e.to_string()),
+                Some(_) => ("collector.cert", e.to_string()),
+                None => ("collector.cert", format!("{} with key {}: {e}", cert.display(), key.display())),
             };
             p.push(at, message);
             None
