@@ -209,8 +209,15 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
     };
     let tw = lab.start_tierwatch(&spec)?;
     std::thread::sleep(Duration::from_secs(2));
+    // A penetration tester's burst: user names that name an innocent host
+    // (10.2.1.13), half of it from OpenSSH 9.8's `sshd-session`, some as
+    // `Invalid user` lines alone (keys-only servers log nothing else).
     let burst: String = (0..12)
-        .map(|i| format!("Nov 28 09:30:{i:02} c1 sshd[9{i:02}]: Failed password for invalid user admin{i} from 10.2.1.66 port 5{i:04} ssh2\n"))
+        .map(|i| match i % 3 {
+            0 => format!("Nov 28 09:30:{i:02} c1 sshd[9{i:02}]: Failed password for invalid user admin from 10.2.1.13 port 22 from 10.2.1.66 port 5{i:04} ssh2\n"),
+            1 => format!("Nov 28 09:30:{i:02} c1 sshd-session[9{i:02}]: Failed password for invalid user root from 10.2.1.13 port 22 ssh2 from 10.2.1.66 port 5{i:04} ssh2\n"),
+            _ => format!("2026-11-28T09:30:{i:02}.000000+07:00 c1 sshd-session[9{i:02}]: Invalid user oracle{i} from 10.2.1.66 port 5{i:04}\n"),
+        })
         .collect();
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
     std::io::Write::write_all(&mut f, burst.as_bytes())?;
@@ -229,6 +236,10 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
     })?;
     assert_eq!(success["severity"], "critical");
     assert_eq!(success["attributes"]["user"], "admin");
+    assert_eq!(success["attributes"]["src"], "10.2.1.66");
+    let blamed: Vec<serde_json::Value> =
+        tw.security_events("?limit=100").into_iter().filter(|e| e["attributes"]["src"] == "10.2.1.13").collect();
+    assert!(blamed.is_empty(), "the host named in user names is blamed: {blamed:?}");
 
     // A new listener in the commune node's namespace.
     let _listener = lab.start_listener(&lab.communes[0].ns, &["0.0.0.0:4444"])?;
@@ -283,8 +294,9 @@ fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
 /// `log: journal`: the SSH sensor follows sshd's messages through
 /// `journalctl --follow`, from a real systemd-journald started in a private
 /// mount namespace (so the host's journal is untouched), with the agent in
-/// that namespace; the messages are written by a process named `sshd`, as
-/// the journal's `_COMM` match wants. Loopback collector; root only.
+/// that namespace; the messages are written by a process named `sshd-session`, as
+/// the journal's `_COMM` match wants (`sshd-session`, as OpenSSH 9.8 and
+/// later are). Loopback collector; root only.
 #[test]
 fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
     require_lab!("ssh_brute_force_is_read_from_the_systemd_journal");
@@ -332,26 +344,28 @@ fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
     }
     let _journald = Kill(journald_pid);
     // A logger named sshd, run in the agent's mount namespace (its journal).
-    let sshd = lo.path("sshd");
+    // OpenSSH 9.8 and later log from `sshd-session`.
+    let sshd = lo.path("sshd-session");
     std::fs::copy(tierwatch_tests::which("logger").ok_or_else(|| anyhow::anyhow!("logger is not installed"))?, &sshd)?;
     let ns = format!("--mount=/proc/{journald_pid}/ns/mnt");
+    // `logger --journald` writes one entry per run: a burst is twelve runs.
     let burst = |round: u32| -> anyhow::Result<()> {
-        let mut input = String::new();
         for i in 0..12 {
-            input.push_str(&format!(
-                "MESSAGE=Failed password for invalid user admin{i} from 10.2.1.77 port 5{round}{i:03} ssh2\nSYSLOG_IDENTIFIER=sshd\n\n"
-            ));
+            let entry = format!(
+                "MESSAGE=Failed password for invalid user admin{i} from 10.2.1.77 port {} ssh2\nSYSLOG_IDENTIFIER=sshd-session\n",
+                40_000 + round * 16 + i
+            );
+            let mut child = std::process::Command::new("nsenter")
+                .arg(&ns)
+                .arg(&sshd)
+                .arg("--journald")
+                .stdin(std::process::Stdio::piped())
+                .spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                std::io::Write::write_all(&mut stdin, entry.as_bytes())?;
+            }
+            anyhow::ensure!(child.wait()?.success(), "logger --journald failed");
         }
-        let mut child = std::process::Command::new("nsenter")
-            .arg(&ns)
-            .arg(&sshd)
-            .arg("--journald")
-            .stdin(std::process::Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            std::io::Write::write_all(&mut stdin, input.as_bytes())?;
-        }
-        anyhow::ensure!(child.wait()?.success(), "logger --journald failed");
         Ok(())
     };
     // journalctl follows from "now": send bursts until one is seen.

@@ -3,6 +3,14 @@
 //! within a window (`ssh_bruteforce`, warning), and a successful login from
 //! a source that just failed several times (`ssh_success_after_failures`,
 //! critical: the guess may have worked).
+//!
+//! The user name is the attacker's text: `admin from 10.2.1.13 port 22` is
+//! a valid thing to type at a login prompt. So a line is read as sshd
+//! writes it: the syslog tag must be sshd's (`sshd`, `sshd-session` from
+//! OpenSSH 9.8, `sshd-auth` from 10.0), the message must *start* with one
+//! of sshd's phrases, and the source is the right-most `from ADDR port N`
+//! (sshd prints the user before the address, never after), so nothing a
+//! user name says can move the blame or forge another kind of line.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
@@ -17,26 +25,110 @@ use tierwatch_protocol::{Event, Severity};
 /// What one log line says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Login {
-    Failed { user: String, src: IpAddr },
-    Accepted { user: String, src: IpAddr },
+    /// A failed authentication; `invalid`: the user does not exist.
+    Failed {
+        user: String,
+        src: IpAddr,
+        port: u16,
+        invalid: bool,
+    },
+    /// `Invalid user U from A port P`: a name that does not exist was tried
+    /// (logged before any password, and alone when only keys are allowed).
+    Invalid {
+        user: String,
+        src: IpAddr,
+        port: u16,
+    },
+    Accepted {
+        user: String,
+        src: IpAddr,
+        port: u16,
+    },
 }
 
-/// Reads OpenSSH's `Failed <method> for [invalid user] U from A port P` and
-/// `Accepted <method> for U from A port P`; anything else is `None`.
-pub fn parse(line: &str) -> Option<Login> {
-    let (accepted, rest) = if let Some(i) = line.find("sshd").and_then(|s| line[s..].find("Failed ").map(|j| s + j)) {
-        (false, &line[i + 7..])
-    } else if let Some(i) = line.find("sshd").and_then(|s| line[s..].find("Accepted ").map(|j| s + j)) {
-        (true, &line[i + 9..])
+impl Login {
+    fn src(&self) -> IpAddr {
+        match self {
+            Login::Failed { src, .. } | Login::Invalid { src, .. } | Login::Accepted { src, .. } => *src,
+        }
+    }
+}
+
+/// The programs whose lines are sshd's.
+const TAGS: &[&str] = &["sshd", "sshd-session", "sshd-auth"];
+/// rsyslog and journald collapse repeats: the count is kept, up to this.
+const MAX_REPEAT: usize = 1000;
+
+/// The message of a line whose syslog tag is sshd's (`sshd[812]:` or
+/// `sshd:`), the tag being the first word that ends in a colon, within
+/// the first few words (timestamp, host).
+fn sshd_message(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..6 {
+        let rest_trimmed = rest.trim_start();
+        let (word, after) = rest_trimmed.split_once(' ').unwrap_or((rest_trimmed, ""));
+        if let Some(tag) = word.strip_suffix(':') {
+            let program = tag.split_once('[').map_or(tag, |(p, pid)| if pid.ends_with(']') { p } else { "" });
+            return TAGS.contains(&program).then_some(after);
+        }
+        rest = after;
+    }
+    None
+}
+
+/// `... from ADDR port N` at the right-most place it parses: (what comes
+/// before, address, port).
+fn from_addr_port(s: &str) -> Option<(&str, IpAddr, u16)> {
+    for (i, _) in s.rmatch_indices(" from ") {
+        let mut words = s[i + 6..].split(' ');
+        let addr = words.next().and_then(|a| a.parse::<IpAddr>().ok());
+        let port = match (words.next(), words.next()) {
+            (Some("port"), Some(p)) => p.trim_end_matches(':').parse::<u16>().ok(),
+            _ => None,
+        };
+        if let (Some(addr), Some(port)) = (addr, port) {
+            return Some((&s[..i], addr, port));
+        }
+    }
+    None
+}
+
+/// Reads OpenSSH's `Failed <method> for [invalid user] U from A port P`,
+/// `Invalid user U from A port P` and `Accepted <method> for U from A port
+/// P`, also inside `message repeated N times: [ ... ]`; returns the login
+/// and how many times it happened. Anything else is `None`.
+pub fn parse(line: &str) -> Option<(Login, usize)> {
+    let mut msg = sshd_message(line)?;
+    let mut times = 1;
+    if let Some(r) = msg.strip_prefix("message repeated ") {
+        let (n, rest) = r.split_once(" times: [ ")?;
+        times = n.parse::<usize>().ok()?.clamp(1, MAX_REPEAT);
+        msg = rest.strip_suffix(']').unwrap_or(rest).trim_end();
+    }
+    let login = if let Some(rest) = msg.strip_prefix("Invalid user ") {
+        let (user, src, port) = from_addr_port(rest)?;
+        Login::Invalid { user: user.to_string(), src, port }
     } else {
-        return None;
+        let (accepted, rest) = match (msg.strip_prefix("Failed "), msg.strip_prefix("Accepted ")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return None,
+        };
+        // `<method> for `: the method is one word (password, publickey, none, keyboard-interactive/pam).
+        let (_method, rest) = rest.split_once(" for ")?;
+        let (user, src, port) = from_addr_port(rest)?;
+        let (invalid, user) = match user.strip_prefix("invalid user ") {
+            Some(u) if !accepted => (true, u),
+            _ => (false, user),
+        };
+        let user = user.to_string();
+        if accepted {
+            Login::Accepted { user, src, port }
+        } else {
+            Login::Failed { user, src, port, invalid }
+        }
     };
-    let after_for = &rest[rest.find(" for ")? + 5..];
-    let after_for = after_for.strip_prefix("invalid user ").unwrap_or(after_for);
-    let (user, after_user) = after_for.split_once(" from ")?;
-    let src: IpAddr = after_user.split_whitespace().next()?.parse().ok()?;
-    let user = user.to_string();
-    Some(if accepted { Login::Accepted { user, src } } else { Login::Failed { user, src } })
+    Some((login, times))
 }
 
 /// When failures are an attack.
@@ -59,6 +151,9 @@ impl Default for SshPolicy {
 struct Source {
     failures: VecDeque<(i64, String)>,
     reported_ms: Option<i64>,
+    /// The connection (source port) of the last `Invalid user` line: the
+    /// `Failed ... for invalid user` that follows on it is the same attempt.
+    invalid_port: Option<u16>,
 }
 
 /// Failures per source.
@@ -76,10 +171,8 @@ impl SshWatch {
 
     /// One log line read at `now_ms`.
     pub fn observe(&mut self, line: &str, now_ms: i64) -> Option<Event> {
-        let login = parse(line)?;
-        let src = match &login {
-            Login::Failed { src, .. } | Login::Accepted { src, .. } => *src,
-        };
+        let (login, times) = parse(line)?;
+        let src = login.src();
         if let IpAddr::V4(v4) = src {
             if self.policy.allow.iter().any(|n| super::scan::in_net(v4, *n)) {
                 return None;
@@ -96,27 +189,7 @@ impl SshWatch {
         while s.failures.front().is_some_and(|(t, _)| now_ms - t > window) {
             s.failures.pop_front();
         }
-        match login {
-            Login::Failed { user, .. } => {
-                if s.failures.len() < self.policy.failures * 4 {
-                    s.failures.push_back((now_ms, user));
-                }
-                if s.failures.len() < self.policy.failures || s.reported_ms.is_some_and(|r| now_ms - r < window) {
-                    return None;
-                }
-                s.reported_ms = Some(now_ms);
-                Some(event(
-                    "ssh_bruteforce",
-                    Severity::Warning,
-                    src,
-                    now_ms,
-                    &[
-                        ("failures", s.failures.len().to_string()),
-                        ("users", users(s)),
-                        ("window_s", (window / 1000).to_string()),
-                    ],
-                ))
-            }
+        let (user, times) = match login {
             Login::Accepted { user, .. } => {
                 let failed = s.failures.len();
                 // A few typos are normal; half the brute-force threshold is not.
@@ -129,17 +202,52 @@ impl SshWatch {
                     src,
                     now_ms,
                     &[
-                        ("user", user),
+                        ("user", clip(&user)),
                         ("failures_before", failed.to_string()),
                         ("failed_users", users(s)),
                         ("window_s", (window / 1000).to_string()),
                     ],
                 );
                 s.failures.clear();
-                Some(e)
+                return Some(e);
+            }
+            Login::Invalid { user, port, .. } => {
+                s.invalid_port = Some(port);
+                (user, times)
+            }
+            Login::Failed { user, port, invalid, .. } => {
+                // The first password tried for a name already counted as invalid.
+                let same = invalid && s.invalid_port == Some(port);
+                s.invalid_port = None;
+                (user, if same { times - 1 } else { times })
+            }
+        };
+        for _ in 0..times {
+            if s.failures.len() < self.policy.failures * 4 {
+                s.failures.push_back((now_ms, clip(&user)));
             }
         }
+        if times == 0 || s.failures.len() < self.policy.failures || s.reported_ms.is_some_and(|r| now_ms - r < window) {
+            return None;
+        }
+        s.reported_ms = Some(now_ms);
+        Some(event(
+            "ssh_bruteforce",
+            Severity::Warning,
+            src,
+            now_ms,
+            &[
+                ("failures", s.failures.len().to_string()),
+                ("users", users(s)),
+                ("window_s", (window / 1000).to_string()),
+            ],
+        ))
     }
+}
+
+/// A user name as evidence: the attacker's text, at most 64 characters.
+fn clip(user: &str) -> String {
+    user.chars().take(64).collect()
 }
 
 /// The distinct user names tried, at most ten, joined.
@@ -182,7 +290,7 @@ impl Lines {
     }
 }
 
-/// `journalctl --follow` of sshd's messages, read by a thread of its own;
+/// `journalctl --follow` of sshd's messages (all its programs), read by a thread of its own;
 /// started again (at most every 30 s) if it ends.
 #[derive(Debug, Default)]
 pub struct Journal {
@@ -215,7 +323,9 @@ impl Journal {
     fn spawn() -> Option<std::sync::mpsc::Receiver<String>> {
         use std::io::BufRead;
         let child = std::process::Command::new("journalctl")
-            .args(["--follow", "--lines=0", "--output=short", "--no-pager", "_COMM=sshd"])
+            .args(["--follow", "--lines=0", "--output=short", "--no-pager"])
+            // Same-field matches are ORed: OpenSSH 9.8 logs from sshd-session, 10.0 also from sshd-auth.
+            .args(TAGS.iter().map(|t| format!("_COMM={t}")))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .stdin(std::process::Stdio::null())
@@ -297,15 +407,108 @@ mod tests {
     const FAIL: &str =
         "Nov 28 09:30:01 c1 sshd[812]: Failed password for invalid user admin from 10.2.1.10 port 50412 ssh2";
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn openssh_lines() {
-        assert_eq!(parse(FAIL), Some(Login::Failed { user: "admin".into(), src: "10.2.1.10".parse().unwrap() }));
+        let failed =
+            |user: &str, src: &str, port, invalid| Login::Failed { user: user.into(), src: ip(src), port, invalid };
+        assert_eq!(parse(FAIL), Some((failed("admin", "10.2.1.10", 50412, true), 1)));
         assert_eq!(
             parse("Nov 28 09:30:09 c1 sshd[815]: Accepted publickey for lan from 2001:db8::5 port 50999 ssh2: ED25519 SHA256:x"),
-            Some(Login::Accepted { user: "lan".into(), src: "2001:db8::5".parse().unwrap() })
+            Some((Login::Accepted { user: "lan".into(), src: ip("2001:db8::5"), port: 50999 }, 1))
+        );
+        // OpenSSH 9.8 and later, with an RFC 3339 timestamp (rsyslog's default on Debian 13).
+        assert_eq!(
+            parse(
+                "2026-12-01T09:30:01.123456+07:00 c1 sshd-session[4411]: Invalid user oracle from 10.2.1.12 port 40022"
+            ),
+            Some((Login::Invalid { user: "oracle".into(), src: ip("10.2.1.12"), port: 40022 }, 1))
+        );
+        assert_eq!(
+            parse("Nov 28 09:30:01 c1 sshd[812]: message repeated 5 times: [ Failed password for root from 10.2.1.10 port 50412 ssh2]"),
+            Some((failed("root", "10.2.1.10", 50412, false), 5))
         );
         assert_eq!(parse("Nov 28 09:30:01 c1 CRON[1]: Failed to start"), None);
         assert_eq!(parse("Nov 28 09:30:01 c1 sshd[1]: Failed password for root from nowhere port 1"), None);
+        // Another program quoting sshd is not sshd.
+        assert_eq!(
+            parse("Nov 28 09:30:01 c1 logger: sshd[1]: Failed password for root from 10.2.1.13 port 22 ssh2"),
+            None
+        );
+        assert_eq!(
+            parse("Nov 28 09:30:01 c1 sshd-evil[1]: Failed password for root from 10.2.1.13 port 22 ssh2"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_user_name_never_moves_the_blame() {
+        // The name typed at the prompt says "from 10.2.1.13 port 22": the real source is the right-most.
+        let line = "Nov 28 09:30:01 c1 sshd[812]: Failed password for invalid user admin from 10.2.1.13 port 22 from 10.2.1.66 port 50412 ssh2";
+        let (login, _) = parse(line).unwrap();
+        assert_eq!(
+            login,
+            Login::Failed {
+                user: "admin from 10.2.1.13 port 22".into(),
+                src: ip("10.2.1.66"),
+                port: 50412,
+                invalid: true
+            }
+        );
+        // A name that spells a whole Accepted line is still a failure of the real source.
+        let forged = "Nov 28 09:30:01 c1 sshd[812]: Invalid user Accepted password for root from 10.2.1.13 port 22 ssh2 from 10.2.1.66 port 50413";
+        assert_eq!(
+            parse(forged).unwrap().0,
+            Login::Invalid {
+                user: "Accepted password for root from 10.2.1.13 port 22 ssh2".into(),
+                src: ip("10.2.1.66"),
+                port: 50413
+            }
+        );
+        let mut w = SshWatch::new(SshPolicy::default());
+        let events: Vec<Event> =
+            (0..12).filter_map(|i| w.observe(&line.replace("50412", &format!("{}", 50000 + i)), i)).collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].attributes["src"], "10.2.1.66");
+        assert!(w.sources.keys().all(|s| *s == ip("10.2.1.66")), "the innocent host is nowhere");
+    }
+
+    #[test]
+    fn invalid_users_count_once_per_attempt() {
+        let mut w = SshWatch::new(SshPolicy::default());
+        // Keys only: sshd logs `Invalid user` and nothing else per attempt.
+        let key_only: Vec<Event> = (0..10)
+            .filter_map(|i| {
+                w.observe(
+                    &format!("Nov 28 09:30:01 c1 sshd-session[9]: Invalid user u{i} from 10.2.1.70 port {}", 40000 + i),
+                    i,
+                )
+            })
+            .collect();
+        assert_eq!(key_only.len(), 1, "ten names tried: brute force");
+        assert_eq!(key_only[0].attributes["failures"], "10");
+        // Passwords: `Invalid user` then `Failed password for invalid user` on the same connection is one attempt.
+        let mut w = SshWatch::new(SshPolicy::default());
+        for i in 0..9 {
+            w.observe(&format!("Nov 28 09:30:01 c1 sshd[9]: Invalid user u{i} from 10.2.1.71 port {}", 41000 + i), i);
+            assert!(w
+                .observe(
+                    &format!(
+                        "Nov 28 09:30:01 c1 sshd[9]: Failed password for invalid user u{i} from 10.2.1.71 port {} ssh2",
+                        41000 + i
+                    ),
+                    i
+                )
+                .is_none());
+        }
+        assert_eq!(w.sources[&ip("10.2.1.71")].failures.len(), 9);
+        // Collapsed repeats count as what they stand for.
+        let mut w = SshWatch::new(SshPolicy::default());
+        let e = w.observe("Nov 28 09:30:01 c1 sshd[812]: message repeated 11 times: [ Failed password for root from 10.2.1.72 port 50412 ssh2]", 0);
+        assert_eq!(e.unwrap().attributes["failures"], "11");
     }
 
     #[test]
