@@ -59,7 +59,7 @@ fn main() {
     let fresh = || {
         Sensors::new(
             ScanPolicy::default(),
-            ArpPolicy { own: vec![(victim, [2, 0, 0, 0, 0, 1])], ..Default::default() },
+            ArpPolicy { own: vec![(victim.into(), [2, 0, 0, 0, 0, 1])], ..Default::default() },
             vec![victim],
         )
     };

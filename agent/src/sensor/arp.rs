@@ -6,10 +6,21 @@
 //! man in the middle); changing back and forth is flip-flop; an ARP packet
 //! whose Ethernet source differs from the sender it claims is suspicious.
 //! VRRP and HSRP virtual MACs are allowed to move. The table is bounded.
+//!
+//! IPv6 neighbour discovery is the same table: a neighbour advertisement
+//! (its target and target link-layer address) or solicitation (its source
+//! and source link-layer address) claims an address as an ARP packet does,
+//! and its events are `nd_*` instead of `arp_*`.
+//!
+//! A flood of invented stations must not make the watch forget the ones
+//! that matter: gateways (and this node's own addresses) are never
+//! evicted, and a full table evicts stations seen once before any seen
+//! again. The flood itself is one `arp_flood` event. Reports about
+//! gateways have their own memory, which a flood of others cannot fill.
 
 use super::recently::Recently;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tierwatch_protocol::{Event, Severity};
@@ -19,12 +30,13 @@ use super::mac;
 /// What the watch knows beforehand.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArpPolicy {
-    /// Addresses whose takeover is critical (the default gateway; this node's own are added).
-    pub gateways: Vec<Ipv4Addr>,
+    /// Addresses whose takeover is critical (the default gateway, known
+    /// servers; this node's own are added), IPv4 or IPv6.
+    pub gateways: Vec<IpAddr>,
     /// MACs allowed to answer for changing addresses (a failover pair), besides VRRP/HSRP.
     pub allow_macs: Vec<[u8; 6]>,
     /// This node's own (address, MAC) on the interface.
-    pub own: Vec<(Ipv4Addr, [u8; 6])>,
+    pub own: Vec<(IpAddr, [u8; 6])>,
     /// Stations remembered; beyond, the least recently seen is forgotten.
     pub max_stations: usize,
     /// This many MAC changes of one address within `flip_window` is flip-flop.
@@ -58,6 +70,8 @@ pub fn virtual_mac(m: &[u8; 6]) -> bool {
 struct Station {
     mac: [u8; 6],
     last_ms: i64,
+    /// Sightings, up to a few: a station seen again is no flood's invention.
+    seen: u8,
     changes: VecDeque<i64>,
 }
 
@@ -65,10 +79,14 @@ struct Station {
 #[derive(Debug)]
 pub struct ArpWatch {
     policy: ArpPolicy,
-    table: HashMap<Ipv4Addr, Station>,
+    table: HashMap<IpAddr, Station>,
     /// Last event per address and kind, so a storm of forged replies is one event a minute.
-    reported: Recently<(Ipv4Addr, &'static str)>,
+    reported: Recently<(IpAddr, &'static str)>,
+    /// The same for gateways: a flood about other addresses cannot fill it.
+    reported_gateways: Recently<(IpAddr, &'static str)>,
     digest: Digest,
+    flood: super::flood::FloodMeter,
+    seed: u64,
 }
 
 /// Stations listed in one digest; beyond, only counted.
@@ -79,7 +97,7 @@ const DIGEST_LISTED: usize = 32;
 struct Digest {
     /// When the first of them was seen.
     since_ms: Option<i64>,
-    listed: Vec<(Ipv4Addr, [u8; 6])>,
+    listed: Vec<(IpAddr, [u8; 6])>,
     count: u64,
 }
 
@@ -88,11 +106,54 @@ const QUIET_MS: i64 = 60_000;
 impl ArpWatch {
     /// A watch with `policy`; its own addresses count as gateways.
     pub fn new(mut policy: ArpPolicy) -> Self {
-        let own: Vec<Ipv4Addr> = policy.own.iter().map(|(ip, _)| *ip).collect();
+        let own: Vec<IpAddr> = policy.own.iter().map(|(ip, _)| *ip).collect();
         policy.gateways.extend(own);
         // A storm of reports remembers four per station at most.
         let reported = Recently::new(QUIET_MS, policy.max_stations * 4);
-        ArpWatch { policy, table: HashMap::new(), reported, digest: Digest::default() }
+        let reported_gateways = Recently::new(QUIET_MS, policy.gateways.len() * 8 + 8);
+        ArpWatch {
+            policy,
+            table: HashMap::new(),
+            reported,
+            reported_gateways,
+            digest: Digest::default(),
+            flood: super::flood::FloodMeter::new("arp_flood", "stations", ARP_FLOOD_STATIONS),
+            seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+        }
+    }
+
+    /// The MAC the table gives `ip`.
+    pub fn mac_of(&self, ip: &IpAddr) -> Option<[u8; 6]> {
+        self.table.get(ip).map(|s| s.mac)
+    }
+
+    /// The MAC the table gives `ip` when it was seen more than once (an
+    /// established station, not one a flood may have invented).
+    pub fn established_mac(&self, ip: &IpAddr) -> Option<[u8; 6]> {
+        self.table.get(ip).filter(|s| s.seen > 1).map(|s| s.mac)
+    }
+
+    /// The addresses the table gives `mac`, at most a few.
+    pub fn addresses_of(&self, mac: [u8; 6]) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.table.iter().filter(|(_, s)| s.mac == mac).map(|(ip, _)| *ip).take(8).collect();
+        v.sort();
+        v
+    }
+
+    /// True while a reported ARP flood's quiet period lasts.
+    pub fn flooding(&self, now_ms: i64) -> bool {
+        self.flood.flooding(now_ms)
+    }
+
+    /// True when `ip` is a gateway or this node's own.
+    pub fn is_gateway(&self, ip: &IpAddr) -> bool {
+        self.policy.gateways.contains(ip)
+    }
+
+    /// True when `mac` answers for a gateway (routed traffic comes from
+    /// it with any source address) or may move (VRRP, allowed).
+    pub fn is_router_mac(&self, mac: &[u8; 6]) -> bool {
+        self.allowed(mac) || self.policy.gateways.iter().any(|g| self.table.get(g).is_some_and(|s| s.mac == *mac))
     }
 
     /// Stations in the table.
@@ -105,14 +166,15 @@ impl ArpWatch {
     }
 
     /// One ARP packet: Ethernet source, and the sender it claims.
-    pub fn observe(&mut self, eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: Ipv4Addr, now_ms: i64) -> Vec<Event> {
+    pub fn observe(&mut self, eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: IpAddr, now_ms: i64) -> Vec<Event> {
         let mut out = Vec::new();
-        // ARP probes (sender 0.0.0.0) claim nothing.
+        // ARP probes (sender 0.0.0.0) and DAD solicitations (::) claim nothing.
         if sender_ip.is_unspecified() {
             return out;
         }
-        let event = |kind: &str, severity: Severity, attrs: &[(&str, String)]| {
-            Event::new(kind, severity, now_ms, attrs.iter().cloned())
+        let v6 = sender_ip.is_ipv6();
+        let event = |kind: &'static str, severity: Severity, attrs: &[(&str, String)]| {
+            Event::new(family(kind, v6), severity, now_ms, attrs.iter().cloned())
         };
         let gateway = self.policy.gateways.contains(&sender_ip);
         // Someone else claims this node's own address.
@@ -141,14 +203,12 @@ impl ArpWatch {
                 &[("src", sender_ip.to_string()), ("src_mac", mac(&sender_mac)), ("eth_src", mac(&eth_src))],
             ));
         }
-        if !self.table.contains_key(&sender_ip) && self.table.len() >= self.policy.max_stations {
-            // The least recently seen tenth at once: a flood of spoofed
-            // senders costs O(log n) per frame, not a scan of the table each.
-            let mut ages: Vec<(i64, Ipv4Addr)> = self.table.iter().map(|(k, s)| (s.last_ms, *k)).collect();
-            let n = (self.policy.max_stations / 10).max(1).min(ages.len());
-            ages.select_nth_unstable(n - 1);
-            for (_, k) in &ages[..n] {
-                self.table.remove(k);
+        if !self.table.contains_key(&sender_ip) {
+            let key = super::flood::key_hash(&ip_bytes(&sender_ip), self.seed);
+            let target = || sender_ip.to_string();
+            out.extend(self.flood.add(key, eth_src, Some(&target), now_ms));
+            if self.table.len() >= self.policy.max_stations {
+                self.evict();
             }
         }
         let flip_window = self.policy.flip_window.as_millis() as i64;
@@ -156,7 +216,8 @@ impl ArpWatch {
         let allowed = self.allowed(&sender_mac);
         match self.table.get_mut(&sender_ip) {
             None => {
-                self.table.insert(sender_ip, Station { mac: sender_mac, last_ms: now_ms, changes: VecDeque::new() });
+                self.table
+                    .insert(sender_ip, Station { mac: sender_mac, last_ms: now_ms, seen: 1, changes: VecDeque::new() });
                 let d = &mut self.digest;
                 d.since_ms.get_or_insert(now_ms);
                 d.count += 1;
@@ -165,6 +226,10 @@ impl ArpWatch {
                 }
             }
             Some(s) => {
+                // Seen again a second or more later: established.
+                if now_ms - s.last_ms >= 1000 {
+                    s.seen = s.seen.saturating_add(1).min(8);
+                }
                 s.last_ms = now_ms;
                 if s.mac == sender_mac {
                     return out;
@@ -232,8 +297,57 @@ impl ArpWatch {
     }
 
     /// True (and remembered) unless `kind` was reported for `ip` within the last minute.
-    fn once(&mut self, ip: Ipv4Addr, kind: &'static str, now_ms: i64) -> bool {
-        self.reported.first((ip, kind), now_ms)
+    fn once(&mut self, ip: IpAddr, kind: &'static str, now_ms: i64) -> bool {
+        if self.policy.gateways.contains(&ip) {
+            self.reported_gateways.first((ip, kind), now_ms)
+        } else {
+            self.reported.first((ip, kind), now_ms)
+        }
+    }
+
+    /// Makes room: the least recently seen tenth of the stations seen once
+    /// (a flood's inventions) or, when there are none, of all; never a
+    /// gateway. O(n) per tenth, so O(1) per new station on average.
+    fn evict(&mut self) {
+        let n = (self.policy.max_stations / 10).max(1);
+        let gateways = &self.policy.gateways;
+        let once = self.table.iter().filter(|(ip, s)| s.seen <= 1 && !gateways.contains(ip)).count();
+        let mut ages: Vec<(i64, IpAddr)> = self
+            .table
+            .iter()
+            .filter(|(ip, s)| !gateways.contains(ip) && (once == 0 || s.seen <= 1))
+            .map(|(k, s)| (s.last_ms, *k))
+            .collect();
+        let n = n.min(ages.len());
+        if n == 0 {
+            return;
+        }
+        ages.select_nth_unstable(n - 1);
+        for (_, k) in &ages[..n] {
+            self.table.remove(k);
+        }
+    }
+}
+
+/// New stations within the flood window that make an ARP flood.
+const ARP_FLOOD_STATIONS: usize = 500;
+
+/// `arp_spoof` for IPv4, `nd_spoof` for IPv6 (and so on).
+fn family(kind: &'static str, v6: bool) -> &'static str {
+    match (kind, v6) {
+        (k, false) => k,
+        ("arp_spoof", true) => "nd_spoof",
+        ("arp_change", true) => "nd_change",
+        ("arp_flipflop", true) => "nd_flipflop",
+        ("arp_mismatch", true) => "nd_mismatch",
+        (k, true) => k,
+    }
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -245,7 +359,7 @@ mod tests {
     const PC: [u8; 6] = [2, 0, 0, 0, 0, 20];
     const EVIL: [u8; 6] = [2, 0, 0, 0, 6, 0x66];
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -285,7 +399,7 @@ mod tests {
         assert!(w.observe(PC, vrrp, ip("10.2.1.253"), 1).is_empty());
         assert!(virtual_mac(&[0, 0, 0x0c, 0x07, 0xac, 1]) && !virtual_mac(&PC));
         for i in 0..100u8 {
-            w.observe(PC, [2, 0, 0, 1, 0, i], Ipv4Addr::new(10, 2, 2, i), i as i64);
+            w.observe(PC, [2, 0, 0, 1, 0, i], IpAddr::from([10, 2, 2, i]), i as i64);
         }
         assert!(w.stations() <= 10);
         assert!(w.observe(PC, PC, ip("0.0.0.0"), 0).is_empty(), "ARP probes claim nothing");
@@ -297,7 +411,7 @@ mod tests {
         let mut w = ArpWatch::new(policy);
         assert!(w.digest(0, false).is_none(), "nothing new, nothing said");
         for i in 0..40u8 {
-            w.observe([2, 0, 0, 0, 1, i], [2, 0, 0, 0, 1, i], Ipv4Addr::new(10, 2, 1, 10 + i), 5_000 + i as i64);
+            w.observe([2, 0, 0, 0, 1, i], [2, 0, 0, 0, 1, i], IpAddr::from([10, 2, 1, 10 + i]), 5_000 + i as i64);
         }
         // A station seen again is not new.
         w.observe([2, 0, 0, 0, 1, 0], [2, 0, 0, 0, 1, 0], ip("10.2.1.10"), 6_000);

@@ -1,40 +1,44 @@
 //! Passive capture on one LAN interface with pnet's datalink channel, on a
 //! dedicated thread: Linux pnet has no kernel filter, so every frame comes
-//! to user space, and the work per frame is a few header reads and at most
-//! one hash lookup. The loop survives the interface going down and up
+//! to user space, and the work per frame is a few header reads and a
+//! lookup or two. The loop survives the interface going down and up
 //! (the receiver errors: back off, reopen), and stops within its read
 //! timeout of cancellation.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use pnet::datalink::{self, Channel, NetworkInterface};
-use pnet::packet::arp::ArpPacket;
+use pnet::packet::arp::{ArpOperations, ArpPacket};
 use pnet::packet::ethernet::{EtherTypes, EthernetPacket};
-use pnet::packet::icmp::{IcmpPacket, IcmpTypes};
-use pnet::packet::ip::IpNextHeaderProtocols;
+use pnet::packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use pnet::packet::ipv4::Ipv4Packet;
+use pnet::packet::ipv6::Ipv6Packet;
 use pnet::packet::tcp::{TcpFlags, TcpPacket};
 use pnet::packet::Packet;
-use tierwatch_protocol::Event;
+use tierwatch_protocol::{Event, Severity};
 use tokio_util::sync::CancellationToken;
 
 use super::arp::{ArpPolicy, ArpWatch};
 use super::dhcp::DhcpWatch;
+use super::flood::{key_hash, FloodMeter};
+use super::recently::Recently;
 use super::router_advert::{Router, RouterWatch};
-use super::scan::{ScanDetector, ScanPolicy};
+use super::scan::{Attempt, Probe, ScanDetector, ScanPolicy, Seen};
 use super::LanSpec;
 
 /// Events of one kind let through per minute; the rest are counted in one
 /// `events_suppressed` event, so a hostile flood cannot flood the batches.
+/// Critical events have a budget of their own: a flood of warnings never
+/// spends the one that says the gateway was taken over.
 const EVENTS_PER_KIND_PER_MINUTE: u32 = 60;
 
 /// Caps the events per kind and minute.
 #[derive(Debug, Default)]
 struct Limiter {
     minute_start: i64,
-    counts: HashMap<String, u32>,
+    counts: HashMap<(String, bool), u32>,
     suppressed: std::collections::BTreeMap<String, u64>,
 }
 
@@ -46,13 +50,14 @@ impl Limiter {
                     .into_iter()
                     .map(|(k, n)| (k, n.to_string()))
                     .chain([("window_s".to_string(), "60".to_string())]);
-                out.push(Event::new("events_suppressed", tierwatch_protocol::Severity::Warning, now_ms, attributes));
+                out.push(Event::new("events_suppressed", Severity::Warning, now_ms, attributes));
             }
             self.counts.clear();
             self.minute_start = now_ms;
         }
         for e in found.drain(..) {
-            let n = self.counts.entry(e.kind.clone()).or_default();
+            let critical = e.severity >= Severity::Critical as i32;
+            let n = self.counts.entry((e.kind.clone(), critical)).or_default();
             if *n < EVENTS_PER_KIND_PER_MINUTE {
                 *n += 1;
                 out.push(e);
@@ -63,19 +68,89 @@ impl Limiter {
     }
 }
 
-/// A SYN not answered within this is a failed attempt (a filtered port).
+/// A SYN (or echo request) not answered within this is a failed attempt.
 const SYN_TIMEOUT_MS: i64 = 3_000;
-/// SYNs awaiting an answer, at most (a SYN flood must not grow memory).
+/// SYNs (and echo requests) awaiting an answer, at most, for unverified
+/// sources and apart for verified LAN hosts (a SYN flood must not grow
+/// memory, nor crowd out a real scanner's SYNs).
 const MAX_PENDING: usize = 65_536;
+/// Distinct spoofed-looking sources of SYNs within the flood window that
+/// make a SYN flood.
+const SYN_FLOOD_SOURCES: usize = 1_000;
+/// Distinct Ethernet sources within the flood window that make a MAC flood.
+const MAC_FLOOD_MACS: usize = 2_000;
+/// A pair (address, MAC) of a LAN frame, found to agree with the ARP table, is not looked up again until the next sweep.
+const CHECKED: usize = 256;
 
-/// What the frames of one interface feed: the detectors and the SYNs awaiting an answer.
+type Flow = (IpAddr, IpAddr, u16);
+/// An address and the MAC its frame came from.
+type Pair = (IpAddr, [u8; 6]);
+
+/// SYNs or echo requests awaiting an answer: key → (time, client MAC).
+#[derive(Debug)]
+struct Pending<K> {
+    verified: HashMap<K, (i64, [u8; 6])>,
+    other: HashMap<K, (i64, [u8; 6])>,
+}
+
+impl<K> Default for Pending<K> {
+    fn default() -> Self {
+        Pending { verified: HashMap::new(), other: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Pending<K> {
+    fn insert(&mut self, k: K, at: (i64, [u8; 6]), verified: bool) {
+        let m = if verified { &mut self.verified } else { &mut self.other };
+        if m.len() < MAX_PENDING {
+            m.insert(k, at);
+        }
+    }
+
+    /// The request answered: `Some((mac, verified))` if it was pending.
+    fn remove(&mut self, k: &K) -> Option<([u8; 6], bool)> {
+        if let Some((_, m)) = self.verified.remove(k) {
+            return Some((m, true));
+        }
+        self.other.remove(k).map(|(_, m)| (m, false))
+    }
+
+    fn len(&self) -> usize {
+        self.verified.len() + self.other.len()
+    }
+
+    /// Removes and returns what waited longer than the timeout.
+    fn expired(&mut self, now_ms: i64) -> Vec<(K, [u8; 6], bool)> {
+        let mut out = Vec::new();
+        for (m, verified) in [(&mut self.verified, true), (&mut self.other, false)] {
+            m.retain(|k, (t, mac)| {
+                let keep = now_ms - *t < SYN_TIMEOUT_MS;
+                if !keep {
+                    out.push((*k, *mac, verified));
+                }
+                keep
+            });
+        }
+        out
+    }
+}
+
+/// What the frames of one interface feed: the detectors and the requests awaiting an answer.
 pub struct Sensors {
     scan: ScanDetector,
+    /// The scan policy's threshold, for decoys: a third of it shared with a MAC.
+    scan_threshold: usize,
     arp: ArpWatch,
     dhcp: DhcpWatch,
     routers: RouterWatch,
-    /// (client, server, server port) → (time of the SYN, client MAC).
-    pending: HashMap<(Ipv4Addr, Ipv4Addr, u16), (i64, [u8; 6])>,
+    syns: Pending<Flow>,
+    echoes: Pending<(IpAddr, IpAddr)>,
+    syn_flood: FloodMeter,
+    mac_flood: FloodMeter,
+    /// Pairs (address, MAC) of LAN frames that agreed with the table lately.
+    checked: Box<[Option<Pair>; CHECKED]>,
+    mismatches: Recently<(IpAddr, [u8; 6])>,
+    seed: u64,
     last_sweep_ms: i64,
     limiter: Limiter,
     /// Events found by the detectors, before the limiter.
@@ -84,13 +159,26 @@ pub struct Sensors {
 
 impl Sensors {
     /// Sensors with their policies; `dhcp_servers` are the LAN's own DHCP servers.
-    pub fn new(scan: ScanPolicy, arp: ArpPolicy, dhcp_servers: Vec<Ipv4Addr>) -> Self {
+    pub fn new(mut scan: ScanPolicy, mut arp: ArpPolicy, dhcp_servers: Vec<Ipv4Addr>) -> Self {
+        // This node's own traffic (its probes, its DHCP server's pings) is no scan.
+        scan.allow.extend(arp.own.iter().map(|(ip, _)| (*ip, if ip.is_ipv4() { 32 } else { 128 })));
+        // The LAN's DHCP servers are known servers: their takeover is critical.
+        arp.gateways.extend(dhcp_servers.iter().map(|s| IpAddr::V4(*s)));
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
         Sensors {
+            scan_threshold: scan.threshold,
             scan: ScanDetector::new(scan),
             arp: ArpWatch::new(arp),
             dhcp: DhcpWatch::new(dhcp_servers),
             routers: RouterWatch::default(),
-            pending: HashMap::new(),
+            syns: Pending::default(),
+            echoes: Pending::default(),
+            syn_flood: FloodMeter::new("syn_flood", "sources", SYN_FLOOD_SOURCES),
+            mac_flood: FloodMeter::new("mac_flood", "macs", MAC_FLOOD_MACS),
+            checked: Box::new([None; CHECKED]),
+            mismatches: Recently::new(60_000, 4096),
+            seed,
             last_sweep_ms: 0,
             limiter: Limiter::default(),
             found: Vec::new(),
@@ -103,9 +191,10 @@ impl Sensors {
         self
     }
 
-    /// Sources and stations tracked, SYNs pending.
+    /// Scan sources tracked (in the table and on probation), stations, requests pending.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        (self.scan.sources(), self.arp.stations(), self.pending.len())
+        let (table, probation) = self.scan.sources();
+        (table + probation, self.arp.stations(), self.syns.len() + self.echoes.len())
     }
 
     /// Feeds one Ethernet frame seen at `now_ms`; events found go to `out`.
@@ -124,70 +213,115 @@ impl Sensors {
     fn dispatch(&mut self, data: &[u8], now_ms: i64, out: &mut Vec<Event>) {
         let Some(eth) = EthernetPacket::new(data) else { return };
         let src_mac: [u8; 6] = eth.get_source().octets();
+        let dst_mac: [u8; 6] = eth.get_destination().octets();
+        let key = key_hash(&src_mac, self.seed);
+        if let Some(e) = self.mac_flood.add(key, src_mac, None, now_ms) {
+            // An ARP flood invents MACs too: said once, as an ARP flood.
+            if !self.arp.flooding(now_ms) {
+                out.push(e);
+            }
+        }
         match eth.get_ethertype() {
             EtherTypes::Arp => {
                 if let Some(arp) = ArpPacket::new(eth.payload()) {
                     let sender = arp.get_sender_hw_addr().octets();
-                    out.extend(self.arp.observe(src_mac, sender, arp.get_sender_proto_addr(), now_ms));
+                    let sender_ip = IpAddr::V4(arp.get_sender_proto_addr());
+                    out.extend(self.arp.observe(src_mac, sender, sender_ip, now_ms));
+                    if arp.get_operation() == ArpOperations::Request {
+                        let target = IpAddr::V4(arp.get_target_proto_addr());
+                        self.sweep_probe(sender_ip, src_mac, target, Probe::Arp, now_ms, out);
+                    }
                 }
             }
             EtherTypes::Ipv4 => {
                 if let Some(ip) = Ipv4Packet::new(eth.payload()) {
-                    self.ipv4(&ip, src_mac, now_ms, out);
+                    let (src, dst) = (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()));
+                    self.check_source(src, src_mac, now_ms, out);
+                    let payload = ip.payload();
+                    match ip.get_next_level_protocol() {
+                        IpNextHeaderProtocols::Icmp => {
+                            self.icmp(src, dst, src_mac, dst_mac, payload, false, now_ms, out)
+                        }
+                        proto => self.transport(proto, src, dst, src_mac, dst_mac, payload, now_ms, out),
+                    }
                 }
             }
-            EtherTypes::Ipv6 => {
-                if let Some(ad) = super::router_advert::parse(eth.payload()) {
-                    out.extend(self.routers.observe(&ad, src_mac, now_ms));
-                }
-            }
+            EtherTypes::Ipv6 => self.ipv6(eth.payload(), src_mac, dst_mac, now_ms, out),
             _ => {}
         }
     }
 
-    fn ipv4(&mut self, ip: &Ipv4Packet<'_>, src_mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) {
-        let (src, dst) = (ip.get_source(), ip.get_destination());
-        match ip.get_next_level_protocol() {
+    fn ipv6(&mut self, data: &[u8], src_mac: [u8; 6], dst_mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) {
+        if let Some(ad) = super::router_advert::parse(data) {
+            out.extend(self.routers.observe(&ad, src_mac, now_ms));
+            return;
+        }
+        let Some(ip) = Ipv6Packet::new(data) else { return };
+        let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
+        let Some(payload) = ip.payload().get(..ip.get_payload_length() as usize) else { return };
+        self.check_source(src, src_mac, now_ms, out);
+        match ip.get_next_header() {
+            IpNextHeaderProtocols::Icmpv6 => self.icmp(src, dst, src_mac, dst_mac, payload, true, now_ms, out),
+            proto => self.transport(proto, src, dst, src_mac, dst_mac, payload, now_ms, out),
+        }
+    }
+
+    /// TCP and UDP of either family.
+    #[allow(clippy::too_many_arguments)]
+    fn transport(
+        &mut self,
+        proto: IpNextHeaderProtocol,
+        src: IpAddr,
+        dst: IpAddr,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        payload: &[u8],
+        now_ms: i64,
+        out: &mut Vec<Event>,
+    ) {
+        match proto {
             IpNextHeaderProtocols::Tcp => {
-                let Some(tcp) = TcpPacket::new(ip.payload()) else { return };
+                let Some(tcp) = TcpPacket::new(payload) else { return };
+                let (sport, dport) = (tcp.get_source(), tcp.get_destination());
                 let flags = tcp.get_flags();
-                let syn = flags & TcpFlags::SYN != 0;
-                let ack = flags & TcpFlags::ACK != 0;
-                let rst = flags & TcpFlags::RST != 0;
+                let (syn, ack, rst) =
+                    (flags & TcpFlags::SYN != 0, flags & TcpFlags::ACK != 0, flags & TcpFlags::RST != 0);
                 if syn && !ack {
-                    if self.pending.len() < MAX_PENDING {
-                        self.pending.insert((src, dst, tcp.get_destination()), (now_ms, src_mac));
+                    let verified = self.verified(&src, src_mac);
+                    if !verified {
+                        let k = key_hash(&ip_bytes(&src), self.seed);
+                        let target = || format!("{dst}:{dport}");
+                        out.extend(self.syn_flood.add(k, src_mac, Some(&target), now_ms));
                     }
+                    self.syns.insert((src, dst, dport), (now_ms, src_mac), verified);
                 } else if syn && ack {
                     // The server answered: an open port, not a failure.
-                    self.pending.remove(&(dst, src, tcp.get_source()));
+                    self.syns.remove(&(dst, src, sport));
                 } else if rst {
-                    // The server refused: a closed port.
-                    if let Some((_, mac)) = self.pending.remove(&(dst, src, tcp.get_source())) {
-                        out.extend(self.scan.failed(dst, Some(mac), src, tcp.get_source(), now_ms));
+                    if let Some((mac, verified)) = self.syns.remove(&(dst, src, sport)) {
+                        // The server refused: a closed port.
+                        self.scan_failed(dst, Some(mac), verified, (src, sport, Probe::Syn), now_ms, out);
+                    } else if !ack {
+                        // A bare RST answers a segment with ACK for no
+                        // connection (RFC 9293 3.10.7.1): an ACK or Maimon
+                        // probe. Sent to the prober's MAC as the victim knows it.
+                        let verified = self.verified(&dst, dst_mac);
+                        self.scan_failed(dst, Some(dst_mac), verified, (src, sport, Probe::Ack), now_ms, out);
                     }
+                } else if !ack {
+                    // No SYN, ACK or RST: no TCP stack sends it but a scanner
+                    // (FIN, Xmas, NULL); counted at once, open port or not.
+                    let probe = if flags == 0 { Probe::Null } else { Probe::Fin };
+                    let verified = self.verified(&src, src_mac);
+                    self.scan_failed(src, Some(src_mac), verified, (dst, dport, probe), now_ms, out);
                 }
             }
             IpNextHeaderProtocols::Udp => {
-                // DHCP replies only: server port 67 to client port 68.
-                let p = ip.payload();
-                if p.len() > 8 && p[0..2] == [0, 67] && p[2..4] == [0, 68] {
-                    if let Some(r) = super::dhcp::parse(&p[8..], src) {
-                        out.extend(self.dhcp.observe(r, src_mac, now_ms));
-                    }
-                }
-            }
-            IpNextHeaderProtocols::Icmp => {
-                let Some(icmp) = IcmpPacket::new(ip.payload()) else { return };
-                // Port unreachable quotes the datagram that was refused: its
-                // source is the prober, its destination the closed port.
-                if icmp.get_icmp_type() == IcmpTypes::DestinationUnreachable && icmp.get_icmp_code().0 == 3 {
-                    let quoted = icmp.payload().get(4..).and_then(Ipv4Packet::new);
-                    if let Some(q) = quoted.filter(|q| q.get_next_level_protocol() == IpNextHeaderProtocols::Udp) {
-                        let header = q.get_header_length() as usize * 4;
-                        if let Some(udp) = q.packet().get(header..header + 4) {
-                            let port = u16::from_be_bytes([udp[2], udp[3]]);
-                            out.extend(self.scan.failed(q.get_source(), None, q.get_destination(), port, now_ms));
+                // DHCP, both ways: client port 68 and server port 67.
+                if let (IpAddr::V4(src4), Some(ports)) = (src, payload.get(0..4)) {
+                    if payload.len() > 8 && (ports == [0, 67, 0, 68] || ports == [0, 68, 0, 67]) {
+                        if let Some(m) = super::dhcp::parse(&payload[8..], src4) {
+                            out.extend(self.dhcp.observe(m, src_mac, now_ms));
                         }
                     }
                 }
@@ -196,7 +330,167 @@ impl Sensors {
         }
     }
 
-    /// Unanswered SYNs become failed attempts; idle sources are forgotten.
+    /// ICMP or ICMPv6: echo requests and replies, port unreachable quoting
+    /// a UDP probe, and (IPv6) neighbour discovery.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        p: &[u8],
+        v6: bool,
+        now_ms: i64,
+        out: &mut Vec<Event>,
+    ) {
+        let Some((&ty, rest)) = p.split_first() else { return };
+        let code = rest.first().copied().unwrap_or(0);
+        match (v6, ty, code) {
+            (false, 8, _) | (true, 128, _) => {
+                let verified = self.verified(&src, src_mac);
+                self.echoes.insert((src, dst), (now_ms, src_mac), verified);
+            }
+            (false, 0, _) | (true, 129, _) => {
+                self.echoes.remove(&(dst, src));
+            }
+            // Port unreachable quotes the datagram that was refused: its
+            // source is the prober, its destination the closed port. The
+            // error goes to the prober's MAC as the victim knows it.
+            (false, 3, 3) | (true, 1, 4) => {
+                let Some((prober, target, port)) = quoted_udp(p.get(8..).unwrap_or_default(), v6) else { return };
+                let verified = self.verified(&prober, dst_mac);
+                self.scan_failed(prober, Some(dst_mac), verified, (target, port, Probe::Udp), now_ms, out);
+            }
+            // Neighbour solicitation: the solicited target; the source
+            // claims its own address with its link-layer option.
+            (true, 135, 0) => {
+                let Some(target) = p.get(8..24).and_then(|t| <[u8; 16]>::try_from(t).ok()) else { return };
+                let target = IpAddr::from(target);
+                if !src.is_unspecified() {
+                    if let Some(lla) = nd_option(p.get(24..).unwrap_or_default(), 1) {
+                        out.extend(self.arp.observe(src_mac, lla, src, now_ms));
+                    }
+                    self.sweep_probe(src, src_mac, target, Probe::Arp, now_ms, out);
+                }
+            }
+            // Neighbour advertisement: the target, and the MAC it claims.
+            (true, 136, 0) => {
+                let Some(target) = p.get(8..24).and_then(|t| <[u8; 16]>::try_from(t).ok()) else { return };
+                let claimed = nd_option(p.get(24..).unwrap_or_default(), 2).unwrap_or(src_mac);
+                out.extend(self.arp.observe(src_mac, claimed, IpAddr::from(target), now_ms));
+            }
+            _ => {}
+        }
+    }
+
+    /// A LAN sweep probe (ARP request, neighbour solicitation): gateways,
+    /// this node and the DHCP servers ask for many addresses by their trade.
+    fn sweep_probe(
+        &mut self,
+        src: IpAddr,
+        mac: [u8; 6],
+        target: IpAddr,
+        probe: Probe,
+        now_ms: i64,
+        out: &mut Vec<Event>,
+    ) {
+        if src.is_unspecified() || src == target || self.arp.is_gateway(&src) {
+            return;
+        }
+        let verified = self.verified(&src, mac);
+        self.scan_failed(src, Some(mac), verified, (target, 0, probe), now_ms, out);
+    }
+
+    /// True when `mac` is the one the table gives `ip` (a LAN host, not a
+    /// router forwarding for it nor someone claiming it).
+    fn verified(&self, ip: &IpAddr, mac: [u8; 6]) -> bool {
+        self.arp.mac_of(ip) == Some(mac)
+    }
+
+    /// Counts a failed attempt; a scan found is told with what the ARP
+    /// table knows of the MAC its frames came from: the real owner when
+    /// the address is spoofed, and the decoys sharing the MAC.
+    fn scan_failed(
+        &mut self,
+        src: IpAddr,
+        mac: Option<[u8; 6]>,
+        verified: bool,
+        attempt: Attempt,
+        now_ms: i64,
+        out: &mut Vec<Event>,
+    ) {
+        let Seen::Counted(Some(mut e)) = self.scan.failed(src, mac, verified, attempt, now_ms) else { return };
+        if let Some(m) = mac.filter(|m| !self.arp.is_router_mac(m)) {
+            let owners: Vec<IpAddr> = self.arp.addresses_of(m);
+            let real = self.arp.mac_of(&src);
+            let spoofed = real.is_some_and(|r| r != m) || (real.is_none() && !owners.is_empty());
+            let decoys: Vec<(IpAddr, usize)> = self
+                .scan
+                .sharing_mac(m, (self.scan_threshold / 3).max(2))
+                .into_iter()
+                .filter(|(ip, _)| !owners.contains(ip) && (spoofed || *ip != src))
+                .collect();
+            if spoofed {
+                e.attributes.insert("spoofed".into(), "true".into());
+                e.attributes.insert("claimed_src".into(), src.to_string());
+                if let Some(r) = real {
+                    e.attributes.insert("real_mac".into(), super::mac(&r));
+                }
+                if let Some(o) = owners.first() {
+                    e.attributes.insert("src".into(), o.to_string());
+                }
+            }
+            if !decoys.is_empty() {
+                let listed: Vec<String> = decoys.iter().take(16).map(|(ip, _)| ip.to_string()).collect();
+                e.attributes.insert("decoys".into(), listed.join(","));
+                for (ip, _) in &decoys {
+                    self.scan.mark_reported(*ip, now_ms);
+                }
+                for o in &owners {
+                    self.scan.mark_reported(*o, now_ms);
+                }
+            }
+        }
+        out.push(e);
+    }
+
+    /// At the gateway: a LAN frame from a known host's address whose MAC is
+    /// not that host's (a man in the middle forwarding the victim's traffic
+    /// after a unicast ARP spoof the gateway never saw).
+    fn check_source(&mut self, src: IpAddr, mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) {
+        let slot = (usize::from(mac[5]) ^ usize::from(last_byte(&src))) % CHECKED;
+        if self.checked[slot] == Some((src, mac)) {
+            return;
+        }
+        let Some(known) = self.arp.established_mac(&src) else { return };
+        if known == mac {
+            self.checked[slot] = Some((src, mac));
+            return;
+        }
+        if self.arp.is_router_mac(&mac) || !self.mismatches.first((src, mac), now_ms) {
+            return;
+        }
+        let gateway = self.arp.is_gateway(&src);
+        let owners = self.arp.addresses_of(mac);
+        let mut attrs = vec![
+            ("src", owners.first().map_or_else(|| super::mac(&mac), IpAddr::to_string)),
+            ("src_mac", super::mac(&mac)),
+            ("claimed_src", src.to_string()),
+            ("real_mac", super::mac(&known)),
+            (
+                "why",
+                "traffic from a known host's address came from another MAC (a man in the middle forwarding it)".into(),
+            ),
+        ];
+        if gateway {
+            attrs.push(("gateway", "true".into()));
+        }
+        let severity = if gateway { Severity::Critical } else { Severity::Warning };
+        out.push(Event::new("ip_mac_mismatch", severity, now_ms, attrs));
+    }
+
+    /// Unanswered SYNs and echo requests become failed attempts; idle sources are forgotten.
     fn sweep(&mut self, now_ms: i64, out: &mut Vec<Event>) {
         let mut found = std::mem::take(&mut self.found);
         self.sweep_into(now_ms, &mut found);
@@ -206,15 +500,17 @@ impl Sensors {
 
     fn sweep_into(&mut self, now_ms: i64, out: &mut Vec<Event>) {
         self.last_sweep_ms = now_ms;
-        let expired: Vec<((Ipv4Addr, Ipv4Addr, u16), [u8; 6])> = self
-            .pending
-            .iter()
-            .filter(|(_, (t, _))| now_ms - t >= SYN_TIMEOUT_MS)
-            .map(|(k, (_, mac))| (*k, *mac))
-            .collect();
-        for ((client, server, port), mac) in expired {
-            self.pending.remove(&(client, server, port));
-            out.extend(self.scan.failed(client, Some(mac), server, port, now_ms));
+        self.checked.fill(None);
+        for ((client, server, port), mac, verified) in self.syns.expired(now_ms) {
+            self.scan_failed(client, Some(mac), verified, (server, port, Probe::Syn), now_ms, out);
+        }
+        let dhcp_servers = self.dhcp.servers();
+        for ((src, dst), mac, verified) in self.echoes.expired(now_ms) {
+            // A DHCP server pings an address before it offers it.
+            if matches!(src, IpAddr::V4(s) if dhcp_servers.contains(&s)) || self.arp.is_gateway(&src) {
+                continue;
+            }
+            self.scan_failed(src, Some(mac), verified, (dst, 0, Probe::Echo), now_ms, out);
         }
         self.scan.expire(now_ms);
         out.extend(self.arp.digest(now_ms, false));
@@ -226,21 +522,64 @@ impl Sensors {
     }
 }
 
+/// The (source, destination, destination port) of the UDP datagram an
+/// ICMP error quotes (its IP header onwards).
+fn quoted_udp(q: &[u8], v6: bool) -> Option<(IpAddr, IpAddr, u16)> {
+    if v6 {
+        let ip = Ipv6Packet::new(q)?;
+        if ip.get_next_header() != IpNextHeaderProtocols::Udp {
+            return None;
+        }
+        let udp = q.get(40..44)?;
+        Some((IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()), u16::from_be_bytes([udp[2], udp[3]])))
+    } else {
+        let ip = Ipv4Packet::new(q)?;
+        if ip.get_next_level_protocol() != IpNextHeaderProtocols::Udp {
+            return None;
+        }
+        let header = ip.get_header_length() as usize * 4;
+        let udp = q.get(header..header + 4)?;
+        Some((IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()), u16::from_be_bytes([udp[2], udp[3]])))
+    }
+}
+
+/// The link-layer address of neighbour discovery option `kind` (1 source, 2 target).
+fn nd_option(mut opts: &[u8], kind: u8) -> Option<[u8; 6]> {
+    while opts.len() >= 8 {
+        let len = usize::from(opts[1]) * 8;
+        if len == 0 {
+            return None;
+        }
+        if opts[0] == kind && len >= 8 {
+            return opts[2..8].try_into().ok();
+        }
+        opts = opts.get(len..)?;
+    }
+    None
+}
+
+fn ip_bytes(ip: &IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn last_byte(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    }
+}
+
 fn find(name: &str) -> Option<NetworkInterface> {
     datalink::interfaces().into_iter().find(|i| i.name == name)
 }
 
-/// This node's own (IPv4, MAC) pairs on `iface`.
-pub fn own_addresses(iface: &NetworkInterface) -> Vec<(Ipv4Addr, [u8; 6])> {
+/// This node's own (address, MAC) pairs on `iface`, IPv4 and IPv6.
+pub fn own_addresses(iface: &NetworkInterface) -> Vec<(IpAddr, [u8; 6])> {
     let Some(mac) = iface.mac.map(|m| m.octets()) else { return Vec::new() };
-    iface
-        .ips
-        .iter()
-        .filter_map(|n| match n.ip() {
-            std::net::IpAddr::V4(v4) => Some((v4, mac)),
-            _ => None,
-        })
-        .collect()
+    iface.ips.iter().map(|n| (n.ip(), mac)).collect()
 }
 
 /// Captures on `spec.interface` until `token` is cancelled; events go to `emit`.
@@ -446,6 +785,30 @@ pub mod synth {
         buf
     }
 
+    /// The BOOTP payload of a DHCPDISCOVER by a client with `mac`.
+    pub fn bootp_discover(mac: [u8; 6]) -> Vec<u8> {
+        bootp(1, 1, None, Ipv4Addr::UNSPECIFIED, mac)
+    }
+
+    /// The BOOTP payload of a DHCPREQUEST by `mac` for `requested`, naming `server` (option 54).
+    pub fn dhcp_request(mac: [u8; 6], server: Ipv4Addr, requested: Ipv4Addr) -> Vec<u8> {
+        let mut b = bootp(1, 3, Some(server), Ipv4Addr::UNSPECIFIED, mac);
+        b.pop();
+        b.extend_from_slice(&[50, 4]);
+        b.extend_from_slice(&requested.octets());
+        b.push(255);
+        b
+    }
+
+    /// A neighbour advertisement (the ICMPv6 message) for `target`, claiming `mac` as its link-layer address.
+    pub fn neighbour_advert(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+        let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+        icmp.extend(target.octets());
+        icmp.extend([2, 1]);
+        icmp.extend(mac);
+        icmp
+    }
+
     /// A DHCPDISCOVER broadcast by a client with `mac`.
     pub fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
         udp(mac, Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67, &bootp(1, 1, None, Ipv4Addr::UNSPECIFIED, mac))
@@ -508,7 +871,7 @@ mod tests {
         // A forged ARP reply claiming a gateway.
         let mut s = Sensors::new(
             ScanPolicy::default(),
-            ArpPolicy { own: vec![(victim, [2, 0, 0, 0, 0, 1])], ..Default::default() },
+            ArpPolicy { own: vec![(victim.into(), [2, 0, 0, 0, 0, 1])], ..Default::default() },
             vec![victim],
         );
         let mut out = Vec::new();
@@ -545,7 +908,10 @@ mod tests {
             );
         }
         s.frame(&[0u8; 3], 61_000, &mut out);
-        assert_eq!(out.len(), 62, "{:?}", out.last());
+        assert_eq!(out.len(), 63, "{:?}", out.last());
+        let floods: Vec<&Event> = out.iter().filter(|e| e.kind == "arp_flood").collect();
+        assert_eq!(floods.len(), 1, "the flood itself, once");
+        assert_eq!(floods[0].attributes["src"], "02:00:00:09:09:09", "the flood's sender");
         let suppressed = out.iter().find(|e| e.kind == "events_suppressed").unwrap();
         assert_eq!(suppressed.attributes["arp_mismatch"], "940");
         let digest = out.last().unwrap();
@@ -554,5 +920,172 @@ mod tests {
         for n in 0..80 {
             s.frame(&vec![0x45; n], 0, &mut out);
         }
+    }
+
+    fn kinds(out: &[Event]) -> Vec<&str> {
+        out.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const EVIL: [u8; 6] = [2, 0, 0, 0, 6, 0x66];
+
+    /// A LAN with its gateway and a few hosts known to the table (each seen twice).
+    fn lan() -> (Sensors, Vec<Event>) {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let mut s = Sensors::new(
+            ScanPolicy::default(),
+            ArpPolicy { own: vec![(gw.into(), GW_MAC)], ..Default::default() },
+            vec![gw],
+        );
+        let mut out = Vec::new();
+        for t in [0, 2_000] {
+            for h in 10..=20u8 {
+                let m = [2, 0, 0, 0, 1, h];
+                s.frame(&synth::arp_reply(m, m, Ipv4Addr::new(10, 2, 1, h), gw), t, &mut out);
+            }
+            s.frame(&synth::arp_reply(EVIL, EVIL, Ipv4Addr::new(10, 2, 1, 66), gw), t, &mut out);
+        }
+        out.clear();
+        (s, out)
+    }
+
+    #[test]
+    fn fin_xmas_null_and_ack_probes_are_scans() {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let attacker = Ipv4Addr::new(10, 2, 1, 66);
+        for flags in [TcpFlags::FIN, TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG, 0] {
+            let (mut s, mut out) = lan();
+            for p in 1..=20u16 {
+                s.frame(&synth::tcp(EVIL, attacker, 40000, gw, p, flags), 10_000 + p as i64, &mut out);
+            }
+            assert_eq!(kinds(&out), ["port_scan"], "flags {flags:#x}");
+            assert_eq!(out[0].attributes["src"], "10.2.1.66");
+            assert_eq!(out[0].attributes["src_mac"], "02:00:00:00:06:66");
+        }
+        // ACK scan: the probes look ordinary; the victim's bare RSTs tell.
+        let (mut s, mut out) = lan();
+        for p in 1..=20u16 {
+            s.frame(&synth::tcp(EVIL, attacker, 40000, gw, p, TcpFlags::ACK), 10_000, &mut out);
+            let mut rst = synth::tcp(GW_MAC, gw, p, attacker, 40000, TcpFlags::RST);
+            rst[0..6].copy_from_slice(&EVIL);
+            s.frame(&rst, 10_001, &mut out);
+        }
+        assert_eq!(kinds(&out), ["port_scan"]);
+        assert_eq!(out[0].attributes["probes"], "ack");
+        // A browser's aborts (RST with ACK) are no scan.
+        let (mut s, mut out) = lan();
+        for p in 1..=40u16 {
+            let abort = synth::tcp(
+                [2, 0, 0, 0, 1, 10],
+                Ipv4Addr::new(10, 2, 1, 10),
+                50000 + p,
+                gw,
+                443,
+                TcpFlags::RST | TcpFlags::ACK,
+            );
+            s.frame(&abort, 10_000, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_decoy_scan_blames_the_mac_and_marks_the_decoys() {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let (mut s, mut out) = lan();
+        // nmap -D 10.2.1.10,10.2.1.11,ME: every probe from each, all from the attacker's MAC.
+        for p in 1..=30u16 {
+            for src in [Ipv4Addr::new(10, 2, 1, 10), Ipv4Addr::new(10, 2, 1, 11), Ipv4Addr::new(10, 2, 1, 66)] {
+                s.frame(&synth::tcp(EVIL, src, 40000, gw, p, TcpFlags::SYN), 10_000 + p as i64, &mut out);
+                s.frame(
+                    &synth::tcp(GW_MAC, gw, p, src, 40000, TcpFlags::RST | TcpFlags::ACK),
+                    10_000 + p as i64,
+                    &mut out,
+                );
+            }
+        }
+        let scans: Vec<&Event> = out.iter().filter(|e| e.kind == "port_scan").collect();
+        assert_eq!(scans.len(), 1, "one scan, not one per decoy: {out:?}");
+        let e = scans[0];
+        assert_eq!(e.attributes["src"], "10.2.1.66", "the MAC's owner: {e:?}");
+        assert_eq!(e.attributes["spoofed"], "true");
+        assert_eq!(e.attributes["claimed_src"], "10.2.1.10");
+        assert_eq!(e.attributes["real_mac"], "02:00:00:00:01:0a");
+        assert_eq!(e.attributes["decoys"], "10.2.1.10,10.2.1.11");
+        // The attacker's man in the middle: the gateway sees a known host's address from its MAC.
+        let mut out = Vec::new();
+        let forwarded =
+            synth::tcp(EVIL, Ipv4Addr::new(10, 2, 1, 12), 50000, Ipv4Addr::new(10, 255, 0, 1), 443, TcpFlags::ACK);
+        s.frame(&forwarded, 20_000, &mut out);
+        assert_eq!(kinds(&out), ["ip_mac_mismatch"]);
+        assert_eq!(out[0].attributes["src"], "10.2.1.66");
+        assert_eq!(out[0].attributes["claimed_src"], "10.2.1.12");
+        assert_eq!(out[0].attributes["real_mac"], "02:00:00:00:01:0c");
+        s.frame(&forwarded, 20_001, &mut out);
+        assert_eq!(out.len(), 1, "once a minute");
+    }
+
+    #[test]
+    fn a_syn_flood_is_reported_and_does_not_hide_a_scan() {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let (mut s, mut out) = lan();
+        let scanner = Ipv4Addr::new(10, 2, 1, 66);
+        // 300,000 SYNs from random sources (hping3 --rand-source from the attacker's
+        // box), and among them a slow scan from a LAN host: a port every 20 s.
+        for i in 0..300_000u32 {
+            let t = 10_000 + i as i64 / 1000 * 20;
+            let spoofed = Ipv4Addr::from(0x0b00_0000 + i.wrapping_mul(2_654_435_761) % 0x00ff_ffff);
+            s.frame(&synth::tcp(EVIL, spoofed, 1024, gw, 80, TcpFlags::SYN), t, &mut out);
+            if i % 1000 == 0 {
+                s.frame(&synth::tcp(EVIL, scanner, 40000, gw, (i / 1000) as u16 + 1, TcpFlags::SYN), t, &mut out);
+            }
+        }
+        s.frame(&[0u8; 3], 20_000_000, &mut out);
+        let floods: Vec<&Event> = out.iter().filter(|e| e.kind == "syn_flood").collect();
+        assert!(!floods.is_empty() && floods.len() <= 2, "{out:?}");
+        assert_eq!(floods[0].attributes["src"], "02:00:00:00:06:66");
+        assert_eq!(floods[0].attributes["targets"], "10.2.1.1:80");
+        let scans: Vec<&Event> = out.iter().filter(|e| e.kind == "port_scan").collect();
+        assert!(scans.iter().any(|e| e.attributes["src"] == "10.2.1.66"), "the scan still seen: {:?}", kinds(&out));
+        assert!(s.sizes().0 <= 20_000 && s.sizes().2 <= 2 * MAX_PENDING);
+    }
+
+    #[test]
+    fn a_gateway_spoof_after_an_arp_flood_is_critical_with_the_right_macs() {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let (mut s, mut out) = lan();
+        // The gateway itself is in the table (its own replies).
+        s.frame(&synth::arp_reply(GW_MAC, GW_MAC, gw, Ipv4Addr::new(10, 2, 1, 10)), 5_000, &mut out);
+        // 6,000 invented stations, each with its own MAC and a mismatching sender.
+        for i in 0..6_000u32 {
+            let m = [2, 0xaa, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            s.frame(&synth::arp_reply(EVIL, m, Ipv4Addr::from(0x0a03_0000 + i), gw), 10_000 + i as i64 / 10, &mut out);
+        }
+        out.clear();
+        s.frame(&synth::arp_reply(EVIL, EVIL, gw, Ipv4Addr::new(10, 2, 1, 10)), 11_000, &mut out);
+        let spoof: Vec<&Event> = out.iter().filter(|e| e.kind == "arp_spoof").collect();
+        assert_eq!(spoof.len(), 1, "{out:?}");
+        assert_eq!(spoof[0].severity, Severity::Critical as i32);
+        assert_eq!(spoof[0].attributes["src_mac"], "02:00:00:00:06:66");
+        assert_eq!(spoof[0].attributes["expected_mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn neighbour_advertisements_spoofing_the_gateway_are_critical() {
+        let gw6: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let mut s = Sensors::new(
+            ScanPolicy::default(),
+            ArpPolicy { gateways: vec![gw6.into()], ..Default::default() },
+            Vec::new(),
+        );
+        let mut out = Vec::new();
+        s.frame(&synth::ipv6_icmp(GW_MAC, gw6, 255, &[], synth::neighbour_advert(gw6, GW_MAC)), 0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let forged = synth::ipv6_icmp(EVIL, "fe80::66".parse().unwrap(), 255, &[], synth::neighbour_advert(gw6, EVIL));
+        s.frame(&forged, 1_000, &mut out);
+        assert_eq!(kinds(&out), ["nd_spoof"]);
+        assert_eq!(out[0].severity, Severity::Critical as i32);
+        assert_eq!(out[0].attributes["src"], "fe80::1");
+        assert_eq!(out[0].attributes["previous_mac"], "02:00:00:00:00:01");
+        assert_eq!(out[0].attributes["src_mac"], "02:00:00:00:06:66");
     }
 }

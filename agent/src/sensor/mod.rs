@@ -6,6 +6,7 @@ pub mod arp;
 pub mod capture;
 pub mod dhcp;
 pub mod files;
+pub mod flood;
 pub mod listen;
 pub mod recently;
 pub mod router_advert;
@@ -31,6 +32,15 @@ pub fn mac(m: &[u8; 6]) -> String {
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
     parts.try_into().ok()
+}
+
+/// An IPv4 or IPv6 address or network.
+fn parse_net_any(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() { max } else { len.parse().ok().filter(|l| *l <= max)? };
+    Some((ip, len))
 }
 
 fn parse_net(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -334,10 +344,16 @@ pub struct RawScan {
     /// Distinct failed ports of one host (default 15).
     #[serde(default)]
     pub vertical_threshold: Option<usize>,
+    /// Distinct failed attempts within an hour that make a slow scan (default 40).
+    #[serde(default)]
+    pub hour_threshold: Option<usize>,
+    /// Distinct failed attempts within a day that make a slow scan (default 100).
+    #[serde(default)]
+    pub day_threshold: Option<usize>,
     /// Default 15m.
     #[serde(default, with = "duration::serde_opt")]
     pub window: Option<Duration>,
-    /// Sources never reported: addresses or networks (`10.0.0.5`, `10.0.0.0/24`).
+    /// Sources never reported: addresses or networks (`10.0.0.5`, `10.0.0.0/24`, `2001:db8::/64`).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Sources tracked at once (default 10,000).
@@ -349,9 +365,11 @@ pub struct RawScan {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawArp {
-    /// Addresses whose takeover is critical, besides this node's own (the LAN's default gateway).
+    /// Addresses whose takeover is critical, besides this node's own and
+    /// the DHCP servers: the LAN's default gateway (IPv4, and its IPv6
+    /// link-local address), known servers.
     #[serde(default)]
-    pub gateways: Vec<Ipv4Addr>,
+    pub gateways: Vec<std::net::IpAddr>,
     /// MACs allowed to take over addresses (a failover pair); VRRP and HSRP are allowed already.
     #[serde(default)]
     pub allow_macs: Vec<String>,
@@ -406,9 +424,20 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
         scan.max_sources = m.max(1);
     }
     for (i, a) in lan.scan.allow.iter().enumerate() {
-        match parse_net(a) {
+        match parse_net_any(a) {
             Some(n) => scan.allow.push(n),
-            None => p.push(format!("sensors.lan.scan.allow[{i}]"), format!("{a:?} is not an IPv4 address or network")),
+            None => p.push(format!("sensors.lan.scan.allow[{i}]"), format!("{a:?} is not an IP address or network")),
+        }
+    }
+    for (key, value, field) in [
+        ("hour_threshold", lan.scan.hour_threshold, &mut scan.hour_threshold),
+        ("day_threshold", lan.scan.day_threshold, &mut scan.day_threshold),
+    ] {
+        if let Some(t) = value {
+            if t < 2 {
+                p.push(format!("sensors.lan.scan.{key}"), "must be at least 2");
+            }
+            *field = t.max(2);
         }
     }
     let mut arp = arp::ArpPolicy { gateways: lan.arp.gateways.clone(), ..Default::default() };
@@ -440,6 +469,11 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
             ),
         }
     }
+    // The LAN's own IPv6 routers are its gateways: a neighbour advertisement taking their address over is critical.
+    arp.gateways.extend(routers.iter().filter_map(|r| match r {
+        router_advert::Router::Addr(a) => Some(std::net::IpAddr::V6(*a)),
+        router_advert::Router::Mac(_) => None,
+    }));
     Some(LanSpec {
         interface: lan.interface.clone(),
         promiscuous: lan.promiscuous,

@@ -174,7 +174,7 @@ impl SshWatch {
         let (login, times) = parse(line)?;
         let src = login.src();
         if let IpAddr::V4(v4) = src {
-            if self.policy.allow.iter().any(|n| super::scan::in_net(v4, *n)) {
+            if self.policy.allow.iter().any(|n| super::scan::in_net4(v4, *n)) {
                 return None;
             }
         }
