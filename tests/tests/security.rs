@@ -135,9 +135,12 @@ fn a_rogue_ipv6_router_on_a_commune_lan_is_reported() -> anyhow::Result<()> {
 }
 
 /// Three minutes of ordinary LAN life through the commune's gateway: web
-/// and DNS requests to the province, pings, DHCP exchanges with the
-/// commune's own server, ARP from known hosts. No security alert may come
-/// of it; only info events (new stations, the DHCP server seen).
+/// and DNS requests to the province, pings, DHCP exchanges and renewals
+/// with the commune's own server, ARP from known hosts, and the chatter of
+/// Windows hosts (mDNS, LLMNR, NetBIOS name service, SSDP), and a backup
+/// job that opens thirty ports of one server. No security alert may come
+/// of it, with every detector on; only info events (new stations, the DHCP
+/// server seen).
 #[test]
 fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
     require_lab!("ordinary_lan_traffic_raises_no_security_alert");
@@ -160,6 +163,12 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
     let agent = tierwatch_tests::bin("tierwatch-agent");
     let (gateway, portal) = (addrs::commune_lan(1).to_string(), format!("http://{}/", addrs::PORTAL));
     let conf = probe_conf.to_string_lossy().to_string();
+    // The backup server: thirty open ports in the province's data centre.
+    let ports: Vec<String> = (9100..9130).map(|p| format!("{}:{p}", addrs::CENTRAL)).collect();
+    let _backup = lab.start_listener(&lab.central.ns, &ports.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let backup = format!("for p in $(seq 9100 9129); do exec 3<>/dev/tcp/{}/$p && exec 3<&-; done", addrs::CENTRAL);
+    let labnet = tierwatch_tests::bin("tw-labnet");
+    let chatter = ["224.0.0.251:5353", "224.0.0.252:5355", "10.2.1.255:137", "239.255.255.250:1900"];
     let started = Instant::now();
     let mut rounds = 0;
     while started.elapsed() < Duration::from_secs(180) {
@@ -167,10 +176,17 @@ fn ordinary_lan_traffic_raises_no_security_alert() -> anyhow::Result<()> {
             h.ns.exec("curl", &["-s", "-o", "/dev/null", "--max-time", "3", &portal])?;
             h.ns.exec("ping", &["-c", "1", "-W", "1", &gateway])?;
         }
+        let h = &lab.lan_hosts[rounds % 2];
+        h.ns.exec(&labnet, &["udp", chatter[rounds % chatter.len()], "3"])?;
         if rounds % 5 == 0 {
             let h = &lab.lan_hosts[rounds / 5 % 2];
             h.ns.exec(&agent, &["probe", "--config", &conf, "dns"])?;
-            h.ns.exec(tierwatch_tests::bin("tw-labnet"), &["dhcp-discover", "eth0", "1"])?;
+            h.ns.exec(&labnet, &["dhcp-discover", "eth0", "1"])?;
+            // A renewal names the LAN's own server.
+            h.ns.exec(&labnet, &["dhcp-request", "eth0", &gateway, &h.addr.to_string(), "1"])?;
+        }
+        if rounds % 20 == 3 {
+            lab.lan_hosts[0].ns.exec("bash", &["-c", &backup])?;
         }
         rounds += 1;
         std::thread::sleep(Duration::from_secs(2));
@@ -254,7 +270,10 @@ fn ssh_brute_force_and_a_new_listener_on_a_commune_node_are_reported() -> anyhow
 
 /// The province's portal, probed over HTTP by the province's agent, is
 /// defaced: gambling links injected by nginx's page. A defacement event
-/// with the words as evidence reaches the collector and pages.
+/// with the words as evidence reaches the collector and pages. Then the
+/// spellings that slip past a literal filter (no diacritics, entities, a
+/// tag inside a word), and SEO spam that nginx serves only to a crawler's
+/// User-Agent (cloaking), are defacements too.
 #[test]
 fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
     require_lab!("a_defaced_portal_raises_defacement");
@@ -264,7 +283,10 @@ fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
     let spec = SystemSpec {
         only_nodes: Some(vec!["province".into()]),
         collector_extra: format!("rules: {}\n", rules.display()),
-        extra_targets: format!("  - {{name: portal, probe: http, url: \"http://{}/\"}}\n", addrs::PORTAL),
+        extra_targets: format!(
+            "  - {{name: portal, probe: http, url: \"http://{}/\", cloaking: true}}\n",
+            addrs::PORTAL
+        ),
         ..SystemSpec::default()
     };
     let tw = lab.start_tierwatch(&spec)?;
@@ -281,12 +303,30 @@ fn a_defaced_portal_raises_defacement() -> anyhow::Result<()> {
     })?;
     eprintln!("defacement at the collector {:?} after the page changed: {e}", defaced.elapsed());
     assert_eq!(e["severity"], "critical");
-    assert_eq!(e["attributes"]["words"], "nhà cái,tài xỉu");
+    assert_eq!(e["attributes"]["words"], "nhà cái,nhà cái uy tín,tài xỉu");
     assert_eq!(e["attributes"]["src"], format!("http://{}/", addrs::PORTAL).as_str());
     wait_for(Duration::from_secs(30), "the province/security incident", || {
         let v = tw.alerts().ok()?;
         v["incidents"].as_array()?.iter().find(|i| i["key"] == "province/security").cloned()
     })?;
+    // Spelled to slip past a literal filter: no diacritics, entities, a tag inside a word.
+    nginx.set_page("<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến. Thông báo lịch nghỉ Tết. XOC DIA online, <b>b&#7855;</b>n c&aacute; <i>đ</i>ổi thưởng</body></html>\n")?;
+    let e = wait_for(Duration::from_secs(10), "a defacement event for the hidden spelling", || {
+        tw.security_events("?kind=defacement")
+            .into_iter()
+            .find(|e| e["attributes"]["words"].as_str().is_some_and(|w| w.contains("xóc đĩa")))
+    })?;
+    assert!(e["attributes"]["words"].as_str().is_some_and(|w| w.contains("bắn cá đổi thưởng")), "{e}");
+    // SEO spam served to search-engine crawlers only.
+    nginx.set_crawler_page("<html><head><title>Nhà cái uy tín - Cổng dịch vụ công</title></head><body>Dịch vụ công trực tuyến. <a href=\"https://x.example/\">Link vào sunwin, kèo nhà cái</a></body></html>\n")?;
+    let e = wait_for(Duration::from_secs(10), "a cloaking defacement event", || {
+        tw.security_events("?kind=defacement").into_iter().find(|e| e["attributes"]["crawler_words"].is_string())
+    })?;
+    eprintln!("cloaking: {e}");
+    assert!(
+        e["attributes"]["crawler_words"].as_str().is_some_and(|w| w.contains("sunwin") && w.contains("kèo nhà cái")),
+        "{e}"
+    );
     tw.stop()?;
     Ok(())
 }
@@ -383,5 +423,192 @@ fn ssh_brute_force_is_read_from_the_systemd_journal() -> anyhow::Result<()> {
     assert_eq!(event["node"], "nui-cam");
     assert_eq!(event["attributes"]["src"], "10.2.1.77");
     agent.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac_of(ns: &tierwatch_tests::lab::netns::Netns, dev: &str) -> anyhow::Result<String> {
+    Ok(ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")])?.trim().to_string())
+}
+
+/// Turns IPv6 on for `dev` in `ns` (the lab keeps it off) and returns its link-local address.
+fn link_local(ns: &tierwatch_tests::lab::netns::Netns, dev: &str) -> anyhow::Result<String> {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")?;
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
+    wait_for(Duration::from_secs(5), &format!("{dev}'s link-local address"), || {
+        let out = ns.ip(&["-6", "-o", "addr", "show", "dev", dev, "scope", "link"]).ok()?;
+        let addr = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)?;
+        addr.split('/').next().map(str::to_string)
+    })
+}
+
+/// The events of `kind` naming `src` (waits up to ten seconds for one).
+fn event_from(
+    tw: &tierwatch_tests::lab::system::Tierwatch,
+    kind: &str,
+    src: &str,
+) -> anyhow::Result<serde_json::Value> {
+    wait_for(Duration::from_secs(10), &format!("a {kind} event from {src}"), || {
+        tw.security_events(&format!("?kind={kind}&limit=500")).into_iter().find(|e| e["attributes"]["src"] == src)
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n--- events\n{:#?}\n--- agent log\n{}",
+            tw.security_events("?limit=50"),
+            tw.agents[0].log_text()
+        )
+    })
+}
+
+/// A penetration tester's scans, each from its own LAN host: FIN, Xmas,
+/// NULL and ACK scans, an ARP sweep of the /24, a SYN scan over IPv6, and
+/// a decoy scan (`nmap -D`) that names an innocent host. Each is found,
+/// with evidence naming the real source; the decoy's innocent host is
+/// never blamed.
+#[test]
+fn scans_that_try_to_hide_are_seen() -> anyhow::Result<()> {
+    require_lab!("scans_that_try_to_hide_are_seen");
+    tierwatch_tests::require_tool!("nmap");
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(8).beside_others())?;
+    // IPv6 on the gateway's LAN side and on one host, before the sensor opens it.
+    let gw6 = link_local(&lab.communes[0].ns, "lan0")?;
+    let h5 = link_local(&lab.lan_hosts[5].ns, "eth0")?;
+    let tw = lab.start_tierwatch(&lan_sensor_on_c1())?;
+    let gateway = addrs::commune_lan(1).to_string();
+    for h in &lab.lan_hosts {
+        h.ns.exec("ping", &["-c", "2", "-i", "1.2", &gateway])?;
+    }
+    let nmap = |k: usize, args: &[&str]| -> anyhow::Result<()> {
+        let mut a = vec!["-Pn", "-n", "-T4", "-p", "1-60", "-e", "eth0"];
+        a.extend_from_slice(args);
+        lab.lan_hosts[k].ns.exec("nmap", &a)?;
+        Ok(())
+    };
+    for (k, how, probe) in [(0, "-sF", "fin"), (1, "-sX", "fin"), (2, "-sN", "null"), (3, "-sA", "ack")] {
+        nmap(k, &[how, &gateway])?;
+        let src = lab.lan_hosts[k].addr.to_string();
+        let e = event_from(&tw, "port_scan", &src)?;
+        eprintln!("nmap {how}: {e}");
+        assert!(e["attributes"]["probes"].as_str().is_some_and(|p| p.split(',').any(|p| p == probe)), "{e}");
+        assert_eq!(e["attributes"]["src_mac"], mac_of(&lab.lan_hosts[k].ns, "eth0")?.as_str(), "{e}");
+    }
+    // A ping sweep of the /24: on a LAN, nmap asks by ARP.
+    lab.lan_hosts[4].ns.exec("nmap", &["-sn", "-n", "-T4", "-e", "eth0", "10.2.1.0/24"])?;
+    let sweep = event_from(&tw, "host_sweep", &lab.lan_hosts[4].addr.to_string())?;
+    assert_eq!(sweep["attributes"]["probes"], "arp", "{sweep}");
+    // Over IPv6, to the gateway's link-local address.
+    nmap(5, &["-6", "-sS", &format!("{gw6}%eth0")])?;
+    let v6 = event_from(&tw, "port_scan", &h5)?;
+    assert_eq!(v6["attributes"]["targets"], gw6.as_str(), "{v6}");
+    // Decoys: an innocent LAN host and an address nobody has.
+    let (innocent, attacker) = (lab.lan_hosts[7].addr.to_string(), lab.lan_hosts[6].addr.to_string());
+    nmap(6, &["-sS", "-D", &format!("{innocent},10.2.1.77,ME"), &gateway])?;
+    let decoy = event_from(&tw, "port_scan", &attacker)?;
+    eprintln!("nmap -D: {decoy}");
+    // The decoy nobody has answers later (its SYNs time out): it may be named then, never blamed.
+    let decoys = decoy["attributes"]["decoys"].as_str().unwrap_or_default();
+    assert!(decoys.contains(&innocent), "{decoy}");
+    assert_eq!(decoy["attributes"]["src_mac"], mac_of(&lab.lan_hosts[6].ns, "eth0")?.as_str());
+    std::thread::sleep(Duration::from_secs(4));
+    let blamed: Vec<serde_json::Value> = tw
+        .security_events("?kind=port_scan&limit=500")
+        .into_iter()
+        .filter(|e| e["attributes"]["src"] == innocent.as_str() || e["attributes"]["src"] == "10.2.1.77")
+        .collect();
+    assert!(blamed.is_empty(), "the decoy's innocent host is blamed: {blamed:?}");
+    tw.stop()?;
+    Ok(())
+}
+
+/// Floods and spoofing that used to blind the sensor, from one attacker on
+/// the LAN: 20,000 SYNs from random spoofed sources while a real scanner
+/// scans slowly (the source table is kept small, so the flood overflows
+/// it many times); 6,000 invented ARP stations, then a spoof of a known
+/// server's address; neighbour advertisements claiming the gateway's IPv6
+/// address; DHCP starvation and a client REQUEST naming a rogue server; a
+/// man in the middle forwarding a victim's traffic. Each is reported with
+/// the real source, and each flood once.
+#[test]
+fn floods_and_spoofing_are_reported_and_hide_nothing() -> anyhow::Result<()> {
+    require_lab!("floods_and_spoofing_are_reported_and_hide_nothing");
+    tierwatch_tests::require_tool!("nmap");
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(3).beside_others())?;
+    let gw6 = link_local(&lab.communes[0].ns, "lan0")?;
+    let mut spec = lan_sensor_on_c1();
+    let server = lab.lan_hosts[0].addr.to_string();
+    spec.agent_extra = format!(
+        "sensors:\n  lan:\n    interface: lan0\n    scan: {{max_sources: 1000}}\n    arp: {{new_station_digest: 2s, gateways: [{server}]}}\n    dhcp: {{servers: [{}]}}\n",
+        addrs::commune_lan(1)
+    );
+    let tw = lab.start_tierwatch(&spec)?;
+    let gateway = addrs::commune_lan(1).to_string();
+    for h in &lab.lan_hosts {
+        h.ns.exec("ping", &["-c", "2", "-i", "1.2", &gateway])?;
+    }
+    let (attacker, scanner) = (&lab.lan_hosts[1], &lab.lan_hosts[2]);
+    let attacker_mac = mac_of(&attacker.ns, "eth0")?;
+    let gw_mac = mac_of(&lab.communes[0].ns, "lan0")?;
+    let labnet = tierwatch_tests::bin("tw-labnet");
+
+    // The flood, 2,000 a second for ten seconds, while the scanner tries a port every half second.
+    let flood = {
+        let (ns, labnet, gw_mac, gateway) = (attacker.ns.clone(), labnet.clone(), gw_mac.clone(), gateway.clone());
+        std::thread::spawn(move || {
+            ns.exec(&labnet, &["tcp", "eth0", &gw_mac, "random", &gateway, "80", "2", "20000", "2000"])
+        })
+    };
+    scanner.ns.exec("nmap", &["-sS", "-Pn", "-n", "--scan-delay", "500ms", "-p", "1-20", "-e", "eth0", &gateway])?;
+    flood.join().map_err(|_| anyhow::anyhow!("flood thread"))??;
+    let scan = event_from(&tw, "port_scan", &scanner.addr.to_string())?;
+    eprintln!("the slow scan under the flood: {scan}");
+    let syn_flood = event_from(&tw, "syn_flood", &attacker_mac)?;
+    eprintln!("the flood: {syn_flood}");
+    assert_eq!(syn_flood["attributes"]["targets"], format!("{gateway}:80").as_str());
+
+    // 6,000 invented stations, then the attacker claims the known server's address.
+    attacker.ns.exec(&labnet, &["arp-flood", "eth0", "6000", "3000"])?;
+    attacker.ns.exec(&labnet, &["arp-spoof", "eth0", &server, &gateway, "3"])?;
+    let spoof = event_from(&tw, "arp_spoof", &server)?;
+    eprintln!("the spoof after the ARP flood: {spoof}");
+    assert_eq!(spoof["severity"], "critical");
+    assert_eq!(spoof["attributes"]["src_mac"], attacker_mac.as_str());
+    assert_eq!(spoof["attributes"]["previous_mac"], mac_of(&lab.lan_hosts[0].ns, "eth0")?.as_str(), "{spoof}");
+    // The flood's stations each have their own MAC: whichever sent most is named.
+    let arp_flood = wait_for(Duration::from_secs(5), "an arp_flood event", || {
+        tw.security_events("?kind=arp_flood").into_iter().next()
+    })?;
+    eprintln!("the ARP flood: {arp_flood}");
+
+    // Neighbour advertisements claiming the gateway's link-local address.
+    attacker.ns.exec(&labnet, &["na-spoof", "eth0", &gw6, "3"])?;
+    let nd = event_from(&tw, "nd_spoof", &gw6)?;
+    assert_eq!(nd["severity"], "critical");
+    assert_eq!(nd["attributes"]["src_mac"], attacker_mac.as_str());
+
+    // DHCP starvation, then a client asking for a rogue server's offer.
+    attacker.ns.exec(&labnet, &["dhcp-starve", "eth0", "300", "100"])?;
+    wait_for(Duration::from_secs(10), "a dhcp_starvation event", || {
+        tw.security_events("?kind=dhcp_starvation").into_iter().next()
+    })?;
+    attacker.ns.exec(&labnet, &["dhcp-request", "eth0", "10.2.1.66", "10.2.1.200", "2"])?;
+    let rogue = event_from(&tw, "rogue_dhcp", "10.2.1.66")?;
+    assert_eq!(rogue["attributes"]["seen"], "client_request");
+
+    // The man in the middle forwards the scanner host's traffic to the gateway.
+    let victim = scanner.addr.to_string();
+    attacker
+        .ns
+        .exec(&labnet, &["tcp", "eth0", &gw_mac, &victim, &addrs::CENTRAL.to_string(), "443", "16", "5", "5"])?;
+    let mitm = event_from(&tw, "ip_mac_mismatch", &attacker.addr.to_string())?;
+    assert_eq!(mitm["attributes"]["claimed_src"], victim.as_str());
+    assert_eq!(mitm["attributes"]["real_mac"], mac_of(&scanner.ns, "eth0")?.as_str());
+
+    // Each flood once, not as a storm.
+    std::thread::sleep(Duration::from_secs(3));
+    for kind in ["syn_flood", "arp_flood", "dhcp_starvation"] {
+        let n = tw.security_events(&format!("?kind={kind}")).len();
+        assert_eq!(n, 1, "{kind}: {:#?}", tw.security_events(&format!("?kind={kind}")));
+    }
+    tw.stop()?;
     Ok(())
 }

@@ -187,6 +187,10 @@ pub struct Defaults {
     /// Echo requests per ICMP round.
     #[serde(default = "default_count")]
     pub icmp_count: u32,
+    /// A file of defacement phrases added to the shipped ones (one per
+    /// line, the format of `config/defacement-words.txt`).
+    #[serde(default)]
+    pub defacement_words: Option<PathBuf>,
 }
 
 impl Default for Defaults {
@@ -196,6 +200,7 @@ impl Default for Defaults {
             timeout: default_timeout(),
             jitter: default_jitter(),
             icmp_count: default_count(),
+            defacement_words: None,
         }
     }
 }
@@ -378,10 +383,23 @@ impl Config {
         }
         let lan = crate::sensor::validate(&raw.sensors, &mut p);
         let host = crate::sensor::validate_host(&raw.sensors.host, base, &resolve(&raw.spool.dir), file, &mut p);
+        let mut vocabulary = (*crate::probe::deface::Vocabulary::shipped()).clone();
+        if let Some(f) = &d.defacement_words {
+            let path = if f.is_absolute() { f.clone() } else { base.join(f) };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    for e in vocabulary.extend(&text).err().unwrap_or_default() {
+                        p.push("defaults.defacement_words", format!("{}:{e}", path.display()));
+                    }
+                }
+                Err(e) => p.push("defaults.defacement_words", format!("{}: {e}", path.display())),
+            }
+        }
+        let vocabulary = std::sync::Arc::new(vocabulary);
         let mut targets = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {
-            if let Some(target) = target::validate(t, i, d, base, &mut names, &mut p) {
+            if let Some(target) = target::validate(t, i, d, &vocabulary, base, &mut names, &mut p) {
                 targets.push(target);
             }
         }

@@ -40,6 +40,10 @@ pub struct TargetSpec {
     /// Gap between echo requests (icmp); default spreads them over half the interval, at most 1 s apart.
     #[serde(default, with = "duration::serde_opt")]
     pub spacing: Option<Duration>,
+    /// Also fetch the page as a search-engine crawler and report spam shown
+    /// only to crawlers (http, with defacement; default false).
+    #[serde(default)]
+    pub cloaking: Option<bool>,
     /// Watch the page for defacement against the first one seen (http, default true).
     #[serde(default)]
     pub defacement: Option<bool>,
@@ -99,6 +103,7 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("spacing", t.spacing.is_some(), &[Icmp]),
         ("fast_down", t.fast_down.is_some(), &[Icmp]),
         ("defacement", t.defacement.is_some(), &[Http]),
+        ("cloaking", t.cloaking.is_some(), &[Http]),
         ("url", t.url.is_some(), &[Http]),
         ("expect_status", t.expect_status.is_some(), &[Http]),
         ("body_contains", t.body_contains.is_some(), &[Http]),
@@ -120,6 +125,7 @@ pub(super) fn validate(
     t: &TargetSpec,
     i: usize,
     d: &Defaults,
+    vocabulary: &std::sync::Arc<crate::probe::deface::Vocabulary>,
     base: &Path,
     names: &mut HashSet<String>,
     p: &mut Problems,
@@ -270,6 +276,9 @@ pub(super) fn validate(
                 server_name: t.server_name.clone(),
                 connect_to: t.host.clone(),
                 defacement: t.defacement.unwrap_or(true),
+                vocabulary: vocabulary.clone(),
+                cloaking: t.cloaking.unwrap_or(false),
+                user_agent: None,
             }))
         }
     };

@@ -97,7 +97,16 @@ pub struct HttpSpec {
     pub connect_to: Option<String>,
     /// Watch the page for defacement (docs/security.md).
     pub defacement: bool,
+    /// The defacement words (shipped and the operator's).
+    pub vocabulary: std::sync::Arc<super::deface::Vocabulary>,
+    /// Also fetch the page as a search-engine crawler, for content shown only to crawlers.
+    pub cloaking: bool,
+    /// The User-Agent sent (tierwatch's own unless set).
+    pub user_agent: Option<String>,
 }
+
+/// What a search engine's crawler calls itself: SEO spam is served to it alone.
+pub const CRAWLER_USER_AGENT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
 /// Time spent in each phase, summed over redirects.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -223,7 +232,13 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
             if (https && port == 443) || (!https && port == 80) { host.clone() } else { format!("{host}:{port}") };
         let req = Request::get(path.as_str())
             .header(HOST, authority)
-            .header(USER_AGENT, HeaderValue::from_static(concat!("tierwatch-agent/", env!("CARGO_PKG_VERSION"))))
+            .header(
+                USER_AGENT,
+                spec.user_agent
+                    .as_deref()
+                    .and_then(|u| HeaderValue::from_str(u).ok())
+                    .unwrap_or(HeaderValue::from_static(concat!("tierwatch-agent/", env!("CARGO_PKG_VERSION")))),
+            )
             .header(ACCEPT, "*/*")
             .header(CONNECTION, "close")
             .body(Empty::<Bytes>::new())
@@ -285,7 +300,7 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
         f.body_bytes = buf.len();
         f.fingerprint = Some(fingerprint(&buf));
         if spec.defacement {
-            f.page = Some(super::deface::page(&buf));
+            f.page = Some(super::deface::page(&buf, &spec.vocabulary));
         }
         let text = String::from_utf8_lossy(&buf).to_lowercase();
         for want in &spec.body_contains {
@@ -397,6 +412,9 @@ mod tests {
             server_name: None,
             connect_to: None,
             defacement: false,
+            vocabulary: Default::default(),
+            cloaking: false,
+            user_agent: None,
         }
     }
 

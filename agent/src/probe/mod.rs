@@ -11,6 +11,7 @@ pub mod outcome;
 pub mod spec;
 pub mod tampering;
 pub mod tcp;
+pub mod text;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -169,6 +170,23 @@ impl Prober {
                         }
                         if let Some(page) = f.page.take() {
                             let url = if f.final_url.is_empty() { spec.url.clone() } else { f.final_url.clone() };
+                            if spec.cloaking {
+                                // The same page as a crawler asks for it: SEO spam is often served to crawlers alone.
+                                let crawler = http::HttpSpec {
+                                    user_agent: Some(http::CRAWLER_USER_AGENT.into()),
+                                    ..(**spec).clone()
+                                };
+                                let roots = self.roots.clone().and_then(Result::ok);
+                                if let Ok(mut c) =
+                                    tokio::time::timeout(t.timeout, Box::pin(http::fetch(&crawler, roots))).await
+                                {
+                                    if let Some(e) =
+                                        c.page.take().and_then(|cp| self.deface.cloaking(&page, &cp, &url, ts))
+                                    {
+                                        out.event(e);
+                                    }
+                                }
+                            }
                             if let Some(e) = self.deface.check(page, &url, ts) {
                                 out.event(e);
                             }

@@ -87,6 +87,8 @@ pub struct ArpWatch {
     digest: Digest,
     flood: super::flood::FloodMeter,
     seed: u64,
+    /// The MAC first learned for each gateway, kept when a spoof moves it.
+    gateway_macs: HashMap<IpAddr, [u8; 6]>,
 }
 
 /// Stations listed in one digest; beyond, only counted.
@@ -118,6 +120,7 @@ impl ArpWatch {
             reported_gateways,
             digest: Digest::default(),
             flood: super::flood::FloodMeter::new("arp_flood", "stations", ARP_FLOOD_STATIONS),
+            gateway_macs: HashMap::new(),
             seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
         }
     }
@@ -127,17 +130,35 @@ impl ArpWatch {
         self.table.get(ip).map(|s| s.mac)
     }
 
-    /// The MAC the table gives `ip` when it was seen more than once (an
-    /// established station, not one a flood may have invented).
-    pub fn established_mac(&self, ip: &IpAddr) -> Option<[u8; 6]> {
-        self.table.get(ip).filter(|s| s.seen > 1).map(|s| s.mac)
+    /// An IP frame from `ip` came from `mac` at `now_ms`: when the table
+    /// agrees, that is a sighting (a station that sends traffic over two
+    /// seconds or more is established, no flood's invention) and `mac` is
+    /// returned; when it disagrees, the MAC the table gives an established
+    /// `ip`, else nothing.
+    pub fn confirm(&mut self, ip: &IpAddr, mac: [u8; 6], now_ms: i64) -> Option<[u8; 6]> {
+        let s = self.table.get_mut(ip)?;
+        if s.mac == mac {
+            if now_ms - s.last_ms >= 1000 {
+                s.seen = s.seen.saturating_add(1).min(8);
+                s.last_ms = now_ms;
+            }
+            return Some(mac);
+        }
+        (s.seen > 1).then_some(s.mac)
     }
 
-    /// The addresses the table gives `mac`, at most a few.
+    /// The addresses the table gives `mac`, at most a few: first those it
+    /// always had, then those that moved to it (an attacker's takeovers).
     pub fn addresses_of(&self, mac: [u8; 6]) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self.table.iter().filter(|(_, s)| s.mac == mac).map(|(ip, _)| *ip).take(8).collect();
+        let mut v: Vec<(bool, IpAddr)> = self
+            .table
+            .iter()
+            .filter(|(_, s)| s.mac == mac)
+            .map(|(ip, s)| (!s.changes.is_empty() || self.policy.gateways.contains(ip), *ip))
+            .take(8)
+            .collect();
         v.sort();
-        v
+        v.into_iter().map(|(_, ip)| ip).collect()
     }
 
     /// True while a reported ARP flood's quiet period lasts.
@@ -151,9 +172,13 @@ impl ArpWatch {
     }
 
     /// True when `mac` answers for a gateway (routed traffic comes from
-    /// it with any source address) or may move (VRRP, allowed).
+    /// it with any source address) or may move (VRRP, allowed). A
+    /// gateway's MAC is the one first learned for it (or this node's own):
+    /// an attacker who took a gateway's address over is no router.
     pub fn is_router_mac(&self, mac: &[u8; 6]) -> bool {
-        self.allowed(mac) || self.policy.gateways.iter().any(|g| self.table.get(g).is_some_and(|s| s.mac == *mac))
+        self.allowed(mac)
+            || self.policy.own.iter().any(|(_, m)| m == mac)
+            || self.gateway_macs.values().any(|m| m == mac)
     }
 
     /// Stations in the table.
@@ -216,6 +241,9 @@ impl ArpWatch {
         let allowed = self.allowed(&sender_mac);
         match self.table.get_mut(&sender_ip) {
             None => {
+                if gateway && self.gateway_macs.len() < 64 {
+                    self.gateway_macs.entry(sender_ip).or_insert(sender_mac);
+                }
                 self.table
                     .insert(sender_ip, Station { mac: sender_mac, last_ms: now_ms, seen: 1, changes: VecDeque::new() });
                 let d = &mut self.digest;

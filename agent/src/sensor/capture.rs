@@ -395,7 +395,8 @@ impl Sensors {
         now_ms: i64,
         out: &mut Vec<Event>,
     ) {
-        if src.is_unspecified() || src == target || self.arp.is_gateway(&src) {
+        // Asking for the gateway (or this node) is what every host does.
+        if src.is_unspecified() || src == target || self.arp.is_gateway(&src) || self.arp.is_gateway(&target) {
             return;
         }
         let verified = self.verified(&src, mac);
@@ -463,7 +464,7 @@ impl Sensors {
         if self.checked[slot] == Some((src, mac)) {
             return;
         }
-        let Some(known) = self.arp.established_mac(&src) else { return };
+        let Some(known) = self.arp.confirm(&src, mac, now_ms) else { return };
         if known == mac {
             self.checked[slot] = Some((src, mac));
             return;
@@ -734,6 +735,14 @@ pub mod synth {
             t.set_destination(dport);
             t.set_data_offset(5);
             t.set_flags(flags);
+            t.set_window(1024);
+            // Valid checksums: a bridge with netfilter drops a bad IP header before local delivery.
+            let c = pnet::packet::tcp::ipv4_checksum(&t.to_immutable(), &src, &dst);
+            t.set_checksum(c);
+        }
+        if let Some(mut ip) = MutableIpv4Packet::new(&mut buf[14..]) {
+            let c = pnet::packet::ipv4::checksum(&ip.to_immutable());
+            ip.set_checksum(c);
         }
         buf
     }

@@ -15,6 +15,20 @@
 //! - `tw-labnet arp-spoof IF SENDER_IP TARGET_IP COUNT`: sends COUNT ARP
 //!   replies from IF in which IF's MAC claims SENDER_IP, 200 ms apart.
 //! - `tw-labnet dhcp-discover IF COUNT`: broadcasts COUNT DHCPDISCOVERs from IF, 300 ms apart.
+//! - `tw-labnet tcp IF DST_MAC SRC_IP DST_IP DPORT FLAGS COUNT RATE`: COUNT
+//!   TCP segments with FLAGS (a number: 2 SYN, 16 ACK) from IF's MAC to
+//!   DST_MAC, RATE a second; SRC_IP `random` draws each source from
+//!   10.200.0.0/16 (a spoofed-source flood; inside the lab).
+//! - `tw-labnet arp-flood IF COUNT RATE`: ARP replies of COUNT invented
+//!   stations (10.201.0.0/16, each its own MAC as Ethernet source and sender).
+//! - `tw-labnet na-spoof IF TARGET_V6 COUNT`: neighbour advertisements in
+//!   which IF's MAC claims TARGET_V6, 200 ms apart, to all nodes.
+//! - `tw-labnet dhcp-starve IF COUNT RATE`: DHCPDISCOVERs from COUNT invented client MACs.
+//! - `tw-labnet dhcp-request IF SERVER REQUESTED COUNT`: broadcast
+//!   DHCPREQUESTs from IF naming SERVER (option 54) for REQUESTED, 300 ms apart.
+//! - `tw-labnet udp ADDR:PORT COUNT`: COUNT datagrams to ADDR:PORT from an
+//!   ordinary socket (broadcast and multicast allowed), 100 ms apart: the
+//!   chatter of Windows hosts (mDNS, LLMNR, NetBIOS, SSDP) in the lab.
 //! - `tw-labnet hooks ADDR`: a webhook receiver: answers every request 200
 //!   (keeping connections alive) and prints `<ms since epoch> <body>` per
 //!   request, the body on one line, after a first `ready` line.
@@ -46,8 +60,16 @@ fn main() -> anyhow::Result<()> {
         Some("hooks") if args.len() == 2 => hooks(&args[1]),
         Some("dhcp-discover") if args.len() == 3 => dhcp_discover(&args[1], args[2].parse()?),
         Some("arp-spoof") if args.len() == 5 => arp_spoof(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?),
+        Some("tcp") if args.len() == 9 => tcp(&args[1..]),
+        Some("udp") if args.len() == 3 => udp(args[1].parse()?, args[2].parse()?),
+        Some("arp-flood") if args.len() == 4 => arp_flood(&args[1], args[2].parse()?, args[3].parse()?),
+        Some("na-spoof") if args.len() == 4 => na_spoof(&args[1], args[2].parse()?, args[3].parse()?),
+        Some("dhcp-starve") if args.len() == 4 => dhcp_starve(&args[1], args[2].parse()?, args[3].parse()?),
+        Some("dhcp-request") if args.len() == 5 => {
+            dhcp_request(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?)
+        }
         _ => bail!(
-            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT | dhcp-discover IF COUNT"
+            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT | dhcp-discover IF COUNT | tcp IF DST_MAC SRC_IP DST_IP DPORT FLAGS COUNT RATE | arp-flood IF COUNT RATE | na-spoof IF TARGET_V6 COUNT | dhcp-starve IF COUNT RATE | dhcp-request IF SERVER REQUESTED COUNT | udp ADDR:PORT COUNT"
         ),
     }
 }
@@ -83,6 +105,103 @@ fn arp_spoof(name: &str, sender: std::net::Ipv4Addr, target: std::net::Ipv4Addr,
             r.context("sending")?;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn own_mac(name: &str) -> anyhow::Result<[u8; 6]> {
+    let iface =
+        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
+    Ok(iface.mac.context("interface without MAC")?.octets())
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow::anyhow!("{s}: not a MAC"))
+}
+
+/// Sends `count` frames made by `make(i)`, `rate` a second (in bursts of a millisecond's worth).
+fn paced(name: &str, count: u32, rate: u32, mut make: impl FnMut(u32) -> Vec<u8>) -> anyhow::Result<()> {
+    let (mut tx, _) = channel(name)?;
+    let started = Instant::now();
+    for i in 0..count {
+        if let Some(r) = tx.send_to(&make(i), None) {
+            r.context("sending")?;
+        }
+        let due = Duration::from_secs_f64(f64::from(i + 1) / f64::from(rate.max(1)));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            if wait > Duration::from_millis(1) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tcp(a: &[String]) -> anyhow::Result<()> {
+    let (name, dst_mac, src, dst) = (&a[0], parse_mac(&a[1])?, a[2].as_str(), a[3].parse::<std::net::Ipv4Addr>()?);
+    let (port, flags, count, rate): (u16, u8, u32, u32) = (a[4].parse()?, a[5].parse()?, a[6].parse()?, a[7].parse()?);
+    let mac = own_mac(name)?;
+    let fixed: Option<std::net::Ipv4Addr> = if src == "random" { None } else { Some(src.parse()?) };
+    let mut rng = rand::thread_rng();
+    paced(name, count, rate, |_| {
+        let src = fixed.unwrap_or_else(|| std::net::Ipv4Addr::new(10, 200, rng.gen(), rng.gen()));
+        let mut f =
+            tierwatch_agent::sensor::capture::synth::tcp(mac, src, rng.gen_range(1024..65535), dst, port, flags);
+        f[0..6].copy_from_slice(&dst_mac);
+        f
+    })
+}
+
+fn arp_flood(name: &str, count: u32, rate: u32) -> anyhow::Result<()> {
+    paced(name, count, rate, |i| {
+        let m = [0x02, 0xaa, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let ip = std::net::Ipv4Addr::new(10, 201, (i >> 8) as u8, i as u8);
+        tierwatch_agent::sensor::capture::synth::arp_reply(m, m, ip, std::net::Ipv4Addr::new(10, 201, 255, 255))
+    })
+}
+
+fn na_spoof(name: &str, target: std::net::Ipv6Addr, count: u32) -> anyhow::Result<()> {
+    let mac = own_mac(name)?;
+    let own: std::net::Ipv6Addr = format!(
+        "fe80::{:x}:{:x}ff:fe{:x}:{:x}",
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        mac[2],
+        mac[3],
+        u16::from_be_bytes([mac[4], mac[5]])
+    )
+    .parse()?;
+    let na = tierwatch_agent::sensor::capture::synth::neighbour_advert(target, mac);
+    let frame = tierwatch_agent::sensor::capture::synth::ipv6_icmp(mac, own, 255, &[], na);
+    paced(name, count, 5, |_| frame.clone())
+}
+
+fn dhcp_starve(name: &str, count: u32, rate: u32) -> anyhow::Result<()> {
+    paced(name, count, rate, |i| {
+        let m = [0x02, 0xdc, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        tierwatch_agent::sensor::capture::synth::dhcp_discover(m)
+    })
+}
+
+fn dhcp_request(
+    name: &str,
+    server: std::net::Ipv4Addr,
+    requested: std::net::Ipv4Addr,
+    count: u32,
+) -> anyhow::Result<()> {
+    use tierwatch_agent::sensor::capture::synth;
+    let mac = own_mac(name)?;
+    let payload = synth::dhcp_request(mac, server, requested);
+    let frame = synth::udp(mac, std::net::Ipv4Addr::UNSPECIFIED, 68, std::net::Ipv4Addr::BROADCAST, 67, &payload);
+    paced(name, count, 3, |_| frame.clone())
+}
+
+fn udp(to: SocketAddr, count: u32) -> anyhow::Result<()> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.set_broadcast(true)?;
+    for i in 0..count {
+        s.send_to(format!("tierwatch lab chatter {i}").as_bytes(), to).with_context(|| format!("sending to {to}"))?;
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }

@@ -87,6 +87,13 @@ impl Nginx {
     /// Replaces the portal's front page.
     pub fn set_page(&self, html: &str) -> anyhow::Result<()> {
         std::fs::write(self.root.join("index.html"), html)?;
+        std::fs::write(self.root.join("crawler.html"), html)?;
+        Ok(())
+    }
+
+    /// Serves `html` on port 80 to search-engine crawlers only (their User-Agent says Googlebot).
+    pub fn set_crawler_page(&self, html: &str) -> anyhow::Result<()> {
+        std::fs::write(self.root.join("crawler.html"), html)?;
         Ok(())
     }
 }
@@ -129,7 +136,10 @@ impl Lab {
         let dir = self.dir.path().join("nginx");
         let root = dir.join("www");
         std::fs::create_dir_all(&root)?;
-        std::fs::write(root.join("index.html"), "<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến</body></html>\n")?;
+        let home = "<html><head><title>Cổng dịch vụ công tỉnh An Giang</title></head><body>Dịch vụ công trực tuyến</body></html>\n";
+        std::fs::write(root.join("index.html"), home)?;
+        // What a search-engine crawler is served on port 80 (SEO cloaking: `set_crawler_page`).
+        std::fs::write(root.join("crawler.html"), home)?;
         let pki = WebPki::new(&dir.join("tls"))?;
         let a = super::addrs::PORTAL;
         let tls = |port: u16, name: &str| {
@@ -142,7 +152,7 @@ impl Lab {
         let conf = format!(
             "user root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
              http {{\n access_log off;\n client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
-             default_type text/html;\n ssl_protocols TLSv1.2 TLSv1.3;\n server {{ listen {a}:80; server_name {PORTAL_HOST}; root {root}; }}\n{v}{e}{w}}}\n",
+             default_type text/html;\n ssl_protocols TLSv1.2 TLSv1.3;\n server {{ listen {a}:80; server_name {PORTAL_HOST}; root {root}; location = / {{ if ($http_user_agent ~* googlebot) {{ rewrite ^ /crawler.html break; }} }} }}\n{v}{e}{w}}}\n",
             dir = dir.display(),
             root = root.display(),
             v = tls(HTTPS_VALID, "valid"),
