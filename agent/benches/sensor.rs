@@ -5,7 +5,10 @@
 //! has one): a reference pass that only reads the Ethernet header, ordinary
 //! traffic (established TCP, ARP from 50 known hosts), a SYN scan from
 //! spoofed sources (every frame a new source: the worst case for the scan
-//! detector's memory), and an ARP flood from spoofed senders. Memory is the
+//! detector's memory), an ARP flood from spoofed senders, and the rows of
+//! the detectors added for hidden attacks: ordinary traffic with Windows
+//! chatter and IPv6 neighbours, an Xmas scan, a neighbour-advertisement
+//! flood, DHCP starvation. Memory is the
 //! process's resident set before and after each flood, against the bounds
 //! (`max_sources`, `max_stations`, pending SYNs).
 // A failed setup is a failed test (or bench): unwrapping says where.
@@ -101,4 +104,51 @@ fn main() {
     run("SYN flood, spoofed sources, no answers", &syns, &mut fresh(), Some(reference));
     let arp: Vec<Vec<u8>> = (0..200_000u32).map(|i| synth::arp_reply(mac(i), mac(i), spoofed(i), victim)).collect();
     run("ARP flood, spoofed senders", &arp, &mut fresh(), Some(reference));
+
+    // Rows of the detectors added since (issue 17).
+    let ll = |i: u32| std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
+    let chatter: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| match i % 10 {
+            0 => synth::arp_reply(mac(i % 50), mac(i % 50), Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8), victim),
+            1 => synth::udp(
+                mac(i % 50),
+                Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8),
+                5353,
+                Ipv4Addr::new(224, 0, 0, 251),
+                5353,
+                &[0; 40],
+            ),
+            2 => synth::udp(
+                mac(i % 50),
+                Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8),
+                1900,
+                Ipv4Addr::new(239, 255, 255, 250),
+                1900,
+                &[0; 120],
+            ),
+            3 => synth::ipv6_icmp(mac(i % 50), ll(i % 50), 255, &[], synth::neighbour_advert(ll(i % 50), mac(i % 50))),
+            k if k % 2 == 0 => synth::tcp(mac(1), Ipv4Addr::new(10, 2, 1, 20), 40000, victim, 443, TcpFlags::ACK),
+            _ => synth::tcp(mac(2), victim, 443, Ipv4Addr::new(10, 2, 1, 20), 40000, TcpFlags::ACK | TcpFlags::PSH),
+        })
+        .collect();
+    run("ordinary + chatter (mDNS, SSDP, NA of 50 hosts)", &chatter, &mut fresh(), Some(reference));
+    let fin: Vec<Vec<u8>> = (0..200_000u32)
+        .map(|i| {
+            synth::tcp(
+                mac(i),
+                spoofed(i),
+                40000,
+                victim,
+                (i % 1000) as u16 + 1,
+                TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG,
+            )
+        })
+        .collect();
+    run("Xmas scan, spoofed sources", &fin, &mut fresh(), Some(reference));
+    let na: Vec<Vec<u8>> = (0..200_000u32)
+        .map(|i| synth::ipv6_icmp(mac(i), ll(i), 255, &[], synth::neighbour_advert(ll(i), mac(i))))
+        .collect();
+    run("NA flood, invented neighbours", &na, &mut fresh(), Some(reference));
+    let dhcp: Vec<Vec<u8>> = (0..200_000u32).map(|i| synth::dhcp_discover(mac(i))).collect();
+    run("DHCP starvation, invented clients", &dhcp, &mut fresh(), Some(reference));
 }

@@ -476,6 +476,26 @@ mod tests {
         assert!(w.sources.keys().all(|s| *s == ip("10.2.1.66")), "the innocent host is nowhere");
     }
 
+    proptest::proptest! {
+        /// Whatever the user name, the blamed source is the one sshd wrote last.
+        #[test]
+        fn no_user_name_moves_the_blame(user in "[ -~]{0,80}", invalid in proptest::bool::ANY) {
+            let prefix = if invalid { "Invalid user " } else { "Failed password for invalid user " };
+            let line = format!("Nov 28 09:30:01 c1 sshd[812]: {prefix}{user} from 10.2.1.66 port 50412 ssh2");
+            if let Some((login, _)) = parse(&line) {
+                proptest::prop_assert_eq!(login.src(), ip("10.2.1.66"));
+            }
+            // Never a success, whatever the name spells.
+            let accepted = matches!(parse(&line), Some((Login::Accepted { .. }, _)));
+            proptest::prop_assert!(!accepted, "{}", line);
+        }
+
+        #[test]
+        fn parse_never_panics(line in "\\PC{0,300}") {
+            let _ = parse(&line);
+        }
+    }
+
     #[test]
     fn invalid_users_count_once_per_attempt() {
         let mut w = SshWatch::new(SshPolicy::default());
