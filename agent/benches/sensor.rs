@@ -107,25 +107,12 @@ fn main() {
 
     // Rows of the detectors added since (issue 17).
     let ll = |i: u32| std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
+    let host = |i: u32| Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8);
     let chatter: Vec<Vec<u8>> = (0..1000u32)
         .map(|i| match i % 10 {
             0 => synth::arp_reply(mac(i % 50), mac(i % 50), Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8), victim),
-            1 => synth::udp(
-                mac(i % 50),
-                Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8),
-                5353,
-                Ipv4Addr::new(224, 0, 0, 251),
-                5353,
-                &[0; 40],
-            ),
-            2 => synth::udp(
-                mac(i % 50),
-                Ipv4Addr::new(10, 2, 1, 10 + (i % 50) as u8),
-                1900,
-                Ipv4Addr::new(239, 255, 255, 250),
-                1900,
-                &[0; 120],
-            ),
+            1 => synth::udp(mac(i % 50), host(i), 5353, Ipv4Addr::new(224, 0, 0, 251), 5353, &[0; 40]),
+            2 => synth::udp(mac(i % 50), host(i), 1900, Ipv4Addr::new(239, 255, 255, 250), 1900, &[0; 120]),
             3 => synth::ipv6_icmp(mac(i % 50), ll(i % 50), 255, &[], synth::neighbour_advert(ll(i % 50), mac(i % 50))),
             k if k % 2 == 0 => synth::tcp(mac(1), Ipv4Addr::new(10, 2, 1, 20), 40000, victim, 443, TcpFlags::ACK),
             _ => synth::tcp(mac(2), victim, 443, Ipv4Addr::new(10, 2, 1, 20), 40000, TcpFlags::ACK | TcpFlags::PSH),

@@ -83,6 +83,15 @@ const MAC_FLOOD_MACS: usize = 2_000;
 const CHECKED: usize = 256;
 
 type Flow = (IpAddr, IpAddr, u16);
+
+/// The addresses of one IP packet and of the frame that carried it.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    src: IpAddr,
+    dst: IpAddr,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+}
 /// An address and the MAC its frame came from.
 type Pair = (IpAddr, [u8; 6]);
 
@@ -237,12 +246,10 @@ impl Sensors {
                 if let Some(ip) = Ipv4Packet::new(eth.payload()) {
                     let (src, dst) = (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()));
                     self.check_source(src, src_mac, now_ms, out);
-                    let payload = ip.payload();
+                    let hop = Hop { src, dst, src_mac, dst_mac };
                     match ip.get_next_level_protocol() {
-                        IpNextHeaderProtocols::Icmp => {
-                            self.icmp(src, dst, src_mac, dst_mac, payload, false, now_ms, out)
-                        }
-                        proto => self.transport(proto, src, dst, src_mac, dst_mac, payload, now_ms, out),
+                        IpNextHeaderProtocols::Icmp => self.icmp(hop, ip.payload(), false, now_ms, out),
+                        proto => self.transport(proto, hop, ip.payload(), now_ms, out),
                     }
                 }
             }
@@ -260,25 +267,16 @@ impl Sensors {
         let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
         let Some(payload) = ip.payload().get(..ip.get_payload_length() as usize) else { return };
         self.check_source(src, src_mac, now_ms, out);
+        let hop = Hop { src, dst, src_mac, dst_mac };
         match ip.get_next_header() {
-            IpNextHeaderProtocols::Icmpv6 => self.icmp(src, dst, src_mac, dst_mac, payload, true, now_ms, out),
-            proto => self.transport(proto, src, dst, src_mac, dst_mac, payload, now_ms, out),
+            IpNextHeaderProtocols::Icmpv6 => self.icmp(hop, payload, true, now_ms, out),
+            proto => self.transport(proto, hop, payload, now_ms, out),
         }
     }
 
     /// TCP and UDP of either family.
-    #[allow(clippy::too_many_arguments)]
-    fn transport(
-        &mut self,
-        proto: IpNextHeaderProtocol,
-        src: IpAddr,
-        dst: IpAddr,
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-        payload: &[u8],
-        now_ms: i64,
-        out: &mut Vec<Event>,
-    ) {
+    fn transport(&mut self, proto: IpNextHeaderProtocol, hop: Hop, payload: &[u8], now_ms: i64, out: &mut Vec<Event>) {
+        let Hop { src, dst, src_mac, dst_mac } = hop;
         match proto {
             IpNextHeaderProtocols::Tcp => {
                 let Some(tcp) = TcpPacket::new(payload) else { return };
@@ -332,18 +330,8 @@ impl Sensors {
 
     /// ICMP or ICMPv6: echo requests and replies, port unreachable quoting
     /// a UDP probe, and (IPv6) neighbour discovery.
-    #[allow(clippy::too_many_arguments)]
-    fn icmp(
-        &mut self,
-        src: IpAddr,
-        dst: IpAddr,
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-        p: &[u8],
-        v6: bool,
-        now_ms: i64,
-        out: &mut Vec<Event>,
-    ) {
+    fn icmp(&mut self, hop: Hop, p: &[u8], v6: bool, now_ms: i64, out: &mut Vec<Event>) {
+        let Hop { src, dst, src_mac, dst_mac } = hop;
         let Some((&ty, rest)) = p.split_first() else { return };
         let code = rest.first().copied().unwrap_or(0);
         match (v6, ty, code) {
