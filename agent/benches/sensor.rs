@@ -1,5 +1,5 @@
 //! The LAN sensor's cost per frame and its memory under a flood.
-//! Run: `cargo bench -p tierwatch-agent --bench sensor`.
+//! Run: `cargo bench -p tierwatch-agent --bench sensor` (`-- WORD`: only the rows whose name has WORD).
 //!
 //! Synthetic frames go through `Sensors::frame` on one thread (the sensor
 //! has one): a reference pass that only reads the Ethernet header, ordinary
@@ -35,6 +35,10 @@ fn rss_kb() -> u64 {
 }
 
 fn run(name: &str, frames: &[Vec<u8>], sensors: &mut Sensors, reference: Option<f64>) -> f64 {
+    // `cargo bench --bench sensor -- WORD` runs the rows whose name has WORD (to profile one).
+    if std::env::args().skip(1).find(|a| !a.starts_with('-')).is_some_and(|f| !name.contains(f.as_str())) {
+        return 0.0;
+    }
     let mut out = Vec::new();
     let before = rss_kb();
     let t = Instant::now();

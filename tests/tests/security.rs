@@ -461,7 +461,8 @@ fn event_from(
 }
 
 /// A penetration tester's scans, each from its own LAN host: FIN, Xmas,
-/// NULL and ACK scans, an ARP sweep of the /24, a SYN scan over IPv6, and
+/// NULL and ACK scans, an ARP sweep of the /24, a ping sweep beyond the
+/// LAN, a SYN scan over IPv6, and
 /// a decoy scan (`nmap -D`) that names an innocent host. Each is found,
 /// with evidence naming the real source; the decoy's innocent host is
 /// never blamed.
@@ -469,7 +470,7 @@ fn event_from(
 fn scans_that_try_to_hide_are_seen() -> anyhow::Result<()> {
     require_lab!("scans_that_try_to_hide_are_seen");
     tierwatch_tests::require_tool!("nmap");
-    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(8).beside_others())?;
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(9).beside_others())?;
     // IPv6 on the gateway's LAN side and on one host, before the sensor opens it.
     let gw6 = link_local(&lab.communes[0].ns, "lan0")?;
     let h5 = link_local(&lab.lan_hosts[5].ns, "eth0")?;
@@ -496,6 +497,18 @@ fn scans_that_try_to_hide_are_seen() -> anyhow::Result<()> {
     lab.lan_hosts[4].ns.exec("nmap", &["-sn", "-n", "-T4", "-e", "eth0", "10.2.1.0/24"])?;
     let sweep = event_from(&tw, "host_sweep", &lab.lan_hosts[4].addr.to_string())?;
     assert_eq!(sweep["attributes"]["probes"], "arp", "{sweep}");
+    // A ping sweep beyond the LAN (the province's server network, inside the lab).
+    lab.lan_hosts[8]
+        .ns
+        .exec("nmap", &["-sn", "-n", "-T4", "-PE", "--max-retries", "0", &format!("{}/27", addrs::CENTRAL)])?;
+    let pings = wait_for(Duration::from_secs(15), "a sweep by echo requests", || {
+        let src = lab.lan_hosts[8].addr.to_string();
+        tw.security_events("?limit=500").into_iter().find(|e| {
+            e["attributes"]["src"] == src.as_str()
+                && e["attributes"]["probes"].as_str().is_some_and(|p| p.split(',').any(|p| p == "echo"))
+        })
+    })?;
+    eprintln!("ping sweep: {pings}");
     // Over IPv6, to the gateway's link-local address.
     nmap(5, &["-6", "-sS", &format!("{gw6}%eth0")])?;
     let v6 = event_from(&tw, "port_scan", &h5)?;

@@ -229,7 +229,7 @@ impl ArpWatch {
             ));
         }
         if !self.table.contains_key(&sender_ip) {
-            let key = super::flood::key_hash(&ip_bytes(&sender_ip), self.seed);
+            let key = super::flood::key_hash(super::flood::ip_key(&sender_ip), self.seed);
             let target = || sender_ip.to_string();
             out.extend(self.flood.add(key, eth_src, Some(&target), now_ms));
             if self.table.len() >= self.policy.max_stations {
@@ -369,13 +369,6 @@ fn family(kind: &'static str, v6: bool) -> &'static str {
         ("arp_flipflop", true) => "nd_flipflop",
         ("arp_mismatch", true) => "nd_mismatch",
         (k, true) => k,
-    }
-}
-
-fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 

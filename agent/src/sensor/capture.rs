@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::arp::{ArpPolicy, ArpWatch};
 use super::dhcp::DhcpWatch;
-use super::flood::{key_hash, FloodMeter};
+use super::flood::{ip_key, key_hash, mac_key, FloodMeter};
 use super::recently::Recently;
 use super::router_advert::{Router, RouterWatch};
 use super::scan::{Attempt, Probe, ScanDetector, ScanPolicy, Seen};
@@ -91,9 +91,13 @@ struct Hop {
     dst: IpAddr,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
+    /// The ARP table gives `src` to `src_mac`.
+    verified: bool,
 }
-/// An address and the MAC its frame came from.
-type Pair = (IpAddr, [u8; 6]);
+/// An address (as [`ip_key`]) and the MAC its frame came from, packed with
+/// whether the table agrees (bit 48) and that the slot is used (bit 49):
+/// two words compared per frame.
+type Pair = (u128, u64);
 
 /// SYNs or echo requests awaiting an answer: key → (time, client MAC).
 #[derive(Debug)]
@@ -157,8 +161,10 @@ pub struct Sensors {
     syn_flood: FloodMeter,
     mac_flood: FloodMeter,
     /// Pairs (address, MAC) of LAN frames that agreed with the table lately.
-    checked: Box<[Option<Pair>; CHECKED]>,
+    checked: Box<[Pair; CHECKED]>,
     mismatches: Recently<(IpAddr, [u8; 6])>,
+    /// The Ethernet sources of the last two frames (the MAC flood meter skips repeats).
+    last_macs: [[u8; 6]; 2],
     seed: u64,
     last_sweep_ms: i64,
     limiter: Limiter,
@@ -185,9 +191,10 @@ impl Sensors {
             echoes: Pending::default(),
             syn_flood: FloodMeter::new("syn_flood", "sources", SYN_FLOOD_SOURCES),
             mac_flood: FloodMeter::new("mac_flood", "macs", MAC_FLOOD_MACS),
-            checked: Box::new([None; CHECKED]),
+            checked: Box::new([(0, 0); CHECKED]),
             mismatches: Recently::new(60_000, 4096),
-            seed,
+            last_macs: [[0; 6]; 2],
+            seed: seed | 1,
             last_sweep_ms: 0,
             limiter: Limiter::default(),
             found: Vec::new(),
@@ -223,11 +230,16 @@ impl Sensors {
         let Some(eth) = EthernetPacket::new(data) else { return };
         let src_mac: [u8; 6] = eth.get_source().octets();
         let dst_mac: [u8; 6] = eth.get_destination().octets();
-        let key = key_hash(&src_mac, self.seed);
-        if let Some(e) = self.mac_flood.add(key, src_mac, None, now_ms) {
-            // An ARP flood invents MACs too: said once, as an ARP flood.
-            if !self.arp.flooding(now_ms) {
-                out.push(e);
+        // Distinct sources are what a MAC flood is: a MAC like one of the
+        // last two frames' adds nothing, and ordinary traffic costs a compare.
+        if src_mac != self.last_macs[0] && src_mac != self.last_macs[1] {
+            self.last_macs = [src_mac, self.last_macs[0]];
+            let key = key_hash(mac_key(&src_mac), self.seed);
+            if let Some(e) = self.mac_flood.add(key, src_mac, None, now_ms) {
+                // An ARP flood invents MACs too: said once, as an ARP flood.
+                if !self.arp.flooding(now_ms) {
+                    out.push(e);
+                }
             }
         }
         match eth.get_ethertype() {
@@ -245,9 +257,17 @@ impl Sensors {
             EtherTypes::Ipv4 => {
                 if let Some(ip) = Ipv4Packet::new(eth.payload()) {
                     let (src, dst) = (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()));
-                    self.check_source(src, src_mac, now_ms, out);
-                    let hop = Hop { src, dst, src_mac, dst_mac };
-                    match ip.get_next_level_protocol() {
+                    let verified = self.check_source(src, src_mac, now_ms, out);
+                    let proto = ip.get_next_level_protocol();
+                    // Most frames are segments of established connections
+                    // (ACK, no SYN, RST nor FIN): nothing for the detectors.
+                    if proto == IpNextHeaderProtocols::Tcp
+                        && ip.payload().get(13).is_some_and(|f| f & 0x17 == TcpFlags::ACK)
+                    {
+                        return;
+                    }
+                    let hop = Hop { src, dst, src_mac, dst_mac, verified };
+                    match proto {
                         IpNextHeaderProtocols::Icmp => self.icmp(hop, ip.payload(), false, now_ms, out),
                         proto => self.transport(proto, hop, ip.payload(), now_ms, out),
                     }
@@ -266,8 +286,13 @@ impl Sensors {
         let Some(ip) = Ipv6Packet::new(data) else { return };
         let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
         let Some(payload) = ip.payload().get(..ip.get_payload_length() as usize) else { return };
-        self.check_source(src, src_mac, now_ms, out);
-        let hop = Hop { src, dst, src_mac, dst_mac };
+        let verified = self.check_source(src, src_mac, now_ms, out);
+        if ip.get_next_header() == IpNextHeaderProtocols::Tcp
+            && payload.get(13).is_some_and(|f| f & 0x17 == TcpFlags::ACK)
+        {
+            return;
+        }
+        let hop = Hop { src, dst, src_mac, dst_mac, verified };
         match ip.get_next_header() {
             IpNextHeaderProtocols::Icmpv6 => self.icmp(hop, payload, true, now_ms, out),
             proto => self.transport(proto, hop, payload, now_ms, out),
@@ -276,7 +301,7 @@ impl Sensors {
 
     /// TCP and UDP of either family.
     fn transport(&mut self, proto: IpNextHeaderProtocol, hop: Hop, payload: &[u8], now_ms: i64, out: &mut Vec<Event>) {
-        let Hop { src, dst, src_mac, dst_mac } = hop;
+        let Hop { src, dst, src_mac, dst_mac, verified } = hop;
         match proto {
             IpNextHeaderProtocols::Tcp => {
                 let Some(tcp) = TcpPacket::new(payload) else { return };
@@ -285,9 +310,8 @@ impl Sensors {
                 let (syn, ack, rst) =
                     (flags & TcpFlags::SYN != 0, flags & TcpFlags::ACK != 0, flags & TcpFlags::RST != 0);
                 if syn && !ack {
-                    let verified = self.verified(&src, src_mac);
                     if !verified {
-                        let k = key_hash(&ip_bytes(&src), self.seed);
+                        let k = key_hash(ip_key(&src), self.seed);
                         let target = || format!("{dst}:{dport}");
                         out.extend(self.syn_flood.add(k, src_mac, Some(&target), now_ms));
                     }
@@ -310,7 +334,6 @@ impl Sensors {
                     // No SYN, ACK or RST: no TCP stack sends it but a scanner
                     // (FIN, Xmas, NULL); counted at once, open port or not.
                     let probe = if flags == 0 { Probe::Null } else { Probe::Fin };
-                    let verified = self.verified(&src, src_mac);
                     self.scan_failed(src, Some(src_mac), verified, (dst, dport, probe), now_ms, out);
                 }
             }
@@ -331,12 +354,11 @@ impl Sensors {
     /// ICMP or ICMPv6: echo requests and replies, port unreachable quoting
     /// a UDP probe, and (IPv6) neighbour discovery.
     fn icmp(&mut self, hop: Hop, p: &[u8], v6: bool, now_ms: i64, out: &mut Vec<Event>) {
-        let Hop { src, dst, src_mac, dst_mac } = hop;
+        let Hop { src, dst, src_mac, dst_mac, verified } = hop;
         let Some((&ty, rest)) = p.split_first() else { return };
         let code = rest.first().copied().unwrap_or(0);
         match (v6, ty, code) {
             (false, 8, _) | (true, 128, _) => {
-                let verified = self.verified(&src, src_mac);
                 self.echoes.insert((src, dst), (now_ms, src_mac), verified);
             }
             (false, 0, _) | (true, 129, _) => {
@@ -447,18 +469,25 @@ impl Sensors {
     /// At the gateway: a LAN frame from a known host's address whose MAC is
     /// not that host's (a man in the middle forwarding the victim's traffic
     /// after a unicast ARP spoof the gateway never saw).
-    fn check_source(&mut self, src: IpAddr, mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) {
+    /// Returns whether the table agrees (the source is verified). Pairs
+    /// with nothing to say are cached until the next sweep: most frames
+    /// cost a slot compare, not a table lookup.
+    fn check_source(&mut self, src: IpAddr, mac: [u8; 6], now_ms: i64, out: &mut Vec<Event>) -> bool {
         let slot = (usize::from(mac[5]) ^ usize::from(last_byte(&src))) % CHECKED;
-        if self.checked[slot] == Some((src, mac)) {
-            return;
+        let (ip, m) = (ip_key(&src), mac_key(&mac) as u64 | 1 << 49);
+        let (cached_ip, cached) = self.checked[slot];
+        if cached_ip == ip && cached & !(1 << 48) == m {
+            return cached & 1 << 48 != 0;
         }
-        let Some(known) = self.arp.confirm(&src, mac, now_ms) else { return };
-        if known == mac {
-            self.checked[slot] = Some((src, mac));
-            return;
-        }
+        let known = self.arp.confirm(&src, mac, now_ms);
+        let verified = known == Some(mac);
+        let Some(known) = known.filter(|k| *k != mac) else {
+            self.checked[slot] = (ip, m | u64::from(verified) << 48);
+            return verified;
+        };
         if self.arp.is_router_mac(&mac) || !self.mismatches.first((src, mac), now_ms) {
-            return;
+            self.checked[slot] = (ip, m);
+            return false;
         }
         let gateway = self.arp.is_gateway(&src);
         let owners = self.arp.addresses_of(mac);
@@ -477,6 +506,7 @@ impl Sensors {
         }
         let severity = if gateway { Severity::Critical } else { Severity::Warning };
         out.push(Event::new("ip_mac_mismatch", severity, now_ms, attrs));
+        false
     }
 
     /// Unanswered SYNs and echo requests become failed attempts; idle sources are forgotten.
@@ -489,7 +519,7 @@ impl Sensors {
 
     fn sweep_into(&mut self, now_ms: i64, out: &mut Vec<Event>) {
         self.last_sweep_ms = now_ms;
-        self.checked.fill(None);
+        self.checked.fill((0, 0));
         for ((client, server, port), mac, verified) in self.syns.expired(now_ms) {
             self.scan_failed(client, Some(mac), verified, (server, port, Probe::Syn), now_ms, out);
         }
@@ -545,13 +575,6 @@ fn nd_option(mut opts: &[u8], kind: u8) -> Option<[u8; 6]> {
         opts = opts.get(len..)?;
     }
     None
-}
-
-fn ip_bytes(ip: &IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
 }
 
 fn last_byte(ip: &IpAddr) -> u8 {

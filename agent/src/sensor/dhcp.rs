@@ -119,7 +119,7 @@ impl DhcpWatch {
     pub fn observe(&mut self, m: Message, eth_src: [u8; 6], now_ms: i64) -> Option<Event> {
         let (seen, server) = match (m.op, m.message_type, m.server) {
             (1, 1, _) => {
-                let key = super::flood::key_hash(&m.client_mac, 0x7477);
+                let key = super::flood::key_hash(super::flood::mac_key(&m.client_mac), 0x7477);
                 let target = || "dhcp".to_string();
                 return self.starvation.add(key, eth_src, Some(&target), now_ms).map(|mut e| {
                     e.severity = Severity::Critical as i32;

@@ -21,8 +21,9 @@ pub const WINDOW_MS: i64 = 10_000;
 pub const QUIET_MS: i64 = 600_000;
 /// Heavy hitters kept (Ethernet senders, targets).
 const TOP: usize = 8;
-/// Bits of the distinct-key map: good to a few tens of thousands.
+/// Bits of the distinct-key map (2^14): good to a few tens of thousands.
 const WORDS: usize = 256;
+const BITS_LOG2: u32 = 14;
 
 /// Counts of at most [`TOP`] keys, the heaviest ones kept (Misra-Gries).
 #[derive(Debug, Default, Clone)]
@@ -68,6 +69,8 @@ pub struct FloodMeter {
     reported_ms: Option<i64>,
     /// Occurrences whose sender was counted (a sample).
     sampled: u64,
+    /// Bits set in `bits`.
+    ones: u32,
     /// Totals since the flood was reported, for the next report.
     total: u64,
 }
@@ -92,6 +95,7 @@ impl FloodMeter {
             targets: Heavy::default(),
             reported_ms: None,
             sampled: 0,
+            ones: 0,
             total: 0,
         }
     }
@@ -111,11 +115,16 @@ impl FloodMeter {
         }
         self.count += 1;
         self.total += 1;
-        let bit = (key % (WORDS as u64 * 64)) as usize;
-        self.bits[bit / 64] |= 1 << (bit % 64);
-        // Heavy hitters are kept for a sample only: every frame of a flood
-        // through a small vector would be the sensor's dearest path.
-        if self.count <= 64 || self.count & 7 == 1 {
+        // The top bits: multiply-shift puts its good bits there.
+        let bit = (key >> (64 - BITS_LOG2)) as usize;
+        let word = &mut self.bits[bit / 64];
+        if *word & (1 << (bit % 64)) == 0 {
+            *word |= 1 << (bit % 64);
+            self.ones += 1;
+        }
+        // Heavy hitters from a sample (all while few): this runs for every
+        // frame of a flood, and ordinary traffic too.
+        if self.count <= 64 || self.count & 63 == 1 {
             self.sampled += 1;
             self.senders.add(&sender);
             if let Some(t) = target {
@@ -124,7 +133,10 @@ impl FloodMeter {
         }
         // Judged every 64th, or every one while the count is small (a
         // starvation threshold of 60 must not wait for the 64th).
-        if (self.count > 256 && self.count & 63 != 0) || self.reported_ms.is_some_and(|r| now_ms - r < QUIET_MS) {
+        if (self.count > 256 && self.count & 63 != 0)
+            || (self.ones as usize) < self.threshold.min(WORDS * 64 / 2)
+            || self.reported_ms.is_some_and(|r| now_ms - r < QUIET_MS)
+        {
             return None;
         }
         let distinct = self.distinct();
@@ -167,12 +179,13 @@ impl FloodMeter {
         self.senders = Heavy::default();
         self.targets = Heavy::default();
         self.sampled = 0;
+        self.ones = 0;
     }
 
     /// Distinct keys of the window so far (estimated).
     pub fn distinct(&self) -> usize {
         let m = (WORDS * 64) as f64;
-        let zero = m - self.bits.iter().map(|w| w.count_ones() as f64).sum::<f64>();
+        let zero = m - f64::from(self.ones);
         if zero < 1.0 {
             return WORDS * 64 * 8;
         }
@@ -185,21 +198,27 @@ impl FloodMeter {
     }
 }
 
-/// A cheap, seeded hash of a key for the meters (not for tables an
-/// attacker can collide: a collision here only undercounts).
-pub fn key_hash(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for chunk in bytes.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x87c3_7b91_1142_53d5).rotate_left(31);
+/// A cheap, seeded hash of a key (a MAC, an address) for the meters:
+/// multiply-shift with the seed as an odd multiplier (a universal family:
+/// an attacker who does not know the seed cannot aim at one bit). The
+/// meter uses the top bits. A collision here only undercounts.
+pub fn key_hash(key: u128, seed: u64) -> u64 {
+    let x = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
+    // A large odd multiplier whatever the seed (golden-ratio bits mixed in).
+    (x ^ (x >> 31)).wrapping_mul((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+/// A MAC as a meter key.
+pub fn mac_key(m: &[u8; 6]) -> u128 {
+    u128::from(u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]))
+}
+
+/// An address as a meter key (IPv4 as IPv4-mapped IPv6).
+pub fn ip_key(ip: &std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        std::net::IpAddr::V6(a) => u128::from(*a),
     }
-    // MurmurHash3's finaliser: every input bit reaches the low bits the map uses.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 #[cfg(test)]
@@ -214,7 +233,7 @@ mod tests {
         let mut got = Vec::new();
         // 300,000 spoofed SYNs over five minutes: 1,000 a second.
         for i in 0..300_000u64 {
-            got.extend(m.add(key_hash(&i.to_le_bytes(), 7), attacker, Some(&target), i as i64));
+            got.extend(m.add(key_hash(u128::from(i), 7), attacker, Some(&target), i as i64));
         }
         assert_eq!(got.len(), 1, "once per quiet period");
         let e = &got[0];
@@ -225,7 +244,7 @@ mod tests {
         assert!(e.attributes["rate_per_s"].parse::<u64>().unwrap() >= 900);
         // Ten minutes on, still flooding: said again, with the total since.
         let more = (0..20_000u64)
-            .filter_map(|i| m.add(key_hash(&i.to_le_bytes(), 8), attacker, None, 700_000 + i as i64))
+            .filter_map(|i| m.add(key_hash(u128::from(i), 8), attacker, None, 700_000 + i as i64))
             .collect::<Vec<_>>();
         assert_eq!(more.len(), 1);
         assert!(more[0].attributes["since_last_report"].parse::<u64>().unwrap() > 290_000);
@@ -235,7 +254,7 @@ mod tests {
     fn many_packets_of_few_keys_are_no_flood() {
         let mut m = FloodMeter::new("syn_flood", "sources", 1000);
         for i in 0..100_000u64 {
-            assert!(m.add(key_hash(&(i % 50).to_le_bytes(), 7), [2; 6], None, (i / 10) as i64).is_none());
+            assert!(m.add(key_hash(u128::from(i % 50), 7), [2; 6], None, (i / 10) as i64).is_none());
         }
         assert!(m.distinct() < 60);
     }
