@@ -300,7 +300,14 @@ async fn fetch_into(spec: &HttpSpec, roots: Option<Arc<RootCertStore>>, f: &mut 
         f.body_bytes = buf.len();
         f.fingerprint = Some(fingerprint(&buf));
         if spec.defacement {
-            f.page = Some(super::deface::page(&buf, &spec.vocabulary));
+            // Reading a page of up to max_body_bytes is CPU work: off the
+            // (single-threaded) runtime, so probe timings do not wait on it.
+            let vocabulary = spec.vocabulary.clone();
+            let (page, body) = tokio::task::spawn_blocking(move || (super::deface::page(&buf, &vocabulary), buf))
+                .await
+                .map_err(|e| format!("reading the page: {e}"))?;
+            f.page = Some(page);
+            buf = body;
         }
         let text = String::from_utf8_lossy(&buf).to_lowercase();
         for want in &spec.body_contains {

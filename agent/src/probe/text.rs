@@ -221,6 +221,8 @@ fn hides(attrs: &str) -> bool {
 /// Reads the words of an HTML body.
 pub fn read(body: &[u8]) -> Text {
     let html = String::from_utf8_lossy(body);
+    // Lower-cased once: finding the end of each script must not copy the page each time.
+    let lower = html.to_ascii_lowercase();
     let mut t = Text::default();
     // Element stack: (name, hidden), for hidden text; bounded depth.
     let mut stack: Vec<(String, bool)> = Vec::new();
@@ -233,21 +235,25 @@ pub fn read(body: &[u8]) -> Text {
         if word.is_empty() {
             return;
         }
-        if *words < MAX_WORDS {
-            *words += 1;
-            if hidden {
+        // Visible and hidden words have a cap each: a hidden block of
+        // filler cannot crowd the visible spam out.
+        if hidden {
+            if t.hidden.len() < MAX_WORDS {
                 t.hidden.push(folded(word));
-            } else {
-                t.exact.push(exact(word));
-                t.folded.push(folded(word));
             }
+        } else if *words < MAX_WORDS {
+            *words += 1;
+            t.exact.push(exact(word));
+            t.folded.push(folded(word));
         }
         word.clear();
     };
     let mut rest: &str = &html;
     while let Some(c) = rest.chars().next() {
         match c {
-            '<' => {
+            // A tag starts only where HTML5 starts one: `<` then a letter, `/`, `!` or `?`
+            // (`x < nhà cái` is text in a browser, and here).
+            '<' if rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || matches!(c, '/' | '!' | '?')) => {
                 let end = rest.find('>').unwrap_or(rest.len());
                 let tag = &rest[1..end];
                 rest = rest.get(end + 1..).unwrap_or("");
@@ -262,8 +268,9 @@ pub fn read(body: &[u8]) -> Text {
                     push(&mut t, &mut word, hidden_depth > 0, &mut words);
                 }
                 if name == "title" {
-                    in_title = !closing;
-                    if !closing {
+                    // The first title is the page's (an inline SVG has titles too).
+                    in_title = !closing && title.is_none();
+                    if in_title {
                         title = Some(String::new());
                     }
                     continue;
@@ -271,8 +278,8 @@ pub fn read(body: &[u8]) -> Text {
                 if !closing && RAW.contains(&name.as_str()) {
                     // Skip to the matching end tag.
                     let close = format!("</{name}");
-                    let lower = rest.to_ascii_lowercase();
-                    let at = lower.find(&close).unwrap_or(rest.len());
+                    let offset = html.len() - rest.len();
+                    let at = lower[offset..].find(&close).unwrap_or(rest.len());
                     rest = &rest[at..];
                     continue;
                 }

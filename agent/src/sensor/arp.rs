@@ -136,7 +136,10 @@ impl ArpWatch {
     /// returned; when it disagrees, the MAC the table gives an established
     /// `ip`, else nothing.
     pub fn confirm(&mut self, ip: &IpAddr, mac: [u8; 6], now_ms: i64) -> Option<[u8; 6]> {
-        let s = self.table.get_mut(ip)?;
+        // This node's own addresses are established with its own MAC.
+        let Some(s) = self.table.get_mut(ip) else {
+            return self.policy.own.iter().find(|(own, _)| own == ip).map(|(_, m)| *m);
+        };
         if s.mac == mac {
             if now_ms - s.last_ms >= 1000 {
                 s.seen = s.seen.saturating_add(1).min(8);
@@ -264,6 +267,9 @@ impl ArpWatch {
                 }
                 let old = s.mac;
                 s.mac = sender_mac;
+                // The new MAC is not established until it is seen again:
+                // one forged reply must not make its sender "verified" for the address.
+                s.seen = 1;
                 if allowed {
                     return out;
                 }

@@ -99,11 +99,15 @@ struct Hop {
 /// two words compared per frame.
 type Pair = (u128, u64);
 
-/// SYNs or echo requests awaiting an answer: key → (time, client MAC).
+/// SYNs or echo requests awaiting an answer: key → (time, client MAC, the
+/// MAC it was sent to). An answer counts only from the MAC the request was
+/// sent to (the server, or the router in front of it): a scanner that
+/// forges SYN-ACKs or echo replies from its own MAC hides nothing, and
+/// nobody can forge refusals to frame an innocent client.
 #[derive(Debug)]
 struct Pending<K> {
-    verified: HashMap<K, (i64, [u8; 6])>,
-    other: HashMap<K, (i64, [u8; 6])>,
+    verified: HashMap<K, (i64, [u8; 6], [u8; 6])>,
+    other: HashMap<K, (i64, [u8; 6], [u8; 6])>,
 }
 
 impl<K> Default for Pending<K> {
@@ -113,19 +117,22 @@ impl<K> Default for Pending<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Copy> Pending<K> {
-    fn insert(&mut self, k: K, at: (i64, [u8; 6]), verified: bool) {
+    fn insert(&mut self, k: K, at: (i64, [u8; 6], [u8; 6]), verified: bool) {
         let m = if verified { &mut self.verified } else { &mut self.other };
         if m.len() < MAX_PENDING {
             m.insert(k, at);
         }
     }
 
-    /// The request answered: `Some((mac, verified))` if it was pending.
-    fn remove(&mut self, k: &K) -> Option<([u8; 6], bool)> {
-        if let Some((_, m)) = self.verified.remove(k) {
-            return Some((m, true));
+    /// The request answered from `from` (a MAC): `Some((client MAC,
+    /// verified))` if it was pending and sent to that MAC.
+    fn answered(&mut self, k: &K, from: [u8; 6]) -> Option<([u8; 6], bool)> {
+        for (m, verified) in [(&mut self.verified, true), (&mut self.other, false)] {
+            if m.get(k).is_some_and(|e| e.2 == from) {
+                return m.remove(k).map(|(_, mac, _)| (mac, verified));
+            }
         }
-        self.other.remove(k).map(|(_, m)| (m, false))
+        None
     }
 
     fn len(&self) -> usize {
@@ -136,7 +143,7 @@ impl<K: std::hash::Hash + Eq + Copy> Pending<K> {
     fn expired(&mut self, now_ms: i64) -> Vec<(K, [u8; 6], bool)> {
         let mut out = Vec::new();
         for (m, verified) in [(&mut self.verified, true), (&mut self.other, false)] {
-            m.retain(|k, (t, mac)| {
+            m.retain(|k, (t, mac, _)| {
                 let keep = now_ms - *t < SYN_TIMEOUT_MS;
                 if !keep {
                     out.push((*k, *mac, verified));
@@ -256,6 +263,10 @@ impl Sensors {
             }
             EtherTypes::Ipv4 => {
                 if let Some(ip) = Ipv4Packet::new(eth.payload()) {
+                    // A later fragment carries no transport header: not read as one.
+                    if ip.get_fragment_offset() != 0 {
+                        return;
+                    }
                     let (src, dst) = (IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()));
                     let verified = self.check_source(src, src_mac, now_ms, out);
                     let proto = ip.get_next_level_protocol();
@@ -315,20 +326,22 @@ impl Sensors {
                         let target = || format!("{dst}:{dport}");
                         out.extend(self.syn_flood.add(k, src_mac, Some(&target), now_ms));
                     }
-                    self.syns.insert((src, dst, dport), (now_ms, src_mac), verified);
+                    self.syns.insert((src, dst, dport), (now_ms, src_mac, dst_mac), verified);
                 } else if syn && ack {
                     // The server answered: an open port, not a failure.
-                    self.syns.remove(&(dst, src, sport));
+                    self.syns.answered(&(dst, src, sport), src_mac);
                 } else if rst {
-                    if let Some((mac, verified)) = self.syns.remove(&(dst, src, sport)) {
+                    if let Some((mac, verified)) = self.syns.answered(&(dst, src, sport), src_mac) {
                         // The server refused: a closed port.
                         self.scan_failed(dst, Some(mac), verified, (src, sport, Probe::Syn), now_ms, out);
-                    } else if !ack {
+                    } else if !ack && (verified || self.arp.is_router_mac(&src_mac)) {
                         // A bare RST answers a segment with ACK for no
                         // connection (RFC 9293 3.10.7.1): an ACK or Maimon
-                        // probe. Sent to the prober's MAC as the victim knows it.
-                        let verified = self.verified(&dst, dst_mac);
-                        self.scan_failed(dst, Some(dst_mac), verified, (src, sport, Probe::Ack), now_ms, out);
+                        // probe. Believed only from the MAC that has the
+                        // victim's address (or a router): a forged one
+                        // would frame its destination. The prober is not
+                        // verified by it (its MAC is the victim's choice).
+                        self.scan_failed(dst, Some(dst_mac), false, (src, sport, Probe::Ack), now_ms, out);
                     }
                 } else if !ack {
                     // No SYN, ACK or RST: no TCP stack sends it but a scanner
@@ -359,18 +372,17 @@ impl Sensors {
         let code = rest.first().copied().unwrap_or(0);
         match (v6, ty, code) {
             (false, 8, _) | (true, 128, _) => {
-                self.echoes.insert((src, dst), (now_ms, src_mac), verified);
+                self.echoes.insert((src, dst), (now_ms, src_mac, dst_mac), verified);
             }
             (false, 0, _) | (true, 129, _) => {
-                self.echoes.remove(&(dst, src));
+                self.echoes.answered(&(dst, src), src_mac);
             }
             // Port unreachable quotes the datagram that was refused: its
             // source is the prober, its destination the closed port. The
             // error goes to the prober's MAC as the victim knows it.
-            (false, 3, 3) | (true, 1, 4) => {
+            (false, 3, 3) | (true, 1, 4) if verified || self.arp.is_router_mac(&src_mac) => {
                 let Some((prober, target, port)) = quoted_udp(p.get(8..).unwrap_or_default(), v6) else { return };
-                let verified = self.verified(&prober, dst_mac);
-                self.scan_failed(prober, Some(dst_mac), verified, (target, port, Probe::Udp), now_ms, out);
+                self.scan_failed(prober, Some(dst_mac), false, (target, port, Probe::Udp), now_ms, out);
             }
             // Neighbour solicitation: the solicited target; the source
             // claims its own address with its link-layer option.
@@ -869,13 +881,14 @@ mod tests {
         for p in 1..=11u16 {
             s.frame(&synth::tcp(mac, attacker, 40000, victim, p, TcpFlags::SYN), 0, &mut out);
             match p {
+                // Answers come from the MAC the SYN was sent to (synth frames go to 02:00:00:00:00:01).
                 1..=5 => s.frame(
-                    &synth::tcp([2; 6], victim, p, attacker, 40000, TcpFlags::RST | TcpFlags::ACK),
+                    &synth::tcp([2, 0, 0, 0, 0, 1], victim, p, attacker, 40000, TcpFlags::RST | TcpFlags::ACK),
                     10,
                     &mut out,
                 ),
                 11 => s.frame(
-                    &synth::tcp([2; 6], victim, p, attacker, 40000, TcpFlags::SYN | TcpFlags::ACK),
+                    &synth::tcp([2, 0, 0, 0, 0, 1], victim, p, attacker, 40000, TcpFlags::SYN | TcpFlags::ACK),
                     10,
                     &mut out,
                 ),
@@ -1006,6 +1019,34 @@ mod tests {
             s.frame(&abort, 10_000, &mut out);
         }
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn forged_answers_hide_no_scan_and_frame_nobody() {
+        let gw = Ipv4Addr::new(10, 2, 1, 1);
+        let attacker = Ipv4Addr::new(10, 2, 1, 66);
+        let (mut s, mut out) = lan();
+        // Each SYN "answered" by a SYN-ACK the scanner forges from its own MAC.
+        for p in 1..=20u16 {
+            s.frame(&synth::tcp(EVIL, attacker, 40000, gw, p, TcpFlags::SYN), 10_000, &mut out);
+            s.frame(&synth::tcp(EVIL, gw, p, attacker, 40000, TcpFlags::SYN | TcpFlags::ACK), 10_000, &mut out);
+        }
+        s.frame(&[0u8; 3], 14_000, &mut out);
+        assert_eq!(kinds(&out), ["ip_mac_mismatch", "port_scan"], "the forged answers do not count");
+        // And claiming this node's own address from another MAC is itself critical.
+        assert_eq!(
+            (out[0].severity, out[0].attributes["claimed_src"].as_str()),
+            (Severity::Critical as i32, "10.2.1.1")
+        );
+        // Bare RSTs forged by the attacker "from" the gateway to an innocent host frame nobody.
+        let (mut s, mut out) = lan();
+        let innocent = Ipv4Addr::new(10, 2, 1, 12);
+        for p in 1..=40u16 {
+            let mut rst = synth::tcp(EVIL, gw, p, innocent, 40000, TcpFlags::RST);
+            rst[0..6].copy_from_slice(&[2, 0, 0, 0, 1, 12]);
+            s.frame(&rst, 10_000, &mut out);
+        }
+        assert!(out.iter().all(|e| e.kind != "port_scan"), "{out:?}");
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct DhcpWatch {
     learned: Option<Ipv4Addr>,
     reported: Recently<Ipv4Addr>,
     starvation: FloodMeter,
+    /// Random per run: client MACs cannot be chosen to collide in the meter.
+    seed: u64,
 }
 
 impl Default for DhcpWatch {
@@ -107,6 +109,9 @@ impl DhcpWatch {
                 STARVATION_CLIENTS,
                 STARVATION_WINDOW_MS,
             ),
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x7477, |d| d.as_nanos() as u64),
         }
     }
 
@@ -119,7 +124,7 @@ impl DhcpWatch {
     pub fn observe(&mut self, m: Message, eth_src: [u8; 6], now_ms: i64) -> Option<Event> {
         let (seen, server) = match (m.op, m.message_type, m.server) {
             (1, 1, _) => {
-                let key = super::flood::key_hash(super::flood::mac_key(&m.client_mac), 0x7477);
+                let key = super::flood::key_hash(super::flood::mac_key(&m.client_mac), self.seed);
                 let target = || "dhcp".to_string();
                 return self.starvation.add(key, eth_src, Some(&target), now_ms).map(|mut e| {
                     e.severity = Severity::Critical as i32;
@@ -148,7 +153,9 @@ impl DhcpWatch {
             attributes.remove("src_mac");
             attributes.insert("seen".into(), "client_request".into());
         }
-        if self.allowed.is_empty() && self.learned.is_none() {
+        // Learned from a server's own answer only: one forged REQUEST must
+        // not make a rogue the LAN's server.
+        if self.allowed.is_empty() && self.learned.is_none() && m.op == 2 {
             self.learned = Some(server);
             attributes.insert("why".into(), "first DHCP server seen on the LAN; taken as its own".into());
             return Some(Event::new("dhcp_server", Severity::Info, now_ms, attributes));

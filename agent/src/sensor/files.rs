@@ -53,12 +53,13 @@ impl Entry {
     fn of(m: &std::fs::Metadata, sha256: Option<String>) -> Entry {
         Entry {
             size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            // Saturating: a timestamp set past 2262 must not overflow.
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
             meta: Some(Meta {
                 mode: m.mode(),
                 uid: m.uid(),
                 gid: m.gid(),
-                ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+                ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
                 ino: m.ino(),
             }),
             sha256,
@@ -155,6 +156,30 @@ fn read_file(path: &Path, lstat: &std::fs::Metadata) -> Option<Entry> {
     Some(Entry::of(&m, Some(tierwatch_protocol::ids::hex(ctx.finish().as_ref()))))
 }
 
+/// A path on one line of the baseline: a name with a newline must not
+/// forge a line of its own.
+fn escape(p: &Path) -> String {
+    p.display().to_string().replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r")
+}
+
+fn unescape(s: &str) -> PathBuf {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    PathBuf::from(out)
+}
+
 fn sha256_of(data: &[u8]) -> String {
     tierwatch_protocol::ids::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
@@ -180,7 +205,9 @@ impl FileWatch {
             let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
             if meta.is_dir() {
                 if let Ok(rd) = std::fs::read_dir(&p) {
-                    let mut children: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                    // Never more names than can be watched (a directory of millions).
+                    let room = self.max_files.saturating_sub(out.len()) + 1;
+                    let mut children: Vec<PathBuf> = rd.flatten().take(room).map(|e| e.path()).collect();
                     children.sort();
                     stack.extend(children.into_iter().rev());
                 }
@@ -224,7 +251,7 @@ impl FileWatch {
                 };
                 let meta = Meta { mode: mode as u32, uid: uid as u32, gid: gid as u32, ctime_ns, ino: ino as u64 };
                 let sha256 = (sha != "-").then(|| sha.to_string());
-                out.insert(PathBuf::from(path), Entry { size: size as u64, mtime_ns, meta: Some(meta), sha256 });
+                out.insert(unescape(path), Entry { size: size as u64, mtime_ns, meta: Some(meta), sha256 });
             } else {
                 let mut f = line.splitn(4, ' ');
                 let (Some(sha), Some(size), Some(mtime), Some(path)) = (f.next(), f.next(), f.next(), f.next()) else {
@@ -252,7 +279,7 @@ impl FileWatch {
                 e.mtime_ns,
                 m.ctime_ns,
                 m.ino,
-                p.display()
+                escape(p)
             ));
         }
         let tmp = self.store.with_extension("tmp");
@@ -475,6 +502,31 @@ mod tests {
         assert_eq!(kinds(&events), ["file_changed:2:shadow"]);
         assert_eq!(events[0].attributes["unreadable"], "true");
         assert_eq!(events[0].attributes["changed"], "ctime");
+    }
+
+    #[test]
+    fn a_name_with_a_newline_forges_no_baseline_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("etc");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("passwd"), "root:x:0:0\n").unwrap();
+        // A directory whose name ends a line and starts a forged one; the path
+        // under it spells the real file's absolute path.
+        // It names the hash of the content the intruder will write, with the file's real mode and owner.
+        let m = std::fs::metadata(d.join("passwd")).unwrap();
+        let sha = sha256_of(b"root:x:0:0\nevil:x:0:0\n");
+        let evil = d.join(format!("x\n{sha} 22 {} {} {} 0 0 1 ", m.mode(), m.uid(), m.gid()));
+        let forged = evil.join(d.join("passwd").strip_prefix("/").unwrap());
+        std::fs::create_dir_all(forged.parent().unwrap()).unwrap();
+        std::fs::write(&forged, "x").unwrap();
+        let store = dir.path().join("b");
+        let mut w = FileWatch::new(vec![d.clone()], vec![], 100, store.clone());
+        assert!(w.check(0).is_empty());
+        std::fs::write(d.join("passwd"), "root:x:0:0\nevil:x:0:0\n").unwrap();
+        // A restart reads the baseline back: the forged line is part of a name, not an entry.
+        let mut w = FileWatch::new(vec![d.clone()], vec![], 100, store);
+        let got = kinds(&w.check(1));
+        assert_eq!(got, ["file_changed:2:passwd"]);
     }
 
     #[test]

@@ -12,12 +12,14 @@ pub struct Recently<K> {
     quiet_ms: i64,
     max: usize,
     at: HashMap<K, i64>,
+    /// When the oldest key remembered stops being recent (set when full).
+    next_expiry_ms: i64,
 }
 
 impl<K: Hash + Eq> Recently<K> {
     /// Each key said at most once per `quiet_ms`, `max` keys remembered.
     pub fn new(quiet_ms: i64, max: usize) -> Self {
-        Recently { quiet_ms, max, at: HashMap::new() }
+        Recently { quiet_ms, max, at: HashMap::new(), next_expiry_ms: i64::MIN }
     }
 
     /// True (and remembered) unless `key` was reported within the quiet period.
@@ -25,8 +27,11 @@ impl<K: Hash + Eq> Recently<K> {
         if self.at.get(&key).is_some_and(|t| now_ms - t < self.quiet_ms) {
             return false;
         }
-        if self.at.len() >= self.max {
+        // Full of recent keys, nothing expires before the earliest does:
+        // a flood of new keys must not sweep the map at every one.
+        if self.at.len() >= self.max && now_ms >= self.next_expiry_ms {
             self.at.retain(|_, t| now_ms - *t < self.quiet_ms);
+            self.next_expiry_ms = self.at.values().min().map_or(i64::MIN, |t| t + self.quiet_ms);
         }
         if self.at.len() < self.max {
             self.at.insert(key, now_ms);
