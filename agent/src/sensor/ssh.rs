@@ -182,7 +182,21 @@ impl SshWatch {
         if !self.sources.contains_key(&src) && self.sources.len() >= self.policy.max_sources {
             self.sources.retain(|_, s| s.failures.back().is_some_and(|(t, _)| now_ms - t <= window));
             if self.sources.len() >= self.policy.max_sources {
-                return None;
+                // Still full of active sources (a botnet, an IPv6 /64): the
+                // least recently failing tenth goes, so a new source is
+                // always counted; said in the log, once per eviction.
+                let mut ages: Vec<(i64, IpAddr)> =
+                    self.sources.iter().map(|(ip, s)| (s.failures.back().map_or(i64::MIN, |f| f.0), *ip)).collect();
+                let n = (self.policy.max_sources / 10).max(1).min(ages.len());
+                ages.select_nth_unstable(n - 1);
+                for (_, ip) in &ages[..n] {
+                    self.sources.remove(ip);
+                }
+                tracing::warn!(
+                    max_sources = self.policy.max_sources,
+                    evicted = n,
+                    "SSH sensor: more failing sources than it tracks; the least recent were forgotten"
+                );
             }
         }
         let s = self.sources.entry(src).or_default();
@@ -494,6 +508,25 @@ mod tests {
         fn parse_never_panics(line in "\\PC{0,300}") {
             let _ = parse(&line);
         }
+    }
+
+    #[test]
+    fn a_full_table_still_counts_a_new_source() {
+        let mut w = SshWatch::new(SshPolicy { max_sources: 100, ..Default::default() });
+        for i in 0..100u32 {
+            let src = std::net::Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i));
+            w.observe(&format!("Nov 28 09:30:01 c1 sshd[9]: Failed password for root from {src} port 1 ssh2"), 0);
+        }
+        let got: Vec<Event> = (0..10)
+            .filter_map(|i| {
+                w.observe(
+                    &format!("Nov 28 09:30:01 c1 sshd[9]: Failed password for root from 10.2.1.99 port {i} ssh2"),
+                    1,
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), 1, "the new source is counted");
+        assert!(w.sources.len() <= 100);
     }
 
     #[test]
