@@ -298,13 +298,14 @@ impl Sensors {
         let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
         let Some(payload) = ip.payload().get(..ip.get_payload_length() as usize) else { return };
         let verified = self.check_source(src, src_mac, now_ms, out);
-        if ip.get_next_header() == IpNextHeaderProtocols::Tcp
-            && payload.get(13).is_some_and(|f| f & 0x17 == TcpFlags::ACK)
-        {
+        // Walked past extension headers: a probe hidden behind destination options is still read.
+        let Some((next, payload)) = super::router_advert::upper_layer(ip.get_next_header().0, payload) else { return };
+        let next = IpNextHeaderProtocol(next);
+        if next == IpNextHeaderProtocols::Tcp && payload.get(13).is_some_and(|f| f & 0x17 == TcpFlags::ACK) {
             return;
         }
         let hop = Hop { src, dst, src_mac, dst_mac, verified };
-        match ip.get_next_header() {
+        match next {
             IpNextHeaderProtocols::Icmpv6 => self.icmp(hop, payload, true, now_ms, out),
             proto => self.transport(proto, hop, payload, now_ms, out),
         }
@@ -445,7 +446,9 @@ impl Sensors {
     ) {
         let Seen::Counted(Some(mut e)) = self.scan.failed(src, mac, verified, attempt, now_ms) else { return };
         if let Some(m) = mac.filter(|m| !self.arp.is_router_mac(m)) {
-            let owners: Vec<IpAddr> = self.arp.addresses_of(m);
+            // Owners of the same family: a dual-stack host's IPv6 scan is not "spoofed" by its IPv4 address.
+            let owners: Vec<IpAddr> =
+                self.arp.addresses_of(m).into_iter().filter(|o| o.is_ipv4() == src.is_ipv4()).collect();
             let real = self.arp.mac_of(&src);
             let spoofed = real.is_some_and(|r| r != m) || (real.is_none() && !owners.is_empty());
             let decoys: Vec<(IpAddr, usize)> = self
@@ -502,7 +505,8 @@ impl Sensors {
             return false;
         }
         let gateway = self.arp.is_gateway(&src);
-        let owners = self.arp.addresses_of(mac);
+        let owners: Vec<IpAddr> =
+            self.arp.addresses_of(mac).into_iter().filter(|o| o.is_ipv4() == src.is_ipv4()).collect();
         let mut attrs = vec![
             ("src", owners.first().map_or_else(|| super::mac(&mac), IpAddr::to_string)),
             ("src_mac", super::mac(&mac)),
@@ -1128,6 +1132,32 @@ mod tests {
         assert_eq!(spoof[0].severity, Severity::Critical as i32);
         assert_eq!(spoof[0].attributes["src_mac"], "02:00:00:00:06:66");
         assert_eq!(spoof[0].attributes["expected_mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn an_ipv6_scan_behind_extension_headers_is_read() {
+        let (mut s, mut out) = lan();
+        let (scanner, target): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("fe80::66".parse().unwrap(), "fe80::1".parse().unwrap());
+        for p in 1..=20u16 {
+            // IPv6, a destination-options header (8 bytes of padding), then a FIN probe.
+            let mut f = vec![0u8; 14];
+            f[6..12].copy_from_slice(&EVIL);
+            f[12..14].copy_from_slice(&[0x86, 0xdd]);
+            f.extend([0x60, 0, 0, 0, 0, 28, 60, 64]);
+            f.extend(scanner.octets());
+            f.extend(target.octets());
+            f.extend([6, 0, 1, 4, 0, 0, 0, 0]);
+            let mut tcp = [0u8; 20];
+            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            tcp[2..4].copy_from_slice(&p.to_be_bytes());
+            tcp[12] = 0x50;
+            tcp[13] = TcpFlags::FIN;
+            f.extend(tcp);
+            s.frame(&f, 10_000 + p as i64, &mut out);
+        }
+        assert_eq!(kinds(&out), ["port_scan"]);
+        assert_eq!(out[0].attributes["src"], "fe80::66");
     }
 
     #[test]

@@ -112,12 +112,13 @@ pub fn parse(ipv6: &[u8]) -> Option<Advert> {
     Some(ad)
 }
 
-/// The upper-layer header after hop-by-hop, routing, destination options
-/// and a first fragment; `None` when it is not ICMPv6 or cannot be reached.
-fn skip_extensions(mut next: u8, mut data: &[u8]) -> Option<&[u8]> {
+/// The upper-layer protocol and its header after hop-by-hop, routing,
+/// destination options and a first fragment; `None` when it cannot be
+/// reached (a later fragment, too many or broken headers). Scanners and
+/// RA-Guard evasion hide behind these headers.
+pub fn upper_layer(mut next: u8, mut data: &[u8]) -> Option<(u8, &[u8])> {
     for _ in 0..MAX_EXTENSIONS {
         match next {
-            58 => return Some(data),
             0 | 43 | 60 => {
                 let len = (*data.get(1)? as usize + 1) * 8;
                 next = *data.first()?;
@@ -131,10 +132,17 @@ fn skip_extensions(mut next: u8, mut data: &[u8]) -> Option<&[u8]> {
                 next = *data.first()?;
                 data = data.get(8..)?;
             }
-            _ => return None,
+            // No next header: nothing above.
+            59 => return None,
+            _ => return Some((next, data)),
         }
     }
     None
+}
+
+/// The ICMPv6 message behind the extension headers.
+fn skip_extensions(next: u8, data: &[u8]) -> Option<&[u8]> {
+    upper_layer(next, data).filter(|(n, _)| *n == 58).map(|(_, d)| d)
 }
 
 /// The watch.
