@@ -534,7 +534,8 @@ fn scans_that_try_to_hide_are_seen() -> anyhow::Result<()> {
 }
 
 /// Floods and spoofing that used to blind the sensor, from one attacker on
-/// the LAN: 20,000 SYNs from random spoofed sources while a real scanner
+/// the LAN with the tools a penetration tester uses (hping3, arpspoof) and
+/// crafted frames: 20,000 SYNs from random spoofed sources while a real scanner
 /// scans slowly (the source table is kept small, so the flood overflows
 /// it many times); 6,000 invented ARP stations, then a spoof of a known
 /// server's address; neighbour advertisements claiming the gateway's IPv6
@@ -544,7 +545,9 @@ fn scans_that_try_to_hide_are_seen() -> anyhow::Result<()> {
 #[test]
 fn floods_and_spoofing_are_reported_and_hide_nothing() -> anyhow::Result<()> {
     require_lab!("floods_and_spoofing_are_reported_and_hide_nothing");
-    tierwatch_tests::require_tool!("nmap");
+    for tool in ["nmap", "hping3", "arpspoof"] {
+        tierwatch_tests::require_tool!(tool);
+    }
     let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(3).beside_others())?;
     let gw6 = link_local(&lab.communes[0].ns, "lan0")?;
     let mut spec = lan_sensor_on_c1();
@@ -560,14 +563,15 @@ fn floods_and_spoofing_are_reported_and_hide_nothing() -> anyhow::Result<()> {
     }
     let (attacker, scanner) = (&lab.lan_hosts[1], &lab.lan_hosts[2]);
     let attacker_mac = mac_of(&attacker.ns, "eth0")?;
-    let gw_mac = mac_of(&lab.communes[0].ns, "lan0")?;
     let labnet = tierwatch_tests::bin("tw-labnet");
 
-    // The flood, 2,000 a second for ten seconds, while the scanner tries a port every half second.
+    // hping3 --rand-source, 2,000 SYNs a second for ten seconds, while the scanner tries a port every half second.
     let flood = {
-        let (ns, labnet, gw_mac, gateway) = (attacker.ns.clone(), labnet.clone(), gw_mac.clone(), gateway.clone());
+        let (ns, gateway) = (attacker.ns.clone(), gateway.clone());
         std::thread::spawn(move || {
-            ns.exec(&labnet, &["tcp", "eth0", &gw_mac, "random", &gateway, "80", "2", "20000", "2000"])
+            // hping3 says it failed when no answer comes back (they go to the spoofed sources).
+            let cmd = format!("hping3 --rand-source -S -p 80 -i u500 -c 20000 {gateway} >/dev/null 2>&1; true");
+            ns.exec("sh", &["-c", &cmd])
         })
     };
     scanner.ns.exec("nmap", &["-sS", "-Pn", "-n", "--scan-delay", "500ms", "-p", "1-20", "-e", "eth0", &gateway])?;
@@ -607,12 +611,25 @@ fn floods_and_spoofing_are_reported_and_hide_nothing() -> anyhow::Result<()> {
     let rogue = event_from(&tw, "rogue_dhcp", "10.2.1.66")?;
     assert_eq!(rogue["attributes"]["seen"], "client_request");
 
-    // The man in the middle forwards the scanner host's traffic to the gateway.
+    // arpspoof tells the scanner host alone (unicast, unseen at the gateway)
+    // that the gateway is at the attacker's MAC; the attacker forwards what
+    // comes, so the gateway sees the victim's traffic from the attacker's MAC.
     let victim = scanner.addr.to_string();
-    attacker
-        .ns
-        .exec(&labnet, &["tcp", "eth0", &gw_mac, &victim, &addrs::CENTRAL.to_string(), "443", "16", "5", "5"])?;
-    let mitm = event_from(&tw, "ip_mac_mismatch", &attacker.addr.to_string())?;
+    attacker.ns.sysctl("net.ipv4.ip_forward", "1")?;
+    attacker.ns.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+    attacker.ns.sysctl("net.ipv4.conf.eth0.send_redirects", "0")?;
+    let _arpspoof = tierwatch_tests::Proc::spawn_command(
+        "arpspoof",
+        &mut attacker.ns.command("arpspoof", &["-i", "eth0", "-t", &victim, &gateway]),
+        &lab.dir.path().join("arpspoof.log"),
+    )?;
+    // The victim keeps talking to the province; arpspoof poisons it every 2 s.
+    let attacker_ip = attacker.addr.to_string();
+    let mitm = wait_for(Duration::from_secs(20), "an ip_mac_mismatch event naming the attacker", || {
+        let _ = scanner.ns.exec("ping", &["-c", "2", "-i", "0.3", "-W", "1", &addrs::CENTRAL.to_string()]);
+        tw.security_events("?kind=ip_mac_mismatch").into_iter().find(|e| e["attributes"]["src"] == attacker_ip.as_str())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n--- events\n{:#?}", tw.security_events("?limit=50")))?;
     assert_eq!(mitm["attributes"]["claimed_src"], victim.as_str());
     assert_eq!(mitm["attributes"]["real_mac"], mac_of(&scanner.ns, "eth0")?.as_str());
 

@@ -15,10 +15,6 @@
 //! - `tw-labnet arp-spoof IF SENDER_IP TARGET_IP COUNT`: sends COUNT ARP
 //!   replies from IF in which IF's MAC claims SENDER_IP, 200 ms apart.
 //! - `tw-labnet dhcp-discover IF COUNT`: broadcasts COUNT DHCPDISCOVERs from IF, 300 ms apart.
-//! - `tw-labnet tcp IF DST_MAC SRC_IP DST_IP DPORT FLAGS COUNT RATE`: COUNT
-//!   TCP segments with FLAGS (a number: 2 SYN, 16 ACK) from IF's MAC to
-//!   DST_MAC, RATE a second; SRC_IP `random` draws each source from
-//!   10.200.0.0/16 (a spoofed-source flood; inside the lab).
 //! - `tw-labnet arp-flood IF COUNT RATE`: ARP replies of COUNT invented
 //!   stations (10.201.0.0/16, each its own MAC as Ethernet source and sender).
 //! - `tw-labnet na-spoof IF TARGET_V6 COUNT`: neighbour advertisements in
@@ -60,7 +56,6 @@ fn main() -> anyhow::Result<()> {
         Some("hooks") if args.len() == 2 => hooks(&args[1]),
         Some("dhcp-discover") if args.len() == 3 => dhcp_discover(&args[1], args[2].parse()?),
         Some("arp-spoof") if args.len() == 5 => arp_spoof(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?),
-        Some("tcp") if args.len() == 9 => tcp(&args[1..]),
         Some("udp") if args.len() == 3 => udp(args[1].parse()?, args[2].parse()?),
         Some("arp-flood") if args.len() == 4 => arp_flood(&args[1], args[2].parse()?, args[3].parse()?),
         Some("na-spoof") if args.len() == 4 => na_spoof(&args[1], args[2].parse()?, args[3].parse()?),
@@ -69,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             dhcp_request(&args[1], args[2].parse()?, args[3].parse()?, args[4].parse()?)
         }
         _ => bail!(
-            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT | dhcp-discover IF COUNT | tcp IF DST_MAC SRC_IP DST_IP DPORT FLAGS COUNT RATE | arp-flood IF COUNT RATE | na-spoof IF TARGET_V6 COUNT | dhcp-starve IF COUNT RATE | dhcp-request IF SERVER REQUESTED COUNT | udp ADDR:PORT COUNT"
+            "usage: tw-labnet bridge IF_A IF_B | get ADDR PATH | send METHOD ADDR PATH BODY [TOKEN] | listen ADDR... | hooks ADDR | arp-spoof IF SENDER_IP TARGET_IP COUNT | dhcp-discover IF COUNT | arp-flood IF COUNT RATE | na-spoof IF TARGET_V6 COUNT | dhcp-starve IF COUNT RATE | dhcp-request IF SERVER REQUESTED COUNT | udp ADDR:PORT COUNT"
         ),
     }
 }
@@ -115,11 +110,6 @@ fn own_mac(name: &str) -> anyhow::Result<[u8; 6]> {
     Ok(iface.mac.context("interface without MAC")?.octets())
 }
 
-fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| anyhow::anyhow!("{s}: not a MAC"))
-}
-
 /// Sends `count` frames made by `make(i)`, `rate` a second (in bursts of a millisecond's worth).
 fn paced(name: &str, count: u32, rate: u32, mut make: impl FnMut(u32) -> Vec<u8>) -> anyhow::Result<()> {
     let (mut tx, _) = channel(name)?;
@@ -136,21 +126,6 @@ fn paced(name: &str, count: u32, rate: u32, mut make: impl FnMut(u32) -> Vec<u8>
         }
     }
     Ok(())
-}
-
-fn tcp(a: &[String]) -> anyhow::Result<()> {
-    let (name, dst_mac, src, dst) = (&a[0], parse_mac(&a[1])?, a[2].as_str(), a[3].parse::<std::net::Ipv4Addr>()?);
-    let (port, flags, count, rate): (u16, u8, u32, u32) = (a[4].parse()?, a[5].parse()?, a[6].parse()?, a[7].parse()?);
-    let mac = own_mac(name)?;
-    let fixed: Option<std::net::Ipv4Addr> = if src == "random" { None } else { Some(src.parse()?) };
-    let mut rng = rand::thread_rng();
-    paced(name, count, rate, |_| {
-        let src = fixed.unwrap_or_else(|| std::net::Ipv4Addr::new(10, 200, rng.gen(), rng.gen()));
-        let mut f =
-            tierwatch_agent::sensor::capture::synth::tcp(mac, src, rng.gen_range(1024..65535), dst, port, flags);
-        f[0..6].copy_from_slice(&dst_mac);
-        f
-    })
 }
 
 fn arp_flood(name: &str, count: u32, rate: u32) -> anyhow::Result<()> {
