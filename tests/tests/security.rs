@@ -109,7 +109,7 @@ fn a_rogue_ipv6_router_on_a_commune_lan_is_reported() -> anyhow::Result<()> {
     let rogue = &lab.lan_hosts[0];
     let (prefix, dns) = ("2001:db8:74:77::".parse()?, "2001:db8:74:77::53".parse()?);
     let started = Instant::now();
-    let (radvd, router) = lab.start_router_advertiser(&rogue.ns, prefix, dns)?;
+    let (radvd, router) = lab.start_router_advertiser(&rogue.ns, prefix, dns, None)?;
     let got = wait_for(Duration::from_secs(10), "a rogue_router_advert event", || {
         tw.security_events("?kind=rogue_router_advert").into_iter().next()
     })
@@ -130,6 +130,33 @@ fn a_rogue_ipv6_router_on_a_commune_lan_is_reported() -> anyhow::Result<()> {
         v["incidents"].as_array()?.iter().find(|i| i["key"] == "c1/security").cloned()
     })?;
     assert_eq!(incident["severity"], "critical", "{incident}");
+    tw.stop()?;
+    Ok(())
+}
+
+/// A rogue router that advertises to one victim by unicast: invisible to a
+/// gateway's own port (the switch delivers it to the victim alone), seen on
+/// a mirror port. The lab's LAN bridge with the sensor promiscuous is that
+/// mirror port.
+#[test]
+fn a_unicast_router_advert_is_seen_on_a_mirror_port() -> anyhow::Result<()> {
+    require_lab!("a_unicast_router_advert_is_seen_on_a_mirror_port");
+    tierwatch_tests::require_tool!("radvd");
+    let lab = Lab::build(LabSpec::communes(1).with_lan_hosts(2).beside_others())?;
+    let mut spec = lan_sensor_on_c1();
+    spec.agent_extra.push_str("    promiscuous: true\n    router_advert: {allow: [\"fe80::1\"]}\n");
+    let tw = lab.start_tierwatch(&spec)?;
+    let (rogue, victim) = (&lab.lan_hosts[0], &lab.lan_hosts[1]);
+    let victim_ll: std::net::Ipv6Addr = link_local(&victim.ns, "eth0")?.parse()?;
+    let (prefix, dns) = ("2001:db8:74:78::".parse()?, "2001:db8:74:78::53".parse()?);
+    let (radvd, router) = lab.start_router_advertiser(&rogue.ns, prefix, dns, Some(victim_ll))?;
+    let got = wait_for(Duration::from_secs(15), "a rogue_router_advert event", || {
+        tw.security_events("?kind=rogue_router_advert").into_iter().next()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n--- radvd\n{}\n--- agent log\n{}", radvd.log_text(), tw.agents[0].log_text()))?;
+    assert_eq!(got["attributes"]["src"], router.to_string().as_str(), "{got}");
+    assert_eq!(got["attributes"]["prefixes"], "2001:db8:74:78::/64", "{got}");
+    assert_eq!(got["severity"], "critical");
     tw.stop()?;
     Ok(())
 }

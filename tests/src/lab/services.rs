@@ -217,11 +217,13 @@ impl Lab {
     /// server `dns`, as a rogue IPv6 router on an IPv4-only LAN would. IPv6
     /// is turned on for that interface only (the lab keeps it off); returns
     /// radvd and the host's link-local address, the advertisements' source.
+    /// With `unicast_to`, the advertisements go to that one address only.
     pub fn start_router_advertiser(
         &self,
         host: &Netns,
         prefix: std::net::Ipv6Addr,
         dns: std::net::Ipv6Addr,
+        unicast_to: Option<std::net::Ipv6Addr>,
     ) -> anyhow::Result<(Proc, std::net::Ipv6Addr)> {
         let program = crate::which("radvd").context("radvd is not installed (Debian package radvd)")?;
         // No duplicate address detection: the link-local address is usable at once.
@@ -240,7 +242,9 @@ impl Lab {
         std::fs::write(
             &conf,
             format!(
-                "interface eth0 {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  AdvDefaultLifetime 1800;\n  prefix {prefix}/64 {{ AdvOnLink on; AdvAutonomous on; }};\n  RDNSS {dns} {{ }};\n}};\n"
+                "interface eth0 {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  AdvDefaultLifetime 1800;\n  prefix {prefix}/64 {{ AdvOnLink on; AdvAutonomous on; }};\n  RDNSS {dns} {{ }};\n{unicast}}};\n",
+                // To one victim only: no multicast RA for the other hosts (or a gateway's port) to see.
+                unicast = unicast_to.map(|c| format!("  UnicastOnly on;\n  clients {{ {c}; }};\n")).unwrap_or_default()
             ),
         )?;
         let (conf, pid) = (conf.display().to_string(), dir.join("radvd.pid").display().to_string());
