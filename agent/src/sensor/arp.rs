@@ -33,6 +33,9 @@ pub struct ArpPolicy {
     /// Addresses whose takeover is critical (the default gateway, known
     /// servers; this node's own are added), IPv4 or IPv6.
     pub gateways: Vec<IpAddr>,
+    /// Addresses whose MAC is known for sure (gateways, servers): in the
+    /// table from the start, established, and their takeover critical.
+    pub pinned: Vec<(IpAddr, [u8; 6])>,
     /// MACs allowed to answer for changing addresses (a failover pair), besides VRRP/HSRP.
     pub allow_macs: Vec<[u8; 6]>,
     /// This node's own (address, MAC) on the interface.
@@ -50,6 +53,7 @@ impl Default for ArpPolicy {
     fn default() -> Self {
         ArpPolicy {
             gateways: Vec::new(),
+            pinned: Vec::new(),
             allow_macs: Vec::new(),
             own: Vec::new(),
             max_stations: 4096,
@@ -110,10 +114,11 @@ impl ArpWatch {
     pub fn new(mut policy: ArpPolicy) -> Self {
         let own: Vec<IpAddr> = policy.own.iter().map(|(ip, _)| *ip).collect();
         policy.gateways.extend(own);
+        policy.gateways.extend(policy.pinned.iter().map(|(ip, _)| *ip));
         // A storm of reports remembers four per station at most.
         let reported = Recently::new(QUIET_MS, policy.max_stations * 4);
         let reported_gateways = Recently::new(QUIET_MS, policy.gateways.len() * 8 + 8);
-        ArpWatch {
+        let mut w = ArpWatch {
             policy,
             table: HashMap::new(),
             reported,
@@ -122,7 +127,12 @@ impl ArpWatch {
             flood: super::flood::FloodMeter::new("arp_flood", "stations", ARP_FLOOD_STATIONS),
             gateway_macs: HashMap::new(),
             seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+        };
+        for (ip, mac) in w.policy.pinned.clone() {
+            w.gateway_macs.insert(ip, mac);
+            w.table.insert(ip, Station { mac, last_ms: 0, seen: 8, changes: VecDeque::new() });
         }
+        w
     }
 
     /// The MAC the table gives `ip`.
@@ -430,6 +440,17 @@ mod tests {
         }
         assert!(w.stations() <= 10);
         assert!(w.observe(PC, PC, ip("0.0.0.0"), 0).is_empty(), "ARP probes claim nothing");
+    }
+
+    #[test]
+    fn a_pinned_gateway_is_known_before_any_reply() {
+        let gw = ip("10.2.1.254");
+        let mut w = ArpWatch::new(ArpPolicy { pinned: vec![(gw, GW)], ..Default::default() });
+        // The spoof was running when the agent started: its first reply is already a takeover.
+        let e = w.observe(EVIL, EVIL, gw, 0);
+        assert_eq!(kinds(&e), ["arp_spoof:3"]);
+        assert_eq!(e[0].attributes["previous_mac"], "02:00:00:00:00:01");
+        assert!(!w.is_router_mac(&EVIL) && w.is_router_mac(&GW));
     }
 
     #[test]

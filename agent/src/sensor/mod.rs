@@ -370,6 +370,10 @@ pub struct RawArp {
     /// link-local address), known servers.
     #[serde(default)]
     pub gateways: Vec<std::net::IpAddr>,
+    /// The gateways' (or servers') MACs as known for sure, by address: a
+    /// spoof already running when the agent starts is still one.
+    #[serde(default)]
+    pub pinned: std::collections::BTreeMap<String, String>,
     /// MACs allowed to take over addresses (a failover pair); VRRP and HSRP are allowed already.
     #[serde(default)]
     pub allow_macs: Vec<String>,
@@ -446,6 +450,15 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
             Some(m) => arp.allow_macs.push(m),
             None => {
                 p.push(format!("sensors.lan.arp.allow_macs[{i}]"), format!("{m:?} is not a MAC (aa:bb:cc:dd:ee:ff)"))
+            }
+        }
+    }
+    for (ip, m) in &lan.arp.pinned {
+        match (ip.parse::<std::net::IpAddr>(), parse_mac(m)) {
+            (Ok(ip), Some(m)) => arp.pinned.push((ip, m)),
+            (Err(_), _) => p.push(format!("sensors.lan.arp.pinned.{ip}"), format!("{ip:?} is not an IP address")),
+            (_, None) => {
+                p.push(format!("sensors.lan.arp.pinned.{ip}"), format!("{m:?} is not a MAC (aa:bb:cc:dd:ee:ff)"))
             }
         }
     }
