@@ -95,7 +95,7 @@ fn a_defacement_behind_a_long_redirect_reaches_the_events_api() -> anyhow::Resul
     assert!(src.len() <= 1024, "cut to the limit: {} bytes", src.len());
     assert!(src.ends_with(&format!("…[truncated, {} bytes]", full.len())), "marked: {src}");
     assert!(full.starts_with(src.split('…').next().unwrap_or("?")), "the start is kept: {src}");
-    assert_eq!(event["attributes"]["words"], "nhà cái,tài xỉu");
+    assert_eq!(event["attributes"]["words"], "nhà cái,nhà cái uy tín,tài xỉu");
     let truncated = metric(r#"tierwatch_collector_event_attributes_truncated_total{node="nui-cam"}"#);
     assert!(truncated.is_some_and(|n| n >= 1.0), "counted at the collector: {truncated:?}");
     let agent_log = lb.path("agent.log");
