@@ -124,11 +124,12 @@ impl<K: std::hash::Hash + Eq + Copy> Pending<K> {
         }
     }
 
-    /// The request answered from `from` (a MAC): `Some((client MAC,
-    /// verified))` if it was pending and sent to that MAC.
-    fn answered(&mut self, k: &K, from: [u8; 6]) -> Option<([u8; 6], bool)> {
+    /// The request answered from `from` (a MAC; `router`: a router's, which
+    /// may answer from another MAC than the one it was sent to, as VRRP
+    /// pairs do): `Some((client MAC, verified))` if it was pending.
+    fn answered(&mut self, k: &K, from: [u8; 6], router: bool) -> Option<([u8; 6], bool)> {
         for (m, verified) in [(&mut self.verified, true), (&mut self.other, false)] {
-            if m.get(k).is_some_and(|e| e.2 == from) {
+            if m.get(k).is_some_and(|e| e.2 == from || router) {
                 return m.remove(k).map(|(_, mac, _)| (mac, verified));
             }
         }
@@ -330,9 +331,11 @@ impl Sensors {
                     self.syns.insert((src, dst, dport), (now_ms, src_mac, dst_mac), verified);
                 } else if syn && ack {
                     // The server answered: an open port, not a failure.
-                    self.syns.answered(&(dst, src, sport), src_mac);
+                    let router = self.arp.is_router_mac(&src_mac);
+                    self.syns.answered(&(dst, src, sport), src_mac, router);
                 } else if rst {
-                    if let Some((mac, verified)) = self.syns.answered(&(dst, src, sport), src_mac) {
+                    let router = self.arp.is_router_mac(&src_mac);
+                    if let Some((mac, verified)) = self.syns.answered(&(dst, src, sport), src_mac, router) {
                         // The server refused: a closed port.
                         self.scan_failed(dst, Some(mac), verified, (src, sport, Probe::Syn), now_ms, out);
                     } else if !ack && (verified || self.arp.is_router_mac(&src_mac)) {
@@ -376,7 +379,8 @@ impl Sensors {
                 self.echoes.insert((src, dst), (now_ms, src_mac, dst_mac), verified);
             }
             (false, 0, _) | (true, 129, _) => {
-                self.echoes.answered(&(dst, src), src_mac);
+                let router = self.arp.is_router_mac(&src_mac);
+                self.echoes.answered(&(dst, src), src_mac, router);
             }
             // Port unreachable quotes the datagram that was refused: its
             // source is the prober, its destination the closed port. The
