@@ -383,7 +383,7 @@ impl Config {
         }
         let lan = crate::sensor::validate(&raw.sensors, &mut p);
         let host = crate::sensor::validate_host(&raw.sensors.host, base, &resolve(&raw.spool.dir), file, &mut p);
-        let mut vocabulary = (*crate::probe::deface::Vocabulary::shipped()).clone();
+        let mut vocabulary = crate::probe::deface::Vocabulary::shipped();
         if let Some(f) = &d.defacement_words {
             let path = if f.is_absolute() { f.clone() } else { base.join(f) };
             match std::fs::read_to_string(&path) {

@@ -14,7 +14,6 @@
 //! `config/defacement-words.txt`, built in, plus the operator's file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use tierwatch_protocol::{Event, Severity};
 
@@ -52,11 +51,11 @@ pub struct VocabularyError {
 
 impl Vocabulary {
     /// The shipped vocabulary.
-    pub fn shipped() -> Arc<Vocabulary> {
+    pub fn shipped() -> Vocabulary {
         let mut v = Vocabulary::default();
         // The shipped file is tested to parse; a bad line there is skipped, not fatal.
         let _ = v.extend(SHIPPED);
-        Arc::new(v)
+        v
     }
 
     /// Adds the phrases of a vocabulary file's `text`; every bad line is reported.
@@ -118,6 +117,13 @@ pub struct Page {
     pub hidden_spam: BTreeSet<String>,
 }
 
+impl Page {
+    /// The phrases it shows or hides.
+    fn all_spam(&self) -> BTreeSet<String> {
+        self.spam.union(&self.hidden_spam).cloned().collect()
+    }
+}
+
 /// Reads what defacement is judged on from an HTML body.
 pub fn page(body: &[u8], vocabulary: &Vocabulary) -> Page {
     let t = text::read(body);
@@ -171,8 +177,7 @@ impl Watch {
     /// reader was (`reader`): spam words shown only to crawlers are a
     /// defacement (cloaking), reported once per set of words.
     pub fn cloaking(&mut self, reader: &Page, crawler: &Page, url: &str, now_ms: i64) -> Option<Event> {
-        let seen = |p: &Page| p.spam.union(&p.hidden_spam).cloned().collect::<BTreeSet<String>>();
-        let only: Vec<String> = seen(crawler).difference(&seen(reader)).cloned().collect();
+        let only: Vec<String> = crawler.all_spam().difference(&reader.all_spam()).cloned().collect();
         if only.is_empty() {
             self.reported_cloaking.clear();
             return None;
@@ -199,8 +204,7 @@ impl Watch {
             return None;
         };
         let sim = similarity(base, &now);
-        let shown_or_hidden = |p: &Page| p.spam.union(&p.hidden_spam).cloned().collect::<BTreeSet<String>>();
-        let new_spam: Vec<String> = shown_or_hidden(&now).difference(&shown_or_hidden(base)).cloned().collect();
+        let new_spam: Vec<String> = now.all_spam().difference(&base.all_spam()).cloned().collect();
         let hidden: Vec<&String> = new_spam.iter().filter(|w| now.hidden_spam.contains(*w)).collect();
         let title_changed = base.title != now.title;
         let (kind, severity, why) = if !new_spam.is_empty() {
@@ -225,7 +229,7 @@ impl Watch {
         } else if title_changed {
             ("title_changed", Severity::Warning, "the title changed")
         } else {
-            if new_spam.is_empty() && shown_or_hidden(&now).is_subset(&shown_or_hidden(base)) {
+            if new_spam.is_empty() && now.all_spam().is_subset(&base.all_spam()) {
                 self.reported_spam.clear();
             }
             return None;

@@ -126,7 +126,7 @@ impl ArpWatch {
             digest: Digest::default(),
             flood: super::flood::FloodMeter::new("arp_flood", "stations", ARP_FLOOD_STATIONS),
             gateway_macs: HashMap::new(),
-            seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+            seed: super::flood::seed(),
         };
         for (ip, mac) in w.policy.pinned.clone() {
             w.gateway_macs.insert(ip, mac);

@@ -187,8 +187,7 @@ impl Sensors {
         scan.allow.extend(arp.own.iter().map(|(ip, _)| (*ip, if ip.is_ipv4() { 32 } else { 128 })));
         // The LAN's DHCP servers are known servers: their takeover is critical.
         arp.gateways.extend(dhcp_servers.iter().map(|s| IpAddr::V4(*s)));
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
+        let seed = super::flood::seed();
         Sensors {
             scan_threshold: scan.threshold,
             scan: ScanDetector::new(scan),

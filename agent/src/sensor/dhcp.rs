@@ -109,9 +109,7 @@ impl DhcpWatch {
                 STARVATION_CLIENTS,
                 STARVATION_WINDOW_MS,
             ),
-            seed: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x7477, |d| d.as_nanos() as u64),
+            seed: super::flood::seed(),
         }
     }
 

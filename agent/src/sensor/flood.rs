@@ -21,9 +21,50 @@ pub const WINDOW_MS: i64 = 10_000;
 pub const QUIET_MS: i64 = 600_000;
 /// Heavy hitters kept (Ethernet senders, targets).
 const TOP: usize = 8;
-/// Bits of the distinct-key map (2^14): good to a few tens of thousands.
+/// Words of the distinct-key map (2^14 bits): good to a few tens of thousands.
 const WORDS: usize = 256;
-const BITS_LOG2: u32 = 14;
+
+/// Distinct items counted in `W` 64-bit words by linear counting (the
+/// number of bits set estimates how many distinct hashes were seen); the
+/// top bits of each hash pick the bit. Constant memory, O(1) estimate.
+#[derive(Debug, Clone, Copy)]
+pub struct Distinct<const W: usize> {
+    bits: [u64; W],
+    ones: u32,
+}
+
+impl<const W: usize> Default for Distinct<W> {
+    fn default() -> Self {
+        Distinct { bits: [0; W], ones: 0 }
+    }
+}
+
+impl<const W: usize> Distinct<W> {
+    /// Counts hash `h` (seen before or not).
+    pub fn insert(&mut self, h: u64) {
+        let bit = (h >> (64 - (W as u64 * 64).trailing_zeros())) as usize;
+        let word = &mut self.bits[bit / 64];
+        if *word & (1 << (bit % 64)) == 0 {
+            *word |= 1 << (bit % 64);
+            self.ones += 1;
+        }
+    }
+
+    /// Bits set: a lower bound of the estimate, and free.
+    pub fn ones(&self) -> usize {
+        self.ones as usize
+    }
+
+    /// Distinct hashes seen (estimated); saturated, four times the bits.
+    pub fn estimate(&self) -> usize {
+        let m = (W * 64) as f64;
+        let zero = m - f64::from(self.ones);
+        if zero < 1.0 {
+            return W * 64 * 4;
+        }
+        (m * (m / zero).ln()).round() as usize
+    }
+}
 
 /// Counts of at most [`TOP`] keys, the heaviest ones kept (Misra-Gries).
 #[derive(Debug, Default, Clone)]
@@ -63,14 +104,12 @@ pub struct FloodMeter {
     window_ms: i64,
     start_ms: i64,
     count: u64,
-    bits: Box<[u64; WORDS]>,
+    keys: Box<Distinct<WORDS>>,
     senders: Heavy<[u8; 6]>,
     targets: Heavy<String>,
     reported_ms: Option<i64>,
     /// Occurrences whose sender was counted (a sample).
     sampled: u64,
-    /// Bits set in `bits`.
-    ones: u32,
     /// Totals since the flood was reported, for the next report.
     total: u64,
 }
@@ -90,12 +129,11 @@ impl FloodMeter {
             window_ms,
             start_ms: 0,
             count: 0,
-            bits: Box::new([0; WORDS]),
+            keys: Box::default(),
             senders: Heavy::default(),
             targets: Heavy::default(),
             reported_ms: None,
             sampled: 0,
-            ones: 0,
             total: 0,
         }
     }
@@ -115,13 +153,8 @@ impl FloodMeter {
         }
         self.count += 1;
         self.total += 1;
-        // The top bits: multiply-shift puts its good bits there.
-        let bit = (key >> (64 - BITS_LOG2)) as usize;
-        let word = &mut self.bits[bit / 64];
-        if *word & (1 << (bit % 64)) == 0 {
-            *word |= 1 << (bit % 64);
-            self.ones += 1;
-        }
+        // The top bits pick the bit: multiply-shift puts its good bits there.
+        self.keys.insert(key);
         // Heavy hitters from a sample (all while few): this runs for every
         // frame of a flood, and ordinary traffic too.
         if self.count <= 64 || self.count & 63 == 1 {
@@ -134,7 +167,7 @@ impl FloodMeter {
         // Judged every 64th, or every one while the count is small (a
         // starvation threshold of 60 must not wait for the 64th).
         if (self.count > 256 && self.count & 63 != 0)
-            || (self.ones as usize) < self.threshold.min(WORDS * 64 / 2)
+            || self.keys.ones() < self.threshold.min(WORDS * 64 / 2)
             || self.reported_ms.is_some_and(|r| now_ms - r < QUIET_MS)
         {
             return None;
@@ -175,21 +208,15 @@ impl FloodMeter {
     fn reset(&mut self, now_ms: i64) {
         self.start_ms = now_ms;
         self.count = 0;
-        self.bits.fill(0);
+        *self.keys = Distinct::default();
         self.senders = Heavy::default();
         self.targets = Heavy::default();
         self.sampled = 0;
-        self.ones = 0;
     }
 
     /// Distinct keys of the window so far (estimated).
     pub fn distinct(&self) -> usize {
-        let m = (WORDS * 64) as f64;
-        let zero = m - f64::from(self.ones);
-        if zero < 1.0 {
-            return WORDS * 64 * 8;
-        }
-        (m * (m / zero).ln()).round() as usize
+        self.keys.estimate()
     }
 
     /// True while a reported flood's quiet period lasts.
@@ -206,6 +233,12 @@ pub fn key_hash(key: u128, seed: u64) -> u64 {
     let x = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
     // A large odd multiplier whatever the seed (golden-ratio bits mixed in).
     (x ^ (x >> 31)).wrapping_mul((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+/// A seed for the meters' hashes, different each run (from the clock's
+/// nanoseconds: keys cannot be chosen to collide without knowing it).
+pub fn seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x7477, |d| d.as_nanos() as u64)
 }
 
 /// A MAC as a meter key.

@@ -35,19 +35,12 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// An IPv4 or IPv6 address or network.
-fn parse_net_any(s: &str) -> Option<(std::net::IpAddr, u8)> {
+fn parse_net(s: &str) -> Option<(std::net::IpAddr, u8)> {
     let (ip, len) = s.split_once('/').unwrap_or((s, ""));
     let ip: std::net::IpAddr = ip.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = if len.is_empty() { max } else { len.parse().ok().filter(|l| *l <= max)? };
     Some((ip, len))
-}
-
-fn parse_net(s: &str) -> Option<(Ipv4Addr, u8)> {
-    match s.split_once('/') {
-        Some((ip, len)) => Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)),
-        None => Some((s.parse().ok()?, 32)),
-    }
 }
 
 /// `sensors:` as written.
@@ -216,7 +209,7 @@ pub fn validate_host(
             match parse_net(a) {
                 Some(n) => policy.allow.push(n),
                 None => {
-                    p.push(format!("sensors.host.ssh.allow[{i}]"), format!("{a:?} is not an IPv4 address or network"))
+                    p.push(format!("sensors.host.ssh.allow[{i}]"), format!("{a:?} is not an IP address or network"))
                 }
             }
         }
@@ -428,7 +421,7 @@ pub fn validate(raw: &RawSensors, p: &mut Problems) -> Option<LanSpec> {
         scan.max_sources = m.max(1);
     }
     for (i, a) in lan.scan.allow.iter().enumerate() {
-        match parse_net_any(a) {
+        match parse_net(a) {
             Some(n) => scan.allow.push(n),
             None => p.push(format!("sensors.lan.scan.allow[{i}]"), format!("{a:?} is not an IP address or network")),
         }
@@ -522,6 +515,7 @@ mod tests {
         assert_eq!(parse_net("10.0.0.0/24"), Some(("10.0.0.0".parse().unwrap(), 24)));
         assert_eq!(parse_net("10.0.0.5"), Some(("10.0.0.5".parse().unwrap(), 32)));
         assert_eq!(parse_net("10.0.0.0/33"), None);
+        assert_eq!(parse_net("2001:db8::/64"), Some(("2001:db8::".parse().unwrap(), 64)));
         assert_eq!(parse_mac("02:00:00:00:01:32"), Some([2, 0, 0, 0, 1, 0x32]));
         assert_eq!(parse_mac("02:00:00:00:01"), None);
         assert_eq!(mac(&[2, 0, 0, 0, 1, 0x32]), "02:00:00:00:01:32");

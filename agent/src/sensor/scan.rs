@@ -23,7 +23,7 @@
 //! `max_sources` in each list.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tierwatch_protocol::{Event, Severity};
@@ -77,11 +77,6 @@ pub fn in_net(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     }
 }
 
-/// [`in_net`] for IPv4 lists.
-pub fn in_net4(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    in_net(IpAddr::V4(ip), (IpAddr::V4(net), len))
-}
-
 /// What a failed attempt was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Probe {
@@ -123,34 +118,28 @@ impl Probe {
 /// One failed attempt: where, and how.
 pub type Attempt = (IpAddr, u16, Probe);
 
-/// Distinct items seen in a period, estimated by linear counting: `W`
-/// 64-bit words, reset when the period has passed.
+/// Distinct items seen in a period (linear counting in `W` words), reset
+/// when the period has passed.
 #[derive(Debug, Clone, Copy)]
 struct Sketch<const W: usize> {
     start_ms: i64,
-    bits: [u64; W],
+    seen: super::flood::Distinct<W>,
 }
 
 impl<const W: usize> Sketch<W> {
     fn new(now_ms: i64) -> Self {
-        Sketch { start_ms: now_ms, bits: [0; W] }
+        Sketch { start_ms: now_ms, seen: Default::default() }
     }
 
     fn add(&mut self, h: u64, now_ms: i64, period_ms: i64) {
         if now_ms - self.start_ms >= period_ms {
             *self = Sketch::new(now_ms);
         }
-        let bit = (h % (W as u64 * 64)) as usize;
-        self.bits[bit / 64] |= 1 << (bit % 64);
+        self.seen.insert(h);
     }
 
     fn estimate(&self) -> usize {
-        let m = (W * 64) as f64;
-        let zero = m - self.bits.iter().map(|w| w.count_ones() as f64).sum::<f64>();
-        if zero < 1.0 {
-            return W * 64 * 4;
-        }
-        (m * (m / zero).ln()).round() as usize
+        self.seen.estimate()
     }
 }
 
@@ -441,6 +430,7 @@ fn evict_n<K: Copy + Eq + std::hash::Hash, V>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::Ipv4Addr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -136,8 +136,8 @@ pub fn parse(line: &str) -> Option<(Login, usize)> {
 pub struct SshPolicy {
     pub failures: usize,
     pub window: Duration,
-    /// Sources never reported (a jump host), as (network, prefix) of IPv4.
-    pub allow: Vec<(std::net::Ipv4Addr, u8)>,
+    /// Sources never reported (a jump host), as (network, prefix).
+    pub allow: Vec<(IpAddr, u8)>,
     pub max_sources: usize,
 }
 
@@ -173,10 +173,8 @@ impl SshWatch {
     pub fn observe(&mut self, line: &str, now_ms: i64) -> Option<Event> {
         let (login, times) = parse(line)?;
         let src = login.src();
-        if let IpAddr::V4(v4) = src {
-            if self.policy.allow.iter().any(|n| super::scan::in_net4(v4, *n)) {
-                return None;
-            }
+        if self.policy.allow.iter().any(|n| super::scan::in_net(src, *n)) {
+            return None;
         }
         let window = self.policy.window.as_millis() as i64;
         if !self.sources.contains_key(&src) && self.sources.len() >= self.policy.max_sources {

@@ -90,9 +90,7 @@ fn http(method: &str, addr: &str, path: &str, body: &str, token: Option<&str>) -
 }
 
 fn arp_spoof(name: &str, sender: std::net::Ipv4Addr, target: std::net::Ipv4Addr, count: u32) -> anyhow::Result<()> {
-    let iface =
-        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
-    let mac = iface.mac.context("interface without MAC")?.octets();
+    let mac = own_mac(name)?;
     let (mut tx, _) = channel(name)?;
     let frame = tierwatch_agent::sensor::capture::synth::arp_reply(mac, mac, sender, target);
     for _ in 0..count {
@@ -182,9 +180,7 @@ fn udp(to: SocketAddr, count: u32) -> anyhow::Result<()> {
 }
 
 fn dhcp_discover(name: &str, count: u32) -> anyhow::Result<()> {
-    let iface =
-        datalink::interfaces().into_iter().find(|i| i.name == name).with_context(|| format!("no interface {name}"))?;
-    let mac = iface.mac.context("interface without MAC")?.octets();
+    let mac = own_mac(name)?;
     let (mut tx, _) = channel(name)?;
     let frame = tierwatch_agent::sensor::capture::synth::dhcp_discover(mac);
     for _ in 0..count {
