@@ -1,5 +1,6 @@
 //! Collects probe outcomes and seals them into batches every push interval.
-//! It owns the boot id and the sequence numbers. An empty batch is still
+//! It owns the boot id and the sequence numbers. Every measurement goes to
+//! the spool's journal as it is taken, so none is lost to a crash. An empty batch is still
 //! sealed: it is the node's heartbeat. A probe whose result flips (up to
 //! down, or back) is sealed at once, so the collector can page within the
 //! round trip, not a push interval later.
@@ -15,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::probe::Outcome;
-use crate::spool::{Spool, Stored};
+use crate::spool::journal;
+use crate::spool::writer::Command;
+use crate::spool::Spool;
 
 /// What flows from the measuring tasks to the batcher: its inbox.
 #[derive(Debug, Clone)]
@@ -38,20 +41,38 @@ pub struct Stamp {
     pub push_interval: Duration,
 }
 
-/// Seals batches from `results` into `spool` until `token` is cancelled and
-/// the results channel is drained; the last partial batch is sealed too.
-/// Each batch also carries the agent's own metrics at sealing time.
+/// The envelope of batch `sequence`: everything but its content.
+pub fn envelope(stamp: &Stamp, sequence: u64) -> Batch {
+    Batch {
+        version: PROTOCOL_VERSION,
+        node_id: stamp.node_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_id: stamp.boot_id.to_vec(),
+        sequence,
+        config_hash: stamp.config_hash.to_vec(),
+        created_ms: 0,
+        series: Vec::new(),
+        events: Vec::new(),
+        push_interval_ms: stamp.push_interval.as_millis().min(u32::MAX as u128) as u32,
+    }
+}
+
+/// Seals batches from `results` into the spool through its `writer`, which
+/// journals every measurement as it is taken (batch 1's journal was opened
+/// on [`envelope`]`(stamp, 1)`), until `token` is cancelled and the results
+/// channel is drained; the last partial batch is sealed too. Each batch also
+/// carries the agent's own metrics at sealing time. Never waits on the disk
+/// itself: only when the writer's queue is full.
 pub async fn run(
     stamp: Stamp,
     push_interval: Duration,
     mut results: mpsc::Receiver<Measurement>,
+    writer: mpsc::Sender<Command>,
     spool: Arc<Spool>,
     metrics: Metrics,
     token: CancellationToken,
 ) {
-    let mut sequence = 0u64;
-    let mut pending: Vec<Series> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
+    let mut b = Open { stamp, sequence: 1, pending: Vec::new(), events: Vec::new(), writer, spool, metrics };
     let mut tick = tokio::time::interval(push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick fires at once
@@ -68,89 +89,79 @@ pub async fn run(
                         Measurement::Node(_) => false,
                         Measurement::Event(e) => e.severity > tierwatch_protocol::Severity::Info as i32,
                     };
-                    take(m, &mut pending, &mut events, &metrics);
+                    b.take(m).await;
                     if urgent {
-                        sequence += 1;
-                        seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
+                        b.seal().await;
                     }
                 }
                 None => break,
             },
-            _ = tick.tick() => {
-                sequence += 1;
-                seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
-            }
+            _ = tick.tick() => b.seal().await,
             _ = token.cancelled() => {
                 // Probes finishing their round still deliver; then seal what is left.
                 results.close();
                 while let Some(m) = results.recv().await {
-                    take(m, &mut pending, &mut events, &metrics);
+                    b.take(m).await;
                 }
                 break;
             }
         }
     }
-    if !pending.is_empty() || !events.is_empty() {
-        sequence += 1;
-        seal(&stamp, sequence, &mut pending, &mut events, &spool, &metrics).await;
+    if !b.pending.is_empty() || !b.events.is_empty() {
+        b.seal().await;
     }
 }
 
-fn take(m: Measurement, pending: &mut Vec<Series>, events: &mut Vec<Event>, metrics: &Metrics) {
-    match m {
-        Measurement::Probe(outcome) => {
-            // An early report is news of a run still going, not a run.
-            if !outcome.early {
-                metrics.probe(outcome.kind.as_str(), outcome.success);
-            }
-            pending.extend(outcome.series);
-            events.extend(outcome.events);
-        }
-        Measurement::Node(series) => pending.extend(series),
-        Measurement::Event(e) => events.push(e),
-    }
-}
-
-/// Builds batch `sequence` from `pending` and writes it to the spool.
-async fn seal(
-    stamp: &Stamp,
+/// The batch being filled.
+struct Open {
+    stamp: Stamp,
     sequence: u64,
-    pending: &mut Vec<Series>,
-    events: &mut Vec<Event>,
-    spool: &Arc<Spool>,
-    metrics: &Metrics,
-) {
-    let now = tierwatch_protocol::now_ms();
-    metrics.refresh(spool.oldest_unsent_ms(), now);
-    let mut series = std::mem::take(pending);
-    series.extend(metrics.snapshot(now));
-    let batch = Batch {
-        version: PROTOCOL_VERSION,
-        node_id: stamp.node_id.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        boot_id: stamp.boot_id.to_vec(),
-        sequence,
-        config_hash: stamp.config_hash.to_vec(),
-        created_ms: now,
-        series,
-        events: std::mem::take(events),
-        push_interval_ms: stamp.push_interval.as_millis().min(u32::MAX as u128) as u32,
-    };
-    let body = Bytes::from(batch.encode_to_vec());
-    let s = spool.clone();
-    let stored = match tokio::task::spawn_blocking(move || s.append(body, now)).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::error!(sequence, error = %e, "spool task failed; batch lost");
-            return;
+    pending: Vec<Series>,
+    events: Vec<Event>,
+    writer: mpsc::Sender<Command>,
+    spool: Arc<Spool>,
+    metrics: Metrics,
+}
+
+impl Open {
+    /// Adds a measurement, journaled before the next one is taken.
+    async fn take(&mut self, m: Measurement) {
+        let (series, events): (Vec<Series>, Vec<Event>) = match m {
+            Measurement::Probe(outcome) => {
+                // An early report is news of a run still going, not a run.
+                if !outcome.early {
+                    self.metrics.probe(outcome.kind.as_str(), outcome.success);
+                }
+                (outcome.series, outcome.events)
+            }
+            Measurement::Node(series) => (series, Vec::new()),
+            Measurement::Event(e) => (Vec::new(), vec![e]),
+        };
+        let fragment = journal::fragment(&series, &events);
+        let at_ms = tierwatch_protocol::now_ms();
+        if self.writer.send(Command::Add { fragment, at_ms }).await.is_err() {
+            tracing::error!("spool writer stopped; measurements are kept in memory only");
         }
-    };
-    match stored {
-        Stored::Disk(id) => {
-            tracing::debug!(sequence, id, boot_id = %tierwatch_protocol::ids::hex(&stamp.boot_id), "batch spooled")
+        self.pending.extend(series);
+        self.events.extend(events);
+    }
+
+    /// Seals the open batch and hands it to the writer; the next one opens.
+    async fn seal(&mut self) {
+        let now = tierwatch_protocol::now_ms();
+        self.metrics.refresh(self.spool.oldest_unsent_ms(), now);
+        let mut batch = envelope(&self.stamp, self.sequence);
+        batch.created_ms = now;
+        batch.series = std::mem::take(&mut self.pending);
+        batch.series.extend(self.metrics.snapshot(now));
+        batch.events = std::mem::take(&mut self.events);
+        let body = Bytes::from(batch.encode_to_vec());
+        let sequence = self.sequence;
+        self.sequence += 1;
+        let next = envelope(&self.stamp, self.sequence).encode_to_vec();
+        if self.writer.send(Command::Seal { body, created_ms: now, sequence, next }).await.is_err() {
+            tracing::error!(sequence, "spool writer stopped; batch lost");
         }
-        // The spool logged and counted the failure.
-        Stored::Memory { id, .. } => tracing::debug!(sequence, id, "batch kept in memory"),
     }
 }
 
@@ -166,12 +177,38 @@ mod tests {
         o
     }
 
-    #[test]
-    fn an_early_report_is_not_counted_as_a_run() {
+    #[tokio::test]
+    async fn an_early_report_is_not_counted_as_a_run_and_each_measurement_is_journaled() {
         let metrics = Metrics::new(&[]).unwrap();
-        let (mut pending, mut events) = (Vec::new(), Vec::new());
-        take(Measurement::Probe(outcome(true)), &mut pending, &mut events, &metrics);
-        take(Measurement::Probe(outcome(false)), &mut pending, &mut events, &metrics);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::spool::SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            segment_bytes: 1 << 16,
+            fsync: crate::spool::FsyncPolicy::Never,
+            commit_interval: Duration::from_secs(1),
+            memory_batches: 4,
+        };
+        let (spool, _) = Spool::open(cfg, vec![0], metrics.clone()).unwrap();
+        let (writer, mut journaled) = mpsc::channel(16);
+        let stamp = Stamp {
+            node_id: "n".into(),
+            boot_id: [1; 16],
+            config_hash: [2; 32],
+            push_interval: Duration::from_secs(1),
+        };
+        let mut b = Open {
+            stamp,
+            sequence: 1,
+            pending: Vec::new(),
+            events: Vec::new(),
+            writer,
+            spool: Arc::new(spool),
+            metrics: metrics.clone(),
+        };
+        b.take(Measurement::Probe(outcome(true))).await;
+        b.take(Measurement::Probe(outcome(false))).await;
         let runs: f64 = metrics
             .snapshot(0)
             .iter()
@@ -180,5 +217,18 @@ mod tests {
             .flat_map(|s| s.points.iter().map(|p| p.value))
             .sum();
         assert_eq!(runs, 1.0);
+        for _ in 0..2 {
+            assert!(
+                matches!(journaled.try_recv(), Ok(Command::Add { .. })),
+                "each measurement goes to the journal at once"
+            );
+        }
+        b.seal().await;
+        match journaled.try_recv() {
+            Ok(Command::Seal { sequence: 1, next, .. }) => {
+                assert_eq!(Batch::decode(next.as_slice()).unwrap().sequence, 2)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -26,6 +26,25 @@ impl InternalEvent for SpoolWriteFailed<'_> {
     }
 }
 
+/// A measurement (or a new journal) could not be written to the open
+/// batch's journal: it is still sealed and sent, but a crash before that
+/// loses it. Logged at the first failure of a spell, counted every time.
+pub(crate) struct JournalWriteFailed<'a> {
+    pub error: &'a std::io::Error,
+    /// "appending to" or "starting".
+    pub what: &'static str,
+    pub first: bool,
+}
+
+impl InternalEvent for JournalWriteFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        if self.first {
+            tracing::error!(error = %self.error, "spool: {} the open batch's journal failed; a crash now loses what was measured since the last batch", self.what);
+        }
+        metrics.journal_write_errors.inc();
+    }
+}
+
 /// Batches given up before every destination had them.
 pub(crate) struct BatchesDropped<'a> {
     pub reason: DropReason,

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub icmp_stray_replies: IntCounter,
     pub spool_write_errors: IntCounter,
     pub spool_truncations: IntCounter,
+    pub spool_resealed: IntCounter,
+    pub journal_write_errors: IntCounter,
+    pub spool_commits: IntCounter,
+    pub spool_commit_seconds: prometheus::Counter,
 }
 
 /// Outcome of one push attempt.
@@ -105,6 +109,13 @@ impl Metrics {
             spool_oldest_age: register(&r, Gauge::with_opts(opts(&cat::AGENT_SPOOL_OLDEST))?)?,
             spool_write_errors: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_WRITE_ERRORS))?)?,
             spool_truncations: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_TRUNCATIONS))?)?,
+            spool_resealed: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_RESEALED))?)?,
+            journal_write_errors: register(&r, IntCounter::with_opts(opts(&cat::AGENT_JOURNAL_WRITE_ERRORS))?)?,
+            spool_commits: register(&r, IntCounter::with_opts(opts(&cat::AGENT_SPOOL_COMMITS))?)?,
+            spool_commit_seconds: register(
+                &r,
+                prometheus::Counter::with_opts(opts(&cat::AGENT_SPOOL_COMMIT_SECONDS))?,
+            )?,
             icmp_stray_replies: register(&r, IntCounter::with_opts(opts(&cat::AGENT_ICMP_STRAY))?)?,
             registry: r,
             probes,

@@ -1,11 +1,12 @@
-//! Wiring of a running agent: scheduler -> batcher -> spool -> one sender per
-//! destination, plus the local health endpoint. Each task has one owner and
+//! Wiring of a running agent: scheduler -> batcher -> spool writer -> spool ->
+//! one sender per destination, plus the local health endpoint. Each task has one owner and
 //! stops on the token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::probe::{Icmp, ProbeKind, Prober};
 use crate::push::Pusher;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{self, Spool, SpoolError};
 
 /// How long unsent batches get to reach the collector on shutdown; what
 /// does not make it stays in the spool for the next start.
@@ -183,11 +184,23 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         config_hash: config.hash,
         push_interval: config.push_interval,
     };
+    // What the last run measured but did not seal is sealed first, then this
+    // run's first batch opens its journal.
+    let (s, m) = (spool.clone(), metrics.clone());
+    let generation = tokio::task::spawn_blocking(move || spool::writer::recover(&s, &m))
+        .await
+        .map_err(|e| StartError::Other(format!("resealing the last run's open batch: {e}")))?
+        .map_err(|source| SpoolError::Dir { dir: config.spool.dir.clone(), source })?;
+    let header = batcher::envelope(&stamp, 1).encode_to_vec();
+    let boot = tierwatch_protocol::ids::hex(&boot_id);
+    let (writer, writer_threads) = spool::writer::start(spool.clone(), generation, header, boot, metrics.clone())
+        .map_err(|source| SpoolError::Dir { dir: config.spool.dir.clone(), source })?;
     let batcher_token = CancellationToken::new();
     let batcher = tokio::spawn(batcher::run(
         stamp,
         config.push_interval,
         rx,
+        writer,
         spool.clone(),
         metrics.clone(),
         batcher_token.clone(),
@@ -238,6 +251,8 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         }
         batcher_token.cancel();
         let _ = batcher.await;
+        // The batcher let go of the writer: it writes what is queued and commits.
+        let _ = tokio::task::spawn_blocking(move || writer_threads.finish()).await;
         let deadline = tokio::time::Instant::now() + FINAL_PUSH_GRACE;
         while !spool.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

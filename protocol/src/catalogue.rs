@@ -149,6 +149,14 @@ defs! {
         "Batches the spool could not write to disk (disk full, read-only, I/O error).";
     AGENT_SPOOL_TRUNCATIONS: "tierwatch_agent_spool_truncations_total", Counter, "", [],
         "Damaged segment tails cut off when the spool was opened (a write cut short by power loss).";
+    AGENT_SPOOL_RESEALED: "tierwatch_agent_spool_resealed_batches_total", Counter, "", [],
+        "Batches an earlier run left open (measurements journaled, not yet sealed: a crash) sealed at start.";
+    AGENT_JOURNAL_WRITE_ERRORS: "tierwatch_agent_spool_journal_write_errors_total", Counter, "", [],
+        "Measurements (or journal starts) the spool could not write to the open batch's journal; they are still sealed and sent, but a crash before then loses them.";
+    AGENT_SPOOL_COMMITS: "tierwatch_agent_spool_commits_total", Counter, "", [],
+        "Group commits (fdatasync of the segment and the journal) with fsync: always.";
+    AGENT_SPOOL_COMMIT_SECONDS: "tierwatch_agent_spool_commit_seconds_total", Counter, "seconds", [],
+        "Time spent in group commits; divided by the commits, the mean fdatasync time.";
     AGENT_DROPPED: "tierwatch_agent_dropped_batches_total", Counter, "", ["reason"],
         "Batches given up, by reason: size (spool max_bytes), age (spool max_age), refused (collector 4xx), corrupt (failed its checksum), memory (in-memory fallback full).";
     AGENT_COLLECTOR_REJECTED: "tierwatch_agent_collector_rejected_total", Counter, "", ["what"],

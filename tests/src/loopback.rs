@@ -97,7 +97,7 @@ impl Loopback {
         std::fs::write(
             &file,
             format!(
-                "node: {node}\nlog_level: info,tierwatch_agent::batcher=debug,tierwatch_agent::deliver=debug\ncollector:\n  endpoints: [\"https://127.0.0.1:{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{node}.crt\n  key: pki/{node}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
+                "node: {node}\nlog_level: info,tierwatch_agent::spool::writer=debug,tierwatch_agent::deliver=debug\ncollector:\n  endpoints: [\"https://127.0.0.1:{ingest}\"]\n  ca: pki/ca.crt\n  cert: pki/{node}.crt\n  key: pki/{node}.key\n  push_interval: {push}\n  timeout: 2s\n{collector_extra}\
                  spool:\n  dir: {spool}\nhealth:\n  listen: 127.0.0.1:{health}\nnode_health: null\n\
                  defaults:\n  interval: 200ms\n  timeout: 100ms\n  jitter: 0ms\ntargets:\n  - name: collector-http\n    probe: tcp\n    host: 127.0.0.1\n    port: {http}\n{extra}",
                 ingest = self.ingest,

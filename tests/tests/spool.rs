@@ -215,3 +215,104 @@ fn a_full_spool_disk_is_logged_and_counted_not_fatal() -> anyhow::Result<()> {
     collector.terminate(Duration::from_secs(15))?;
     Ok(())
 }
+
+/// Issue 18's crash loop: the collector unreachable, ten `kill -9`s of the
+/// agent at random moments, then the collector (and a real Prometheus behind
+/// its remote_write) come up. Every probe the agent ran more than one
+/// group-commit interval before a kill is stored, once: counted against
+/// an independent record, the listener the probe connects to.
+#[test]
+fn a_crash_loop_loses_no_measured_outcome() -> anyhow::Result<()> {
+    anyhow::ensure!(tierwatch_tests::have("prometheus"), "prometheus is not installed (scripts/test.sh installs it)");
+    let lb = Loopback::new()?;
+    // The independent record: when each probe connection was accepted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let record = accepted.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            if c.is_ok() {
+                record.lock().unwrap_or_else(|p| p.into_inner()).push(tierwatch_tests::now_ms());
+            }
+        }
+    });
+    let target = format!("  - name: counted\n    probe: tcp\n    host: 127.0.0.1\n    port: {port}\n");
+    // Pushes every 5 s: up to five seconds of outcomes are unsealed at each kill.
+    let cfg = lb.agent_config("nui-cam", "5s", "", None, &target)?;
+    let agent_health = lb.agent_health(&cfg)?;
+    let mut logs = Vec::new();
+    let mut kills = Vec::new();
+    let mut rng = rand::thread_rng();
+    let first_ms = tierwatch_tests::now_ms();
+    for i in 0..10 {
+        let log = format!("agent-{i}.log");
+        let mut agent = lb.start_agent("nui-cam", &cfg, &log)?;
+        std::thread::sleep(Duration::from_millis(rng.gen_range(1500..4500)));
+        kills.push(tierwatch_tests::now_ms());
+        agent.kill();
+        logs.push(lb.path(&log));
+    }
+    let resealed: usize =
+        logs.iter().map(|l| events(l, "spool: resealed the batch an earlier run left open").len()).sum();
+    // Restore: Prometheus, then the collector forwarding to it.
+    let prom_addr: SocketAddr = ([127, 0, 0, 1], tierwatch_tests::free_port()).into();
+    let prom = tierwatch_tests::prometheus::Prometheus::start(
+        &lb.path("prometheus"),
+        None,
+        prom_addr,
+        "global:\n  evaluation_interval: 1m\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n",
+        true,
+    )?;
+    let remote =
+        format!("remote_write:\n  - name: prometheus\n    url: http://{prom_addr}/api/v1/write\n    timeout: 10s\n");
+    let mut collector = lb.start_collector("collector.log", &remote)?;
+    let mut agent = lb.start_agent("nui-cam", &cfg, "agent-final.log")?;
+    logs.push(lb.path("agent-final.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    agent.terminate(Duration::from_secs(15))?;
+    let stopped_ms = tierwatch_tests::now_ms();
+    let mut agent = lb.start_agent("nui-cam", &cfg, "agent-drain.log")?;
+    logs.push(lb.path("agent-drain.log"));
+    drained(agent_health, Duration::from_secs(60), &agent)?;
+    agent.terminate(Duration::from_secs(15))?;
+    wait_for(Duration::from_secs(60), "the remote_write queue to empty", || {
+        let (_, m) = http_get(lb.http_addr(), "/metrics").ok()?;
+        (sample(&m, r#"tierwatch_collector_remote_write_queue_batches{remote="prometheus"}"#)? == 0.0).then_some(())
+    })?;
+    collector.terminate(Duration::from_secs(15))?;
+    exactly_once(&logs, &[lb.path("collector.log")])?;
+
+    let window = Duration::from_millis((tierwatch_tests::now_ms() - first_ms) as u64 + 60_000);
+    let at = tierwatch_tests::now_ms() as f64 / 1000.0;
+    let samples = prom.samples(r#"tierwatch_probe_success{node="nui-cam",target="counted"}"#, window, at)?;
+    let connections: Vec<i64> =
+        accepted.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().filter(|&a| a < stopped_ms).collect();
+    // Each outcome is stamped when its probe starts, just before it connects.
+    let mut unmatched: Vec<i64> = samples.iter().map(|(t, _)| *t).filter(|&t| t < stopped_ms).collect();
+    let mut lost = Vec::new();
+    for &a in &connections {
+        match unmatched.iter().position(|&t| t <= a + 5 && t >= a - 150) {
+            Some(i) => {
+                unmatched.swap_remove(i);
+            }
+            None => {
+                // Allowed: measured within one group-commit interval (1 s) before a kill.
+                if !kills.iter().any(|&k| a <= k && a > k - 1000) {
+                    lost.push(a);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "crash loop: {} probe connections, {} outcomes stored, {resealed} open batches resealed after 10 kills; lost: {}",
+        connections.len(),
+        samples.len(),
+        lost.len()
+    );
+    assert!(resealed >= 5, "the kills left open batches to reseal: {resealed}");
+    assert!(lost.is_empty(), "{} outcomes measured and lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(unmatched.is_empty(), "stored outcomes with no probe connection: {unmatched:?}");
+    assert!(samples.iter().all(|(_, v)| *v == 1.0));
+    Ok(())
+}

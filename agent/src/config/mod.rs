@@ -101,6 +101,9 @@ pub struct RawSpool {
     pub segment_bytes: u64,
     #[serde(default = "default_fsync")]
     pub fsync: FsyncPolicy,
+    /// With `fsync: always`, the longest a measurement or batch waits for its fdatasync.
+    #[serde(default = "default_commit_interval", with = "duration::serde")]
+    pub commit_interval: Duration,
     /// Batches held in memory when the disk refuses writes.
     #[serde(default = "default_memory_batches")]
     pub memory_batches: usize,
@@ -114,6 +117,7 @@ impl Default for RawSpool {
             max_age: default_spool_max_age(),
             segment_bytes: default_segment_bytes(),
             fsync: default_fsync(),
+            commit_interval: default_commit_interval(),
             memory_batches: default_memory_batches(),
         }
     }
@@ -134,6 +138,9 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_fsync() -> FsyncPolicy {
     FsyncPolicy::Always
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_memory_batches() -> usize {
     360 // an hour at 10 s
@@ -364,6 +371,9 @@ impl Config {
         if sp.max_age < Duration::from_secs(60) {
             p.push("spool.max_age", "must be at least 1m");
         }
+        if sp.commit_interval < Duration::from_millis(10) || sp.commit_interval > Duration::from_secs(60) {
+            p.push("spool.commit_interval", "must be between 10ms and 1m");
+        }
         if let Some(n) = &raw.node_health {
             if n.interval < Duration::from_secs(1) {
                 p.push("node_health.interval", "must be at least 1s");
@@ -439,6 +449,7 @@ impl Config {
                 max_age: raw.spool.max_age,
                 segment_bytes: raw.spool.segment_bytes,
                 fsync: raw.spool.fsync,
+                commit_interval: raw.spool.commit_interval,
                 memory_batches: raw.spool.memory_batches,
             },
             health: raw.health.map(|h| h.listen),

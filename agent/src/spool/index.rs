@@ -136,12 +136,8 @@ impl Inner {
             let _ = active.file.set_len(offset);
             return Err(e);
         }
-        if self.cfg.fsync == FsyncPolicy::Always {
-            if let Err(e) = active.file.sync_data() {
-                let _ = active.file.set_len(offset);
-                return Err(e);
-            }
-        }
+        // No fdatasync here: the committer makes records durable in groups
+        // ([`super::Spool::commit`]), so an urgent batch never waits for one.
         active.len += size;
         let first = active.first_id;
         if let Some(s) = self.segments.get_mut(&first) {

@@ -6,9 +6,14 @@
 //!   named by their first record id; only the newest is appended to.
 //! - `acks`: which destination took which record ([`acks`]).
 //!
-//! Durability: with `fsync: always` a record is `fdatasync`ed before
-//! [`Spool::append`] returns, so an acknowledged append survives power loss;
-//! with `never` it survives a crash of the agent but maybe not of the machine.
+//! - `open-NNNNNNNNNNNNNNNNNNNN.jnl`: the batch being filled, measurement by
+//!   measurement ([`journal`]), written by the [`writer`] thread.
+//!
+//! Durability: a record is written with one `write` before
+//! [`Spool::append`] returns, so it survives a crash of the agent; with
+//! `fsync: always` the [`writer`]'s committer `fdatasync`s the segment and
+//! the journal at most `commit_interval` later, so it survives power loss
+//! too; with `never` that is left to the kernel.
 //! Acknowledgements are never fsynced: losing one sends a batch again, and
 //! the collector stores each batch once.
 //!
@@ -17,7 +22,9 @@
 
 pub mod acks;
 mod index;
+pub mod journal;
 pub mod segment;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -40,7 +47,7 @@ use segment::Tail;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
-    /// `fdatasync` after every record: survives power loss.
+    /// `fdatasync` within `commit_interval` of every record: survives power loss.
     Always,
     /// Leave it to the kernel's writeback: survives agent crashes only.
     Never,
@@ -57,6 +64,8 @@ pub struct SpoolConfig {
     /// A new segment is started when the current one would pass this size.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
+    /// With `fsync: always`: the longest a written record waits for its `fdatasync`.
+    pub commit_interval: Duration,
     /// Batches kept in memory when the disk refuses writes (full, read-only).
     pub memory_batches: usize,
 }
@@ -80,7 +89,7 @@ pub struct Live {
 /// Where [`Spool::append`] put a batch.
 #[derive(Debug)]
 pub enum Stored {
-    /// Written to a segment (and synced, with `fsync: always`).
+    /// Written to a segment (synced by the next commit, with `fsync: always`).
     Disk(u64),
     /// The disk refused it; held in memory (lost if the agent stops).
     Memory { id: u64, error: io::Error },
@@ -356,6 +365,39 @@ impl Spool {
     /// True when everything was delivered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Makes every record appended so far durable (`fdatasync`) without
+    /// holding the index meanwhile: appends, reads and acknowledgements go
+    /// on while the disk works. Records in segments rotated away were synced
+    /// when they were closed.
+    pub fn commit(&self) -> io::Result<()> {
+        let handle = match &self.lock().active {
+            Some(a) => a.file.try_clone()?,
+            None => return Ok(()),
+        };
+        handle.sync_data()
+    }
+
+    /// Counts a commit that took `took`.
+    pub fn commit_done(&self, took: Duration) {
+        self.metrics.spool_commits.inc();
+        self.metrics.spool_commit_seconds.inc_by(took.as_secs_f64());
+    }
+
+    /// When records reach the disk.
+    pub fn fsync(&self) -> FsyncPolicy {
+        self.lock().cfg.fsync
+    }
+
+    /// The longest a record waits for its commit.
+    pub fn commit_interval(&self) -> Duration {
+        self.lock().cfg.commit_interval
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.lock().cfg.dir.clone()
     }
 
     /// Flushes the current segment to disk (on shutdown).

@@ -9,6 +9,7 @@ fn cfg(dir: &Path) -> SpoolConfig {
         max_age: Duration::from_secs(3600),
         segment_bytes: 4096,
         fsync: FsyncPolicy::Never,
+        commit_interval: std::time::Duration::from_secs(1),
         memory_batches: 4,
     }
 }
