@@ -34,7 +34,9 @@ defs! {
     PROBE_DURATION: "tierwatch_probe_duration_seconds", Gauge, "seconds", ["probe", "target"],
         "Wall-clock time the last probe took.";
     ICMP_SENT: "tierwatch_icmp_packets_sent", Gauge, "", ["target"],
-        "Echo requests sent in the last ICMP round.";
+        "Echo requests of the last ICMP round's own (the loss ratio's denominator).";
+    ICMP_WATCH_SENT: "tierwatch_icmp_watch_packets_sent", Gauge, "", ["target", "purpose"],
+        "Echo requests the fast-down watch added to the last ICMP round: confirm (an overdue reply) or keepalive (none sent for 500 ms); outside the loss ratio.";
     ICMP_RECEIVED: "tierwatch_icmp_packets_received", Gauge, "", ["target"],
         "Echo replies received in time in the last ICMP round.";
     ICMP_DUPLICATE: "tierwatch_icmp_packets_duplicate", Gauge, "", ["target"],

@@ -178,8 +178,9 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
 
 /// Probing each WAN end with one echo a second in 5 s rounds: without fast
 /// failure detection a cut shows only when a whole round went unanswered
-/// (5 to 10 s after the cut); with it, about a second (median of 3 cuts). A jittery but
-/// healthy link raises nothing.
+/// (5 to 10 s after the cut); with it, within the alert latency goal (median
+/// of 5 cuts ≤ 1.5 s, max ≤ 3 s). A path that holds every frame for 0.6 or
+/// 1.0 s (issue 18), or a jittery but healthy link, raises nothing.
 #[test]
 fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()> {
     require_lab!("a_silent_wan_end_fails_its_probe_before_the_round_ends");
@@ -200,30 +201,69 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
     tw.wait_metric(Duration::from_secs(20), "tierwatch_probe_success", &success, |v| v == 1.0)?;
     // A round has measured the link: the watch has its round-trip estimate.
     std::thread::sleep(Duration::from_secs(6));
-    let mut took = Vec::new();
-    for _ in 0..3 {
+    let province = &tw.agents[0];
+    assert_eq!(province.name, "province");
+    let early_reports = || province.log_text().matches("reported before the round ends").count();
+    let failures = [("node", "province"), ("probe", "icmp"), ("result", "failure")];
+    let failed_runs = || tw.metric("tierwatch_agent_probes_total", &failures).ok().flatten().unwrap_or(0.0);
+
+    // Stalls are not failures: five holds of every frame for 0.6 s and five
+    // for 1.0 s, each at a random moment of the 5 s cycle.
+    let (reports_before, failed_before) = (early_reports(), failed_runs());
+    for hold in [600u64, 1000].repeat(5) {
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(1000..5000)));
+        lab.link_mut("c1")?.hold(Duration::from_millis(hold))?;
+        let until = Instant::now() + Duration::from_millis(hold + 1500);
+        while Instant::now() < until {
+            assert_ne!(
+                tw.metric("tierwatch_probe_success", &success)?,
+                Some(0.0),
+                "a hold of {hold} ms failed the probe"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The agent's own failure count reaches the collector with its next batch.
+    std::thread::sleep(spec.push_interval + Duration::from_secs(1));
+    assert_eq!(early_reports(), reports_before, "a stall was reported silent:\n{}", province.log_text());
+    assert_eq!(failed_runs(), failed_before, "a stall failed an ICMP run");
+
+    // Cuts still are: five, each at a random moment; the time to the agent's report.
+    let (mut reported, mut at_collector) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..5000)));
+        let before = early_reports();
         let cut = Instant::now();
         lab.link_mut("c1")?.set_up(false)?;
-        tw.wait_metric(Duration::from_secs(15), "tierwatch_probe_success", &success, |v| v == 0.0)?;
-        took.push(cut.elapsed());
+        let mut seen = None;
+        while cut.elapsed() < Duration::from_secs(15) {
+            if seen.is_none() && early_reports() > before {
+                seen = Some(cut.elapsed());
+            }
+            if tw.metric("tierwatch_probe_success", &success)? == Some(0.0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        at_collector.push(cut.elapsed());
+        // A cut just before a round's end may be the round's own failure, not an early report.
+        reported.push(seen.unwrap_or_else(|| cut.elapsed()));
         lab.link_mut("c1")?.set_up(true)?;
         tw.wait_metric(Duration::from_secs(15), "tierwatch_probe_success", &success, |v| v == 1.0)?;
         std::thread::sleep(Duration::from_secs(6));
     }
-    eprintln!("cut to probe failure at the collector: {took:?}");
-    let province = &tw.agents[0];
-    assert_eq!(province.name, "province");
-    // The median, so that one cut whose news waited on a slow disk (the
-    // spool's fdatasync, while the other lab test beside this one writes)
-    // does not fail the test; without the early report it is 5 s or more.
-    took.sort();
-    assert!(took[1] < Duration::from_secs(3), "{took:?}\n{}", province.log_text());
-    let early = province.log_text().matches("reported before the round ends").count();
+    reported.sort();
+    at_collector.sort();
+    eprintln!("cut to the agent's report: {reported:?}; to the failed probe at the collector: {at_collector:?}");
+    // The alert latency goal at a 5 s interval with 5 requests per round.
+    assert!(reported[2] <= Duration::from_millis(1500), "median {:?}\n{}", reported[2], province.log_text());
+    assert!(reported[4] <= Duration::from_secs(3), "max {:?}", reported[4]);
+    let early = early_reports() - reports_before;
     // Without the early report, a cut shows only when a whole round (5 s)
     // went unanswered; a cut landing just before a round ends may still
     // be caught by that round's last request.
-    assert!(early >= 2, "{early} early reports in the province's log");
+    assert!(early >= 3, "{early} early reports in the province's log");
+    let early = early_reports();
 
     // Healthy but jittery (40 ± 30 ms each way): the watch stays quiet.
     lab.link_mut("c1")?.impair_both(
@@ -231,8 +271,7 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
         Impairment::delay(Duration::from_millis(40), Duration::from_millis(30)),
     )?;
     std::thread::sleep(Duration::from_secs(40));
-    let after = province.log_text().matches("reported before the round ends").count();
-    assert_eq!(after, early, "a jittery link was reported silent");
+    assert_eq!(early_reports(), early, "a jittery link was reported silent");
     assert_eq!(tw.metric("tierwatch_probe_success", &success)?, Some(1.0));
     tw.stop()?;
     Ok(())

@@ -14,7 +14,7 @@ use crate::spool::{FsyncPolicy, SpoolConfig};
 
 mod target;
 use crate::probe::Target;
-pub use target::TargetSpec;
+pub use target::{TargetSpec, DEFAULT_STALL};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -511,7 +511,7 @@ targets:
         assert_eq!(c.endpoints[0].port, 7443);
         assert_eq!(
             c.targets[0].spec,
-            ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750), fast_down: true }
+            ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750), fast_down: true, stall: DEFAULT_STALL }
         );
         assert_eq!(c.targets[1].interval, Duration::from_secs(60));
         assert_eq!(c.ca, dir.path().join("ca.crt"));

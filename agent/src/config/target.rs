@@ -15,6 +15,9 @@ use crate::probe::dns::RecordType;
 use crate::probe::http::{HttpSpec, StatusPattern};
 use crate::probe::{ProbeKind, ProbeSpec, Target};
 
+/// A hold of every frame this long is no failure (`stall`).
+pub const DEFAULT_STALL: Duration = Duration::from_secs(1);
+
 /// One target as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -48,10 +51,14 @@ pub struct TargetSpec {
     #[serde(default)]
     pub defacement: Option<bool>,
     /// Report a silent target before the round ends (icmp, default true):
-    /// a request unanswered past the target's usual round trip is checked
-    /// with three more at once; none answered, the probe fails immediately.
+    /// no reply for `stall` plus the link's peak round trip, confirmations
+    /// and keepalives included, fails the probe at once.
     #[serde(default)]
     pub fast_down: Option<bool>,
+    /// How long the path may hold every frame (bufferbloat, a 4G backup
+    /// link) before silence is a failure (icmp with fast_down, default 1s).
+    #[serde(default, with = "duration::serde_opt")]
+    pub stall: Option<Duration>,
     /// URL to fetch (http): `http://` or `https://`.
     #[serde(default)]
     pub url: Option<String>,
@@ -102,6 +109,7 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("count", t.count.is_some(), &[Icmp]),
         ("spacing", t.spacing.is_some(), &[Icmp]),
         ("fast_down", t.fast_down.is_some(), &[Icmp]),
+        ("stall", t.stall.is_some(), &[Icmp]),
         ("defacement", t.defacement.is_some(), &[Http]),
         ("cloaking", t.cloaking.is_some(), &[Http]),
         ("url", t.url.is_some(), &[Http]),
@@ -197,7 +205,11 @@ pub(super) fn validate(
                     ),
                 );
             }
-            ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true) }
+            let stall = t.stall.unwrap_or(DEFAULT_STALL);
+            if stall > Duration::from_secs(30) {
+                p.push(at("stall"), "must be at most 30s");
+            }
+            ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true), stall }
         }
         ProbeKind::Tcp => match t.port {
             Some(port) if port != 0 => ProbeSpec::Tcp { port },

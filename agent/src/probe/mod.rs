@@ -22,7 +22,7 @@ use rustls::RootCertStore;
 use tierwatch_protocol::catalogue::{self};
 
 pub use icmp::Icmp;
-use icmp::{icmp_round, IcmpRound, RttEstimate};
+use icmp::{icmp_round, Early, IcmpRound, RttEstimate};
 pub use outcome::{EarlyReport, Outcome};
 pub use spec::{ProbeKind, ProbeSpec, Target};
 
@@ -122,15 +122,18 @@ impl Prober {
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
         match &t.spec {
-            ProbeSpec::Icmp { count, spacing, fast_down } => match resolve(&t.host).await {
+            ProbeSpec::Icmp { count, spacing, fast_down, stall } => match resolve(&t.host).await {
                 Ok(ip) => {
                     out.note(|| format!("resolved {} to {ip}", t.host));
                     // Only a target that was up can fall silent early.
                     let early = match (&self.early, self.rtt.rto(t.timeout)) {
-                        (Some(tx), Some(rto)) if *fast_down && self.last_success == Some(true) => Some((rto, tx)),
+                        (Some(report), Some(rto)) if *fast_down && self.last_success == Some(true) => {
+                            Some(Early { rto, floor: self.rtt.floor(*stall), report })
+                        }
                         _ => None,
                     };
-                    let round = IcmpRound { ip, count: *count, spacing: *spacing, timeout: t.timeout, ts };
+                    let round =
+                        IcmpRound { ip, count: *count, spacing: *spacing, timeout: t.timeout, stall: *stall, ts };
                     let early_ts = Box::pin(icmp_round(&mut out, icmp, round, early, &mut self.rtt)).await;
                     reported_early = early_ts.is_some();
                     // Stamped after its early report, so the round's result

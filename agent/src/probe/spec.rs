@@ -38,11 +38,28 @@ impl ProbeKind {
 /// What one probe does, resolved from the target and the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeSpec {
-    Icmp { count: u32, spacing: Duration, fast_down: bool },
-    Tcp { port: u16 },
+    /// `stall`: the longest hold of every frame that is not a failure (fast_down).
+    Icmp {
+        count: u32,
+        spacing: Duration,
+        fast_down: bool,
+        stall: Duration,
+    },
+    Tcp {
+        port: u16,
+    },
     Http(Box<HttpSpec>),
-    Tls { port: u16, server_name: String, ca: Option<PathBuf> },
-    Dns { port: u16, query: String, record_type: RecordType, expect: Option<BTreeSet<String>> },
+    Tls {
+        port: u16,
+        server_name: String,
+        ca: Option<PathBuf>,
+    },
+    Dns {
+        port: u16,
+        query: String,
+        record_type: RecordType,
+        expect: Option<BTreeSet<String>>,
+    },
 }
 
 /// A validated target.

@@ -4,7 +4,9 @@
 //!   with pnet's datalink channel, applying delay, jitter, loss and
 //!   reordering per direction. This kernel has no netem, so delay lives here.
 //!   Commands on stdin change the impairment while it runs:
-//!   `set a2b|b2a delay_us=40000 jitter_us=10000 loss=0.05 reorder=0`.
+//!   `set a2b|b2a delay_us=40000 jitter_us=10000 loss=0.05 reorder=0`;
+//!   `hold MS` holds every frame, both ways, for MS milliseconds and then
+//!   lets them go in order (a stalled path: bufferbloat, a 4G backup link).
 //!   Prints `ready` once both channels are open, then one line per command.
 //! - `tw-labnet get ADDR PATH`: HTTP/1.0 GET from inside a namespace; prints
 //!   the status code on the first line, then the body.
@@ -274,6 +276,8 @@ enum Side {
 struct Direction {
     impairment: Mutex<Impairment>,
     last_release: Mutex<Instant>,
+    /// Nothing leaves before this (`hold`).
+    hold_until: Mutex<Instant>,
     queue: Queue,
 }
 
@@ -295,6 +299,7 @@ fn bridge(a: &str, b: &str) -> anyhow::Result<()> {
         Arc::new(Direction {
             impairment: Mutex::new(Impairment::default()),
             last_release: Mutex::new(Instant::now()),
+            hold_until: Mutex::new(Instant::now()),
             queue: Queue { heap: Mutex::new(BinaryHeap::new()), ready: Condvar::new() },
         })
     };
@@ -330,6 +335,17 @@ fn bridge(a: &str, b: &str) -> anyhow::Result<()> {
                     Err(e) => println!("error: {e}"),
                 }
             }
+            (Some("hold"), Some(ms)) => match ms.parse::<u64>() {
+                Ok(ms) => {
+                    let until = Instant::now() + Duration::from_millis(ms);
+                    for d in [&a2b, &b2a] {
+                        *d.hold_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+                        d.queue.ready.notify_all();
+                    }
+                    println!("ok");
+                }
+                Err(e) => println!("error: hold {ms:?}: {e}"),
+            },
             _ => println!("error: unknown command {line:?}"),
         }
         std::io::stdout().flush()?;
@@ -408,6 +424,16 @@ fn spawn_tx(mut tx: Box<dyn DataLinkSender>, dir: Arc<Direction>) {
             let mut heap = dir.queue.heap.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 let now = Instant::now();
+                let hold = *dir.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                if hold > now {
+                    heap = dir
+                        .queue
+                        .ready
+                        .wait_timeout(heap, hold - now)
+                        .map(|(h, _)| h)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                    continue;
+                }
                 match heap.peek() {
                     Some(Reverse((at, _, _))) if *at <= now => break heap.pop().map(|Reverse((_, _, f))| f),
                     Some(Reverse((at, _, _))) => {

@@ -196,13 +196,23 @@ impl Link {
         self.set("a2b", up)
     }
 
+    /// Holds every frame both ways for `d`, then lets them go in order: a
+    /// stalled path, not a cut.
+    pub fn hold(&mut self, d: Duration) -> anyhow::Result<()> {
+        self.command(&format!("hold {}", d.as_millis()))
+    }
+
     fn set(&mut self, dir: &str, imp: Impairment) -> anyhow::Result<()> {
-        writeln!(self.control, "set {dir} {imp}")?;
+        self.command(&format!("set {dir} {imp}"))
+    }
+
+    fn command(&mut self, command: &str) -> anyhow::Result<()> {
+        writeln!(self.control, "{command}")?;
         self.control.flush()?;
         let mut reply = String::new();
         self.replies.read_line(&mut reply)?;
         if reply.trim() != "ok" {
-            bail!("bridge of link {} refused {imp}: {}", self.name, reply.trim());
+            bail!("bridge of link {} refused {command}: {}", self.name, reply.trim());
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ pub(super) struct Reply {
 #[derive(Debug)]
 pub(super) struct RoundState {
     pub(super) replies: Mutex<Vec<Option<Reply>>>,
+    /// Requests answered after their timeout: not credited, but proof the path lives (the watch).
+    pub(super) heard_late: Mutex<Vec<bool>>,
     /// Send time of each request, for the watch.
     pub(super) sent: Mutex<Vec<Option<Instant>>>,
     /// Woken on every reply, send and the end of sending.
@@ -38,32 +40,37 @@ pub(super) struct RoundState {
     pub(super) late: AtomicU32,
     /// Every request is out and answered or timed out.
     pub(super) finished: std::sync::atomic::AtomicBool,
+    /// When the round sends its next request; `None` after the last.
+    pub(super) next_due: Mutex<Option<Instant>>,
 }
 
 impl RoundState {
     pub(super) fn new(count: usize) -> Self {
         RoundState {
             replies: Mutex::new(vec![None; count]),
+            heard_late: Mutex::new(vec![false; count]),
             sent: Mutex::new(vec![None; count]),
             arrived: Notify::new(),
             duplicates: AtomicU32::new(0),
             late: AtomicU32::new(0),
             finished: Default::default(),
+            next_due: Mutex::new(None),
         }
     }
 
-    pub(super) fn answered(&self, i: usize) -> bool {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner()).get(i).is_some_and(Option::is_some)
-    }
-
-    pub(super) fn any_answered(&self) -> bool {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner()).iter().any(Option::is_some)
-    }
-
-    /// The newest request sent: its index and send time.
-    pub(super) fn newest_sent(&self) -> Option<(usize, Instant)> {
+    /// Every request sent so far: index, send time, and whether any reply
+    /// came back (in time or late).
+    pub(super) fn requests(&self) -> Vec<(usize, Instant, bool)> {
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        sent.iter().enumerate().rev().find_map(|(i, t)| t.map(|t| (i, t)))
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let late = self.heard_late.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let heard = replies.get(i).is_some_and(Option::is_some) || late.get(i).copied().unwrap_or(false);
+                t.map(|t| (i, t, heard))
+            })
+            .collect()
     }
 }
 
@@ -168,6 +175,11 @@ impl Shared {
                 }
                 SlotState::TimedOut => {
                     slot.round.late.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = slot.round.heard_late.lock().unwrap_or_else(|p| p.into_inner()).get_mut(slot.index)
+                    {
+                        *h = true;
+                    }
+                    slot.round.arrived.notify_waiters();
                 }
             },
             _ => {

@@ -26,7 +26,7 @@ mod socket;
 mod stats;
 use matching::{Reply, RoundState, Shared};
 pub use packet::{parse_reply, Echo};
-pub(super) use probe::{icmp_round, IcmpRound, RttEstimate};
+pub(super) use probe::{icmp_round, Early, IcmpRound, RttEstimate};
 pub use socket::{IcmpSocket, KernelSocket, Received};
 pub use stats::{Round, Stats};
 
@@ -84,18 +84,43 @@ pub enum IcmpError {
     NoIpv6(String),
 }
 
-/// Fast failure detection inside a round: a request not answered within
-/// `rto` (a retransmission timeout from the target's recent RTTs) is
-/// checked at once with `confirm` more requests; when none of those is
-/// answered within `rto` either, the target is reported silent through
-/// `silent` without waiting for the round to end. A target up with one
-/// request per second is then reported down about a second after it stops
-/// answering, and a single lost packet never is.
+/// Fast failure detection inside a round, tolerant of stalls.
+///
+/// A path that holds every frame for a while (bufferbloat, a 4G backup
+/// link, a busy router) delivers the held replies late; a cut path never
+/// does, and the two cannot be told apart until the hold ends. So the
+/// target is called silent only when a request has gone unanswered for the
+/// silence `floor` (the stall tolerance plus the link's peak round trip)
+/// and nothing sent after it was answered either, late replies included.
+/// Meanwhile the watch keeps evidence coming: once a reply is overdue
+/// (`rto`, from the target's recent round trips) it sends confirmations at
+/// growing intervals (rto, 2 rto, 4 rto after the request), so a single lost
+/// packet is cleared within a round trip; and it sends a keepalive whenever
+/// no request went out for `gap`, so a cut is seen within `gap` of
+/// happening, not within the round's spacing. Worst case from a cut to the
+/// report: `gap` + `floor` (1.5 s + the peak RTT at the defaults).
 pub struct Watch {
     pub rto: Duration,
-    pub confirm: u32,
-    /// Gets the index of the request after which the target fell silent.
+    pub floor: Duration,
+    pub gap: Duration,
+    /// Gets the index of the round's request from which the target fell
+    /// silent (the number of requests when it was a keepalive after the last).
     pub silent: tokio::sync::oneshot::Sender<usize>,
+}
+
+/// Confirmations sent for one overdue request, at most.
+const CONFIRMATIONS: u32 = 3;
+/// Requests the watch may add to one round (confirmations and keepalives).
+const MAX_WATCH_REQUESTS: usize = 64;
+
+/// What the watch did in a round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WatchReport {
+    pub silent_from: Option<usize>,
+    /// Echo requests sent to confirm an overdue reply.
+    pub confirmations: u32,
+    /// Echo requests sent because none had gone out for `gap`.
+    pub keepalives: u32,
 }
 
 pub(super) struct Family<S> {
@@ -181,15 +206,15 @@ impl<S: IcmpSocket> IcmpEngine<S> {
         };
         let state = Arc::new(RoundState::new(count as usize));
         let main = self.run_round(&family, dest, count, spacing, timeout, &state);
-        let (mut round, silent_from) = match watch {
-            None => (main.await, None),
-            Some(w) => {
-                let watcher = self.watch(&family, dest, &state, w);
-                let (round, silent) = tokio::join!(main, watcher);
-                (round, silent)
-            }
+        let (mut round, watched) = match watch {
+            None => (main.await, WatchReport::default()),
+            Some(w) => tokio::join!(main, self.watch(&family, dest, &state, w)),
         };
-        round.silent_from = silent_from;
+        // Released only now: replies the watch waited for past the round's
+        // own timeouts still had their slots.
+        self.shared.release(&round.seqs);
+        round.silent_from = watched.silent_from;
+        (round.confirmations, round.keepalives) = (watched.confirmations, watched.keepalives);
         Ok(round)
     }
 
@@ -206,6 +231,7 @@ impl<S: IcmpSocket> IcmpEngine<S> {
         let mut sent = Vec::with_capacity(count as usize);
         let mut round = Round::new(dest, count as usize);
         for i in 0..count as usize {
+            *state.next_due.lock().unwrap_or_else(|p| p.into_inner()) = Some(start + spacing * i as u32);
             tokio::time::sleep_until(start + spacing * i as u32).await;
             let seq = self.shared.register(dest, state.clone(), i);
             let (sent_at, sent_wall) = (Instant::now(), SystemTime::now());
@@ -222,6 +248,7 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                 }
             }
         }
+        *state.next_due.lock().unwrap_or_else(|p| p.into_inner()) = None;
         for (i, (seq, times)) in sent.iter().enumerate() {
             let Some((sent_at, sent_wall)) = *times else {
                 round.rtts.push(None);
@@ -258,8 +285,7 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                 }
             }
         }
-        let seqs: Vec<u16> = sent.iter().map(|(s, _)| *s).collect();
-        self.shared.release(&seqs);
+        round.seqs = sent.iter().map(|(s, _)| *s).collect();
         round.duplicates = state.duplicates.load(Ordering::Relaxed);
         round.late = state.late.load(Ordering::Relaxed);
         state.finished.store(true, Ordering::Release);
@@ -267,67 +293,93 @@ impl<S: IcmpSocket> IcmpEngine<S> {
         round
     }
 
-    /// Watches the newest request of the round; see [`Watch`]. Returns the
-    /// index after which the target fell silent, if it did.
-    async fn watch(&self, family: &Family<S>, dest: IpAddr, state: &RoundState, w: Watch) -> Option<usize> {
-        let mut cleared: Option<usize> = None;
+    /// Watches the round and the requests it adds; see [`Watch`].
+    async fn watch(&self, family: &Family<S>, dest: IpAddr, state: &RoundState, w: Watch) -> WatchReport {
+        let extra = Arc::new(RoundState::new(MAX_WATCH_REQUESTS));
+        let mut added = 0usize;
+        let mut seqs = Vec::new();
+        let mut report = WatchReport::default();
+        // The suspect request's send time, and the confirmations sent for it.
+        let mut confirming: Option<(Instant, u32)> = None;
         loop {
-            let progress = state.arrived.notified();
-            if state.finished.load(Ordering::Acquire) {
-                return None;
-            }
-            let deadline = match state.newest_sent() {
-                Some((i, _)) if state.answered(i) || cleared == Some(i) => None,
-                Some((i, at)) => {
-                    let due = at + w.rto;
-                    if Instant::now() >= due {
-                        // Overdue: ask again at once before calling it silent.
-                        if self.confirm(family, dest, w.confirm, w.rto).await || state.answered(i) {
-                            cleared = Some(i);
-                            continue;
-                        }
-                        let _ = w.silent.send(i);
-                        return Some(i);
-                    }
-                    Some(due)
+            let (main_progress, extra_progress) = (state.arrived.notified(), extra.arrived.notified());
+            let finished = state.finished.load(Ordering::Acquire);
+            let now = Instant::now();
+            let round = state.requests();
+            let mut all: Vec<(Instant, bool)> = round.iter().map(|&(_, at, heard)| (at, heard)).collect();
+            all.extend(extra.requests().into_iter().map(|(_, at, heard)| (at, heard)));
+            let last_heard = all.iter().filter(|r| r.1).map(|r| r.0).max();
+            // The first request after the last one answered: silence runs from there.
+            let suspect = all.iter().filter(|r| !r.1 && last_heard.is_none_or(|h| r.0 > h)).map(|r| r.0).min();
+            let newest = all.iter().map(|r| r.0).max();
+            let mut wake: Option<Instant> = None;
+            let mut send = None;
+            match suspect {
+                Some(s) if now >= s + w.floor => {
+                    let index = round.iter().find(|r| r.1 >= s).map_or(round.len(), |r| r.0);
+                    let _ = w.silent.send(index);
+                    report.silent_from = Some(index);
+                    break;
                 }
-                None => None,
-            };
-            match deadline {
+                Some(s) => {
+                    wake = Some(s + w.floor);
+                    let n = match confirming {
+                        Some((at, n)) if at == s => n,
+                        _ => 0,
+                    };
+                    confirming = Some((s, n));
+                    // rto, 2 rto, 4 rto after the request, all well inside the floor.
+                    let due = s + w.rto * (1u32 << n);
+                    if n < CONFIRMATIONS && due + w.rto <= s + w.floor {
+                        if now >= due {
+                            confirming = Some((s, n + 1));
+                            send = Some(&mut report.confirmations);
+                        } else {
+                            wake = wake.map(|x| x.min(due));
+                        }
+                    }
+                }
+                None if finished => break,
+                None => {}
+            }
+            // Keepalives only while the round is open, and not just before
+            // one of its own requests goes out anyway.
+            let next_own = *state.next_due.lock().unwrap_or_else(|p| p.into_inner());
+            if send.is_none() && !finished {
+                if let Some(n) = newest {
+                    let due = n + w.gap;
+                    if next_own.is_some_and(|o| o < due + w.gap / 2) {
+                        // The round's request is the keepalive.
+                    } else if now >= due {
+                        send = Some(&mut report.keepalives);
+                    } else {
+                        wake = Some(wake.map_or(due, |x| x.min(due)));
+                    }
+                }
+            }
+            if let Some(counter) = send.filter(|_| added < MAX_WATCH_REQUESTS) {
+                *counter += 1;
+                let seq = self.shared.register(dest, extra.clone(), added);
+                seqs.push(seq);
+                extra.sent.lock().unwrap_or_else(|p| p.into_inner())[added] = Some(Instant::now());
+                added += 1;
+                let _ = self.shared.send(family, dest, seq).await;
+                continue;
+            }
+            match wake {
                 Some(d) => tokio::select! {
-                    _ = progress => {}
+                    _ = main_progress => {}
+                    _ = extra_progress => {}
                     _ = tokio::time::sleep_until(d) => {}
                 },
-                None => progress.await,
+                None => tokio::select! {
+                    _ = main_progress => {}
+                    _ = extra_progress => {}
+                },
             }
         }
-    }
-
-    /// Sends `n` requests back to back; true if any is answered within `wait`.
-    async fn confirm(&self, family: &Family<S>, dest: IpAddr, n: u32, wait: Duration) -> bool {
-        let state = Arc::new(RoundState::new(n as usize));
-        let mut seqs = Vec::with_capacity(n as usize);
-        for i in 0..n as usize {
-            let seq = self.shared.register(dest, state.clone(), i);
-            seqs.push(seq);
-            let _ = self.shared.send(family, dest, seq).await;
-        }
-        let deadline = Instant::now() + wait;
-        let answered = loop {
-            let arrived = state.arrived.notified();
-            if state.any_answered() {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            tokio::select! {
-                _ = arrived => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        };
         self.shared.release(&seqs);
-        answered
+        report
     }
 }
 
@@ -415,6 +467,8 @@ mod tests {
     /// kernel timestamp, so RTTs come from tokio's (paused) clock.
     struct Scripted {
         script: Vec<Option<Duration>>,
+        /// Every frame sent or answered within it is held to its end (a stalled path).
+        hold: Option<(Instant, Instant)>,
         sent: AtomicU32,
         inbox_tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, IpAddr)>,
         inbox: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, IpAddr)>>,
@@ -423,17 +477,35 @@ mod tests {
     impl Scripted {
         fn new(script: Vec<Option<Duration>>) -> Scripted {
             let (inbox_tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            Scripted { script, sent: AtomicU32::new(0), inbox_tx, inbox: tokio::sync::Mutex::new(rx) }
+            Scripted { script, hold: None, sent: AtomicU32::new(0), inbox_tx, inbox: tokio::sync::Mutex::new(rx) }
         }
     }
 
     impl IcmpSocket for Scripted {
         async fn send_to(&self, packet: &[u8], dest: IpAddr) -> std::io::Result<()> {
             let n = self.sent.fetch_add(1, Ordering::Relaxed) as usize;
-            if let Some(Some(delay)) = self.script.get(n) {
+            let delay = match self.hold {
+                // Everything answered in 20 ms, unless the path holds it.
+                // A cut: nothing sent from `from` on comes back.
+                Some((from, to)) if from == to => {
+                    let now = Instant::now();
+                    (now + Duration::from_millis(10) < from).then_some(Duration::from_millis(20))
+                }
+                Some((from, to)) => {
+                    let now = Instant::now();
+                    let arrives = now + Duration::from_millis(20);
+                    Some(if arrives >= from && now < to {
+                        (to + Duration::from_millis(10)).max(arrives) - now
+                    } else {
+                        arrives - now
+                    })
+                }
+                None => self.script.get(n).copied().flatten(),
+            };
+            if let Some(delay) = delay {
                 let mut reply = packet.to_vec();
                 reply[0] = IcmpTypes::EchoReply.0;
-                let (tx, delay) = (self.inbox_tx.clone(), *delay);
+                let tx = self.inbox_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = tx.send((reply, dest));
@@ -475,19 +547,24 @@ mod tests {
         assert!(r.reachable_at_end() && r.silent_from.is_none());
     }
 
-    /// A target that stops answering is reported silent one RTO after the
-    /// overdue request plus one RTO of unanswered confirmations, long
-    /// before the round ends.
+    fn watch(floor: Duration) -> (Watch, tokio::sync::oneshot::Receiver<usize>) {
+        let (silent, heard) = tokio::sync::oneshot::channel();
+        (Watch { rto: Duration::from_millis(250), floor, gap: Duration::from_millis(500), silent }, heard)
+    }
+
+    /// A target that stops answering is reported silent one silence floor
+    /// after the first request it left unanswered, long before the round
+    /// ends; the watch's requests in between are counted.
     #[tokio::test(start_paused = true)]
     async fn the_watch_reports_a_silent_target_before_the_round_ends() {
-        // Requests 0-2 answered in 20 ms, everything after that (the round's
-        // and the confirmations) never.
-        let e = engine(vec![ms(20), ms(20), ms(20)]);
-        let rto = Duration::from_millis(250);
-        let (silent, mut heard) = tokio::sync::oneshot::channel();
+        // Sends: request 0, keepalive, request 1, keepalive, request 2,
+        // keepalive (each answered in 20 ms); from request 3 on nothing is.
+        let e = engine(vec![ms(20); 6]);
+        let floor = Duration::from_millis(1020);
+        let (w, mut heard) = watch(floor);
         let started = Instant::now();
         let spacing = Duration::from_secs(1);
-        let round = e.round(GW, 10, spacing, Duration::from_secs(1), Some(Watch { rto, confirm: 3, silent }));
+        let round = e.round(GW, 10, spacing, Duration::from_secs(1), Some(w));
         tokio::pin!(round);
         let index = tokio::select! {
             i = &mut heard => i.unwrap(),
@@ -495,29 +572,102 @@ mod tests {
         };
         let after = Instant::now() - started;
         assert_eq!(index, 3, "silent from the first unanswered request");
-        // Request 3 left at 3 s; overdue at 3.25 s; confirmations unanswered until 3.5 s.
-        assert_eq!(after, spacing * 3 + rto * 2, "{after:?}");
-        assert_eq!(e.v4.socket.sent.load(Ordering::Relaxed), 4 + 3, "four requests and three confirmations by then");
+        assert_eq!(after, spacing * 3 + floor, "{after:?}");
         let r = round.await.unwrap();
         assert_eq!(r.silent_from, Some(3));
         assert!(!r.reachable_at_end());
+        // Confirmations 250 and 500 ms after request 3 (the third, at 1 s,
+        // would be answered too late to matter); keepalives at 0.5, 1.5 and
+        // 2.5 s (at 4 s the round's own request 4 goes out instead).
+        assert_eq!((r.confirmations, r.keepalives), (2, 3), "{r:?}");
+        assert_eq!(r.sent(), 10);
     }
 
-    /// One lost request is no outage: the confirmations are answered, the
+    /// One lost request is no outage: its confirmation is answered, the
     /// watch stays quiet and the round ends as measured.
     #[tokio::test(start_paused = true)]
     async fn a_single_loss_is_confirmed_away() {
-        // Request 2 lost; its three confirmations (sends 3-5) answered; then the rest.
-        let mut script = vec![ms(20), ms(20), None, ms(20), ms(20), ms(20)];
-        script.extend([ms(20); 3]);
+        // Request 0, keepalive, request 1 answered; request 2 (send 3) lost; all later sends answered.
+        let mut script = vec![ms(20), ms(20), ms(20), ms(20), None];
+        script.extend([ms(20); 40]);
         let e = engine(script);
-        let (silent, mut heard) = tokio::sync::oneshot::channel();
-        let w = Watch { rto: Duration::from_millis(250), confirm: 3, silent };
+        let (w, mut heard) = watch(Duration::from_millis(1020));
         let r = e.round(GW, 6, Duration::from_secs(1), Duration::from_secs(1), Some(w)).await.unwrap();
         assert!(heard.try_recv().is_err(), "no early report");
         assert_eq!(r.silent_from, None);
         assert_eq!(r.rtts.iter().filter(|x| x.is_none()).count(), 1, "{:?}", r.rtts);
         assert!(r.reachable_at_end());
+        assert_eq!(r.confirmations, 1, "one confirmation cleared it");
+    }
+
+    /// A path that holds every frame for up to the stall tolerance is no
+    /// failure, wherever the hold falls; a longer hold is.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_path_is_not_a_cut() {
+        let floor = Duration::from_millis(1000 + 20);
+        for (hold_ms, offset_ms, silent) in [
+            (600, 2100, false),
+            (1000, 2000, false),
+            (1000, 2300, false),
+            (1000, 2990, false),
+            (1000, 4500, false),
+            (1600, 2300, true),
+        ] {
+            let mut e = engine(Vec::new());
+            let t0 = Instant::now();
+            let from = t0 + Duration::from_millis(offset_ms);
+            e.v4 = Arc::new(Family {
+                socket: Scripted {
+                    hold: Some((from, from + Duration::from_millis(hold_ms))),
+                    ..Scripted::new(Vec::new())
+                },
+                kind: SocketKind::Unprivileged,
+                v6: false,
+            });
+            e.receivers.push(tokio::spawn(receive_loop(e.shared.clone(), e.v4.clone())));
+            let (w, mut heard) = watch(floor);
+            let r = e.round(GW, 5, Duration::from_secs(1), Duration::from_secs(1), Some(w)).await.unwrap();
+            assert_eq!(heard.try_recv().is_ok(), silent, "hold of {hold_ms} ms at {offset_ms} ms: {r:?}");
+            assert_eq!(r.reachable_at_end(), !silent || r.rtts.last().is_some_and(Option::is_some));
+        }
+    }
+
+    /// Report times for cuts at every 100 ms of a round of 5 requests 1 s
+    /// apart: within `gap` + floor of the cut while the round sends.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_is_reported_within_gap_and_floor() {
+        let floor = Duration::from_millis(1020);
+        let mut took = Vec::new();
+        let mut missed = Vec::new();
+        for offset_ms in (100..4000).step_by(100) {
+            let mut e = engine(Vec::new());
+            let t0 = Instant::now();
+            let at = t0 + Duration::from_millis(offset_ms);
+            e.v4 = Arc::new(Family {
+                socket: Scripted { hold: Some((at, at)), ..Scripted::new(Vec::new()) },
+                kind: SocketKind::Unprivileged,
+                v6: false,
+            });
+            e.receivers.push(tokio::spawn(receive_loop(e.shared.clone(), e.v4.clone())));
+            let (w, heard) = watch(floor);
+            let round = e.round(GW, 5, Duration::from_secs(1), Duration::from_secs(1), Some(w));
+            tokio::pin!(round);
+            tokio::select! {
+                biased;
+                _ = heard => took.push(Instant::now() - at),
+                // Silence found as the round ends: the round's own result is the report.
+                r = &mut round => match r.unwrap().silent_from {
+                    Some(_) => took.push(Instant::now() - at),
+                    None => missed.push(offset_ms),
+                },
+            }
+        }
+        assert!(missed.is_empty(), "cuts not reported early: {missed:?}");
+        took.sort();
+        let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
+        eprintln!("cut to report: median {median:?}, max {max:?} over {} cuts", took.len());
+        assert!(max <= Duration::from_millis(500) + floor + Duration::from_millis(20), "{took:?}");
+        assert!(median <= Duration::from_millis(1300), "{took:?}");
     }
 
     /// Duplicates and late replies are counted for their round, never credited;

@@ -15,25 +15,39 @@ use super::{Icmp, Watch};
 pub(crate) struct RttEstimate {
     srtt: f64,
     rttvar: f64,
+    /// The link's own round trip at its quickest: follows a lower RTT at
+    /// once, a higher one by 1/64 per reply.
+    base: f64,
+    /// The link's recent peak: the largest RTT, decaying towards the
+    /// present by 1/16 per reply (about the last 30 replies). Replies held
+    /// far beyond the base (more than half the stall tolerance) are stalls,
+    /// which the stall tolerance covers, not the link's round trip: left out.
+    peak: f64,
     samples: u64,
 }
 
 /// Below this a reply is never called overdue: scheduling on a busy host,
 /// and the WAN's own queueing, take that much now and then.
 const MIN_RTO: Duration = Duration::from_millis(250);
-/// Requests sent at once to confirm that an overdue one means a silent target.
-const CONFIRM: u32 = 3;
+/// The watch sends a keepalive when no request went out for this long, so a
+/// cut is noticed within it even with requests a second apart.
+pub(crate) const KEEPALIVE_GAP: Duration = Duration::from_millis(500);
 
 impl RttEstimate {
-    /// Takes one measured round trip.
-    pub(crate) fn add(&mut self, rtt: Duration) {
+    /// Takes one measured round trip; `stall` is the target's stall tolerance.
+    pub(crate) fn add(&mut self, rtt: Duration, stall: Duration) {
         let r = rtt.as_secs_f64();
         if self.samples == 0 {
             self.srtt = r;
             self.rttvar = r / 2.0;
+            (self.base, self.peak) = (r, r);
         } else {
             self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
             self.srtt = 0.875 * self.srtt + 0.125 * r;
+            self.base = if r < self.base { r } else { self.base + (r - self.base) / 64.0 };
+            if r <= self.base + stall.as_secs_f64() / 2.0 {
+                self.peak = if r >= self.peak { r } else { self.peak - (self.peak - r) / 16.0 };
+            }
         }
         self.samples += 1;
     }
@@ -43,6 +57,13 @@ impl RttEstimate {
     pub(crate) fn rto(&self, timeout: Duration) -> Option<Duration> {
         (self.samples > 0).then(|| Duration::from_secs_f64(self.srtt + 4.0 * self.rttvar).max(MIN_RTO).min(timeout))
     }
+
+    /// The silence floor: `stall` plus the link's recent peak round trip
+    /// (a held reply comes back at most that much after the hold ends;
+    /// stalls themselves do not raise it).
+    pub(crate) fn floor(&self, stall: Duration) -> Duration {
+        stall + Duration::from_secs_f64(self.peak.max(0.0))
+    }
 }
 
 /// What one ICMP round sends.
@@ -51,11 +72,20 @@ pub(in crate::probe) struct IcmpRound {
     pub count: u32,
     pub spacing: Duration,
     pub timeout: Duration,
+    /// The target's stall tolerance.
+    pub stall: Duration,
     /// The probe's timestamp.
     pub ts: i64,
 }
 
-/// Runs one round; with `early` (overdue after, where to), a silent target
+/// How the watch judges silence in a round.
+pub(in crate::probe) struct Early<'a> {
+    pub rto: Duration,
+    pub floor: Duration,
+    pub report: &'a EarlyReport,
+}
+
+/// Runs one round; with `early`, a silent target
 /// is reported at once as a failed probe. Returns when that report was
 /// taken (ms); `None` when there was none or it could not be delivered
 /// (then the round's own result is the news).
@@ -63,10 +93,10 @@ pub(in crate::probe) async fn icmp_round(
     out: &mut Outcome,
     icmp: &Icmp,
     r: IcmpRound,
-    early: Option<(Duration, &EarlyReport)>,
+    early: Option<Early<'_>>,
     rtt: &mut RttEstimate,
 ) -> Option<i64> {
-    let IcmpRound { ip, count, spacing, timeout, ts } = r;
+    let IcmpRound { ip, count, spacing, timeout, stall, ts } = r;
     let engine = match icmp {
         Icmp::Ready(e) => e,
         Icmp::Unavailable(why) => {
@@ -78,7 +108,7 @@ pub(in crate::probe) async fn icmp_round(
         format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
     });
     let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
-    let watch = early.map(|(rto, _)| Watch { rto, confirm: CONFIRM, silent: silent_tx });
+    let watch = early.as_ref().map(|e| Watch { rto: e.rto, floor: e.floor, gap: KEEPALIVE_GAP, silent: silent_tx });
     let running = engine.round(ip, count, spacing, timeout, watch);
     tokio::pin!(running);
     let mut early_ts = None;
@@ -86,13 +116,15 @@ pub(in crate::probe) async fn icmp_round(
         r = &mut running => r,
         Ok(i) = silent_rx => {
             let now = tierwatch_protocol::now_ms();
-            if let Some((rto, report)) = early {
+            if let Some(Early { floor, report, .. }) = &early {
                 let mut e = Outcome::new(out.target.clone(), out.kind, false);
-                e.error = Some(format!("no reply to request {i} within {rto:?} nor to {CONFIRM} more sent at once"));
+                e.error = Some(format!(
+                    "no reply for {floor:?} (stall tolerance and the link's peak round trip) to request {i} nor to anything sent after it"
+                ));
                 // Only a target that was up is watched: this is a flip.
                 (e.early, e.flipped) = (true, true);
                 e.push(&catalogue::PROBE_SUCCESS, &[("probe", out.kind.as_str())], 0.0, now);
-                tracing::info!(target = %out.target, probe = "icmp", rto_ms = rto.as_millis() as u64, "target fell silent; reported before the round ends");
+                tracing::info!(target = %out.target, probe = "icmp", floor_ms = floor.as_millis() as u64, "target fell silent; reported before the round ends");
                 if report(e) {
                     early_ts = Some(now);
                 }
@@ -108,7 +140,7 @@ pub(in crate::probe) async fn icmp_round(
         }
     };
     for d in round.rtts.iter().flatten() {
-        rtt.add(*d);
+        rtt.add(*d, stall);
     }
     for (i, rtt) in round.rtts.iter().enumerate() {
         out.note(|| match rtt {
@@ -117,6 +149,9 @@ pub(in crate::probe) async fn icmp_round(
         });
     }
     out.push(&catalogue::ICMP_SENT, &[], round.sent() as f64, ts);
+    for (purpose, n) in [("confirm", round.confirmations), ("keepalive", round.keepalives)] {
+        out.push(&catalogue::ICMP_WATCH_SENT, &[("purpose", purpose)], n as f64, ts);
+    }
     out.push(&catalogue::ICMP_DUPLICATE, &[], round.duplicates as f64, ts);
     out.push(&catalogue::ICMP_LATE, &[], round.late as f64, ts);
     out.note(|| {
@@ -170,18 +205,41 @@ mod tests {
         assert_eq!(e.rto(timeout), None, "no estimate before a reply");
         // A steady 20 ms link: the floor applies.
         for _ in 0..50 {
-            e.add(Duration::from_millis(20));
+            e.add(Duration::from_millis(20), STALL);
         }
         assert_eq!(e.rto(timeout), Some(MIN_RTO));
         // A jittery 200 ± 100 ms link: SRTT + 4 RTTVAR, well above any reply seen.
         let mut e = RttEstimate::default();
         for i in 0..200 {
-            e.add(Duration::from_millis(if i % 2 == 0 { 100 } else { 300 }));
+            e.add(Duration::from_millis(if i % 2 == 0 { 100 } else { 300 }), STALL);
         }
         let rto = e.rto(timeout).unwrap();
         assert!(rto > Duration::from_millis(450) && rto < timeout, "{rto:?}");
         // Never beyond the probe's own timeout.
-        e.add(Duration::from_secs(5));
+        e.add(Duration::from_secs(5), STALL);
         assert_eq!(e.rto(timeout), Some(timeout));
+    }
+
+    const STALL: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_floor_follows_jitter_but_not_stalls() {
+        let mut e = RttEstimate::default();
+        for i in 0..100 {
+            e.add(Duration::from_millis(if i % 2 == 0 { 20 } else { 140 }), STALL);
+        }
+        let jittery = e.floor(STALL);
+        assert!(jittery >= Duration::from_millis(1130) && jittery <= Duration::from_millis(1141), "{jittery:?}");
+        // Held replies (a stalled path) leave it where it was.
+        for _ in 0..5 {
+            e.add(Duration::from_millis(950), STALL);
+        }
+        assert!(e.floor(STALL) <= jittery, "{:?}", e.floor(STALL));
+        // A link whose own round trip is long keeps its margin.
+        let mut sat = RttEstimate::default();
+        for i in 0..100 {
+            sat.add(Duration::from_millis(if i % 3 == 0 { 750 } else { 600 }), STALL);
+        }
+        assert!(sat.floor(STALL) >= Duration::from_millis(1740), "{:?}", sat.floor(STALL));
     }
 }

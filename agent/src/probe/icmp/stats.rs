@@ -21,6 +21,12 @@ pub struct Round {
     pub kernel_timestamps: u32,
     /// Set when the watch found the target silent after this request.
     pub silent_from: Option<usize>,
+    /// Echo requests the watch added: confirmations of an overdue reply.
+    pub confirmations: u32,
+    /// Echo requests the watch added: keepalives between the round's own.
+    pub keepalives: u32,
+    /// The round's sequence numbers, held until the watch is done too.
+    pub(super) seqs: Vec<u16>,
 }
 
 /// Statistics of a round, SmokePing-style.
@@ -60,6 +66,9 @@ impl Round {
             late: 0,
             kernel_timestamps: 0,
             silent_from: None,
+            confirmations: 0,
+            keepalives: 0,
+            seqs: Vec::new(),
         }
     }
 
