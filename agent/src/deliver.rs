@@ -4,7 +4,11 @@
 //! present at once. The backlog drains oldest first in the gaps, no faster
 //! than the replay cap, so a recovering link is not flooded. While the
 //! destination is unreachable the sender backs off exponentially with
-//! jitter; every attempt then carries the newest batch.
+//! jitter; every attempt then carries the newest batch. The backoff is cut
+//! short when the path is back: after a failure before any connection stood,
+//! a bare TCP connection attempt every second tells when it returns; a fresh
+//! batch waiting also ends the wait (at most one attempt a second). A
+//! collector that answers and then fails (TLS, 5xx) gets the full backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +68,51 @@ impl ReplayCap {
     pub fn take(&mut self, size: u64) {
         if self.rate > 0.0 {
             self.tokens -= size as f64;
+        }
+    }
+}
+
+/// While backing off from an unreachable collector, how often a bare TCP
+/// connection attempt checks whether the path is back (and its timeout).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Waits `wait` before the next attempt, cut short when the path is back:
+/// after an unreachable failure a TCP connection to the endpoint succeeds
+/// (tried every [`RECHECK`]), or a fresh batch arrived at least a
+/// [`RECHECK`] after the failed attempt. True when cancelled.
+async fn back_off(
+    wait: Duration,
+    unreachable: bool,
+    pusher: &Pusher,
+    live: &mut tokio::sync::watch::Receiver<Option<Live>>,
+    token: &CancellationToken,
+) -> bool {
+    let failed = Instant::now();
+    let deadline = failed + wait;
+    let mut fresh = false;
+    // Checks start one RECHECK after the failure and run at most once per RECHECK.
+    let mut check_at = failed + RECHECK;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || (fresh && now >= failed + RECHECK) {
+            return false;
+        }
+        let next = if unreachable || fresh { deadline.min(check_at.max(now)) } else { deadline };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                if unreachable && next < deadline {
+                    check_at = next + RECHECK;
+                    tokio::select! {
+                        up = pusher.reachable(RECHECK) => if up { return false },
+                        _ = token.cancelled() => return true,
+                    }
+                }
+            }
+            r = live.changed(), if !fresh => match r {
+                Ok(()) => fresh = true,
+                Err(_) => return true,
+            },
+            _ = token.cancelled() => return true,
         }
     }
 }
@@ -167,8 +216,9 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
             }
             Err(e @ PushError::Transient { .. }) => {
                 let wait = backoff.next_wait();
+                let unreachable = matches!(e, PushError::Transient { unreachable: true, .. });
                 PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
-                if tierwatch_runtime::shutdown::sleep_or_cancelled(wait, &token).await {
+                if back_off(wait, unreachable, &dest.pusher, &mut live_rx, &token).await {
                     return;
                 }
             }
@@ -179,6 +229,64 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pusher(port: u16) -> Pusher {
+        let tls = rustls::ClientConfig::builder_with_provider(tierwatch_runtime::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let ep = crate::push::parse_endpoint(&format!("https://127.0.0.1:{port}")).unwrap();
+        Pusher::new(vec![ep], None, Duration::from_secs(1), std::sync::Arc::new(tls))
+    }
+
+    /// A collector that comes back is used within a check interval, not
+    /// after the rest of the backoff; one that refuses at TLS is not
+    /// hammered: the backoff runs its course.
+    #[tokio::test]
+    async fn the_backoff_is_cut_short_when_the_path_is_back() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let p = pusher(port);
+        let (_tx, mut live) = tokio::sync::watch::channel(None);
+        let token = CancellationToken::new();
+        let started = Instant::now();
+        let back = tokio::spawn(async move {
+            let cancelled = back_off(Duration::from_secs(10), true, &p, &mut live, &token).await;
+            (cancelled, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let (cancelled, took) = back.await.unwrap();
+        assert!(!cancelled);
+        assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2700), "{took:?}");
+        drop(listener);
+
+        // Not unreachable (it answered, then failed later): the wait is the backoff's.
+        let p = pusher(port);
+        let (_tx, mut live) = tokio::sync::watch::channel(None);
+        let t = Instant::now();
+        assert!(!back_off(Duration::from_millis(1200), false, &p, &mut live, &CancellationToken::new()).await);
+        assert!(t.elapsed() >= Duration::from_millis(1200));
+    }
+
+    /// New data cuts the wait short too, but not before a check interval.
+    #[tokio::test]
+    async fn fresh_data_cuts_the_backoff_short() {
+        let p = pusher(1);
+        let (tx, mut live) = tokio::sync::watch::channel(None);
+        let t = Instant::now();
+        let back = tokio::spawn(async move {
+            back_off(Duration::from_secs(10), false, &p, &mut live, &CancellationToken::new()).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send_replace(Some(Live { id: 1, body: bytes::Bytes::new() }));
+        assert!(!back.await.unwrap());
+        let took = t.elapsed();
+        assert!(took >= RECHECK && took < RECHECK + Duration::from_millis(500), "{took:?}");
+    }
 
     #[test]
     fn replay_cap_paces_bytes() {

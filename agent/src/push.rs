@@ -42,9 +42,11 @@ pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
 /// Why a push did not get an acknowledgement.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    /// Worth retrying: network, TLS, timeout, 5xx.
+    /// Worth retrying: network, TLS, timeout, 5xx. `unreachable`: it failed
+    /// before a TCP connection stood (the path or the collector is down),
+    /// so a bare connection attempt tells when it is back.
     #[error("{endpoint}: {reason}")]
-    Transient { endpoint: String, reason: String },
+    Transient { endpoint: String, reason: String, unreachable: bool },
     /// The collector refused this batch; sending it again cannot succeed.
     #[error("{endpoint} refused the batch with {status}: {reason}")]
     Refused { endpoint: String, status: StatusCode, reason: String },
@@ -101,14 +103,16 @@ impl Pusher {
             .map_err(|e| PushError::Transient {
                 endpoint: endpoint.clone(),
                 reason: format!("building request: {e}"),
+                unreachable: false,
             })?;
         let result = match tokio::time::timeout(self.timeout, conn.send(req)).await {
             Ok(r) => r,
             Err(_) => {
                 conn.reset();
-                Err(format!("no acknowledgement within {:?}", self.timeout))
+                Err(format!("no acknowledgement within {:?}: timed out {}", self.timeout, conn.phase().as_str()))
             }
         };
+        let unreachable = conn.phase() == tierwatch_runtime::http_client::Phase::Connect;
         let reason = match result {
             Ok(reply) if reply.status.is_success() => match Ack::decode(reply.body) {
                 Ok(ack) => return Ok(ack),
@@ -129,7 +133,15 @@ impl Pusher {
             Err(reason) => reason,
         };
         self.current = (self.current + 1) % self.endpoints.len();
-        Err(PushError::Transient { endpoint, reason })
+        Err(PushError::Transient { endpoint, reason, unreachable })
+    }
+
+    /// Whether the endpoint the next push goes to accepts a TCP connection
+    /// within `within`: while backing off, a cheap sign the path is back
+    /// (no TLS handshake, nothing for the collector to verify).
+    pub async fn reachable(&self, within: Duration) -> bool {
+        let (host, port) = self.conns[self.current % self.conns.len()].peer();
+        matches!(tokio::time::timeout(within, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
     }
 }
 

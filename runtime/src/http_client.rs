@@ -29,18 +29,57 @@ pub struct Tls {
     pub server_name: ServerName<'static>,
 }
 
+/// Where an exchange is (or was when it failed or timed out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the TCP connection.
+    Connect,
+    Tls,
+    /// HTTP/1.1 connection setup.
+    Handshake,
+    /// Sending the request and waiting for the response's head.
+    Response,
+    /// Reading the response's body.
+    Body,
+}
+
+impl Phase {
+    /// For error messages: "timed out {phase}".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connect => "connecting (TCP)",
+            Phase::Tls => "in the TLS handshake",
+            Phase::Handshake => "in the HTTP handshake",
+            Phase::Response => "waiting for the response (connected, TLS up)",
+            Phase::Body => "reading the response body",
+        }
+    }
+}
+
 /// One server, one connection at a time, reconnected on demand.
 pub struct HttpConn {
     host: String,
     port: u16,
     tls: Option<Tls>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    phase: Phase,
 }
 
 impl HttpConn {
     /// A client for `host:port`; `tls` of `None` means plain HTTP.
     pub fn new(host: impl Into<String>, port: u16, tls: Option<Tls>) -> Self {
-        HttpConn { host: host.into(), port, tls, sender: None }
+        HttpConn { host: host.into(), port, tls, sender: None, phase: Phase::Connect }
+    }
+
+    /// The phase the last exchange reached: where it failed, or where it
+    /// was when a caller's timeout dropped it.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// `host` and `port`, for a caller's own reachability check.
+    pub fn peer(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 
     /// `host:port` as a Host header (IPv6 in brackets).
@@ -57,16 +96,19 @@ impl HttpConn {
         self.sender = None;
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, String> {
+        self.phase = Phase::Connect;
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = match &self.tls {
             Some(tls) => {
+                self.phase = Phase::Tls;
                 let stream = tls
                     .connector
                     .connect(tls.server_name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
+                self.phase = Phase::Handshake;
                 let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| format!("HTTP: {e}"))?;
@@ -106,7 +148,9 @@ impl HttpConn {
             Some(s) => s,
             None => self.connect().await?,
         };
+        self.phase = Phase::Response;
         let resp = sender.send_request(req).await.map_err(|e| format!("sending: {e}"))?;
+        self.phase = Phase::Body;
         let (parts, body) = resp.into_parts();
         // A receiver answers a few bytes; a hostile one could answer forever.
         let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)

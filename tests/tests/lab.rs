@@ -368,3 +368,50 @@ fn backfill_after_a_ten_minute_outage_reaches_prometheus_once() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// Issue 18's restore test: after a 60 s cut of a commune's link the first
+/// fresh batch is stored within 3 s of the link's return, not when the
+/// agent's retry backoff (up to its 10 s push interval) runs out: while the
+/// collector is unreachable the agent checks the path with a bare TCP
+/// connection every second.
+#[test]
+fn fresh_data_is_back_within_seconds_of_a_restore() -> anyhow::Result<()> {
+    require_lab!("fresh_data_is_back_within_seconds_of_a_restore");
+    let mut lab = Lab::build(LabSpec::communes(1).beside_others())?;
+    let push = Duration::from_secs(10);
+    let spec = SystemSpec {
+        push_interval: push,
+        probe_interval: Duration::from_secs(2),
+        probe_timeout: Duration::from_secs(1),
+        only_nodes: Some(vec!["c1".into()]),
+        log_batches: true,
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    let stored = |tw: &tierwatch_tests::lab::system::Tierwatch| -> Vec<i64> {
+        tw.collector
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "batch stored" && v["node"] == "c1")
+            .filter_map(|v| v["created_ms"].as_i64())
+            .collect()
+    };
+    wait_for(Duration::from_secs(30), "c1's first batches stored", || (stored(&tw).len() >= 2).then_some(()))?;
+    lab.link_mut("c1")?.set_up(false)?;
+    std::thread::sleep(Duration::from_secs(60));
+    let before = stored(&tw).len();
+    lab.link_mut("c1")?.set_up(true)?;
+    let restored = Instant::now();
+    let restored_ms = tierwatch_tests::now_ms();
+    let first = wait_for(Duration::from_secs(20), "a batch of c1 stored after the restore", || {
+        stored(&tw).get(before).copied()
+    })?;
+    let took = restored.elapsed();
+    eprintln!("60 s cut: first batch stored {took:?} after the restore, sealed at restore {:+} ms", first - restored_ms);
+    assert!(took <= Duration::from_secs(3), "the first batch after the restore took {took:?}");
+    // The fresh one, not the backlog: sealed within the last push interval.
+    assert!(first >= restored_ms - push.as_millis() as i64 - 1000, "first stored was from the backlog ({first})");
+    tw.stop()?;
+    Ok(())
+}
