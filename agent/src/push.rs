@@ -149,6 +149,43 @@ impl Pusher {
 mod tests {
     use super::*;
 
+    fn pusher(port: u16) -> Pusher {
+        let tls = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let ep = parse_endpoint(&format!("https://127.0.0.1:{port}")).unwrap();
+        Pusher::new(vec![ep], None, Duration::from_millis(300), Arc::new(tls))
+    }
+
+    /// A failed push says where it failed, and whether a connection stood.
+    #[tokio::test]
+    async fn push_errors_name_the_phase() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        match pusher(closed).push(Bytes::from_static(b"x")).await {
+            Err(PushError::Transient { reason, unreachable: true, .. }) => {
+                assert!(reason.starts_with("connect:"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Accepts, then never says a word: the TLS handshake times out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let (c, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(c);
+        });
+        match pusher(port).push(Bytes::from_static(b"x")).await {
+            Err(PushError::Transient { reason, unreachable: false, .. }) => {
+                assert!(reason.contains("timed out in the TLS handshake"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        held.abort();
+    }
+
     #[test]
     fn endpoints_parse() {
         assert_eq!(parse_endpoint("https://[::1]:7443").unwrap().host, "::1");

@@ -268,17 +268,23 @@ pub struct Config {
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
+    /// Every problem of every file (configuration, topology, rules), each once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Files(Vec<ConfigError>),
+}
+
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> Self {
+        LoadError::Files(vec![e])
+    }
 }
 
 impl Config {
     /// Loads `file` and the topology it names; every problem is reported at once.
     pub fn load(file: &Path) -> Result<Config, LoadError> {
-        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
+        let (raw, text, mut problems) = tierwatch_yamlconf::load_all::<RawConfig>(file)?;
         let base = file.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
-        let mut problems = Problems::default();
         let mut ingest = raw.ingest.clone();
         for (key, path) in
             [("ingest.ca", &mut ingest.ca), ("ingest.cert", &mut ingest.cert), ("ingest.key", &mut ingest.key)]
@@ -383,13 +389,21 @@ impl Config {
                 time::UtcOffset::UTC
             }
         };
-        problems.into_result(file, &text)?;
-        let topology = Topology::load(&topology_file)?;
+        // Every file is checked before any error is returned: one run names
+        // every problem of the configuration, the topology and the rules.
+        let mut errors = Vec::new();
+        if let Err(e) = problems.into_result(file, &text) {
+            errors.push(e);
+        }
+        let topology = Topology::load(&topology_file).map_err(|e| errors.push(e)).ok();
         let locale = crate::i18n::Locale { language: raw.language, utc_offset };
         let rules_file = raw.rules.as_deref().map(resolve);
         let rules = match &rules_file {
-            Some(f) => Rules::load(f, locale)?,
-            None => Rules { locale, ..Rules::default() },
+            Some(f) => Rules::load(f, locale).map_err(|e| errors.push(e)).ok(),
+            None => Some(Rules { locale, ..Rules::default() }),
+        };
+        let (Some(topology), Some(rules), true) = (topology, rules, errors.is_empty()) else {
+            return Err(LoadError::Files(errors));
         };
         // The TLS material is loaded here, once (after the files that say
         // what the collector is): a reload with a bad certificate or key is
@@ -476,7 +490,8 @@ mod tests {
     #[test]
     fn shipped_example_is_valid() {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
-        let LoadError::Config(err) = Config::load(&dir.join("collector.yaml")).unwrap_err();
+        let LoadError::Files(errs) = Config::load(&dir.join("collector.yaml")).unwrap_err();
+        let err = &errs[0];
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["ingest.ca", "ingest.cert", "ingest.key", "ingest.crl", "api.token_file"], "{err}");
         let t = Topology::load(&dir.join("topology.yaml")).unwrap();

@@ -93,18 +93,18 @@ pub struct Topology {
 impl Topology {
     /// Loads and validates a topology file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (raw, text) = tierwatch_yamlconf::load::<RawTopology>(path)?;
-        Self::build(raw, path, &text)
+        let (raw, text, problems) = tierwatch_yamlconf::load_all::<RawTopology>(path)?;
+        Self::build(raw, path, &text, problems)
     }
 
     /// Parses and validates topology text (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw = tierwatch_yamlconf::parse::<RawTopology>(file, text)?;
-        Self::build(raw, file, text)
+        let (raw, problems) = tierwatch_yamlconf::parse_all::<RawTopology>(file, text)?;
+        Self::build(raw, file, text, problems)
     }
 
-    fn build(raw: RawTopology, file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut problems = Problems::default();
+    /// Validates `raw`; `problems` holds the file's type errors already.
+    fn build(raw: RawTopology, file: &Path, text: &str, mut problems: Problems) -> Result<Self, ConfigError> {
         let mut index = HashMap::new();
         let mut ids = Vec::with_capacity(raw.nodes.len());
         for (i, n) in raw.nodes.iter().enumerate() {

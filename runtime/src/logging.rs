@@ -37,13 +37,21 @@ pub fn init(format: LogFormat, level: &str) -> LogLevel {
     let filter = from_env.or_else(|| EnvFilter::try_new(level).ok()).unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"));
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     // A second init (tests) is harmless: keep the first subscriber.
     let installed = match format {
         LogFormat::Text => registry.with(text).try_init(),
         LogFormat::Json => registry.with(text.json().flatten_event(true)).try_init(),
     };
     LogLevel { handle: installed.is_ok().then_some(handle), pinned, current: Arc::new(Mutex::new(level.to_string())) }
+}
+
+/// Whether text logs carry ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org). The
+/// journal and log files get plain text.
+pub fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The running log filter, changeable without a restart.
@@ -72,5 +80,18 @@ impl LogLevel {
             }
             Err(e) => tracing::warn!(error = %e, "log level could not be changed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a file or the journal gets plain text");
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR does not count");
     }
 }

@@ -408,7 +408,10 @@ fn fresh_data_is_back_within_seconds_of_a_restore() -> anyhow::Result<()> {
         stored(&tw).get(before).copied()
     })?;
     let took = restored.elapsed();
-    eprintln!("60 s cut: first batch stored {took:?} after the restore, sealed at restore {:+} ms", first - restored_ms);
+    eprintln!(
+        "60 s cut: first batch stored {took:?} after the restore, sealed at restore {:+} ms",
+        first - restored_ms
+    );
     assert!(took <= Duration::from_secs(3), "the first batch after the restore took {took:?}");
     // The fresh one, not the backlog: sealed within the last push interval.
     assert!(first >= restored_ms - push.as_millis() as i64 - 1000, "first stored was from the backlog ({first})");

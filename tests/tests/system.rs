@@ -140,6 +140,14 @@ fn agents_push_over_mtls_and_appear_with_identity_labels() -> anyhow::Result<()>
         let icmp = r#"tierwatch_probe_success{node="nui-cam",parent="an-giang",probe="icmp",province="an-giang",target="provincial-gateway",tier="commune"} 1"#;
         assert!(metrics.contains(icmp), "missing {icmp}");
         assert!(metrics.contains(r#"tierwatch_icmp_rtt_median_seconds{node="nui-cam",parent="an-giang",province="an-giang",target="provincial-gateway",tier="commune"}"#));
+        // The API carries the link's figures with the probe's result (issue 18).
+        let gw = probe("provincial-gateway");
+        assert_eq!(gw["success"], true, "{gw}");
+        let rtt = gw["rtt_median_seconds"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..0.1).contains(&rtt), "{gw}");
+        assert_eq!(gw["loss_ratio"].as_f64(), Some(0.0), "{gw}");
+        assert!(gw["jitter_seconds"].as_f64().is_some_and(|j| j >= 0.0), "{gw}");
+        assert!(probe("portal").get("rtt_median_seconds").is_none(), "only ICMP probes carry link figures");
     } else {
         eprintln!("NOTE: not root: ICMP series not checked (the agent reports why it has no ICMP socket)");
     }
@@ -241,6 +249,85 @@ fn check_config_names_file_line_column_and_key() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3:11: nodes[0].tier: unknown variant `provnce`", topo.display())), "{err}");
+    Ok(())
+}
+
+/// Issue 18: one run of `check-config` names every problem of every file,
+/// type errors included, each once, at the line and list position of the
+/// file as written.
+#[test]
+fn check_config_reports_every_problem_of_every_file_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(
+        &file,
+        "node: nui-cam\ncollector:\n  endpoints: [\"https://c:7443\"]\n  ca: a\n  cert: b\n  key: c\n  push_interval: often\n\
+         targets:\n  - name: gw\n    probe: icmp\n    host: 10.0.0.1\n    count: many\n\
+         \x20 - name: web\n    probe: tcp\n    host: 10.0.0.2\n    prot: 80\n\
+         \x20 - name: dns\n    probe: tcp\n    host: 10.0.0.3\n\
+         \x20 - name: gw\n    probe: tcp\n    host: 10.0.0.4\n    port: 22\n",
+    )?;
+    let out = run(Command::new(bin("tierwatch-agent")).arg("check-config").arg(&file))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    for want in [
+        ":7:18: collector.push_interval: invalid duration \"often\"",
+        // After the first, a type error is located at its key.
+        ":12:5: targets[0].count: invalid type",
+        ":16:5: targets[1].prot: unknown field `prot`",
+        // Semantic problems of the targets that parsed, at their own positions
+        // (the misspelt key left the target without its port).
+        "targets[1].port: tcp probes need a port",
+        "targets[2].port: tcp probes need a port",
+        "targets[3].name: duplicate",
+        "collector.ca: file",
+    ] {
+        assert_eq!(err.matches(want).count(), 1, "want {want:?} once in:\n{err}");
+    }
+    // Consequences of a removal are not news.
+    assert!(!err.contains("missing field"), "{err}");
+
+    let topo = dir.path().join("topology.yaml");
+    std::fs::write(
+        &topo,
+        "nodes:\n  - id: a\n    tier: provnce\n    name: A\n  - id: b\n    tier: commune\n    name: B\n    parnet: a\n",
+    )?;
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "flapping: {opens: lots}\n")?;
+    let coll = dir.path().join("collector.yaml");
+    std::fs::write(&coll, "topology: topology.yaml\nrules: rules.yaml\ningest:\n  ca: x\n  cert: y\n  key: z\n  max_body_bytes: big\nstale_after: soon\n")?;
+    let out = run(Command::new(bin("tierwatch-collector")).arg("check-config").arg(&coll))?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    for want in [
+        "collector.yaml:7:19: ingest.max_body_bytes: invalid type",
+        "collector.yaml:8:1: stale_after: invalid duration",
+        "collector.yaml:4:3: ingest.ca: file",
+        "topology.yaml:3:11: nodes[0].tier: unknown variant `provnce`",
+        "topology.yaml:8:5: nodes[1].parnet: unknown field `parnet`",
+        "rules.yaml:1:",
+    ] {
+        assert_eq!(err.matches(want).count(), 1, "want {want:?} once in:\n{err}");
+    }
+    Ok(())
+}
+
+/// Issue 18: text logs carry no ANSI colour codes when stderr is a file or
+/// the journal (nor with `NO_COLOR` on a terminal).
+#[test]
+fn text_logs_to_a_file_carry_no_colour() -> anyhow::Result<()> {
+    let lb = tierwatch_tests::loopback::Loopback::new()?;
+    let cfg = lb.agent_config("nui-cam", "1s", "", None, "")?;
+    let mut cmd = Command::new(bin("tierwatch-agent"));
+    cmd.args(["--config", cfg.to_str().unwrap_or_default()]).stdout(std::process::Stdio::null());
+    let mut agent = Proc::spawn_command("agent", &mut cmd, &lb.path("agent.log"))?;
+    wait_for(Duration::from_secs(10), "the agent running", || {
+        agent.log_text().contains("agent running").then_some(())
+    })?;
+    agent.terminate(Duration::from_secs(10))?;
+    let text = agent.log_text();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\x1b'), "ANSI codes in a log file:\n{text}");
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 mod locate;
+mod repair;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -62,9 +63,18 @@ impl ConfigError {
     }
 }
 
-/// Semantic problems found after parsing, collected rather than returned one at a time.
+/// Semantic problems found after parsing, collected rather than returned
+/// one at a time; they start with the file's type errors when it was read
+/// with [`load_all`] or [`parse_all`].
 #[derive(Debug, Default)]
-pub struct Problems(Vec<(String, String)>);
+pub struct Problems(Vec<(String, String)>, TypeErrors);
+
+/// Type errors found by [`parse_all`], and what was removed to find them.
+#[derive(Debug, Default)]
+struct TypeErrors {
+    located: Vec<Problem>,
+    removed: repair::Removed,
+}
 
 impl Problems {
     /// Records that the value at `path` is wrong because of `message`.
@@ -72,14 +82,14 @@ impl Problems {
         self.0.push((path.into(), message.into()));
     }
 
-    /// True when nothing was recorded.
+    /// True when nothing was recorded (type errors included).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.located.is_empty()
     }
 
-    /// How many problems were recorded.
+    /// How many problems were recorded (type errors included).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() + self.1.located.len()
     }
 
     /// The problems as `(key path, message)`, for callers without a file (an API body).
@@ -92,7 +102,7 @@ impl Problems {
     /// was recorded is reported at `path`.
     pub fn into_value<T>(mut self, file: &Path, text: &str, path: &str, value: Option<T>) -> Result<T, ConfigError> {
         const MISSING: &str = "could not be loaded";
-        if value.is_none() && self.0.is_empty() {
+        if value.is_none() && self.is_empty() {
             self.push(path, MISSING);
         }
         self.into_result(file, text)?;
@@ -103,22 +113,29 @@ impl Problems {
     }
 
     /// Turns the recorded problems into an error located in `text`, or `Ok` when none.
+    /// Semantic problems inside something a type error removed are its
+    /// consequences and left out; the rest name the keys and list positions
+    /// of the file as written.
     pub fn into_result(self, file: &Path, text: &str) -> Result<(), ConfigError> {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
-        let problems = self
-            .0
-            .into_iter()
-            .map(|(path, message)| {
-                let (line, column) = match locate(text, &path) {
-                    Some((l, c)) => (Some(l), Some(c)),
-                    None => (None, None),
-                };
-                Problem { line, column, path, message }
-            })
-            .collect();
-        Err(ConfigError { file: file.to_path_buf(), problems })
+        let Problems(semantic, TypeErrors { mut located, removed }) = self;
+        for (path, message) in semantic {
+            let path = removed.original(&path);
+            if removed.covers(&path) {
+                continue;
+            }
+            let (line, column) = match locate(text, &path) {
+                Some((l, c)) => (Some(l), Some(c)),
+                None => (None, None),
+            };
+            located.push(Problem { line, column, path, message });
+        }
+        if located.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError { file: file.to_path_buf(), problems: located })
     }
 }
 
@@ -139,14 +156,50 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
     serde_yaml::from_str(text).map_err(|e| ConfigError::single(file, problem_from_yaml(&e)))
 }
 
-/// Reads and parses `file`; returns the value and the text (for locating later problems).
-pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+/// Parses `text` into `T` reporting every type error, not only the first:
+/// after each, the offending key or list element is taken out and the rest
+/// parsed again. When what is left parses, it is returned with the type
+/// errors already recorded in the [`Problems`], so the caller's semantic
+/// validation adds its own and every problem of the file is reported at
+/// once; when it cannot be repaired (a syntax error, a required section
+/// missing) the type errors found are the error.
+pub fn parse_all<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, Problems), ConfigError> {
+    let (value, found, removed) = repair::parse_all::<T>(text);
+    let located: Vec<Problem> = found
+        .into_iter()
+        .map(|f| {
+            let (line, column) = match f.location.or_else(|| locate(text, &f.original_path)) {
+                Some((l, c)) => (Some(l), Some(c)),
+                None => (None, None),
+            };
+            Problem { line, column, path: f.original_path, message: f.message }
+        })
+        .collect();
+    match value {
+        Some(v) => Ok((v, Problems(Vec::new(), TypeErrors { located, removed }))),
+        None => Err(ConfigError { file: file.to_path_buf(), problems: located }),
+    }
+}
+
+/// Reads `file` and parses it with [`parse_all`]; returns the text too (for locating later problems).
+pub fn load_all<T: DeserializeOwned>(file: &Path) -> Result<(T, String, Problems), ConfigError> {
+    let text = read(file)?;
+    let (value, problems) = parse_all(file, &text)?;
+    Ok((value, text, problems))
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| {
         ConfigError::single(
             file,
             Problem { line: None, column: None, path: String::new(), message: format!("cannot read: {e}") },
         )
-    })?;
+    })
+}
+
+/// Reads and parses `file`; returns the value and the text (for locating later problems).
+pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
+    let text = read(file)?;
     let value = parse(file, &text)?;
     Ok((value, text))
 }

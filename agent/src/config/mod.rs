@@ -294,26 +294,32 @@ impl Config {
     /// Loads and validates `file`, its TLS material included, reporting
     /// every problem at once.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
-        Self::from_raw(raw, file, &text, true)
+        let (raw, text, p) = tierwatch_yamlconf::load_all::<RawConfig>(file)?;
+        Self::from_raw(raw, file, &text, true, p)
     }
 
     /// [`Config::load`] without loading the certificate and key: for running
     /// one probe by hand (`tierwatch-agent probe`), which pushes nothing and
     /// must work on a node whose certificate is the problem.
     pub fn load_without_tls(file: &Path) -> Result<Config, ConfigError> {
-        let (raw, text) = tierwatch_yamlconf::load::<RawConfig>(file)?;
-        Self::from_raw(raw, file, &text, false)
+        let (raw, text, p) = tierwatch_yamlconf::load_all::<RawConfig>(file)?;
+        Self::from_raw(raw, file, &text, false, p)
     }
 
     /// Parses and validates config text (`file` names it in errors, and anchors relative paths).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw = tierwatch_yamlconf::parse::<RawConfig>(file, text)?;
-        Self::from_raw(raw, file, text, true)
+        let (raw, p) = tierwatch_yamlconf::parse_all::<RawConfig>(file, text)?;
+        Self::from_raw(raw, file, text, true, p)
     }
 
-    fn from_raw(raw: RawConfig, file: &Path, text: &str, load_tls: bool) -> Result<Config, ConfigError> {
-        let mut p = Problems::default();
+    /// Validates `raw`; `p` holds the file's type errors already (all problems are reported together).
+    fn from_raw(
+        raw: RawConfig,
+        file: &Path,
+        text: &str,
+        load_tls: bool,
+        mut p: Problems,
+    ) -> Result<Config, ConfigError> {
         let node = NodeId::new(&raw.node).map_err(|e| p.push("node", e.to_string())).ok();
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
             p.push("log_level", format!("{:?} is not a log filter: {e}", raw.log_level));

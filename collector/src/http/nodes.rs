@@ -30,12 +30,19 @@ pub(crate) struct NodeStatus {
     pub probes: Vec<ProbeStatus>,
 }
 
-/// The last result of one probe of a node.
+/// The last result of one probe of a node; for ICMP with the link's
+/// figures of its last round (what a dashboard shows next to up or down).
 #[derive(Debug, Serialize)]
 pub(crate) struct ProbeStatus {
     pub probe: String,
     pub target: String,
     pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_median_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_seconds: Option<f64>,
 }
 
 /// Snapshot of every node's status at `now_ms`.
@@ -68,12 +75,36 @@ pub(crate) fn node_statuses(s: &Http, now_ms: i64) -> Vec<NodeStatus> {
 }
 
 fn probe_statuses(st: &crate::store::NodeState, stale_before: i64) -> Vec<ProbeStatus> {
+    use tierwatch_protocol::catalogue::{ICMP_JITTER, ICMP_LOSS, ICMP_RTT_MEDIAN, PROBE_SUCCESS};
+    let label = |labels: &[tierwatch_protocol::Label], n: &str| {
+        labels.iter().find(|l| l.name == n).map(|l| l.value.clone()).unwrap_or_default()
+    };
+    // Per target: (median RTT, loss, jitter) of its last ICMP round.
+    let mut link: std::collections::HashMap<String, [Option<f64>; 3]> = std::collections::HashMap::new();
+    for ((name, labels), v) in st.fresh_series(stale_before) {
+        let slot = match name.as_str() {
+            n if n == ICMP_RTT_MEDIAN.name => 0,
+            n if n == ICMP_LOSS.name => 1,
+            n if n == ICMP_JITTER.name => 2,
+            _ => continue,
+        };
+        link.entry(label(labels, "target")).or_default()[slot] = Some(v.value);
+    }
     let mut probes: Vec<ProbeStatus> = st
         .fresh_series(stale_before)
-        .filter(|((name, _), _)| name == tierwatch_protocol::catalogue::PROBE_SUCCESS.name)
+        .filter(|((name, _), _)| name == PROBE_SUCCESS.name)
         .map(|((_, labels), v)| {
-            let get = |n: &str| labels.iter().find(|l| l.name == n).map(|l| l.value.clone()).unwrap_or_default();
-            ProbeStatus { probe: get("probe"), target: get("target"), success: v.value >= 1.0 }
+            let (probe, target) = (label(labels, "probe"), label(labels, "target"));
+            let [rtt, loss, jitter] =
+                if probe == "icmp" { link.get(&target).copied().unwrap_or_default() } else { [None; 3] };
+            ProbeStatus {
+                probe,
+                target,
+                success: v.value >= 1.0,
+                rtt_median_seconds: rtt,
+                loss_ratio: loss,
+                jitter_seconds: jitter,
+            }
         })
         .collect();
     probes.sort_by(|a, b| a.target.cmp(&b.target));

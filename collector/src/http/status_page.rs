@@ -306,7 +306,14 @@ mod tests {
             agent_version: None,
             last_sequence: None,
             series: 0,
-            probes: vec![ProbeStatus { probe: "http".into(), target: "portal".into(), success: id != "b" }],
+            probes: vec![ProbeStatus {
+                probe: "http".into(),
+                target: "portal".into(),
+                success: id != "b",
+                rtt_median_seconds: None,
+                loss_ratio: None,
+                jitter_seconds: None,
+            }],
         }
     }
 

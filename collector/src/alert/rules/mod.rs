@@ -133,14 +133,14 @@ pub(super) fn name_ok(s: &str) -> bool {
 impl Rules {
     /// Loads and validates `file`, every problem with its line.
     pub fn load(file: &Path, locale: Locale) -> Result<Rules, ConfigError> {
-        let (raw, text) = tierwatch_yamlconf::load::<RawRules>(file)?;
-        validate::rules(raw, file, &text, locale)
+        let (raw, text, p) = tierwatch_yamlconf::load_all::<RawRules>(file)?;
+        validate::rules(raw, file, &text, locale, p)
     }
 
     /// Parses and validates rules text (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Rules, ConfigError> {
-        let raw = tierwatch_yamlconf::parse::<RawRules>(file, text)?;
-        validate::rules(raw, file, text, Locale::default())
+        let (raw, p) = tierwatch_yamlconf::parse_all::<RawRules>(file, text)?;
+        validate::rules(raw, file, text, Locale::default(), p)
     }
 }
 

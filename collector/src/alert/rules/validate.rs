@@ -15,8 +15,14 @@ use crate::alert::flap::FlapPolicy;
 use crate::i18n::{Language, Locale};
 
 /// Validates the whole file.
-pub(super) fn rules(raw: RawRules, file: &Path, text: &str, locale: Locale) -> Result<Rules, ConfigError> {
-    let mut p = Problems::default();
+/// Validates `raw`; `p` holds the file's type errors already.
+pub(super) fn rules(
+    raw: RawRules,
+    file: &Path,
+    text: &str,
+    locale: Locale,
+    mut p: Problems,
+) -> Result<Rules, ConfigError> {
     let mut names = HashSet::new();
     let mut rules = Vec::new();
     if raw.grouping.min_children < 2 {
