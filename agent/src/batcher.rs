@@ -159,8 +159,15 @@ impl Open {
         let sequence = self.sequence;
         self.sequence += 1;
         let next = envelope(&self.stamp, self.sequence).encode_to_vec();
-        if self.writer.send(Command::Seal { body, created_ms: now, sequence, next }).await.is_err() {
-            tracing::error!(sequence, "spool writer stopped; batch lost");
+        if let Err(e) = self.writer.send(Command::Seal { body, created_ms: now, sequence, next }).await {
+            // The writer thread is gone (it panicked): append directly, as
+            // the spool always can, so no batch is lost; only the journal is.
+            let Command::Seal { body, .. } = e.0 else { return };
+            let s = self.spool.clone();
+            tracing::error!(sequence, "spool writer stopped; batch appended without it");
+            if tokio::task::spawn_blocking(move || s.append(body, now)).await.is_err() {
+                tracing::error!(sequence, "spool task failed; batch lost");
+            }
         }
     }
 }

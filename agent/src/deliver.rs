@@ -7,8 +7,10 @@
 //! jitter; every attempt then carries the newest batch. The backoff is cut
 //! short when the path is back: after a failure before any connection stood,
 //! a bare TCP connection attempt every second tells when it returns; a fresh
-//! batch waiting also ends the wait (at most one attempt a second). A
-//! collector that answers and then fails (TLS, 5xx) gets the full backoff.
+//! batch waiting also ends the wait (at most one attempt a second, and the
+//! backoff never exceeds a push interval anyway). A collector that answers
+//! and then fails (TLS, 5xx) gets no connection checks: nothing but the
+//! next attempt, at the backoff's pace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +85,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 async fn back_off(
     wait: Duration,
     unreachable: bool,
-    pusher: &Pusher,
+    pusher: &mut Pusher,
     live: &mut tokio::sync::watch::Receiver<Option<Live>>,
     token: &CancellationToken,
 ) -> bool {
@@ -218,7 +220,7 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 let wait = backoff.next_wait();
                 let unreachable = matches!(e, PushError::Transient { unreachable: true, .. });
                 PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
-                if back_off(wait, unreachable, &dest.pusher, &mut live_rx, &token).await {
+                if back_off(wait, unreachable, &mut dest.pusher, &mut live_rx, &token).await {
                     return;
                 }
             }
@@ -249,12 +251,12 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let p = pusher(port);
+        let mut p = pusher(port);
         let (_tx, mut live) = tokio::sync::watch::channel(None);
         let token = CancellationToken::new();
         let started = Instant::now();
         let back = tokio::spawn(async move {
-            let cancelled = back_off(Duration::from_secs(10), true, &p, &mut live, &token).await;
+            let cancelled = back_off(Duration::from_secs(10), true, &mut p, &mut live, &token).await;
             (cancelled, started.elapsed())
         });
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -265,21 +267,21 @@ mod tests {
         drop(listener);
 
         // Not unreachable (it answered, then failed later): the wait is the backoff's.
-        let p = pusher(port);
+        let mut p = pusher(port);
         let (_tx, mut live) = tokio::sync::watch::channel(None);
         let t = Instant::now();
-        assert!(!back_off(Duration::from_millis(1200), false, &p, &mut live, &CancellationToken::new()).await);
+        assert!(!back_off(Duration::from_millis(1200), false, &mut p, &mut live, &CancellationToken::new()).await);
         assert!(t.elapsed() >= Duration::from_millis(1200));
     }
 
     /// New data cuts the wait short too, but not before a check interval.
     #[tokio::test]
     async fn fresh_data_cuts_the_backoff_short() {
-        let p = pusher(1);
+        let mut p = pusher(1);
         let (tx, mut live) = tokio::sync::watch::channel(None);
         let t = Instant::now();
         let back = tokio::spawn(async move {
-            back_off(Duration::from_secs(10), false, &p, &mut live, &CancellationToken::new()).await
+            back_off(Duration::from_secs(10), false, &mut p, &mut live, &CancellationToken::new()).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send_replace(Some(Live { id: 1, body: bytes::Bytes::new() }));

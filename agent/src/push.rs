@@ -137,11 +137,12 @@ impl Pusher {
     }
 
     /// Whether the endpoint the next push goes to accepts a TCP connection
-    /// within `within`: while backing off, a cheap sign the path is back
-    /// (no TLS handshake, nothing for the collector to verify).
-    pub async fn reachable(&self, within: Duration) -> bool {
-        let (host, port) = self.conns[self.current % self.conns.len()].peer();
-        matches!(tokio::time::timeout(within, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
+    /// within `within`: while backing off, a cheap sign the path is back.
+    /// The connection is kept for that next push, so the collector sees no
+    /// connection opened and dropped (it would count a failed handshake).
+    pub async fn reachable(&mut self, within: Duration) -> bool {
+        let i = self.current % self.conns.len();
+        self.conns[i].dial(within).await
     }
 }
 

@@ -63,12 +63,14 @@ pub struct HttpConn {
     tls: Option<Tls>,
     sender: Option<SendRequest<Full<Bytes>>>,
     phase: Phase,
+    /// A TCP connection [`HttpConn::dial`] opened, for the next request.
+    dialed: Option<TcpStream>,
 }
 
 impl HttpConn {
     /// A client for `host:port`; `tls` of `None` means plain HTTP.
     pub fn new(host: impl Into<String>, port: u16, tls: Option<Tls>) -> Self {
-        HttpConn { host: host.into(), port, tls, sender: None, phase: Phase::Connect }
+        HttpConn { host: host.into(), port, tls, sender: None, phase: Phase::Connect, dialed: None }
     }
 
     /// The phase the last exchange reached: where it failed, or where it
@@ -77,9 +79,18 @@ impl HttpConn {
         self.phase
     }
 
-    /// `host` and `port`, for a caller's own reachability check.
-    pub fn peer(&self) -> (&str, u16) {
-        (&self.host, self.port)
+    /// Opens a TCP connection within `within` and keeps it for the next
+    /// request: a cheap check that the server is reachable again which, when
+    /// it is, the request then uses, so the server never sees a connection
+    /// opened and dropped. True when it connected.
+    pub async fn dial(&mut self, within: std::time::Duration) -> bool {
+        match tokio::time::timeout(within, TcpStream::connect((self.host.as_str(), self.port))).await {
+            Ok(Ok(tcp)) => {
+                self.dialed = Some(tcp);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `host:port` as a Host header (IPv6 in brackets).
@@ -94,11 +105,15 @@ impl HttpConn {
     /// Drops the connection; the next request opens a new one.
     pub fn reset(&mut self) {
         self.sender = None;
+        self.dialed = None;
     }
 
     async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, String> {
         self.phase = Phase::Connect;
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = match self.dialed.take() {
+            Some(tcp) => tcp,
+            None => TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("connect: {e}"))?,
+        };
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = match &self.tls {
             Some(tls) => {

@@ -206,8 +206,9 @@ pub(super) fn validate(
                 );
             }
             let stall = t.stall.unwrap_or(DEFAULT_STALL);
-            if stall > Duration::from_secs(30) {
-                p.push(at("stall"), "must be at most 30s");
+            if stall < Duration::from_millis(250) || stall > Duration::from_secs(30) {
+                // Below a confirmation's round trip every slow reply would be a failure.
+                p.push(at("stall"), "must be between 250ms and 30s");
             }
             ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true), stall }
         }

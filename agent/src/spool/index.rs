@@ -67,6 +67,10 @@ pub(super) struct Inner {
     /// Per destination: no entry below this id is pending for it.
     pub(super) cursors: Vec<u64>,
     pub(super) ack_error_logged: bool,
+    /// Segments closed since the last commit, still to be synced (`fsync: always`).
+    pub(super) unsynced: Vec<File>,
+    /// A segment file was created since the last commit: the directory needs a sync.
+    pub(super) dir_dirty: bool,
 }
 
 pub(super) fn all_bits(n: usize) -> u32 {
@@ -123,9 +127,8 @@ impl Inner {
             let path = segment::path(&self.cfg.dir, id);
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             let len = file.metadata()?.len();
-            if self.cfg.fsync == FsyncPolicy::Always {
-                sync_dir(&self.cfg.dir)?;
-            }
+            // Its directory entry is synced by the next commit.
+            self.dir_dirty = true;
             self.segments.entry(id).or_insert(Segment { bytes: len, live: 0, reader: None });
             self.active = Some(Active { first_id: id, file, len });
         }
@@ -151,7 +154,10 @@ impl Inner {
     /// Closes the current segment; the next append starts a new one.
     pub(super) fn rotate(&mut self) -> io::Result<()> {
         if let Some(a) = self.active.take() {
-            a.file.sync_all()?;
+            // Synced by the next commit, off this (the writer's) path.
+            if self.cfg.fsync == FsyncPolicy::Always {
+                self.unsynced.push(a.file);
+            }
             if self.segments.get(&a.first_id).is_some_and(|s| s.live == 0) {
                 self.delete_segment(a.first_id);
             }

@@ -49,7 +49,10 @@ impl Journal {
     /// Starts generation `generation` with the batch's envelope `header`.
     pub fn create(dir: &Path, generation: u64, header: &[u8], now_ms: i64) -> io::Result<Journal> {
         let path = path(dir, generation);
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        // Append mode: after a failed write is cut back, the next one still
+        // lands at the end, leaving no hole for the scan to stop at.
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.set_len(0)?;
         let mut j = Journal { path, file, len: 0, next_index: 0 };
         j.add(header, now_ms)?;
         Ok(j)
@@ -87,8 +90,11 @@ impl Journal {
 #[derive(Debug)]
 pub struct Recovered {
     pub path: PathBuf,
-    /// The batch it holds: the envelope merged with every measurement.
+    /// The batch it holds: the envelope merged with every measurement;
+    /// `None` when there is no measurement, or no envelope (nothing to seal).
     pub batch: Option<Batch>,
+    /// Measurements were there but did not decode into a batch.
+    pub undecodable: bool,
     /// Measurements found (records after the envelope).
     pub measurements: usize,
     /// Bytes of a torn or damaged tail left out.
@@ -108,8 +114,15 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
     let mut found = Vec::new();
     for g in generations {
         let path = path(dir, g);
-        let file = File::open(&path)?;
-        let scan = segment::scan(&file, 0)?;
+        // One unreadable journal must not keep the agent from starting.
+        let scanned = File::open(&path).and_then(|file| segment::scan(&file, 0).map(|scan| (file, scan)));
+        let (file, scan) = match scanned {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "spool: a journal left open cannot be read; left in place");
+                continue;
+            }
+        };
         let cut = scan.file_len - scan.valid_len;
         let mut bytes = Vec::new();
         let mut latest = i64::MIN;
@@ -122,7 +135,8 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
         }
         let measurements = scan.records.len().saturating_sub(1);
         // Without its envelope a journal cannot be attributed; it has no measurement either way.
-        let batch = if scan.records.first().is_some_and(|r| r.id == 0) && measurements > 0 {
+        let enveloped = scan.records.first().is_some_and(|r| r.id == 0) && measurements > 0;
+        let batch = if enveloped {
             Batch::decode(bytes.as_slice()).ok().map(|mut b| {
                 b.created_ms = latest;
                 b
@@ -130,7 +144,8 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
         } else {
             None
         };
-        found.push(Recovered { path, batch, measurements, cut });
+        let undecodable = enveloped && batch.is_none();
+        found.push(Recovered { path, batch, undecodable, measurements, cut });
     }
     Ok((found, next))
 }

@@ -172,6 +172,11 @@ impl Spool {
             next_id = next_id.max(first).max(scan.records.last().map_or(0, |r| r.id + 1));
             segments.insert(first, Segment { bytes: scan.valid_len, live: scan.records.len(), reader: None });
         }
+        // Records are acknowledged before their group commit: after a power
+        // loss an acknowledgement may outlive its record. Ids are never
+        // handed out again, so such an acknowledgement can never apply to
+        // another batch.
+        next_id = next_id.max(ack_list.iter().map(|a| a.id.saturating_add(1)).max().unwrap_or(0));
         for a in &ack_list {
             let Some(e) = entries.get_mut(&a.id) else { continue };
             if a.dest == DROPPED {
@@ -192,6 +197,8 @@ impl Spool {
             disk_bytes: 0,
             memory: 0,
             ack_error_logged: false,
+            unsynced: Vec::new(),
+            dir_dirty: false,
         };
         let done: Vec<u64> = inner.entries.iter().filter(|(_, e)| e.pending == 0).map(|(&id, _)| id).collect();
         for id in done {
@@ -372,11 +379,25 @@ impl Spool {
     /// on while the disk works. Records in segments rotated away were synced
     /// when they were closed.
     pub fn commit(&self) -> io::Result<()> {
-        let handle = match &self.lock().active {
-            Some(a) => a.file.try_clone()?,
-            None => return Ok(()),
+        let (active, closed, dir) = {
+            let mut inner = self.lock();
+            let active = match &inner.active {
+                Some(a) => Some(a.file.try_clone()?),
+                None => None,
+            };
+            let dir = std::mem::take(&mut inner.dir_dirty).then(|| inner.cfg.dir.clone());
+            (active, std::mem::take(&mut inner.unsynced), dir)
         };
-        handle.sync_data()
+        for f in &closed {
+            f.sync_data()?;
+        }
+        if let Some(dir) = dir {
+            index::sync_dir(&dir)?;
+        }
+        match active {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Counts a commit that took `took`.
@@ -402,11 +423,7 @@ impl Spool {
 
     /// Flushes the current segment to disk (on shutdown).
     pub fn close(&self) -> io::Result<()> {
-        let inner = self.lock();
-        match &inner.active {
-            Some(a) => a.file.sync_all(),
-            None => Ok(()),
-        }
+        self.commit()
     }
 }
 

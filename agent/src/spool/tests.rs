@@ -57,6 +57,37 @@ fn unsent_batches_survive_reopen_and_acknowledged_ones_do_not() {
     assert!(segments(dir.path()) <= 2, "delivered segments are deleted");
 }
 
+/// Batches are acknowledged before their group commit: after a power loss
+/// an acknowledgement can outlive its record. Its id is never handed out
+/// again, so it cannot drop a new batch.
+#[test]
+fn an_acknowledgement_that_outlived_its_record_drops_no_new_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = {
+        let (s, _) = open(cfg(dir.path()), 1);
+        let a = s.append(body(1), now()).id();
+        let b = s.append(body(2), now()).id();
+        s.ack(0, b);
+        (a, b)
+    };
+    // Power loss: the second record never reached the disk, its ack did.
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension() == Some("seg".as_ref()))
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let one = segment::encode(first, 0, &body(1)).len() as u64;
+    assert!(len > one);
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(one).unwrap();
+    for round in 0..2 {
+        let (s, _) = open(cfg(dir.path()), 1);
+        let new = s.append(body(3), now()).id();
+        assert!(new > second, "round {round}: id {new} reused");
+        assert!(s.is_pending(0, new), "round {round}: the new batch is still to be sent");
+    }
+}
+
 #[test]
 fn backlog_is_oldest_first_per_destination() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,8 @@ struct Pending {
     /// Journals whose batch was sealed: removed once the next commit is done.
     retired: Vec<PathBuf>,
     dirty: bool,
+    /// A journal was created since the last commit: the directory needs a sync.
+    created: bool,
     stop: bool,
 }
 
@@ -79,6 +81,13 @@ pub fn recover(spool: &Spool, metrics: &Metrics) -> io::Result<u64> {
     let (found, next) = journal::recover(&dir)?;
     let mut resealed = Vec::new();
     for r in found {
+        if r.undecodable {
+            // Kept aside for a look, out of the way of the next start.
+            let aside = r.path.with_extension("jnl.damaged");
+            tracing::error!(file = %r.path.display(), moved_to = %aside.display(), measurements = r.measurements, "spool: a journal left open does not decode; its measurements are lost");
+            let _ = std::fs::rename(&r.path, &aside);
+            continue;
+        }
         if let Some(batch) = &r.batch {
             let body = Bytes::from(batch.encode_to_vec());
             let stored = spool.append(body, batch.created_ms);
@@ -101,7 +110,11 @@ pub fn recover(spool: &Spool, metrics: &Metrics) -> io::Result<u64> {
         resealed.push(r.path);
     }
     if spool.fsync() == FsyncPolicy::Always {
-        spool.commit()?;
+        if let Err(e) = spool.commit() {
+            // The journals stay: resealed (and recognised as copies) next time.
+            tracing::error!(error = %e, "spool: fdatasync of resealed batches failed");
+            return Ok(next);
+        }
     }
     for p in resealed {
         remove(&p);
@@ -170,14 +183,15 @@ impl Writer {
                 let handle = j.handle().ok();
                 self.journal = Some(j);
                 let mut p = self.committer.lock();
-                (p.journal, p.dirty) = (handle, true);
+                (p.journal, p.dirty, p.created) = (handle, true, true);
             }
             Err(e) => self.failed(&e, "starting"),
         }
     }
 
     fn add(&mut self, fragment: &[u8], at_ms: i64) {
-        let Some(j) = self.journal.as_mut() else { return };
+        // Nothing measured (an empty sample): nothing to keep.
+        let Some(j) = self.journal.as_mut().filter(|_| !fragment.is_empty()) else { return };
         match j.add(fragment, at_ms) {
             Ok(()) => {
                 self.failing = false;
@@ -245,7 +259,7 @@ fn write_loop(w: &mut Writer, mut rx: mpsc::Receiver<Command>) {
 
 fn commit_loop(c: &Committer, spool: &Spool, interval: Duration) {
     loop {
-        let (journal, retired, stop) = {
+        let (journal, created, retired, stop) = {
             let mut p = c.lock();
             if !p.stop {
                 p = c.wake.wait_timeout(p, interval).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
@@ -255,10 +269,14 @@ fn commit_loop(c: &Committer, spool: &Spool, interval: Duration) {
             }
             p.dirty = false;
             let journal = p.journal.as_ref().and_then(|f| f.try_clone().ok());
-            (journal, std::mem::take(&mut p.retired), p.stop)
+            (journal, std::mem::take(&mut p.created), std::mem::take(&mut p.retired), p.stop)
         };
         let started = std::time::Instant::now();
-        let done = spool.commit().and_then(|()| journal.as_ref().map_or(Ok(()), File::sync_data));
+        let done = spool
+            .commit()
+            .and_then(|()| journal.as_ref().map_or(Ok(()), File::sync_data))
+            // A new journal's directory entry, so power loss cannot lose the file itself.
+            .and_then(|()| if created { File::open(spool.dir())?.sync_all() } else { Ok(()) });
         match done {
             Ok(()) => {
                 spool.commit_done(started.elapsed());
@@ -270,7 +288,9 @@ fn commit_loop(c: &Committer, spool: &Spool, interval: Duration) {
             Err(e) => {
                 tracing::error!(error = %e, "spool: fdatasync failed; what was written is in the page cache only");
                 // Kept: resealed (and recognised as copies) if the machine loses power.
-                c.lock().retired.extend(retired);
+                let mut p = c.lock();
+                p.retired.extend(retired);
+                p.created |= created;
             }
         }
         if stop {

@@ -316,7 +316,8 @@ impl<S: IcmpSocket> IcmpEngine<S> {
             let mut send = None;
             match suspect {
                 Some(s) if now >= s + w.floor => {
-                    let index = round.iter().find(|r| r.1 >= s).map_or(round.len(), |r| r.0);
+                    let count = state.sent.lock().unwrap_or_else(|p| p.into_inner()).len();
+                    let index = round.iter().find(|r| r.1 >= s).map_or(count, |r| r.0);
                     let _ = w.silent.send(index);
                     report.silent_from = Some(index);
                     break;
