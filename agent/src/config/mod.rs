@@ -517,7 +517,13 @@ targets:
         assert_eq!(c.endpoints[0].port, 7443);
         assert_eq!(
             c.targets[0].spec,
-            ProbeSpec::Icmp { count: 20, spacing: Duration::from_millis(750), fast_down: true, stall: DEFAULT_STALL }
+            ProbeSpec::Icmp {
+                count: 20,
+                spacing: Duration::from_millis(750),
+                fast_down: true,
+                stall: DEFAULT_STALL,
+                keepalive: None
+            }
         );
         assert_eq!(c.targets[1].interval, Duration::from_secs(60));
         assert_eq!(c.ca, dir.path().join("ca.crt"));
@@ -580,5 +586,27 @@ targets:
         let text = text.replace("interval: 2s", "interval: 2s\n    spacing: 1s");
         let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
         assert!(err.contains("targets[0].spacing: 3 requests 1s apart plus the 2s timeout do not fit"), "{err}");
+    }
+
+    /// Keepalives by default only where a cut must page fast; `0s` turns them off.
+    #[test]
+    fn keepalives_default_to_fast_probed_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pki(dir.path());
+        let keepalive = |extra: &str| {
+            let text = GOOD.replace("    host: 10.1.0.1\n", &format!("    host: 10.1.0.1\n{extra}"));
+            let c = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap();
+            let ProbeSpec::Icmp { keepalive, stall, .. } = c.targets[0].spec else { panic!("icmp") };
+            assert_eq!(stall, DEFAULT_STALL);
+            keepalive
+        };
+        assert_eq!(keepalive("    interval: 5s\n"), Some(Duration::from_millis(500)));
+        assert_eq!(keepalive("    interval: 60s\n"), None);
+        assert_eq!(keepalive("    interval: 60s\n    keepalive: 1s\n"), Some(Duration::from_secs(1)));
+        assert_eq!(keepalive("    interval: 5s\n    keepalive: 0s\n"), None);
+        let text = GOOD.replace("    host: 10.1.0.1\n", "    host: 10.1.0.1\n    keepalive: 10ms\n    stall: 100ms\n");
+        let err = Config::parse(&dir.path().join("agent.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("targets[0].keepalive: must be 0s (none) or between 100ms and 10s"), "{err}");
+        assert!(err.contains("targets[0].stall: must be between 250ms and 30s"), "{err}");
     }
 }

@@ -17,6 +17,10 @@ use crate::probe::{ProbeKind, ProbeSpec, Target};
 
 /// A hold of every frame this long is no failure (`stall`).
 pub const DEFAULT_STALL: Duration = Duration::from_secs(1);
+/// The watch's keepalive gap by default (`keepalive`)...
+pub(super) const DEFAULT_KEEPALIVE: Duration = Duration::from_millis(500);
+/// ...for targets probed at least this often.
+pub(super) const KEEPALIVE_UP_TO: Duration = Duration::from_secs(10);
 
 /// One target as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,6 +63,11 @@ pub struct TargetSpec {
     /// link) before silence is a failure (icmp with fast_down, default 1s).
     #[serde(default, with = "duration::serde_opt")]
     pub stall: Option<Duration>,
+    /// With fast_down: the longest the watch lets pass without a request in
+    /// flight, adding keepalives between the round's own (icmp; default
+    /// 500ms for targets probed at least every 10s, else 0s: none).
+    #[serde(default, with = "duration::serde_opt")]
+    pub keepalive: Option<Duration>,
     /// URL to fetch (http): `http://` or `https://`.
     #[serde(default)]
     pub url: Option<String>,
@@ -110,6 +119,7 @@ fn applies(t: &TargetSpec) -> Vec<(&'static str, bool, &'static [ProbeKind])> {
         ("spacing", t.spacing.is_some(), &[Icmp]),
         ("fast_down", t.fast_down.is_some(), &[Icmp]),
         ("stall", t.stall.is_some(), &[Icmp]),
+        ("keepalive", t.keepalive.is_some(), &[Icmp]),
         ("defacement", t.defacement.is_some(), &[Http]),
         ("cloaking", t.cloaking.is_some(), &[Http]),
         ("url", t.url.is_some(), &[Http]),
@@ -210,7 +220,21 @@ pub(super) fn validate(
                 // Below a confirmation's round trip every slow reply would be a failure.
                 p.push(at("stall"), "must be between 250ms and 30s");
             }
-            ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true), stall }
+            // Keepalives double the echo requests of a target probed once a
+            // second; worth it where a cut must page within the alert goal
+            // (probed every 10 s or faster), not for a thousand targets
+            // probed once a minute.
+            let keepalive = match t.keepalive {
+                Some(k) if k.is_zero() => None,
+                Some(k) => {
+                    if k < Duration::from_millis(100) || k > Duration::from_secs(10) {
+                        p.push(at("keepalive"), "must be 0s (none) or between 100ms and 10s");
+                    }
+                    Some(k)
+                }
+                None => (interval <= KEEPALIVE_UP_TO).then_some(DEFAULT_KEEPALIVE),
+            };
+            ProbeSpec::Icmp { count, spacing, fast_down: t.fast_down.unwrap_or(true), stall, keepalive }
         }
         ProbeKind::Tcp => match t.port {
             Some(port) if port != 0 => ProbeSpec::Tcp { port },

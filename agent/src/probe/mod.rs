@@ -122,13 +122,13 @@ impl Prober {
         // Each kind's future is boxed: a thousand idle per-target tasks then
         // hold a small state machine, not the largest (HTTPS) one each.
         match &t.spec {
-            ProbeSpec::Icmp { count, spacing, fast_down, stall } => match resolve(&t.host).await {
+            ProbeSpec::Icmp { count, spacing, fast_down, stall, keepalive } => match resolve(&t.host).await {
                 Ok(ip) => {
                     out.note(|| format!("resolved {} to {ip}", t.host));
                     // Only a target that was up can fall silent early.
                     let early = match (&self.early, self.rtt.rto(t.timeout)) {
                         (Some(report), Some(rto)) if *fast_down && self.last_success == Some(true) => {
-                            Some(Early { rto, floor: self.rtt.floor(*stall), report })
+                            Some(Early { rto, floor: self.rtt.floor(*stall), keepalive: *keepalive, report })
                         }
                         _ => None,
                     };

@@ -38,12 +38,14 @@ impl ProbeKind {
 /// What one probe does, resolved from the target and the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeSpec {
-    /// `stall`: the longest hold of every frame that is not a failure (fast_down).
+    /// `stall`: the longest hold of every frame that is not a failure;
+    /// `keepalive`: the watch's longest gap without a request (fast_down).
     Icmp {
         count: u32,
         spacing: Duration,
         fast_down: bool,
         stall: Duration,
+        keepalive: Option<Duration>,
     },
     Tcp {
         port: u16,

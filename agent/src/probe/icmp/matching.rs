@@ -58,19 +58,28 @@ impl RoundState {
         }
     }
 
-    /// Every request sent so far: index, send time, and whether any reply
-    /// came back (in time or late).
-    pub(super) fn requests(&self) -> Vec<(usize, Instant, bool)> {
+    /// Calls `f` with each request sent so far: index, send time, and
+    /// whether any reply came back (in time or late). No allocation: the
+    /// watch asks several times a second for every target.
+    pub(super) fn each_request(&self, mut f: impl FnMut(usize, Instant, bool)) {
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         let late = self.heard_late.lock().unwrap_or_else(|p| p.into_inner());
-        sent.iter()
-            .enumerate()
-            .filter_map(|(i, t)| {
-                let heard = replies.get(i).is_some_and(Option::is_some) || late.get(i).copied().unwrap_or(false);
-                t.map(|t| (i, t, heard))
-            })
-            .collect()
+        for (i, t) in sent.iter().enumerate() {
+            if let Some(t) = *t {
+                f(i, t, replies.get(i).is_some_and(Option::is_some) || late.get(i).copied().unwrap_or(false));
+            }
+        }
+    }
+
+    /// Adds a request sent at `at` (the watch's own, whose number is not
+    /// known in advance); returns its index.
+    pub(super) fn push_request(&self, at: Instant) -> usize {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).push(None);
+        self.heard_late.lock().unwrap_or_else(|p| p.into_inner()).push(false);
+        sent.push(Some(at));
+        sent.len() - 1
     }
 }
 

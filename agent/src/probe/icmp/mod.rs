@@ -95,14 +95,16 @@ pub enum IcmpError {
 /// Meanwhile the watch keeps evidence coming: once a reply is overdue
 /// (`rto`, from the target's recent round trips) it sends confirmations at
 /// growing intervals (rto, 2 rto, 4 rto after the request), so a single lost
-/// packet is cleared within a round trip; and it sends a keepalive whenever
-/// no request went out for `gap`, so a cut is seen within `gap` of
-/// happening, not within the round's spacing. Worst case from a cut to the
-/// report: `gap` + `floor` (1.5 s + the peak RTT at the defaults).
+/// packet is cleared within a round trip; and (with a `gap`) it sends a
+/// keepalive whenever no request went out for `gap`, so a cut is seen within
+/// `gap` of happening, not within the round's spacing. Worst case from a
+/// cut to the report: `gap` (else the spacing) + `floor` (1.5 s + the peak
+/// RTT with the default keepalives).
 pub struct Watch {
     pub rto: Duration,
     pub floor: Duration,
-    pub gap: Duration,
+    /// `None`: no keepalives (the round's own requests only).
+    pub gap: Option<Duration>,
     /// Gets the index of the round's request from which the target fell
     /// silent (the number of requests when it was a keepalive after the last).
     pub silent: tokio::sync::oneshot::Sender<usize>,
@@ -295,7 +297,8 @@ impl<S: IcmpSocket> IcmpEngine<S> {
 
     /// Watches the round and the requests it adds; see [`Watch`].
     async fn watch(&self, family: &Family<S>, dest: IpAddr, state: &RoundState, w: Watch) -> WatchReport {
-        let extra = Arc::new(RoundState::new(MAX_WATCH_REQUESTS));
+        // Grown as the watch sends: most rounds add a few requests, many none.
+        let extra = Arc::new(RoundState::new(0));
         let mut added = 0usize;
         let mut seqs = Vec::new();
         let mut report = WatchReport::default();
@@ -305,19 +308,39 @@ impl<S: IcmpSocket> IcmpEngine<S> {
             let (main_progress, extra_progress) = (state.arrived.notified(), extra.arrived.notified());
             let finished = state.finished.load(Ordering::Acquire);
             let now = Instant::now();
-            let round = state.requests();
-            let mut all: Vec<(Instant, bool)> = round.iter().map(|&(_, at, heard)| (at, heard)).collect();
-            all.extend(extra.requests().into_iter().map(|(_, at, heard)| (at, heard)));
-            let last_heard = all.iter().filter(|r| r.1).map(|r| r.0).max();
+            let (mut last_heard, mut newest) = (None::<Instant>, None::<Instant>);
+            for s in [state, &*extra] {
+                s.each_request(|_, at, heard| {
+                    newest = newest.max(Some(at));
+                    if heard {
+                        last_heard = last_heard.max(Some(at));
+                    }
+                });
+            }
             // The first request after the last one answered: silence runs from there.
-            let suspect = all.iter().filter(|r| !r.1 && last_heard.is_none_or(|h| r.0 > h)).map(|r| r.0).min();
-            let newest = all.iter().map(|r| r.0).max();
+            let mut suspect = None::<Instant>;
+            for s in [state, &*extra] {
+                s.each_request(|_, at, heard| {
+                    if !heard && last_heard.is_none_or(|h| at > h) {
+                        suspect = Some(suspect.map_or(at, |x| x.min(at)));
+                    }
+                });
+            }
             let mut wake: Option<Instant> = None;
             let mut send = None;
             match suspect {
                 Some(s) if now >= s + w.floor => {
-                    let count = state.sent.lock().unwrap_or_else(|p| p.into_inner()).len();
-                    let index = round.iter().find(|r| r.1 >= s).map_or(count, |r| r.0);
+                    // The round's first request at or after it (its count when none).
+                    let mut index = None;
+                    let mut count = 0;
+                    state.each_request(|i, at, _| {
+                        count = count.max(i + 1);
+                        if at >= s && index.is_none() {
+                            index = Some(i);
+                        }
+                    });
+                    let count = count.max(state.sent.lock().unwrap_or_else(|p| p.into_inner()).len());
+                    let index = index.unwrap_or(count);
                     let _ = w.silent.send(index);
                     report.silent_from = Some(index);
                     break;
@@ -347,9 +370,9 @@ impl<S: IcmpSocket> IcmpEngine<S> {
             // one of its own requests goes out anyway.
             let next_own = *state.next_due.lock().unwrap_or_else(|p| p.into_inner());
             if send.is_none() && !finished {
-                if let Some(n) = newest {
-                    let due = n + w.gap;
-                    if next_own.is_some_and(|o| o < due + w.gap / 2) {
+                if let (Some(n), Some(gap)) = (newest, w.gap) {
+                    let due = n + gap;
+                    if next_own.is_some_and(|o| o < due + gap / 2) {
                         // The round's request is the keepalive.
                     } else if now >= due {
                         send = Some(&mut report.keepalives);
@@ -360,9 +383,9 @@ impl<S: IcmpSocket> IcmpEngine<S> {
             }
             if let Some(counter) = send.filter(|_| added < MAX_WATCH_REQUESTS) {
                 *counter += 1;
-                let seq = self.shared.register(dest, extra.clone(), added);
+                let index = extra.push_request(Instant::now());
+                let seq = self.shared.register(dest, extra.clone(), index);
                 seqs.push(seq);
-                extra.sent.lock().unwrap_or_else(|p| p.into_inner())[added] = Some(Instant::now());
                 added += 1;
                 let _ = self.shared.send(family, dest, seq).await;
                 continue;
@@ -550,7 +573,7 @@ mod tests {
 
     fn watch(floor: Duration) -> (Watch, tokio::sync::oneshot::Receiver<usize>) {
         let (silent, heard) = tokio::sync::oneshot::channel();
-        (Watch { rto: Duration::from_millis(250), floor, gap: Duration::from_millis(500), silent }, heard)
+        (Watch { rto: Duration::from_millis(250), floor, gap: Some(Duration::from_millis(500)), silent }, heard)
     }
 
     /// A target that stops answering is reported silent one silence floor

@@ -29,9 +29,6 @@ pub(crate) struct RttEstimate {
 /// Below this a reply is never called overdue: scheduling on a busy host,
 /// and the WAN's own queueing, take that much now and then.
 const MIN_RTO: Duration = Duration::from_millis(250);
-/// The watch sends a keepalive when no request went out for this long, so a
-/// cut is noticed within it even with requests a second apart.
-pub(crate) const KEEPALIVE_GAP: Duration = Duration::from_millis(500);
 
 impl RttEstimate {
     /// Takes one measured round trip; `stall` is the target's stall tolerance.
@@ -82,6 +79,8 @@ pub(in crate::probe) struct IcmpRound {
 pub(in crate::probe) struct Early<'a> {
     pub rto: Duration,
     pub floor: Duration,
+    /// The longest gap without a request in flight (keepalives); `None`: none.
+    pub keepalive: Option<Duration>,
     pub report: &'a EarlyReport,
 }
 
@@ -108,7 +107,7 @@ pub(in crate::probe) async fn icmp_round(
         format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
     });
     let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
-    let watch = early.as_ref().map(|e| Watch { rto: e.rto, floor: e.floor, gap: KEEPALIVE_GAP, silent: silent_tx });
+    let watch = early.as_ref().map(|e| Watch { rto: e.rto, floor: e.floor, gap: e.keepalive, silent: silent_tx });
     let running = engine.round(ip, count, spacing, timeout, watch);
     tokio::pin!(running);
     let mut early_ts = None;
