@@ -36,7 +36,7 @@ defs! {
     ICMP_SENT: "tierwatch_icmp_packets_sent", Gauge, "", ["target"],
         "Echo requests of the last ICMP round's own (the loss ratio's denominator).";
     ICMP_WATCH_SENT: "tierwatch_icmp_watch_packets_sent", Gauge, "", ["target", "purpose"],
-        "Echo requests the fast-down watch added to the last ICMP round: confirm (an overdue reply) or keepalive (none sent for 500 ms); outside the loss ratio.";
+        "Echo requests the fast-down watch added to the last ICMP round: confirm (an overdue reply) or keepalive (none sent for the keepalive gap); outside the loss ratio.";
     ICMP_RECEIVED: "tierwatch_icmp_packets_received", Gauge, "", ["target"],
         "Echo replies received in time in the last ICMP round.";
     ICMP_DUPLICATE: "tierwatch_icmp_packets_duplicate", Gauge, "", ["target"],

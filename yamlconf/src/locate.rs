@@ -3,12 +3,13 @@
 //! collections are not descended into; the deepest key found is returned.
 
 #[derive(Debug, Clone)]
-enum Segment<'a> {
+pub(crate) enum Segment<'a> {
     Key(&'a str),
     Index(usize),
 }
 
-fn segments(path: &str) -> Option<Vec<Segment<'_>>> {
+/// The keys and list indices of `path` (`targets[3].port`); `None` when an index is malformed.
+pub(crate) fn segments(path: &str) -> Option<Vec<Segment<'_>>> {
     let mut out = Vec::new();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (key, mut rest) = match part.find('[') {

@@ -19,24 +19,15 @@ enum Seg {
 }
 
 fn parse_path(path: &str) -> Vec<Seg> {
-    let mut out = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            out.push(Seg::Key(key.to_string()));
-        }
-        while let Some(r) = rest.strip_prefix('[') {
-            let Some(end) = r.find(']') else { break };
-            if let Ok(i) = r[..end].parse() {
-                out.push(Seg::Index(i));
-            }
-            rest = &r[end + 1..];
-        }
-    }
-    out
+    // serde_yaml writes well-formed paths; a malformed one names nothing.
+    super::locate::segments(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| match s {
+            super::locate::Segment::Key(k) => Seg::Key(k.to_string()),
+            super::locate::Segment::Index(i) => Seg::Index(i),
+        })
+        .collect()
 }
 
 fn render(segs: &[Seg]) -> String {
