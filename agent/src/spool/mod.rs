@@ -115,8 +115,9 @@ pub struct OpenReport {
 
 /// The spool. Cheap to share behind an `Arc`.
 pub struct Spool {
-    /// Held across `fdatasync`: only the batcher, the senders and the
-    /// watchdog's check take it, never `/healthz` or shutdown.
+    /// Never held across `fdatasync` of a record (the committer syncs a
+    /// clone); only the writer, the senders and the watchdog's check take
+    /// it, never `/healthz` or shutdown.
     inner: Mutex<Inner>,
     /// Published after every change, for readers that must not wait on the disk.
     oldest_ms: AtomicI64,
@@ -376,8 +377,9 @@ impl Spool {
 
     /// Makes every record appended so far durable (`fdatasync`) without
     /// holding the index meanwhile: appends, reads and acknowledgements go
-    /// on while the disk works. Records in segments rotated away were synced
-    /// when they were closed.
+    /// on while the disk works. Segments closed since the last commit and a
+    /// new segment's directory entry are synced first; what fails is kept
+    /// for the next commit.
     pub fn commit(&self) -> io::Result<()> {
         let (active, closed, dir) = {
             let mut inner = self.lock();
@@ -388,16 +390,25 @@ impl Spool {
             let dir = std::mem::take(&mut inner.dir_dirty).then(|| inner.cfg.dir.clone());
             (active, std::mem::take(&mut inner.unsynced), dir)
         };
-        for f in &closed {
-            f.sync_data()?;
-        }
-        if let Some(dir) = dir {
-            index::sync_dir(&dir)?;
+        let synced =
+            closed.iter().try_for_each(File::sync_data).and_then(|()| dir.as_deref().map_or(Ok(()), index::sync_dir));
+        if let Err(e) = synced {
+            // Still to do: the next commit tries again.
+            let mut inner = self.lock();
+            inner.unsynced.extend(closed);
+            inner.dir_dirty |= dir.is_some();
+            return Err(e);
         }
         match active {
             Some(f) => f.sync_data(),
             None => Ok(()),
         }
+    }
+
+    /// True when closed segments or a new directory entry wait for a commit.
+    pub fn needs_commit(&self) -> bool {
+        let inner = self.lock();
+        !inner.unsynced.is_empty() || inner.dir_dirty
     }
 
     /// Counts a commit that took `took`.

@@ -264,7 +264,8 @@ fn commit_loop(c: &Committer, spool: &Spool, interval: Duration) {
             if !p.stop {
                 p = c.wake.wait_timeout(p, interval).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             }
-            if !p.dirty && !p.stop {
+            // Segments rotated by a direct append (no journal) need it too.
+            if !p.dirty && !p.stop && !spool.needs_commit() {
                 continue;
             }
             p.dirty = false;
