@@ -233,13 +233,7 @@ mod tests {
     use super::*;
 
     fn pusher(port: u16) -> Pusher {
-        let tls = rustls::ClientConfig::builder_with_provider(tierwatch_runtime::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let ep = crate::push::parse_endpoint(&format!("https://127.0.0.1:{port}")).unwrap();
-        Pusher::new(vec![ep], None, Duration::from_secs(1), std::sync::Arc::new(tls))
+        crate::push::test_pusher(port, Duration::from_secs(1))
     }
 
     /// A collector that comes back is used within a check interval, not

@@ -146,18 +146,25 @@ impl Pusher {
     }
 }
 
+/// A pusher to `127.0.0.1:port` trusting nobody, for tests of what happens
+/// before a handshake could succeed.
+#[cfg(test)]
+pub(crate) fn test_pusher(port: u16, timeout: Duration) -> Pusher {
+    let tls = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let ep = parse_endpoint(&format!("https://127.0.0.1:{port}")).expect("a loopback endpoint");
+    Pusher::new(vec![ep], None, timeout, Arc::new(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pusher(port: u16) -> Pusher {
-        let tls = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let ep = parse_endpoint(&format!("https://127.0.0.1:{port}")).unwrap();
-        Pusher::new(vec![ep], None, Duration::from_millis(300), Arc::new(tls))
+        test_pusher(port, Duration::from_millis(300))
     }
 
     /// A failed push says where it failed, and whether a connection stood.

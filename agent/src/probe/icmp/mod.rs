@@ -332,15 +332,12 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                 Some(s) if now >= s + w.floor => {
                     // The round's first request at or after it (its count when none).
                     let mut index = None;
-                    let mut count = 0;
                     state.each_request(|i, at, _| {
-                        count = count.max(i + 1);
                         if at >= s && index.is_none() {
                             index = Some(i);
                         }
                     });
-                    let count = count.max(state.sent.lock().unwrap_or_else(|p| p.into_inner()).len());
-                    let index = index.unwrap_or(count);
+                    let index = index.unwrap_or_else(|| state.sent.lock().unwrap_or_else(|p| p.into_inner()).len());
                     let _ = w.silent.send(index);
                     report.silent_from = Some(index);
                     break;
