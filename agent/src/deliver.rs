@@ -78,43 +78,88 @@ impl ReplayCap {
 /// connection attempt checks whether the path is back (and its timeout).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Waits `wait` before the next attempt, cut short when the path is back:
-/// after an unreachable failure a TCP connection to the endpoint succeeds
-/// (tried every [`RECHECK`]), or a fresh batch arrived at least a
-/// [`RECHECK`] after the failed attempt. True when cancelled.
+/// How a backoff ended.
+#[derive(Debug)]
+enum Resume {
+    Cancelled,
+    /// Time for the next push.
+    Push,
+    /// The backoff ran out while every check failed: one more failed
+    /// attempt (this error), started at the instant given.
+    Unreachable(PushError, Instant),
+}
+
+/// Waits `wait` after a failed attempt that started at `attempted`.
+///
+/// After an `unreachable` failure (no TCP connection stood) the wait is a
+/// series of bare TCP connection attempts, one starting every [`RECHECK`]
+/// (the first a [`RECHECK`] after the failed attempt started, so at once
+/// after one that took seconds), each bounded by [`RECHECK`]: the first that
+/// succeeds ends the wait, and its socket carries the next push. A push is
+/// never what waits for the path: its connect could take the kernel's
+/// seconds of neighbour resolution to fail, and a restore during it would
+/// be seen only then. When the wait runs out with every check failed, that
+/// is a failed attempt of its own (logged and counted by the caller).
+///
+/// After any other failure (the collector answered, then failed) the wait
+/// is the backoff's, cut short by a fresh batch at least a [`RECHECK`]
+/// after the failure.
 async fn back_off(
     wait: Duration,
+    attempted: Instant,
     unreachable: bool,
     pusher: &mut Pusher,
     live: &mut tokio::sync::watch::Receiver<Option<Live>>,
     token: &CancellationToken,
-) -> bool {
+) -> Resume {
     let failed = Instant::now();
     let deadline = failed + wait;
+    if unreachable {
+        let mut check_at = attempted + RECHECK;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(check_at) => {}
+                _ = token.cancelled() => return Resume::Cancelled,
+            }
+            let started = Instant::now();
+            let checked = tokio::select! {
+                r = pusher.check(RECHECK) => r,
+                _ = token.cancelled() => return Resume::Cancelled,
+            };
+            tracing::debug!(
+                up = checked.is_ok(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "collector path checked"
+            );
+            match checked {
+                Ok(()) => return Resume::Push,
+                Err((e, _)) if Instant::now() >= deadline => return Resume::Unreachable(e, started),
+                // The kernel gave up resolving the next hop (its probes a
+                // second apart went unanswered): a new attempt starts a new
+                // resolution with a probe at once, which after a restore is
+                // answered; waiting out the pace would add up to a second.
+                // At most once per resolution cycle (seconds), so no spin.
+                Err((_, std::io::ErrorKind::HostUnreachable)) if started.elapsed() >= RECHECK / 4 => {
+                    check_at = Instant::now();
+                }
+                Err(_) => check_at = started + RECHECK,
+            }
+        }
+    }
     let mut fresh = false;
-    // Checks start one RECHECK after the failure and run at most once per RECHECK.
-    let mut check_at = failed + RECHECK;
     loop {
         let now = Instant::now();
         if now >= deadline || (fresh && now >= failed + RECHECK) {
-            return false;
+            return Resume::Push;
         }
-        let next = if unreachable || fresh { deadline.min(check_at.max(now)) } else { deadline };
+        let next = if fresh { failed + RECHECK } else { deadline };
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
-                if unreachable && next < deadline {
-                    check_at = next + RECHECK;
-                    tokio::select! {
-                        up = pusher.reachable(RECHECK) => if up { return false },
-                        _ = token.cancelled() => return true,
-                    }
-                }
-            }
+            _ = tokio::time::sleep_until(next) => {}
             r = live.changed(), if !fresh => match r {
                 Ok(()) => fresh = true,
-                Err(_) => return true,
+                Err(_) => return Resume::Cancelled,
             },
-            _ = token.cancelled() => return true,
+            _ = token.cancelled() => return Resume::Cancelled,
         }
     }
 }
@@ -195,6 +240,7 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 }
             }
         };
+        let attempted = Instant::now();
         let result = tokio::select! {
             r = dest.pusher.push(body) => r,
             _ = token.cancelled() => return,
@@ -216,12 +262,17 @@ pub async fn run(mut dest: Destination, spool: Arc<Spool>, cap: u64, metrics: Me
                 let s = spool.clone();
                 blocking(move || s.refuse(idx, id)).await;
             }
-            Err(e @ PushError::Transient { .. }) => {
-                let wait = backoff.next_wait();
-                let unreachable = matches!(e, PushError::Transient { unreachable: true, .. });
-                PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
-                if back_off(wait, unreachable, &mut dest.pusher, &mut live_rx, &token).await {
-                    return;
+            Err(mut e @ PushError::Transient { .. }) => {
+                let mut attempted = attempted;
+                loop {
+                    let wait = backoff.next_wait();
+                    let unreachable = matches!(e, PushError::Transient { unreachable: true, .. });
+                    PushFailed { destination: &dest.name, id, backlog, error: &e, retry_in: wait }.emit(&metrics);
+                    match back_off(wait, attempted, unreachable, &mut dest.pusher, &mut live_rx, &token).await {
+                        Resume::Cancelled => return,
+                        Resume::Push => break,
+                        Resume::Unreachable(again, at) => (e, attempted) = (again, at),
+                    }
                 }
             }
         }
@@ -237,8 +288,8 @@ mod tests {
     }
 
     /// A collector that comes back is used within a check interval, not
-    /// after the rest of the backoff; one that refuses at TLS is not
-    /// hammered: the backoff runs its course.
+    /// after the rest of the backoff; one that answered and then failed is
+    /// not hammered: the backoff runs its course.
     #[tokio::test]
     async fn the_backoff_is_cut_short_when_the_path_is_back() {
         let port = {
@@ -250,13 +301,13 @@ mod tests {
         let token = CancellationToken::new();
         let started = Instant::now();
         let back = tokio::spawn(async move {
-            let cancelled = back_off(Duration::from_secs(10), true, &mut p, &mut live, &token).await;
-            (cancelled, started.elapsed())
+            let r = back_off(Duration::from_secs(10), started, true, &mut p, &mut live, &token).await;
+            (r, started.elapsed())
         });
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let (cancelled, took) = back.await.unwrap();
-        assert!(!cancelled);
+        let (r, took) = back.await.unwrap();
+        assert!(matches!(r, Resume::Push), "{r:?}");
         assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2700), "{took:?}");
         drop(listener);
 
@@ -264,8 +315,34 @@ mod tests {
         let mut p = pusher(port);
         let (_tx, mut live) = tokio::sync::watch::channel(None);
         let t = Instant::now();
-        assert!(!back_off(Duration::from_millis(1200), false, &mut p, &mut live, &CancellationToken::new()).await);
+        let r = back_off(Duration::from_millis(1200), t, false, &mut p, &mut live, &CancellationToken::new()).await;
+        assert!(matches!(r, Resume::Push), "{r:?}");
         assert!(t.elapsed() >= Duration::from_millis(1200));
+    }
+
+    /// Checks run one a second from the start of the failed attempt: after a
+    /// push that took seconds to fail, the first check is at once; when the
+    /// backoff runs out with every check failed, that is a failed attempt
+    /// of its own, naming the check's error.
+    #[tokio::test]
+    async fn checks_are_paced_from_the_attempt_and_a_failed_wait_is_an_attempt() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut p = pusher(port);
+        let (_tx, mut live) = tokio::sync::watch::channel(None);
+        let token = CancellationToken::new();
+        let t = Instant::now();
+        let long_ago = t - Duration::from_secs(3);
+        let r = back_off(Duration::from_millis(2500), long_ago, true, &mut p, &mut live, &token).await;
+        let took = t.elapsed();
+        // Checks at 0, 1 and 2 s fail at once (refused); the first one past the wait, at 3 s, ends it.
+        assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3600), "{took:?}");
+        match r {
+            Resume::Unreachable(PushError::Transient { unreachable: true, reason, .. }, at) => {
+                assert!(reason.starts_with("connect:"), "{reason}");
+                assert!(at.duration_since(t) >= Duration::from_secs(3), "{:?}", at.duration_since(t));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// New data cuts the wait short too, but not before a check interval.
@@ -275,11 +352,11 @@ mod tests {
         let (tx, mut live) = tokio::sync::watch::channel(None);
         let t = Instant::now();
         let back = tokio::spawn(async move {
-            back_off(Duration::from_secs(10), false, &mut p, &mut live, &CancellationToken::new()).await
+            back_off(Duration::from_secs(10), t, false, &mut p, &mut live, &CancellationToken::new()).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send_replace(Some(Live { id: 1, body: bytes::Bytes::new() }));
-        assert!(!back.await.unwrap());
+        assert!(matches!(back.await.unwrap(), Resume::Push));
         let took = t.elapsed();
         assert!(took >= RECHECK && took < RECHECK + Duration::from_millis(500), "{took:?}");
     }

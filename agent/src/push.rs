@@ -140,9 +140,19 @@ impl Pusher {
     /// within `within`: while backing off, a cheap sign the path is back.
     /// The connection is kept for that next push, so the collector sees no
     /// connection opened and dropped (it would count a failed handshake).
-    pub async fn reachable(&mut self, within: Duration) -> bool {
+    /// On failure the next check (and push) tries the next endpoint; the
+    /// error's kind comes along (a failed neighbour resolution is
+    /// `HostUnreachable`).
+    pub async fn check(&mut self, within: Duration) -> Result<(), (PushError, std::io::ErrorKind)> {
         let i = self.current % self.conns.len();
-        self.conns[i].dial(within).await
+        self.conns[i].dial(within).await.map_err(|e| {
+            self.current = (self.current + 1) % self.endpoints.len();
+            let reason = match e.kind() {
+                std::io::ErrorKind::TimedOut => e.to_string(),
+                _ => format!("connect: {e}"),
+            };
+            (PushError::Transient { endpoint: self.endpoints[i].url.clone(), reason, unreachable: true }, e.kind())
+        })
     }
 }
 

@@ -82,14 +82,17 @@ impl HttpConn {
     /// Opens a TCP connection within `within` and keeps it for the next
     /// request: a cheap check that the server is reachable again which, when
     /// it is, the request then uses, so the server never sees a connection
-    /// opened and dropped. True when it connected.
-    pub async fn dial(&mut self, within: std::time::Duration) -> bool {
+    /// opened and dropped. A timeout is an error of kind `TimedOut`.
+    pub async fn dial(&mut self, within: std::time::Duration) -> std::io::Result<()> {
         match tokio::time::timeout(within, TcpStream::connect((self.host.as_str(), self.port))).await {
             Ok(Ok(tcp)) => {
                 self.dialed = Some(tcp);
-                true
+                Ok(())
             }
-            _ => false,
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TCP connection within {within:?}")))
+            }
         }
     }
 

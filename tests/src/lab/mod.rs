@@ -177,6 +177,8 @@ pub struct Link {
     pub name: String,
     /// Namespace and interface at the upper end (province, or central), where rate limits apply.
     upper: (Netns, String),
+    /// Namespace and interface at the lower end (the commune, or the province).
+    lower: (Netns, String),
     middle: Netns,
     bridge: Child,
     control: ChildStdin,
@@ -226,6 +228,15 @@ impl Link {
             self.middle.ip(&["link", "set", "dev", dev, state])?;
         }
         Ok(())
+    }
+
+    /// Whether the lower end has resolved the upper end's address again
+    /// (its neighbour entry holds a MAC): after a cut, the first moment IP
+    /// crosses the link. The kernel may take seconds after [`Link::set_up`]:
+    /// a resolution that started during the cut runs out first.
+    pub fn resolved(&self) -> anyhow::Result<bool> {
+        let (ns, dev) = &self.lower;
+        Ok(ns.ip(&["neigh", "show", "dev", dev])?.contains("lladdr"))
     }
 
     /// Limits the rate towards the lower end with a token bucket (tc tbf), or removes the limit.
@@ -432,6 +443,7 @@ impl Lab {
         Ok(Link {
             name: name.to_string(),
             upper: (upper.0.clone(), upper.1.to_string()),
+            lower: (lower.0.clone(), lower.1.to_string()),
             middle,
             bridge: child,
             control,

@@ -199,7 +199,7 @@ impl Lab {
              \x20 - name: provincial-gateway\n    probe: icmp\n    host: {gateway}\n\
              \x20 - name: provincial-service\n    probe: tcp\n    host: {service}\n    port: {SERVICE_PORT}\n{extra}",
             id = node.id,
-            level = if spec.log_batches { "info,tierwatch_agent::spool::writer=debug" } else { "info" },
+            level = if spec.log_batches { "info,tierwatch_agent::spool::writer=debug,tierwatch_agent::deliver=debug" } else { "info" },
             push = ms(spec.push_interval),
             interval = ms(spec.probe_interval),
             timeout = ms(spec.probe_timeout),
