@@ -20,6 +20,10 @@ pub struct SeriesValue {
     pub value: f64,
     /// When the agent measured it.
     pub timestamp_ms: i64,
+    /// When the agent measured the point before it (equal to
+    /// `timestamp_ms` for a series' first point): the round that produced
+    /// this value ran within `(previous_ms, timestamp_ms]`.
+    pub previous_ms: i64,
     /// When the collector last received a point for it (collector clock).
     pub refreshed_ms: i64,
 }
@@ -151,15 +155,26 @@ impl Store {
         for s in batch.series {
             let Some(newest) = s.points.iter().max_by_key(|p| p.timestamp_ms) else { continue };
             let kind = MetricKind::try_from(s.kind).unwrap_or(MetricKind::Gauge);
-            let value =
-                SeriesValue { kind, value: newest.value, timestamp_ms: newest.timestamp_ms, refreshed_ms: now_ms };
+            let mut value = SeriesValue {
+                kind,
+                value: newest.value,
+                timestamp_ms: newest.timestamp_ms,
+                previous_ms: newest.timestamp_ms,
+                refreshed_ms: now_ms,
+            };
+            // The point before the newest: in this batch, or the one held.
+            let before_in_batch = s.points.iter().map(|p| p.timestamp_ms).filter(|&t| t < newest.timestamp_ms).max();
             match state.series.entry((s.name, s.labels)) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
-                    if e.get().timestamp_ms <= value.timestamp_ms {
+                    let held = e.get().timestamp_ms;
+                    if held <= value.timestamp_ms {
+                        let held_before = (held < value.timestamp_ms).then_some(held);
+                        value.previous_ms = before_in_batch.max(held_before).unwrap_or(e.get().previous_ms);
                         e.insert(value);
                     }
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
+                    value.previous_ms = before_in_batch.unwrap_or(value.timestamp_ms);
                     e.insert(value);
                 }
             }

@@ -15,6 +15,7 @@ use super::flap::Flaps;
 use super::incident::{self, Active};
 use super::maintenance::{self, Window};
 use super::model::{Ack, Change, IncidentView};
+use super::outage::Outages;
 use super::readings::{self, AlertKey, Silence};
 use super::rules::{RuleKind, Rules};
 use super::state::{is_firing, step, Instance, Phase, Reading, Transition};
@@ -49,6 +50,8 @@ pub struct Engine {
     windows: Vec<Window>,
     /// Incidents kept from paging by a maintenance window, by key.
     muted: BTreeMap<String, IncidentView>,
+    /// When nodes were unreachable: what was measured then belongs to that.
+    outages: Outages,
 }
 
 impl Engine {
@@ -72,6 +75,7 @@ impl Engine {
             returned: HashMap::new(),
             windows: Vec::new(),
             muted: BTreeMap::new(),
+            outages: Outages::default(),
             rules,
         }
     }
@@ -168,21 +172,22 @@ impl Engine {
     /// Evaluates every rule at `now_ms`; returns the incident changes to notify.
     pub fn evaluate(&mut self, store: &Store, now_ms: i64) -> Vec<Change> {
         let silences = self.silences(store, now_ms);
-        let readings::Readings { by_key: readings, suspect } =
+        let readings::Readings { by_key: mut readings, suspect } =
             readings::read(&self.rules, &self.topo, store, &silences, now_ms);
+        self.attribute_to_outages(&mut readings);
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
         keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
         for key in keys {
             let rule = &self.rules.rules[key.rule];
-            let (reading, subject, value) = match readings.get(&key) {
-                Some((r, s, v)) => (*r, s.clone(), *v),
+            let (reading, subject, value, sample) = match readings.get(&key) {
+                Some(r) => (r.reading, r.subject.clone(), r.value, r.sample.map(|(_, at)| at)),
                 None => match self.instances.get(&key) {
                     // An event alert with no event within its hold is over;
                     // other series gone quiet keep their state.
                     Some(i) if matches!(rule.kind, RuleKind::Event { .. }) => {
-                        (Reading::Clear, i.subject.clone(), i.value)
+                        (Reading::Clear, i.subject.clone(), i.value, None)
                     }
-                    Some(i) => (Reading::Missing, i.subject.clone(), i.value),
+                    Some(i) => (Reading::Missing, i.subject.clone(), i.value, None),
                     None => continue,
                 },
             };
@@ -191,7 +196,7 @@ impl Engine {
                 subject: subject.clone(),
                 value,
             });
-            let (phase, t) = step(inst.phase, reading, now_ms, rule.for_, rule.clear_for);
+            let (phase, t) = step(inst.phase, reading, sample, now_ms, rule.for_, rule.clear_for);
             inst.phase = phase;
             inst.subject = subject;
             inst.value = value;
@@ -200,7 +205,46 @@ impl Engine {
             }
         }
         self.instances.retain(|_, i| i.phase != Phase::Inactive);
+        self.track_outages(&silences, now_ms);
         self.changes(&suspect, now_ms)
+    }
+
+    /// A breaching sample of a rule about anything but reachability, whose
+    /// round overlapped an outage of its node, of the node it is about or
+    /// of an ancestor of either, belongs to that outage: read as missing
+    /// (a firing alert stays, a pending one is dropped, nothing new opens).
+    fn attribute_to_outages(&self, readings: &mut HashMap<AlertKey, readings::Read>) {
+        for (key, r) in readings.iter_mut() {
+            let Some((from, to)) = r.sample else { continue };
+            if r.reading != Reading::Breach || self.rules.rules[key.rule].problem == incident::UNREACHABLE {
+                continue;
+            }
+            if self.outages.overlaps(&self.topo, &key.node, from, to)
+                || self.outages.overlaps(&self.topo, &r.subject, from, to)
+            {
+                r.reading = Reading::Missing;
+            }
+        }
+    }
+
+    /// Nodes unreachable now: late by their heartbeat (since they were last
+    /// heard), or the subject of a firing reachability alert (since it fired).
+    fn track_outages(&mut self, silences: &HashMap<NodeId, Silence>, now_ms: i64) {
+        let mut out: HashMap<NodeId, i64> = HashMap::new();
+        for n in &self.late {
+            let age = silences.get(n).map_or(0, |s| s.0);
+            out.insert(n.clone(), now_ms - age);
+        }
+        for (key, i) in &self.instances {
+            if self.rules.rules[key.rule].problem != incident::UNREACHABLE {
+                continue;
+            }
+            if let Phase::Firing { since_ms } | Phase::Clearing { since_ms, .. } = i.phase {
+                let start = out.entry(i.subject.clone()).or_insert(since_ms);
+                *start = (*start).min(since_ms);
+            }
+        }
+        self.outages.update(&out, now_ms);
     }
 
     fn changes(&mut self, suspect: &HashSet<NodeId>, now_ms: i64) -> Vec<Change> {
@@ -593,6 +637,60 @@ mod tests {
         assert_eq!(kinds(&e.evaluate(&store, 12_000)), ["update c1/security"]);
         push(&store, "c1", 15_000, &[]);
         assert_eq!(kinds(&e.evaluate(&store, 15_000)), ["resolve c1/security"]);
+    }
+
+    /// Issue 22: a once-a-minute service probe of c1 whose round overlapped
+    /// a cut of c1's link fails, stamped after the restore: it opens
+    /// nothing, neither with `for: 30s` (one failed sample never satisfies
+    /// it) nor with `for: 0s` (the round belongs to the outage). A real
+    /// failure later pages: at its second sample, or at once.
+    #[test]
+    fn what_was_measured_during_an_outage_belongs_to_it() {
+        for (for_, real) in [("30s", "241000: open c1/service"), ("0s", "181000: open c1/service")] {
+            let rules = format!(
+                "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: {for_}\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
+            );
+            let (e0, store) = setup();
+            let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+            let portal = |store: &Store, at: i64, ok: bool| {
+                let batch = Batch {
+                    node_id: "c1".into(),
+                    push_interval_ms: 1000,
+                    series: vec![Series {
+                        name: "tierwatch_probe_success".into(),
+                        kind: MetricKind::Gauge as i32,
+                        labels: vec![Label::new("probe", "tcp"), Label::new("target", "portal")],
+                        points: vec![Point { timestamp_ms: at, value: if ok { 1.0 } else { 0.0 } }],
+                    }],
+                    ..Default::default()
+                };
+                store.ingest(&NodeId::new("c1").unwrap(), batch, at);
+            };
+            let mut pages = Vec::new();
+            portal(&store, 1000, true);
+            for t in (1000..=300_000).step_by(1000) {
+                // c1's link is cut from 10 s to 40 s: the province's probe
+                // fails and c1 is silent; its portal round from 1 s to 61 s fails.
+                let cut = (10_000..40_000).contains(&t);
+                push(&store, "p", t, &[("c1", if cut { 0.0 } else { 1.0 })]);
+                if !cut {
+                    push(&store, "c1", t, &[]);
+                }
+                match t {
+                    61_000 => portal(&store, t, false),
+                    121_000 => portal(&store, t, true),
+                    // A real failure later: two samples a minute apart.
+                    181_000 | 241_000 => portal(&store, t, false),
+                    _ => {}
+                }
+                pages.extend(kinds(&e.evaluate(&store, t)).into_iter().map(|k| format!("{t}: {k}")));
+            }
+            assert_eq!(
+                pages,
+                ["10000: open c1/unreachable", "13000: update c1/unreachable", "40000: resolve c1/unreachable", real],
+                "for: {for_}"
+            );
+        }
     }
 
     #[test]

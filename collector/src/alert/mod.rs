@@ -11,6 +11,7 @@ pub mod incident;
 pub mod maintenance;
 pub mod model;
 pub mod notify;
+pub mod outage;
 pub mod persist;
 pub mod readings;
 pub mod rules;

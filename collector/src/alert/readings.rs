@@ -22,11 +22,23 @@ pub struct AlertKey {
     pub labels: Vec<Label>,
 }
 
+/// One alert instance's reading.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub reading: Reading,
+    /// The node it is about.
+    pub subject: NodeId,
+    pub value: f64,
+    /// For a sampled series: the previous sample's and this sample's
+    /// timestamps (ms), between which the round that produced it ran.
+    pub sample: Option<(i64, i64)>,
+}
+
 /// What the rules read at one evaluation.
 #[derive(Debug, Default)]
 pub struct Readings {
-    /// Per alert instance: its reading, the node it is about, its value.
-    pub by_key: HashMap<AlertKey, (Reading, NodeId, f64)>,
+    /// Per alert instance.
+    pub by_key: HashMap<AlertKey, Read>,
     /// Nodes late by more than half an interval.
     pub suspect: HashSet<NodeId>,
 }
@@ -98,7 +110,7 @@ fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Labelled<'_>, (a
         Reading::Between
     };
     let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: Vec::new() };
-    out.by_key.insert(key, (reading, node.node.id.clone(), age as f64 / 1000.0));
+    out.by_key.insert(key, Read { reading, subject: node.node.id.clone(), value: age as f64 / 1000.0, sample: None });
 }
 
 /// Every series of the rule's metric that its matchers select, against its thresholds.
@@ -140,7 +152,7 @@ fn threshold<'a>(
             },
         };
         let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: labels.clone() };
-        out.by_key.insert(key, (reading, subject, value));
+        out.by_key.insert(key, Read { reading, subject, value, sample: Some((v.previous_ms, v.timestamp_ms)) });
     }
 }
 
@@ -179,7 +191,8 @@ fn events(out: &mut Readings, ri: usize, rule: &Rule, node: &Labelled<'_>, state
     }
     for (labels, count) in groups {
         let key = AlertKey { rule: ri, node: node.node.id.clone(), labels };
-        out.by_key.insert(key, (Reading::Breach, node.node.id.clone(), count));
+        out.by_key
+            .insert(key, Read { reading: Reading::Breach, subject: node.node.id.clone(), value: count, sample: None });
     }
 }
 
