@@ -497,5 +497,17 @@ mod tests {
         let t = Topology::load(&dir.join("topology.yaml")).unwrap();
         assert_eq!(t.get_str("nui-cam").map(|n| n.name.as_str()), Some("Xã Núi Cấm"));
         assert!(t.nodes().len() >= 5);
+        let c: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("collector.yaml")).unwrap()).unwrap();
+        assert!(c.get("remote_write").is_none(), "the example writes to no host by default");
+        // The provincial agent's example probes every commune's WAN end by its node id.
+        let agent: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("agent-province.yaml")).unwrap()).unwrap();
+        let targets: Vec<&str> =
+            agent["targets"].as_sequence().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+        for n in t.nodes().iter().filter(|n| n.parent.is_some()) {
+            assert!(targets.contains(&n.id.as_str()), "agent-province.yaml does not probe {}", n.id);
+        }
+        assert_eq!(agent["node"].as_str(), t.nodes().iter().find(|n| n.parent.is_none()).map(|n| n.id.as_str()));
     }
 }

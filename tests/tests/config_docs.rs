@@ -208,3 +208,30 @@ fn every_event_kind_emitted_is_in_the_catalogue_and_documented() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The shipped Alertmanager example is valid for Alertmanager itself and
+/// groups by tierwatch's incident key (tierwatch has grouped already).
+#[test]
+fn the_alertmanager_example_is_valid_and_groups_by_incident() -> anyhow::Result<()> {
+    tierwatch_tests::require_tool!("amtool");
+    let file = root().join("deploy/alertmanager/alertmanager.yml");
+    let out = std::process::Command::new("amtool").arg("check-config").arg(&file).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "amtool rejects {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let am = std::fs::read_to_string(&file)?;
+    let route = am.split("\nroute:\n").nth(1).unwrap_or_default();
+    let group_by = route.lines().find_map(|l| l.trim().strip_prefix("group_by:")).map(str::trim);
+    assert_eq!(group_by, Some("[incident]"), "the top route groups by incident");
+    // Every label a route or inhibition matches on is one tierwatch sets.
+    let text = std::fs::read_to_string(root().join("collector/src/alert/notify/alertmanager.rs"))?;
+    for m in ["problem=", "severity="] {
+        assert!(am.contains(m));
+        assert!(text.contains(&format!("\"{}\":", m.trim_end_matches('='))), "tierwatch sets no label {m}");
+    }
+    Ok(())
+}

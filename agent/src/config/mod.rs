@@ -568,11 +568,13 @@ targets:
     /// files, which exist only on a real node.
     #[test]
     fn shipped_example_is_valid() {
-        let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml"));
-        let err = Config::load(file).unwrap_err();
-        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["collector.ca", "collector.cert", "collector.key"], "{err}");
-        assert!(err.problems.iter().all(|p| p.message.contains("does not exist")));
+        for name in ["agent.yaml", "agent-province.yaml"] {
+            let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")).join(name);
+            let err = Config::load(&file).unwrap_err();
+            let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+            assert_eq!(paths, ["collector.ca", "collector.cert", "collector.key"], "{name}: {err}");
+            assert!(err.problems.iter().all(|p| p.message.contains("does not exist")));
+        }
     }
 
     #[test]
