@@ -4,6 +4,7 @@
 //! `/api/v2/alerts`). Links are cut in the middle like a provider outage.
 //! Root only: when not root the test says why and skips; in CI it runs.
 
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use tierwatch_tests::lab::receivers::{Alertmanager, Hooks};
@@ -18,10 +19,10 @@ const TOKEN: &str = "lab-api-token-0123456789";
 /// so a busy CI machine's scheduling stall is not an outage.
 fn lab_rules() -> anyhow::Result<String> {
     let shipped = std::fs::read_to_string(tierwatch_tests::workspace().join("config/rules.yaml"))?;
-    for want in ["  quiet: 5m\n", "heartbeat: {missed: 3}"] {
+    for want in ["  quiet: 5m\n", "heartbeat: {missed: 3, link: down}", "heartbeat: {missed: 3, link: up}"] {
         anyhow::ensure!(shipped.contains(want), "config/rules.yaml changed ({want:?}): update this test");
     }
-    Ok(shipped.replace("  quiet: 5m\n", "  quiet: 15s\n").replace("heartbeat: {missed: 3}", "heartbeat: {missed: 6}"))
+    Ok(shipped.replace("  quiet: 5m\n", "  quiet: 15s\n").replace("heartbeat: {missed: 3,", "heartbeat: {missed: 6,"))
 }
 
 /// The events received since `from` (an index into the receiver's list).
@@ -172,6 +173,21 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
     std::thread::sleep(Duration::from_secs(2));
     let c3: Vec<String> = since(&hooks, mark).into_iter().filter(|e| e.contains("c3")).collect();
     assert!(c3.is_empty(), "the node in maintenance was notified: {c3:?}");
+
+    // 5. An agent stopped, its link up (the province still pings c2): its own
+    // incident key and alert name, saying so, never "unreachable".
+    let mark = hooks.events().len();
+    let c2 = tw.agents.iter().position(|a| a.name == "c2").context("c2's agent")?;
+    tw.agents.remove(c2).terminate(Duration::from_secs(10))?;
+    wait_event(&hooks, mark, "opened c2/agent_down", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pages_since(&hooks, mark), ["c2/agent_down"], "{:?}", since(&hooks, mark));
+    let held = wait_for(Duration::from_secs(10), "c2's alert in Alertmanager", || {
+        am.alerts().ok()?.into_iter().find(|a| a["labels"]["incident"] == "c2/agent_down")
+    })?;
+    assert_eq!(held["labels"]["alertname"], "tierwatch_agent_down", "{held}");
+    let summary = held["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("WAN link answers"), "{summary}");
     tw.stop()?;
     Ok(())
 }

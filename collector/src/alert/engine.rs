@@ -119,7 +119,7 @@ impl Engine {
             .rules
             .iter()
             .filter_map(|r| match r.kind {
-                RuleKind::Heartbeat { missed } => Some(missed),
+                RuleKind::Heartbeat { missed, .. } => Some(missed),
                 _ => None,
             })
             .max()
@@ -691,6 +691,34 @@ mod tests {
                 "for: {for_}"
             );
         }
+    }
+
+    /// A silent commune whose WAN end the province still reaches is its
+    /// agent down (its own key); one the province cannot reach is unreachable.
+    #[test]
+    fn agent_down_and_link_down_are_told_apart() {
+        let rules = RULES.replace("heartbeat: {missed: 3}\n", "heartbeat: {missed: 3, link: down}\n")
+            + "  - name: agent_down\n    heartbeat: {missed: 3, link: up}\n    problem: agent_down\n    severity: critical\n    summary: \"agent on {{ node_name }} silent\"\n";
+        let (e0, store) = setup();
+        let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+        let mut pages = Vec::new();
+        for t in (1000..=30_000).step_by(500) {
+            // c1's agent stops at 5 s, its link answering; c2's link is cut at 5 s.
+            push(&store, "p", t, &[("c1", 1.0), ("c2", if t < 5000 { 1.0 } else { 0.0 }), ("c3", 1.0), ("c4", 1.0)]);
+            for c in ["c1", "c2", "c3", "c4"] {
+                if t < 5000 || (c != "c1" && c != "c2") {
+                    push(&store, c, t, &[]);
+                }
+            }
+            pages.extend(kinds(&e.evaluate(&store, t)).into_iter().filter(|k| k.starts_with("open")));
+        }
+        assert_eq!(pages, ["open c2/unreachable", "open c1/agent_down"]);
+        let v = e.open_incidents().find(|v| v.key == "c1/agent_down").unwrap();
+        assert_eq!(v.summary, "agent on Xã 1 silent");
+        assert!(
+            e.open_incidents().find(|v| v.key == "c2/unreachable").unwrap().alerts.len() == 2,
+            "c2's heartbeat joined its link"
+        );
     }
 
     #[test]

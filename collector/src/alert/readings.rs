@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tierwatch_protocol::{Label, NodeId};
 
 use super::model::Severity;
-use super::rules::{Rule, RuleKind, Rules};
+use super::rules::{LinkState, Rule, RuleKind, Rules};
 use super::state::Reading;
 use crate::store::{NodeState, SeriesKey, SeriesValue, Store};
 use crate::topology::{Node, Topology};
@@ -57,6 +57,9 @@ pub fn read(
     let mut out = Readings::default();
     // The cutoff `/metrics` uses: a series that stopped is no reading.
     let stale_before = store.stale_before(now_ms);
+    // Heartbeats are read last: a rule that asks whether the silent node's
+    // link answers needs every node's probes read first.
+    let mut beats: Vec<(usize, NodeId, Silence, u32, LinkState)> = Vec::new();
     store.for_each_node(|node, state| {
         // A node never heard from has no silence: it is neither down nor
         // late, and has no series; but events about it (the collector's
@@ -72,7 +75,11 @@ pub fn read(
         let node = &Labelled { node, identity: node.identity_labels() };
         for (ri, rule) in rules.rules.iter().enumerate() {
             match (&rule.kind, silence) {
-                (RuleKind::Heartbeat { missed }, Some(s)) => heartbeat(&mut out, ri, rule, node, s, *missed),
+                (RuleKind::Heartbeat { missed, link }, Some(s)) => {
+                    if rule.matches(|k| node.identity(k)) {
+                        beats.push((ri, node.node.id.clone(), s, *missed, *link));
+                    }
+                }
                 (RuleKind::Threshold { .. }, Some(_)) => {
                     threshold(&mut out, ri, rule, topo, node, state.fresh_series(stale_before), now_ms)
                 }
@@ -81,6 +88,23 @@ pub fn read(
             }
         }
     });
+    // A node's link answers when a reachability rule about it (the
+    // province's probe of its WAN end) reads clear now.
+    let answering: HashSet<NodeId> = out
+        .by_key
+        .iter()
+        .filter(|(k, r)| {
+            let rule = &rules.rules[k.rule];
+            r.reading == Reading::Clear
+                && matches!(rule.kind, RuleKind::Threshold { .. })
+                && rule.problem == super::incident::UNREACHABLE
+        })
+        .map(|(_, r)| r.subject.clone())
+        .collect();
+    for (ri, node, silence, missed, link) in beats {
+        let answers = answering.contains(&node);
+        heartbeat(&mut out, ri, node, silence, missed, link, answers);
+    }
     out
 }
 
@@ -97,20 +121,34 @@ impl<'a> Labelled<'a> {
     }
 }
 
-/// A node missing `missed` push intervals breaches; back within one and a half, clears.
-fn heartbeat(out: &mut Readings, ri: usize, rule: &Rule, node: &Labelled<'_>, (age, interval): Silence, missed: u32) {
-    if !rule.matches(|k| node.identity(k)) {
-        return;
-    }
-    let reading = if age > missed as i64 * interval {
+/// A node missing `missed` push intervals breaches; back within one and a
+/// half, clears. A rule for one state of the node's link (`up`: the agent is
+/// what is silent; `down`: the node is cut off) reads clear in the other.
+fn heartbeat(
+    out: &mut Readings,
+    ri: usize,
+    node: NodeId,
+    (age, interval): Silence,
+    missed: u32,
+    link: LinkState,
+    answers: bool,
+) {
+    let applies = match link {
+        LinkState::Any => true,
+        LinkState::Up => answers,
+        LinkState::Down => !answers,
+    };
+    let reading = if !applies {
+        Reading::Clear
+    } else if age > missed as i64 * interval {
         Reading::Breach
     } else if age <= interval + interval / 2 {
         Reading::Clear
     } else {
         Reading::Between
     };
-    let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: Vec::new() };
-    out.by_key.insert(key, Read { reading, subject: node.node.id.clone(), value: age as f64 / 1000.0, sample: None });
+    let key = AlertKey { rule: ri, node: node.clone(), labels: Vec::new() };
+    out.by_key.insert(key, Read { reading, subject: node, value: age as f64 / 1000.0, sample: None });
 }
 
 /// Every series of the rule's metric that its matchers select, against its thresholds.

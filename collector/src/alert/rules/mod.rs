@@ -24,6 +24,7 @@ use tierwatch_yamlconf::ConfigError;
 use super::flap::FlapPolicy;
 use super::model::Severity;
 use crate::i18n::Locale;
+pub use raw::LinkState;
 use raw::{default_group_wait, default_min_children, RawRules};
 
 /// A matcher's value: one, or any of a list (`kind: [dns_mismatch, certificate_invalid]`).
@@ -74,9 +75,24 @@ impl Condition {
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuleKind {
-    Threshold { metric: String, condition: Condition, until_now: bool },
-    Heartbeat { missed: u32 },
-    Event { kind: Option<String>, severity: Option<Severity>, hold: Duration, group_by: Vec<String> },
+    Threshold {
+        metric: String,
+        condition: Condition,
+        until_now: bool,
+    },
+    /// `link`: what the node's WAN link must be doing for this rule: a
+    /// link answers when a reachability rule about the node (the
+    /// province's probe of its WAN end) reads clear.
+    Heartbeat {
+        missed: u32,
+        link: LinkState,
+    },
+    Event {
+        kind: Option<String>,
+        severity: Option<Severity>,
+        hold: Duration,
+        group_by: Vec<String>,
+    },
 }
 
 /// A validated rule.
@@ -158,6 +174,7 @@ mod tests {
         let names: Vec<&str> = r.rules.iter().map(|r| r.name.as_str()).collect();
         for want in [
             "node_down",
+            "agent_down",
             "wan_link_down",
             "wan_loss_high",
             "wan_latency_high",

@@ -176,6 +176,21 @@ impl Localized {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHeartbeat {
     pub missed: u32,
+    /// Only when the node's WAN link answers (`up`: the agent is what is
+    /// silent), or does not (`down`: the node is cut off, or nobody probes
+    /// it); default `any`.
+    #[serde(default)]
+    pub link: LinkState,
+}
+
+/// What a heartbeat rule requires of the silent node's WAN link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    #[default]
+    Any,
+    Up,
+    Down,
 }
 
 /// Which security events an event rule takes, and for how long one counts.

@@ -119,7 +119,7 @@ fn heartbeat(r: &RawRule, h: &RawHeartbeat, key: &dyn Fn(&str) -> String, p: &mu
         ("clear_above", r.clear_above.is_some()),
     ];
     refuse_set(&set, "heartbeat rules take no threshold", key, p);
-    RuleKind::Heartbeat { missed: h.missed }
+    RuleKind::Heartbeat { missed: h.missed, link: h.link }
 }
 
 /// A threshold rule: a metric name, exactly one of `above` and `below`, and
