@@ -127,9 +127,13 @@ impl Prober {
                     out.note(|| format!("resolved {} to {ip}", t.host));
                     // Only a target that was up can fall silent early.
                     let early = match (&self.early, self.rtt.rto(t.timeout)) {
-                        (Some(report), Some(rto)) if *fast_down && self.last_success == Some(true) => {
-                            Some(Early { rto, floor: self.rtt.floor(*stall), keepalive: *keepalive, report })
-                        }
+                        (Some(report), Some(rto)) if *fast_down && self.last_success == Some(true) => Some(Early {
+                            rto,
+                            floor: self.rtt.floor(*stall),
+                            evidence: self.rtt.evidence(),
+                            keepalive: *keepalive,
+                            report,
+                        }),
                         _ => None,
                     };
                     let round =

@@ -14,6 +14,7 @@ use tierwatch_protocol::NodeId;
 use super::flap::Flaps;
 use super::incident::{self, Active};
 use super::maintenance::{self, Window};
+use super::mean::Means;
 use super::model::{Ack, Change, IncidentView};
 use super::outage::Outages;
 use super::readings::{self, AlertKey, Silence};
@@ -52,6 +53,8 @@ pub struct Engine {
     muted: BTreeMap<String, IncidentView>,
     /// When nodes were unreachable: what was measured then belongs to that.
     outages: Outages,
+    /// The windows of `mean_over` rules.
+    means: Means,
 }
 
 impl Engine {
@@ -76,6 +79,7 @@ impl Engine {
             windows: Vec::new(),
             muted: BTreeMap::new(),
             outages: Outages::default(),
+            means: Means::default(),
             rules,
         }
     }
@@ -209,19 +213,25 @@ impl Engine {
         self.changes(&suspect, now_ms)
     }
 
-    /// A breaching sample of a rule about anything but reachability, whose
-    /// round overlapped an outage of its node, of the node it is about or
-    /// of an ancestor of either, belongs to that outage: read as missing
-    /// (a firing alert stays, a pending one is dropped, nothing new opens).
-    fn attribute_to_outages(&self, readings: &mut HashMap<AlertKey, readings::Read>) {
-        for (key, r) in readings.iter_mut() {
-            let Some((from, to)) = r.sample else { continue };
-            if r.reading != Reading::Breach || self.rules.rules[key.rule].problem == incident::UNREACHABLE {
-                continue;
-            }
-            if self.outages.overlaps(&self.topo, &key.node, from, to)
-                || self.outages.overlaps(&self.topo, &r.subject, from, to)
-            {
+    /// A sample of a rule about anything but reachability whose round
+    /// overlapped an outage of its node, of the node it is about or of an
+    /// ancestor of either belongs to that outage: a `mean_over` rule leaves
+    /// it out of its window; any other reads a breach of it as missing (a
+    /// firing alert stays, a pending one is dropped, nothing new opens).
+    fn attribute_to_outages(&mut self, readings: &mut HashMap<AlertKey, readings::Read>) {
+        let mut outage: HashSet<AlertKey> = readings
+            .iter()
+            .filter(|(key, r)| {
+                let Some((from, to)) = r.sample else { return false };
+                self.rules.rules[key.rule].problem != incident::UNREACHABLE
+                    && (self.outages.overlaps(&self.topo, &key.node, from, to)
+                        || self.outages.overlaps(&self.topo, &r.subject, from, to))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.means.apply(&self.rules, readings, &mut outage);
+        for key in outage {
+            if let Some(r) = readings.get_mut(&key).filter(|r| r.reading == Reading::Breach) {
                 r.reading = Reading::Missing;
             }
         }
@@ -691,6 +701,52 @@ mod tests {
                 "for: {for_}"
             );
         }
+    }
+
+    /// The province's 5-request rounds of a lossy c1 read 0 to 80 % loss:
+    /// judged on the mean over a minute it is one degradation page and no
+    /// "down"; a clean c2 cut for 30 s (its rounds 100 % lost while its
+    /// link-down alert fires) leaves no degradation behind.
+    #[test]
+    fn a_lossy_link_is_degraded_by_its_mean_and_a_cut_leaves_no_loss() {
+        let rules = format!(
+            "{RULES}  - name: wan_link_loss_high\n    metric: tierwatch_icmp_loss_ratio\n    match: {{tier: province}}\n    subject: target\n    mean_over: 1m\n    above: 0.1\n    clear_below: 0.03\n    for: 1m\n    problem: degraded\n    severity: warning\n    summary: \"{{{{ target }}}} loses {{{{ value | percent }}}}\"\n"
+        );
+        let (e0, store) = setup();
+        let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+        let series = |target: &str, name: &str, v: f64, t: i64| Series {
+            name: name.into(),
+            kind: MetricKind::Gauge as i32,
+            labels: vec![Label::new("probe", "icmp"), Label::new("target", target)],
+            points: vec![Point { timestamp_ms: t, value: v }],
+        };
+        let mut pages = Vec::new();
+        let pattern = [0.0, 0.6, 0.2, 0.8, 0.4, 0.0, 0.6, 0.4];
+        for (i, t) in (5000..=400_000).step_by(5000).enumerate() {
+            let cut = (100_000..130_000).contains(&t);
+            let batch = Batch {
+                node_id: "p".into(),
+                push_interval_ms: 5000,
+                series: vec![
+                    series("c1", "tierwatch_probe_success", 1.0, t),
+                    series("c1", "tierwatch_icmp_loss_ratio", pattern[i % pattern.len()], t),
+                    series("c2", "tierwatch_probe_success", if cut { 0.0 } else { 1.0 }, t),
+                    series("c2", "tierwatch_icmp_loss_ratio", if cut { 1.0 } else { 0.0 }, t),
+                ],
+                ..Default::default()
+            };
+            store.ingest(&NodeId::new("p").unwrap(), batch, t);
+            for c in ["c1", "c2", "c3", "c4"] {
+                if !(cut && c == "c2") {
+                    let b = Batch { node_id: c.into(), push_interval_ms: 5000, ..Default::default() };
+                    store.ingest(&NodeId::new(c).unwrap(), b, t);
+                }
+            }
+            pages.extend(kinds(&e.evaluate(&store, t)).into_iter().filter(|k| k.starts_with("open")));
+        }
+        assert_eq!(pages, ["open c1/degraded", "open c2/unreachable"]);
+        let v = e.open_incidents().find(|v| v.key == "c1/degraded").unwrap();
+        assert!(v.summary.starts_with("c1 loses 3") || v.summary.starts_with("c1 loses 4"), "{}", v.summary);
     }
 
     /// A silent commune whose WAN end the province still reaches is its

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod flap;
 pub mod incident;
 pub mod maintenance;
+pub mod mean;
 pub mod model;
 pub mod notify;
 pub mod outage;

@@ -161,7 +161,7 @@ fn threshold<'a>(
     series: impl Iterator<Item = (&'a SeriesKey, &'a SeriesValue)>,
     now_ms: i64,
 ) {
-    let RuleKind::Threshold { metric, condition, until_now } = &rule.kind else { return };
+    let RuleKind::Threshold { metric, condition, until_now, .. } = &rule.kind else { return };
     for ((name, labels), v) in series {
         if name != metric {
             continue;

@@ -24,7 +24,17 @@ pub(crate) struct RttEstimate {
     /// which the stall tolerance covers, not the link's round trip: left out.
     peak: f64,
     samples: u64,
+    /// The link's recent loss ratio while it works: an average over rounds
+    /// that ended answering (1/4 weight each), so an outage does not make
+    /// the next cut slow to see.
+    loss: f64,
 }
+
+/// How unlikely a run of losses must be before a lossy link is called
+/// silent: a chance of 1 in 10,000 per suspicion.
+const CHANCE_OF_A_FALSE_CUT: f64 = 1e-4;
+/// The most unanswered requests a silence needs (a link losing 56 % or more).
+const MAX_EVIDENCE: u32 = 16;
 
 /// Below this a reply is never called overdue: scheduling on a busy host,
 /// and the WAN's own queueing, take that much now and then.
@@ -47,6 +57,25 @@ impl RttEstimate {
             }
         }
         self.samples += 1;
+    }
+
+    /// Takes the loss ratio of a round that ended with the target answering.
+    pub(crate) fn add_loss(&mut self, ratio: f64) {
+        if ratio.is_finite() {
+            self.loss = 0.75 * self.loss + 0.25 * ratio.clamp(0.0, 1.0);
+        }
+    }
+
+    /// Unanswered requests in a row needed to call the target silent: the
+    /// fewest whose chance of all being lost at the link's recent loss is
+    /// below 1 in 10,000. A clean link needs no more than the floor brings
+    /// anyway (2 at 0.1 %, 3 at 2 %); 25 % loss each way (44 % of
+    /// exchanges) needs 12, so a lossy link is degraded, not down, while a
+    /// cut of it is still seen (12 requests at the rto take about 3 s).
+    pub(crate) fn evidence(&self) -> u32 {
+        let p = self.loss.clamp(1e-3, 0.999);
+        let k = (CHANCE_OF_A_FALSE_CUT.ln() / p.ln()).ceil();
+        (k as u32).clamp(1, MAX_EVIDENCE)
     }
 
     /// When a reply is overdue: SRTT + 4 RTTVAR, within [250 ms, `timeout`];
@@ -79,6 +108,8 @@ pub(in crate::probe) struct IcmpRound {
 pub(in crate::probe) struct Early<'a> {
     pub rto: Duration,
     pub floor: Duration,
+    /// Unanswered requests in a row a silence needs (from the link's loss).
+    pub evidence: u32,
     /// The longest gap without a request in flight (keepalives); `None`: none.
     pub keepalive: Option<Duration>,
     pub report: &'a EarlyReport,
@@ -107,7 +138,13 @@ pub(in crate::probe) async fn icmp_round(
         format!("{count} echo requests {spacing:?} apart, timeout {timeout:?}, {} socket", engine.kind().as_str())
     });
     let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
-    let watch = early.as_ref().map(|e| Watch { rto: e.rto, floor: e.floor, gap: e.keepalive, silent: silent_tx });
+    let watch = early.as_ref().map(|e| Watch {
+        rto: e.rto,
+        floor: e.floor,
+        evidence: e.evidence,
+        gap: e.keepalive,
+        silent: silent_tx,
+    });
     let running = engine.round(ip, count, spacing, timeout, watch);
     tokio::pin!(running);
     let mut early_ts = None;
@@ -175,6 +212,9 @@ pub(in crate::probe) async fn icmp_round(
                 out.push(def, &[], v, ts);
             }
             out.success = round.reachable_at_end();
+            if out.success {
+                rtt.add_loss(s.loss_ratio);
+            }
             if !out.success {
                 out.error = Some(format!(
                     "silent since request {}: no reply to it or after it",

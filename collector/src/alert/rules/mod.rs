@@ -75,10 +75,13 @@ impl Condition {
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuleKind {
+    /// `mean_over`: the condition holds for the mean of the series' samples
+    /// within this window, not for its latest value.
     Threshold {
         metric: String,
         condition: Condition,
         until_now: bool,
+        mean_over: Option<Duration>,
     },
     /// `link`: what the node's WAN link must be doing for this rule: a
     /// link answers when a reachability rule about the node (the
@@ -179,6 +182,12 @@ mod tests {
             "wan_loss_high",
             "wan_latency_high",
             "wan_jitter_high",
+            "wan_link_loss_high",
+            "wan_link_latency_high",
+            "wan_link_jitter_high",
+            "uplink_loss_high",
+            "uplink_latency_high",
+            "uplink_jitter_high",
             "service_down",
             "certificate_expiring_14d",
             "certificate_expiring_3d",
@@ -245,7 +254,8 @@ mod tests {
             RuleKind::Threshold {
                 metric: "tierwatch_tls_leaf_expiry_timestamp_seconds".into(),
                 condition: Condition::Below { fire: 1_209_600.0, clear: 1_209_600.0 },
-                until_now: true
+                until_now: true,
+                mean_over: None
             }
         );
         let RuleKind::Threshold { condition, .. } = &r.rules[1].kind else { panic!() };

@@ -135,6 +135,10 @@ pub(super) struct RawRule {
     /// With `below`: the alert clears only at or above this. Default: `below`.
     #[serde(default)]
     pub clear_above: Option<Threshold>,
+    /// Threshold rules: judge the mean of the samples within this window
+    /// (a lossy link's per-round loss jumps from 0 to 60 % and back).
+    #[serde(default, with = "duration::serde_opt")]
+    pub mean_over: Option<Duration>,
     #[serde(default, rename = "for", with = "duration::serde_opt")]
     pub for_: Option<Duration>,
     #[serde(default, with = "duration::serde_opt")]

@@ -95,8 +95,9 @@ fn event(r: &RawRule, e: &RawEventRule, key: &dyn Fn(&str) -> String, p: &mut Pr
         ("below", r.below.is_some()),
         ("for", r.for_.is_some()),
         ("subject", r.subject.is_some()),
+        ("mean_over", r.mean_over.is_some()),
     ];
-    refuse_set(&set, "event rules take no threshold, for or subject", key, p);
+    refuse_set(&set, "event rules take no threshold, for, mean_over or subject", key, p);
     Some(RuleKind::Event { kind: e.kind.clone(), severity: e.severity, hold: e.hold, group_by: e.group_by.clone() })
 }
 
@@ -117,10 +118,15 @@ fn heartbeat(r: &RawRule, h: &RawHeartbeat, key: &dyn Fn(&str) -> String, p: &mu
         ("below", r.below.is_some()),
         ("clear_below", r.clear_below.is_some()),
         ("clear_above", r.clear_above.is_some()),
+        ("mean_over", r.mean_over.is_some()),
     ];
     refuse_set(&set, "heartbeat rules take no threshold", key, p);
     RuleKind::Heartbeat { missed: h.missed, link: h.link }
 }
+
+/// The longest `mean_over`: the samples it holds are bounded anyway, and
+/// a mean over hours is a report, not an alert.
+const MAX_MEAN_OVER: Duration = Duration::from_secs(3600);
 
 /// A threshold rule: a metric name, exactly one of `above` and `below`, and
 /// a clear threshold on the good side of it.
@@ -154,7 +160,12 @@ fn threshold(r: &RawRule, metric: &str, key: &dyn Fn(&str) -> String, p: &mut Pr
             return None;
         }
     };
-    Some(RuleKind::Threshold { metric: metric.to_string(), condition, until_now: r.until_now })
+    if let Some(w) = r.mean_over {
+        if w.is_zero() || w > MAX_MEAN_OVER {
+            p.push(key("mean_over"), format!("must be longer than 0s and at most {MAX_MEAN_OVER:?}"));
+        }
+    }
+    Some(RuleKind::Threshold { metric: metric.to_string(), condition, until_now: r.until_now, mean_over: r.mean_over })
 }
 
 /// The validated rule of `r`, its texts in `language`.
