@@ -26,6 +26,7 @@ mod socket;
 mod stats;
 use matching::{Reply, RoundState, Shared};
 pub use packet::{parse_reply, Echo};
+use probe::evidence_at;
 pub(super) use probe::{icmp_round, Early, IcmpRound, RttEstimate};
 pub use socket::{IcmpSocket, KernelSocket, Received};
 pub use stats::{Round, Stats};
@@ -105,9 +106,11 @@ pub struct Watch {
     pub floor: Duration,
     /// Unanswered requests (the suspect one and all sent after it) needed
     /// besides the floor: on a lossy link a run of losses is not a cut, so
-    /// the watch keeps confirming, one request per `rto`, until the run is
-    /// too long to be chance (see `RttEstimate::evidence`). A round that
-    /// ends first ends the watch without a report: its own loss is the news.
+    /// once a reply is overdue the watch sends one request every 100 ms
+    /// until the run is too long to be chance (see
+    /// `RttEstimate::evidence`), which fits in the floor unless the link
+    /// has been very lossy. A round that ends first ends the watch without
+    /// a report: its own loss is the news.
     pub evidence: u32,
     /// `None`: no keepalives (the round's own requests only).
     pub gap: Option<Duration>,
@@ -118,6 +121,9 @@ pub struct Watch {
 
 /// Confirmations sent for one overdue request, at most.
 const CONFIRMATIONS: u32 = 3;
+/// How often the watch sends while it gathers a lossy link's evidence:
+/// fast enough that a dozen requests fit in the silence floor.
+const EVIDENCE_PACE: Duration = Duration::from_millis(100);
 /// Requests the watch may add to one round (confirmations and keepalives).
 const MAX_WATCH_REQUESTS: usize = 64;
 
@@ -342,13 +348,32 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                 }
                 n
             };
+            // This round's own loss before the suspect request (lost ones
+            // are those unanswered before the last answered): a link that
+            // loses now and answers between is lossy, whatever its history.
+            let needed = suspect.map_or(w.evidence, |s| {
+                let (mut before, mut lost) = (0u32, 0u32);
+                for st in [state, &*extra] {
+                    st.each_request(|_, at, heard| {
+                        if at < s {
+                            before += 1;
+                            lost += u32::from(!heard);
+                        }
+                    });
+                }
+                if before >= 2 {
+                    w.evidence.max(evidence_at(f64::from(lost) / f64::from(before)))
+                } else {
+                    w.evidence
+                }
+            });
             match suspect {
-                Some(s) if now >= s + w.floor && unanswered(s) < w.evidence => {
+                Some(s) if now >= s + w.floor && unanswered(s) < needed => {
                     if finished {
                         break;
                     }
-                    // More evidence: one confirmation per rto after the newest request.
-                    let due = newest.map_or(now, |n| n + w.rto);
+                    // More evidence: one request every EVIDENCE_PACE.
+                    let due = newest.map_or(now, |n| n + EVIDENCE_PACE);
                     if now >= due {
                         send = Some(&mut report.confirmations);
                     } else {
@@ -380,6 +405,18 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                     if n < CONFIRMATIONS && due + w.rto <= s + w.floor {
                         if now >= due {
                             confirming = Some((s, n + 1));
+                            send = Some(&mut report.confirmations);
+                        } else {
+                            wake = wake.map(|x| x.min(due));
+                        }
+                    }
+                    // Evidence for a lossy link: once the reply is overdue,
+                    // one more request every EVIDENCE_PACE until the run of
+                    // unanswered ones is long enough, so it is complete by
+                    // the floor (a working link answers the first of them).
+                    if send.is_none() && now >= s + w.rto && unanswered(s) < needed {
+                        let due = newest.map_or(now, |n| n + EVIDENCE_PACE);
+                        if now >= due {
                             send = Some(&mut report.confirmations);
                         } else {
                             wake = wake.map(|x| x.min(due));
@@ -634,9 +671,12 @@ mod tests {
         assert_eq!(r.silent_from, Some(3));
         assert!(!r.reachable_at_end());
         // Confirmations 250 and 500 ms after request 3 (the third, at 1 s,
-        // would be answered too late to matter); keepalives at 0.5, 1.5 and
-        // 2.5 s (at 4 s the round's own request 4 goes out instead).
-        assert_eq!((r.confirmations, r.keepalives), (2, 3), "{r:?}");
+        // would be answered too late to matter), and evidence requests 100
+        // ms apart from the first until 8 are unanswered (request 3, the
+        // two confirmations, five more), all inside the floor; keepalives
+        // at 0.5, 1.5 and 2.5 s (at 4 s the round's own request 4 goes out
+        // instead).
+        assert_eq!((r.confirmations, r.keepalives), (7, 3), "{r:?}");
         assert_eq!(r.sent(), 10);
     }
 
@@ -766,8 +806,11 @@ mod tests {
         }
         let script: Vec<_> = (0..20_000).map(|_| lossy()).collect();
         let with_evidence = silent(evidence, script.clone(), 200).await;
+        // Onset: a clean link's evidence (no loss history yet).
+        let onset = silent(8, script.clone(), 200).await;
         let clean_link_rule = silent(2, script, 200).await;
         assert_eq!(with_evidence, 0, "a lossy link was called cut");
+        assert!(onset <= 1, "{onset} of 200 rounds called cut at the clean-link evidence");
         assert!(clean_link_rule > 0, "the test's loss never looked like a cut to the clean-link rule");
         // Cut: the lossy link stops answering from the third round on.
         let mut script: Vec<_> = (0..40).map(|_| lossy()).collect();
@@ -787,7 +830,7 @@ mod tests {
             }
         }
         let took = took.expect("the cut of a lossy link is reported");
-        eprintln!("44 % exchange loss, 200 rounds: {with_evidence} false cuts with evidence {evidence}, {clean_link_rule} with 2; its cut reported {took:?} into its round");
+        eprintln!("44 % exchange loss, 200 rounds: {with_evidence} false cuts with evidence {evidence}, {onset} with 8 (no loss history), {clean_link_rule} with 2; its cut reported {took:?} into its round");
         assert!(took <= Duration::from_secs(5), "{took:?}");
     }
 

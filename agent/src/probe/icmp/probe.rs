@@ -28,6 +28,17 @@ pub(crate) struct RttEstimate {
     /// that ended answering (1/4 weight each), so an outage does not make
     /// the next cut slow to see.
     loss: f64,
+    /// The last such round's own loss: a link that just turned lossy is
+    /// judged by it before the average catches up.
+    last_loss: f64,
+}
+
+/// Unanswered requests in a row needed at loss ratio `p` (see
+/// [`RttEstimate::evidence`]).
+pub(crate) fn evidence_at(p: f64) -> u32 {
+    let p = if p.is_finite() { p.clamp(1e-3, 0.999) } else { 1e-3 };
+    let k = (CHANCE_OF_A_FALSE_CUT.ln() / p.ln()).ceil();
+    (k as u32).clamp(MIN_EVIDENCE, MAX_EVIDENCE)
 }
 
 /// How unlikely a run of losses must be before a lossy link is called
@@ -35,6 +46,10 @@ pub(crate) struct RttEstimate {
 const CHANCE_OF_A_FALSE_CUT: f64 = 1e-4;
 /// The most unanswered requests a silence needs (a link losing 56 % or more).
 const MAX_EVIDENCE: u32 = 16;
+/// The fewest, on a clean link: a link that starts losing 44 % of its
+/// exchanges this moment (no history yet) loses 8 in a row by chance 1.4
+/// times in 1,000; the floor holds 8 requests at the evidence pace anyway.
+const MIN_EVIDENCE: u32 = 8;
 
 /// Below this a reply is never called overdue: scheduling on a busy host,
 /// and the WAN's own queueing, take that much now and then.
@@ -62,20 +77,20 @@ impl RttEstimate {
     /// Takes the loss ratio of a round that ended with the target answering.
     pub(crate) fn add_loss(&mut self, ratio: f64) {
         if ratio.is_finite() {
-            self.loss = 0.75 * self.loss + 0.25 * ratio.clamp(0.0, 1.0);
+            self.last_loss = ratio.clamp(0.0, 1.0);
+            self.loss = 0.75 * self.loss + 0.25 * self.last_loss;
         }
     }
 
     /// Unanswered requests in a row needed to call the target silent: the
     /// fewest whose chance of all being lost at the link's recent loss is
-    /// below 1 in 10,000. A clean link needs no more than the floor brings
-    /// anyway (2 at 0.1 %, 3 at 2 %); 25 % loss each way (44 % of
+    /// below 1 in 10,000, at least [`MIN_EVIDENCE`]: a clean link needs
+    /// no more than the floor brings; 25 % loss each way (44 % of
     /// exchanges) needs 12, so a lossy link is degraded, not down, while a
-    /// cut of it is still seen (12 requests at the rto take about 3 s).
+    /// cut of it is still seen (12 requests 100 ms apart after the reply
+    /// is overdue: within the floor and 0.3 s).
     pub(crate) fn evidence(&self) -> u32 {
-        let p = self.loss.clamp(1e-3, 0.999);
-        let k = (CHANCE_OF_A_FALSE_CUT.ln() / p.ln()).ceil();
-        (k as u32).clamp(1, MAX_EVIDENCE)
+        evidence_at(self.loss.max(self.last_loss))
     }
 
     /// When a reply is overdue: SRTT + 4 RTTVAR, within [250 ms, `timeout`];
