@@ -292,3 +292,81 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
     tw.stop()?;
     Ok(())
 }
+
+/// Issue 22: degradation is its own page. 25 % loss each way on two commune
+/// links is one `degraded` page for each (from the province's probes of
+/// their WAN ends and their own of the province) and never a "down"; 30 %
+/// on the provincial uplink is one page about the province. The shipped
+/// rules, their windows shortened (`mean_over`, `for`: 20 s) for the lab;
+/// the province probes in the fast-detection shape (5 requests 1 s apart
+/// every 5 s), whose silence watch must not mistake the loss for a cut.
+#[test]
+fn lossy_links_page_degradation_never_down() -> anyhow::Result<()> {
+    require_lab!("lossy_links_page_degradation_never_down");
+    use tierwatch_tests::lab::impair::Impairment;
+    let mut lab = Lab::build(LabSpec::communes(3).beside_others())?;
+    let central = lab.central.ns.clone();
+    let dir = lab.dir.path().to_path_buf();
+    let hooks = Hooks::start(&central, "127.0.0.1:9500".parse()?, &dir)?;
+    let Some(am) = Alertmanager::start(&central, "127.0.0.1:9093".parse()?, &dir)? else { return Ok(()) };
+    let rules = lab_rules()?;
+    for want in ["mean_over: 1m", "mean_over: 2m", "for: 1m"] {
+        anyhow::ensure!(rules.contains(want), "config/rules.yaml changed ({want:?}): update this test");
+    }
+    let rules = rules.replace("mean_over: 1m", "mean_over: 20s").replace("mean_over: 2m", "mean_over: 20s");
+    std::fs::write(dir.join("rules.yaml"), rules.replace("for: 1m", "for: 20s"))?;
+    let spec = SystemSpec {
+        // Pushes cross the lossy links: a heartbeat of 6 × 2 s rides out TCP's retransmissions.
+        push_interval: Duration::from_secs(2),
+        probe_interval: Duration::from_secs(5),
+        probe_timeout: Duration::from_secs(1),
+        icmp_count: 5,
+        icmp_spacing: Some(Duration::from_secs(1)),
+        collector_extra: format!(
+            "rules: {rules}\nnotify:\n  - name: oncall\n    webhook:\n      url: http://{hooks}/hook\n  - name: am\n    alertmanager:\n      url: http://{am}\n",
+            rules = dir.join("rules.yaml").display(),
+            hooks = hooks.addr,
+            am = am.addr,
+        ),
+        ..SystemSpec::default()
+    };
+    let tw = lab.start_tierwatch(&spec)?;
+    std::thread::sleep(Duration::from_secs(15));
+    anyhow::ensure!(hooks.events().is_empty(), "pages while healthy: {:?}", hooks.events());
+    let lossy = |loss: f64| Impairment::none().with_loss(loss);
+
+    // Two lossy commune links.
+    let mark = hooks.events().len();
+    for c in ["c1", "c2"] {
+        lab.link_mut(c)?.impair_both(lossy(0.25), lossy(0.25))?;
+    }
+    for c in ["c1", "c2"] {
+        wait_event(&hooks, mark, &format!("opened {c}/degraded"), Duration::from_secs(90))?;
+    }
+    std::thread::sleep(Duration::from_secs(20));
+    let mut pages = pages_since(&hooks, mark);
+    pages.sort();
+    assert_eq!(pages, ["c1/degraded", "c2/degraded"], "{:?}", since(&hooks, mark));
+    let held = am.alerts()?;
+    let names: Vec<&str> = held.iter().filter_map(|a| a["labels"]["alertname"].as_str()).collect();
+    assert!(names.iter().all(|n| *n == "tierwatch_degraded"), "{names:?}");
+    for c in ["c1", "c2"] {
+        lab.link_mut(c)?.impair_both(Impairment::none(), Impairment::none())?;
+    }
+    for c in ["c1", "c2"] {
+        wait_event(&hooks, mark, &format!("resolved {c}/degraded"), Duration::from_secs(90))?;
+    }
+
+    // The provincial uplink.
+    let mark = hooks.events().len();
+    lab.link_mut("uplink")?.impair_both(lossy(0.3), lossy(0.3))?;
+    wait_event(&hooks, mark, "opened province/degraded", Duration::from_secs(90))?;
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(pages_since(&hooks, mark), ["province/degraded"], "{:?}", since(&hooks, mark));
+    lab.link_mut("uplink")?.impair_both(Impairment::none(), Impairment::none())?;
+    wait_event(&hooks, mark, "resolved province/degraded", Duration::from_secs(90))?;
+    let opened: Vec<String> = hooks.events().into_iter().filter(|e| e.starts_with("opened")).collect();
+    assert!(opened.iter().all(|e| e.ends_with("/degraded")), "a down page among {opened:?}");
+    tw.stop()?;
+    Ok(())
+}

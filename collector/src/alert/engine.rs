@@ -55,6 +55,13 @@ pub struct Engine {
     outages: Outages,
     /// The windows of `mean_over` rules.
     means: Means,
+    /// Members of a children group that dissolved, by (node, problem):
+    /// they page on their own only while one of their alerts still breaks
+    /// its rule's threshold, never on hysteresis alone. Forgotten once
+    /// nothing of theirs fires.
+    dissolved: HashSet<(NodeId, String)>,
+    /// The alert instances whose reading breached at this evaluation.
+    breaching: HashSet<AlertKey>,
 }
 
 impl Engine {
@@ -80,6 +87,8 @@ impl Engine {
             muted: BTreeMap::new(),
             outages: Outages::default(),
             means: Means::default(),
+            dissolved: HashSet::new(),
+            breaching: HashSet::new(),
             rules,
         }
     }
@@ -179,6 +188,8 @@ impl Engine {
         let readings::Readings { by_key: mut readings, suspect } =
             readings::read(&self.rules, &self.topo, store, &silences, now_ms);
         self.attribute_to_outages(&mut readings);
+        self.breaching =
+            readings.iter().filter(|(_, r)| r.reading == Reading::Breach).map(|(k, _)| k.clone()).collect();
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
         keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
         for key in keys {
@@ -211,6 +222,28 @@ impl Engine {
         self.instances.retain(|_, i| i.phase != Phase::Inactive);
         self.track_outages(&silences, now_ms);
         self.changes(&suspect, now_ms)
+    }
+
+    /// (parent, problem) of every group forming: at least `min_children`
+    /// children of the parent with an alert of that problem pending or
+    /// firing (reachability aside: it has its own hold).
+    fn forming(&self) -> HashSet<(NodeId, String)> {
+        let mut children: HashMap<(NodeId, String), HashSet<&NodeId>> = HashMap::new();
+        for (key, i) in &self.instances {
+            let problem = &self.rules.rules[key.rule].problem;
+            if problem == incident::UNREACHABLE || i.phase == Phase::Inactive {
+                continue;
+            }
+            if let Some(parent) = self.topo.get(&i.subject).and_then(|n| n.parent.clone()) {
+                children.entry((parent, problem.clone())).or_default().insert(&i.subject);
+            }
+        }
+        children.into_iter().filter(|(_, c)| c.len() >= self.rules.min_children).map(|(k, _)| k).collect()
+    }
+
+    /// The longest `for` of the rules reporting `problem`.
+    fn slowest_for(&self, problem: &str) -> Duration {
+        self.rules.rules.iter().filter(|r| r.problem == problem).map(|r| r.for_).max().unwrap_or_default()
     }
 
     /// A sample of a rule about anything but reachability whose round
@@ -281,12 +314,28 @@ impl Engine {
             })
             .collect();
         let incidents = incident::group(&active, &self.topo, suspect, self.rules.min_children);
+        let forming = self.forming();
+        note_dissolved(&mut self.dissolved, &self.open, &self.rules.rules, &incidents, &firing);
         let mut present: BTreeMap<String, IncidentView> = BTreeMap::new();
         for inc in &incidents {
             // Held: an ancestor is late. Waiting: a problem that may yet be grouped.
             let waiting = inc.problem != incident::UNREACHABLE
                 && now_ms - inc.since_ms < self.rules.group_wait.as_millis() as i64;
-            if (inc.held || waiting) && !self.open.contains_key(&inc.key()) {
+            // A group of its siblings is forming (enough of them pending or
+            // firing): wait for it. Bounded: a sibling pending by the time
+            // this one fired (its `for` after its breach began) fires within
+            // the slowest `for` after that.
+            let joining = inc.scope == super::model::Scope::Node
+                && inc.problem != incident::UNREACHABLE
+                && self.topo.get(&inc.node).and_then(|n| n.parent.clone()).is_some_and(|parent| {
+                    let hold = self.rules.group_wait + self.slowest_for(&inc.problem) * 2;
+                    forming.contains(&(parent, inc.problem.clone())) && now_ms - inc.since_ms < hold.as_millis() as i64
+                });
+            // A member of a group that dissolved pages only while it breaks its rule.
+            let lingering = inc.scope == super::model::Scope::Node
+                && self.dissolved.contains(&(inc.node.clone(), inc.problem.clone()))
+                && !inc.alerts.iter().any(|&i| self.breaching.contains(firing[i].0));
+            if (inc.held || waiting || joining || lingering) && !self.open.contains_key(&inc.key()) {
                 continue;
             }
             present.insert(inc.key(), view::incident(&self.rules, &self.topo, inc, &firing, &active));
@@ -339,6 +388,29 @@ impl Engine {
         self.open = now_open;
         changes
     }
+}
+
+/// Remembers the members of every open children group that is no longer
+/// formed, and forgets members with nothing firing.
+fn note_dissolved(
+    dissolved: &mut HashSet<(NodeId, String)>,
+    open: &BTreeMap<String, IncidentView>,
+    rules: &[super::rules::Rule],
+    incidents: &[incident::Incident],
+    firing: &[(&AlertKey, &Instance)],
+) {
+    let formed: HashSet<String> = incidents.iter().map(|i| i.key()).collect();
+    for (key, v) in open {
+        if v.scope == super::model::Scope::Children && !formed.contains(key) {
+            for (member, _) in &v.affected {
+                if let Ok(id) = NodeId::new(member) {
+                    dissolved.insert((id, v.problem.clone()));
+                }
+            }
+        }
+    }
+    dissolved
+        .retain(|(node, problem)| firing.iter().any(|(k, i)| i.subject == *node && rules[k.rule].problem == *problem));
 }
 
 #[cfg(test)]
@@ -747,6 +819,56 @@ mod tests {
         assert_eq!(pages, ["open c1/degraded", "open c2/unreachable"]);
         let v = e.open_incidents().find(|v| v.key == "c1/degraded").unwrap();
         assert!(v.summary.starts_with("c1 loses 3") || v.summary.starts_with("c1 loses 4"), "{}", v.summary);
+    }
+
+    /// Issue 22: jitter on four communes whose `for` timers run out one
+    /// after another is one group page, not members first; when the group
+    /// shrinks below three it resolves as one, and the member whose jitter
+    /// sank below the firing threshold (still firing by hysteresis) pages
+    /// nothing, while one still above it does.
+    #[test]
+    fn groups_form_without_paging_members_and_dissolve_quietly() {
+        let rules = format!(
+            "{RULES}  - name: jitter\n    metric: tierwatch_icmp_jitter_seconds\n    match: {{tier: commune}}\n    above: 0.03\n    clear_below: 0.015\n    for: 5s\n    problem: degraded\n    severity: warning\n    summary: \"{{{{ node_name }}}} jitter {{{{ value | ms }}}}\"\n"
+        );
+        let (e0, store) = setup();
+        let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+        let jitter = |c: &str, v: f64, t: i64| {
+            let batch = Batch {
+                node_id: c.into(),
+                push_interval_ms: 1000,
+                series: vec![Series {
+                    name: "tierwatch_icmp_jitter_seconds".into(),
+                    kind: MetricKind::Gauge as i32,
+                    labels: vec![Label::new("target", "provincial-gateway")],
+                    points: vec![Point { timestamp_ms: t, value: v }],
+                }],
+                ..Default::default()
+            };
+            store.ingest(&NodeId::new(c).unwrap(), batch, t);
+        };
+        let mut changes = Vec::new();
+        for t in (1000..=40_000).step_by(1000) {
+            push(&store, "p", t, &[]);
+            // c1 from 1 s, c2 from 2 s, c3 from 3 s at 50 ms; c4 stays at 5 ms.
+            // From 20 s: c2 recovers, c3 sinks to 28 ms (below 30, above 15), c1 stays.
+            for (c, from) in [("c1", 1000), ("c2", 2000), ("c3", 3000)] {
+                let v = match (c, t) {
+                    (_, t) if t < from => 0.005,
+                    ("c2", t) if t >= 20_000 => 0.0,
+                    ("c3", t) if t >= 20_000 => 0.028,
+                    _ => 0.05,
+                };
+                jitter(c, v, t);
+            }
+            jitter("c4", 0.005, t);
+            changes.extend(kinds(&e.evaluate(&store, t)).into_iter().map(|k| format!("{t}: {k}")));
+        }
+        assert_eq!(
+            changes,
+            ["8000: open p/degraded/children", "20000: open c1/degraded", "20000: resolve p/degraded/children"],
+            "one group page; dissolved, only the member still above its threshold pages"
+        );
     }
 
     /// A silent commune whose WAN end the province still reaches is its
