@@ -240,9 +240,17 @@ pub(in crate::probe) async fn icmp_round(
         None => {
             out.push(&catalogue::ICMP_RECEIVED, &[], 0.0, ts);
             out.push(&catalogue::ICMP_LOSS, &[], 1.0, ts);
-            out.error = Some(
-                round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())),
-            );
+            // Every request of the round lost, but the watch's answered: a
+            // lossy link, not a cut (its loss is the news).
+            out.success = round.reachable_at_end();
+            if out.success {
+                rtt.add_loss(1.0);
+                out.note(|| format!("{} of the watch's requests answered", round.watch_answered));
+            } else {
+                out.error = Some(
+                    round.first_error.clone().unwrap_or_else(|| format!("no reply to {} echo requests", round.sent())),
+                );
+            }
         }
     }
     early_ts

@@ -25,6 +25,9 @@ pub struct Round {
     pub confirmations: u32,
     /// Echo requests the watch added: keepalives between the round's own.
     pub keepalives: u32,
+    /// Of the watch's requests, those answered: the target was there even
+    /// when every one of the round's own requests was lost.
+    pub watch_answered: u32,
     /// The round's sequence numbers, held until the watch is done too.
     pub(super) seqs: Vec<u16>,
 }
@@ -68,14 +71,16 @@ impl Round {
             silent_from: None,
             confirmations: 0,
             keepalives: 0,
+            watch_answered: 0,
             seqs: Vec::new(),
         }
     }
 
-    /// True unless the watch found the target silent and nothing sent after that was answered.
+    /// True unless the watch found the target silent and nothing sent after
+    /// that was answered; without a silence, any answer counts, the watch's too.
     pub fn reachable_at_end(&self) -> bool {
         match self.silent_from {
-            None => self.rtts.iter().any(Option::is_some),
+            None => self.rtts.iter().any(Option::is_some) || self.watch_answered > 0,
             Some(i) => self.rtts.iter().skip(i + 1).any(Option::is_some),
         }
     }
