@@ -2,7 +2,7 @@
 //! value of each series. One mutex per node, so pushes from different
 //! nodes never wait on each other; the node set is fixed by the topology.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tierwatch_protocol::catalogue::event_kind_label;
@@ -203,6 +203,17 @@ impl Store {
     /// Calls `f` for each node in topology order with its state locked.
     /// Reads only: a reader takes the series it wants with
     /// [`NodeState::fresh_series`] and [`Store::stale_before`].
+    /// The nodes that pushed at or after `since_ms` (collector clock).
+    pub fn nodes_pushed_since(&self, since_ms: i64) -> HashSet<NodeId> {
+        let mut out = HashSet::new();
+        self.for_each_node(|node, state| {
+            if state.last_push_ms.is_some_and(|t| t >= since_ms) {
+                out.insert(node.id.clone());
+            }
+        });
+        out
+    }
+
     pub fn for_each_node(&self, mut f: impl FnMut(&Node, &NodeState)) {
         for node in self.topology.nodes() {
             if let Some(state) = self.lock(&node.id) {

@@ -40,6 +40,11 @@ pub struct Engine {
     /// enough for every node to push and every heartbeat to decide.
     restored: std::collections::HashSet<String>,
     restored_until_ms: i64,
+    /// Alert instances decided since this start: a heartbeat once its node
+    /// pushed (or it breached), anything else once read. A restored
+    /// incident whose alerts are all decided is judged at once, not at
+    /// `restored_until_ms`.
+    decided: HashSet<AlertKey>,
     flaps: Flaps,
     /// Nodes that pushed before this start (from the ledger): judged by
     /// heartbeat from the start. A node never heard from is unknown, not
@@ -79,6 +84,7 @@ impl Engine {
             open: BTreeMap::new(),
             restored: Default::default(),
             restored_until_ms: 0,
+            decided: HashSet::new(),
             flaps: Flaps::new(rules.flapping, rules.locale.language),
             known: HashSet::new(),
             late: HashSet::new(),
@@ -188,6 +194,15 @@ impl Engine {
         let readings::Readings { by_key: mut readings, suspect } =
             readings::read(&self.rules, &self.topo, store, &silences, now_ms);
         self.attribute_to_outages(&mut readings);
+        if !self.restored.is_empty() {
+            let pushed = store.nodes_pushed_since(self.started_ms);
+            for (key, r) in &readings {
+                let heartbeat = matches!(self.rules.rules[key.rule].kind, RuleKind::Heartbeat { .. });
+                if !heartbeat || r.reading == Reading::Breach || pushed.contains(&key.node) {
+                    self.decided.insert(key.clone());
+                }
+            }
+        }
         self.breaching =
             readings.iter().filter(|(_, r)| r.reading == Reading::Breach).map(|(k, _)| k.clone()).collect();
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
@@ -378,7 +393,7 @@ impl Engine {
         for (key, old) in &self.open {
             if now_open.contains_key(key) {
                 self.restored.remove(key);
-            } else if self.restored.contains(key) && now_ms < self.restored_until_ms {
+            } else if self.restored.contains(key) && now_ms < self.restored_until_ms && !self.all_decided(old) {
                 now_open.insert(key.clone(), old.clone());
             } else {
                 self.restored.remove(key);
@@ -386,7 +401,23 @@ impl Engine {
             }
         }
         self.open = now_open;
+        if self.restored.is_empty() {
+            self.decided.clear();
+        }
         changes
+    }
+
+    /// Whether every alert of a restored incident has been decided since
+    /// this start (an incident without alerts, a flapping one, never is).
+    fn all_decided(&self, v: &IncidentView) -> bool {
+        !v.alerts.is_empty()
+            && v.alerts.iter().all(|a| {
+                let Some(rule) = self.rules.rules.iter().position(|r| r.name == a.rule) else { return true };
+                let Ok(node) = NodeId::new(&a.node) else { return true };
+                let labels =
+                    a.labels.iter().map(|(k, v)| tierwatch_protocol::Label::new(k.clone(), v.clone())).collect();
+                self.decided.contains(&AlertKey { rule, node, labels })
+            })
     }
 }
 
@@ -535,6 +566,44 @@ mod tests {
         assert!(e.evaluate(&store, 1000).is_empty(), "still true: no second page");
         push(&store, "p", 2000, &[("c1", 1.0)]);
         assert_eq!(kinds(&e.evaluate(&store, 2000)), ["resolve c1/unreachable"]);
+    }
+
+    /// Issue 22: an incident restored after a restart that is over (the
+    /// link came back while the collector was down) resolves as soon as its
+    /// alerts are decided again: the province's probe read, the node's
+    /// heartbeat once it pushed; not after the restart's grace of 40 s.
+    #[test]
+    fn a_restored_incident_that_is_over_resolves_at_the_first_decision() {
+        let (mut e, store) = setup();
+        push(&store, "p", 1000, &[("c1", 0.0)]);
+        for c in ["c1", "c2", "c3", "c4"] {
+            push(&store, c, 1000, &[]);
+        }
+        let mut views = Vec::new();
+        for t in (1000..=6000).step_by(500) {
+            push(&store, "p", t, &[("c1", 0.0)]);
+            for c in ["c1", "c3", "c4"] {
+                push(&store, c, t, &[]);
+            }
+            // c2's agent went silent too: node_down.
+            for ch in e.evaluate(&store, t) {
+                if let Change::Opened(v) = ch {
+                    views.push(v);
+                }
+            }
+        }
+        let keys: Vec<&str> = views.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["c1/unreachable", "c2/unreachable"]);
+        // Restart at 100 s: c1's link and c2's agent came back meanwhile.
+        let (e0, store) = setup();
+        let mut e = Engine::new(e0.rules.clone(), e0.topo.clone(), 100_000);
+        e.set_known(["p", "c1", "c2", "c3", "c4"].iter().map(|n| NodeId::new(n).unwrap()).collect());
+        e.restore(views);
+        assert!(e.evaluate(&store, 100_500).is_empty(), "nothing decided yet");
+        push(&store, "p", 101_000, &[("c1", 1.0), ("c2", 1.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 101_000)), ["resolve c1/unreachable"], "the probe decides c1");
+        push(&store, "c2", 102_000, &[]);
+        assert_eq!(kinds(&e.evaluate(&store, 102_000)), ["resolve c2/unreachable"], "its push decides c2");
     }
 
     #[test]
