@@ -116,6 +116,8 @@ async fn back_off(
     let deadline = failed + wait;
     if unreachable {
         let mut check_at = attempted + RECHECK;
+        // When a check last went again at once (see below).
+        let mut hurried: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(check_at) => {}
@@ -138,8 +140,12 @@ async fn back_off(
                 // second apart went unanswered): a new attempt starts a new
                 // resolution with a probe at once, which after a restore is
                 // answered; waiting out the pace would add up to a second.
-                // At most once per resolution cycle (seconds), so no spin.
-                Err((_, std::io::ErrorKind::HostUnreachable)) if started.elapsed() >= RECHECK / 4 => {
+                // At most once per resolution cycle (3 s): a remote router's
+                // host-unreachable answers the same, and must not double the pace.
+                Err((_, std::io::ErrorKind::HostUnreachable))
+                    if started.elapsed() >= RECHECK / 4 && hurried.is_none_or(|h| h.elapsed() >= RECHECK * 3) =>
+                {
+                    hurried = Some(Instant::now());
                     check_at = Instant::now();
                 }
                 Err(_) => check_at = started + RECHECK,

@@ -200,9 +200,6 @@ impl Store {
         }
     }
 
-    /// Calls `f` for each node in topology order with its state locked.
-    /// Reads only: a reader takes the series it wants with
-    /// [`NodeState::fresh_series`] and [`Store::stale_before`].
     /// The nodes that pushed at or after `since_ms` (collector clock).
     pub fn nodes_pushed_since(&self, since_ms: i64) -> HashSet<NodeId> {
         let mut out = HashSet::new();
@@ -214,6 +211,9 @@ impl Store {
         out
     }
 
+    /// Calls `f` for each node in topology order with its state locked.
+    /// Reads only: a reader takes the series it wants with
+    /// [`NodeState::fresh_series`] and [`Store::stale_before`].
     pub fn for_each_node(&self, mut f: impl FnMut(&Node, &NodeState)) {
         for node in self.topology.nodes() {
             if let Some(state) = self.lock(&node.id) {

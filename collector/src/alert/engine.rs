@@ -191,18 +191,9 @@ impl Engine {
     /// Evaluates every rule at `now_ms`; returns the incident changes to notify.
     pub fn evaluate(&mut self, store: &Store, now_ms: i64) -> Vec<Change> {
         let silences = self.silences(store, now_ms);
-        let readings::Readings { by_key: mut readings, suspect } =
+        let readings::Readings { by_key: mut readings, suspect, answering } =
             readings::read(&self.rules, &self.topo, store, &silences, now_ms);
         self.attribute_to_outages(&mut readings);
-        if !self.restored.is_empty() {
-            let pushed = store.nodes_pushed_since(self.started_ms);
-            for (key, r) in &readings {
-                let heartbeat = matches!(self.rules.rules[key.rule].kind, RuleKind::Heartbeat { .. });
-                if !heartbeat || r.reading == Reading::Breach || pushed.contains(&key.node) {
-                    self.decided.insert(key.clone());
-                }
-            }
-        }
         self.breaching =
             readings.iter().filter(|(_, r)| r.reading == Reading::Breach).map(|(k, _)| k.clone()).collect();
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
@@ -234,8 +225,20 @@ impl Engine {
                 tracing::debug!(rule = %rule.name, node = %key.node, transition = ?t, "alert");
             }
         }
+        if !self.restored.is_empty() {
+            // Decided: past pending (a `for` still running decides nothing),
+            // and for a heartbeat, its node pushed since the start (or it breached).
+            let pushed = store.nodes_pushed_since(self.started_ms);
+            for (key, r) in &readings {
+                let pending = matches!(self.instances.get(key).map(|i| i.phase), Some(Phase::Pending { .. }));
+                let heartbeat = matches!(self.rules.rules[key.rule].kind, RuleKind::Heartbeat { .. });
+                if !pending && (!heartbeat || r.reading == Reading::Breach || pushed.contains(&key.node)) {
+                    self.decided.insert(key.clone());
+                }
+            }
+        }
         self.instances.retain(|_, i| i.phase != Phase::Inactive);
-        self.track_outages(&silences, now_ms);
+        self.track_outages(&silences, &answering, now_ms);
         self.changes(&suspect, now_ms)
     }
 
@@ -243,14 +246,26 @@ impl Engine {
     /// children of the parent with an alert of that problem pending or
     /// firing (reachability aside: it has its own hold).
     fn forming(&self) -> HashSet<(NodeId, String)> {
+        // As `incident::group` forms groups: none when the parent has the
+        // problem itself, none of children behind an unreachable node.
+        let firing: HashSet<(&NodeId, &str)> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| is_firing(i.phase))
+            .map(|(k, i)| (&i.subject, self.rules.rules[k.rule].problem.as_str()))
+            .collect();
+        let cut_off =
+            |n: &NodeId| incident::ancestors(&self.topo, n).any(|a| firing.contains(&(a, incident::UNREACHABLE)));
         let mut children: HashMap<(NodeId, String), HashSet<&NodeId>> = HashMap::new();
         for (key, i) in &self.instances {
             let problem = &self.rules.rules[key.rule].problem;
-            if problem == incident::UNREACHABLE || i.phase == Phase::Inactive {
+            if problem == incident::UNREACHABLE || i.phase == Phase::Inactive || cut_off(&i.subject) {
                 continue;
             }
             if let Some(parent) = self.topo.get(&i.subject).and_then(|n| n.parent.clone()) {
-                children.entry((parent, problem.clone())).or_default().insert(&i.subject);
+                if !firing.contains(&(&parent, problem.as_str())) {
+                    children.entry((parent, problem.clone())).or_default().insert(&i.subject);
+                }
             }
         }
         children.into_iter().filter(|(_, c)| c.len() >= self.rules.min_children).map(|(k, _)| k).collect()
@@ -267,13 +282,24 @@ impl Engine {
     /// it out of its window; any other reads a breach of it as missing (a
     /// firing alert stays, a pending one is dropped, nothing new opens).
     fn attribute_to_outages(&mut self, readings: &mut HashMap<AlertKey, readings::Read>) {
+        // Reachability breaking in this very evaluation (the batch that
+        // brings a cut's first failed round): not recorded as an outage yet.
+        let breaking: HashSet<NodeId> = readings
+            .iter()
+            .filter(|(k, r)| r.reading == Reading::Breach && self.rules.rules[k.rule].problem == incident::UNREACHABLE)
+            .map(|(_, r)| r.subject.clone())
+            .collect();
+        let topo = &self.topo;
+        let covered = |n: &NodeId| std::iter::once(n).chain(incident::ancestors(topo, n)).any(|a| breaking.contains(a));
         let mut outage: HashSet<AlertKey> = readings
             .iter()
             .filter(|(key, r)| {
                 let Some((from, to)) = r.sample else { return false };
                 self.rules.rules[key.rule].problem != incident::UNREACHABLE
-                    && (self.outages.overlaps(&self.topo, &key.node, from, to)
-                        || self.outages.overlaps(&self.topo, &r.subject, from, to))
+                    && (self.outages.overlaps(topo, &key.node, from, to)
+                        || self.outages.overlaps(topo, &r.subject, from, to)
+                        || covered(&key.node)
+                        || covered(&r.subject))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -286,10 +312,13 @@ impl Engine {
     }
 
     /// Nodes unreachable now: late by their heartbeat (since they were last
-    /// heard), or the subject of a firing reachability alert (since it fired).
-    fn track_outages(&mut self, silences: &HashMap<NodeId, Silence>, now_ms: i64) {
+    /// heard) with their link not answering, or the subject of a firing
+    /// reachability alert (since it fired).
+    fn track_outages(&mut self, silences: &HashMap<NodeId, Silence>, answering: &HashSet<NodeId>, now_ms: i64) {
         let mut out: HashMap<NodeId, i64> = HashMap::new();
-        for n in &self.late {
+        // Late but its link answering is an agent down or a delayed push,
+        // not an outage: what others measure of it still counts.
+        for n in self.late.iter().filter(|n| !answering.contains(*n)) {
             let age = silences.get(n).map_or(0, |s| s.0);
             out.insert(n.clone(), now_ms - age);
         }
@@ -393,7 +422,9 @@ impl Engine {
         for (key, old) in &self.open {
             if now_open.contains_key(key) {
                 self.restored.remove(key);
-            } else if self.restored.contains(key) && now_ms < self.restored_until_ms && !self.all_decided(old) {
+            } else if self.restored.contains(key)
+                && ((now_ms < self.restored_until_ms && !self.all_decided(old)) || self.any_pending(old))
+            {
                 now_open.insert(key.clone(), old.clone());
             } else {
                 self.restored.remove(key);
@@ -410,14 +441,24 @@ impl Engine {
     /// Whether every alert of a restored incident has been decided since
     /// this start (an incident without alerts, a flapping one, never is).
     fn all_decided(&self, v: &IncidentView) -> bool {
-        !v.alerts.is_empty()
-            && v.alerts.iter().all(|a| {
-                let Some(rule) = self.rules.rules.iter().position(|r| r.name == a.rule) else { return true };
-                let Ok(node) = NodeId::new(&a.node) else { return true };
-                let labels =
-                    a.labels.iter().map(|(k, v)| tierwatch_protocol::Label::new(k.clone(), v.clone())).collect();
-                self.decided.contains(&AlertKey { rule, node, labels })
-            })
+        !v.alerts.is_empty() && v.alerts.iter().all(|a| self.key_of(a).is_none_or(|k| self.decided.contains(&k)))
+    }
+
+    /// Whether an alert of a restored incident is pending again: its `for`
+    /// (in time and samples) is running, so the restored page waits for it.
+    fn any_pending(&self, v: &IncidentView) -> bool {
+        v.alerts.iter().any(|a| {
+            self.key_of(a)
+                .is_some_and(|k| matches!(self.instances.get(&k).map(|i| i.phase), Some(Phase::Pending { .. })))
+        })
+    }
+
+    /// The alert instance of an alert as shown in a (restored) incident.
+    fn key_of(&self, a: &super::model::AlertView) -> Option<AlertKey> {
+        let rule = self.rules.rules.iter().position(|r| r.name == a.rule)?;
+        let node = NodeId::new(&a.node).ok()?;
+        let labels = a.labels.iter().map(|(k, v)| tierwatch_protocol::Label::new(k.clone(), v.clone())).collect();
+        Some(AlertKey { rule, node, labels })
     }
 }
 
@@ -604,6 +645,58 @@ mod tests {
         assert_eq!(kinds(&e.evaluate(&store, 101_000)), ["resolve c1/unreachable"], "the probe decides c1");
         push(&store, "c2", 102_000, &[]);
         assert_eq!(kinds(&e.evaluate(&store, 102_000)), ["resolve c2/unreachable"], "its push decides c2");
+    }
+
+    /// A restart while a service is still down (`for: 30s`, a probe once a
+    /// minute): its first failed sample after the restart leaves the
+    /// restored incident open (pending is not decided), the second keeps
+    /// it: no resolve, no second page.
+    #[test]
+    fn a_restart_during_a_service_outage_neither_resolves_nor_pages_again() {
+        let rules = format!(
+            "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: 30s\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
+        );
+        let rules = Rules::parse(Path::new("r.yaml"), &rules).unwrap();
+        let portal = |store: &Store, at: i64| {
+            let batch = Batch {
+                node_id: "c1".into(),
+                push_interval_ms: 1000,
+                series: vec![Series {
+                    name: "tierwatch_probe_success".into(),
+                    kind: MetricKind::Gauge as i32,
+                    labels: vec![Label::new("probe", "tcp"), Label::new("target", "portal")],
+                    points: vec![Point { timestamp_ms: at, value: 0.0 }],
+                }],
+                ..Default::default()
+            };
+            store.ingest(&NodeId::new("c1").unwrap(), batch, at);
+        };
+        let (e0, store) = setup();
+        let mut e = Engine::new(rules.clone(), e0.topo.clone(), 0);
+        let mut opened = Vec::new();
+        for t in [1000, 61_000] {
+            portal(&store, t);
+            for ch in e.evaluate(&store, t) {
+                if let Change::Opened(v) = ch {
+                    opened.push(v);
+                }
+            }
+        }
+        assert_eq!(opened.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(), ["c1/service"]);
+        let (_, store) = setup();
+        let mut e = Engine::new(rules, e0.topo.clone(), 100_000);
+        e.restore(opened);
+        let mut changes = Vec::new();
+        for t in (100_000..=230_000).step_by(1000) {
+            if t == 121_000 || t == 181_000 {
+                portal(&store, t);
+            } else {
+                push(&store, "c1", t, &[]);
+            }
+            changes.extend(kinds(&e.evaluate(&store, t)).into_iter().map(|k| format!("{t}: {k}")));
+        }
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(e.open_incidents().count(), 1);
     }
 
     #[test]

@@ -37,8 +37,9 @@ impl Means {
                     samples.pop_front();
                 }
             }
-            let newest = samples.back().map_or(at, |&(t, _)| t);
-            let from = newest - window.as_millis() as i64;
+            // Anchored at the sample read now: during an outage (its samples
+            // left out) the window empties, rather than freezing what came before.
+            let from = at - window.as_millis() as i64;
             while samples.front().is_some_and(|&(t, _)| t <= from) {
                 samples.pop_front();
             }

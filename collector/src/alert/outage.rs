@@ -19,6 +19,10 @@ const KEPT: usize = 8;
 /// probe interval worth attributing.
 const REMEMBERED_MS: i64 = 3_600_000;
 
+/// Periods are in the collector's clock, samples in the agent's: a round
+/// within this of a period overlaps it (a push's latency, a little skew).
+const CLOCK_SLACK_MS: i64 = 2_000;
+
 /// One period of unreachability: from `start_ms`, until `end_ms` (open while `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Period {
@@ -63,7 +67,9 @@ impl Outages {
     pub fn overlaps(&self, topo: &Topology, node: &NodeId, from_ms: i64, to_ms: i64) -> bool {
         std::iter::once(node).chain(super::incident::ancestors(topo, node)).any(|n| {
             self.by_node.get(n).is_some_and(|periods| {
-                periods.iter().any(|p| p.start_ms <= to_ms && p.end_ms.is_none_or(|e| e >= from_ms))
+                periods.iter().any(|p| {
+                    p.start_ms - CLOCK_SLACK_MS <= to_ms && p.end_ms.is_none_or(|e| e + CLOCK_SLACK_MS >= from_ms)
+                })
             })
         })
     }
@@ -93,7 +99,8 @@ mod tests {
         o.update(&HashMap::from([(id("c1"), 10_000)]), 12_000);
         // Open: anything from its start on overlaps.
         assert!(o.overlaps(&t, &id("c1"), 0, 10_000));
-        assert!(!o.overlaps(&t, &id("c1"), 0, 9_999));
+        assert!(o.overlaps(&t, &id("c1"), 0, 9_999), "within the clock slack");
+        assert!(!o.overlaps(&t, &id("c1"), 0, 10_000 - CLOCK_SLACK_MS - 1));
         assert!(!o.overlaps(&t, &id("c2"), 0, 50_000), "a sibling is not covered");
         o.update(&HashMap::new(), 40_000);
         // A once-a-minute round stamped after the restore that began during the cut.

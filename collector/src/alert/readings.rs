@@ -41,6 +41,9 @@ pub struct Readings {
     pub by_key: HashMap<AlertKey, Read>,
     /// Nodes late by more than half an interval.
     pub suspect: HashSet<NodeId>,
+    /// Nodes whose WAN link answers: a reachability rule about them (the
+    /// province's probe of their WAN end) reads clear.
+    pub answering: HashSet<NodeId>,
 }
 
 /// How long a node has been silent and its push interval, both in ms.
@@ -90,7 +93,7 @@ pub fn read(
     });
     // A node's link answers when a reachability rule about it (the
     // province's probe of its WAN end) reads clear now.
-    let answering: HashSet<NodeId> = out
+    out.answering = out
         .by_key
         .iter()
         .filter(|(k, r)| {
@@ -102,7 +105,7 @@ pub fn read(
         .map(|(_, r)| r.subject.clone())
         .collect();
     for (ri, node, silence, missed, link) in beats {
-        let answers = answering.contains(&node);
+        let answers = out.answering.contains(&node);
         heartbeat(&mut out, ri, node, silence, missed, link, answers);
     }
     out

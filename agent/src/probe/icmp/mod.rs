@@ -109,8 +109,8 @@ pub struct Watch {
     /// once a reply is overdue the watch sends one request every 100 ms
     /// until the run is too long to be chance (see
     /// `RttEstimate::evidence`), which fits in the floor unless the link
-    /// has been very lossy. A round that ends first ends the watch without
-    /// a report: its own loss is the news.
+    /// has been very lossy; past the round's end if need be (at most
+    /// 1.6 s), so a cut at a round's last request is decided in that round.
     pub evidence: u32,
     /// `None`: no keepalives (the round's own requests only).
     pub gap: Option<Duration>,
@@ -124,6 +124,8 @@ const CONFIRMATIONS: u32 = 3;
 /// How often the watch sends while it gathers a lossy link's evidence:
 /// fast enough that a dozen requests fit in the silence floor.
 const EVIDENCE_PACE: Duration = Duration::from_millis(100);
+/// When the watch starts gathering that evidence after a request, at the latest.
+const EVIDENCE_START: Duration = Duration::from_millis(250);
 /// Requests the watch may add to one round (confirmations and keepalives).
 const MAX_WATCH_REQUESTS: usize = 64;
 
@@ -372,7 +374,10 @@ impl<S: IcmpSocket> IcmpEngine<S> {
             });
             match suspect {
                 Some(s) if now >= s + w.floor && unanswered(s) < needed => {
-                    if finished {
+                    // Past the round's end too: a cut at its last request is
+                    // decided here, not reported as a success (bounded by
+                    // MAX_WATCH_REQUESTS).
+                    if added >= MAX_WATCH_REQUESTS {
                         break;
                     }
                     // More evidence: one request every EVIDENCE_PACE.
@@ -417,7 +422,10 @@ impl<S: IcmpSocket> IcmpEngine<S> {
                     // one more request every EVIDENCE_PACE until the run of
                     // unanswered ones is long enough, so it is complete by
                     // the floor (a working link answers the first of them).
-                    if send.is_none() && now >= s + w.rto && unanswered(s) < needed {
+                    // From EVIDENCE_START at the latest: after a stall the rto
+                    // is inflated (up to the timeout), and waiting for it
+                    // would leave the run short at the floor.
+                    if send.is_none() && now >= s + w.rto.min(EVIDENCE_START) && unanswered(s) < needed {
                         let due = newest.map_or(now, |n| n + EVIDENCE_PACE);
                         if now >= due {
                             send = Some(&mut report.confirmations);
@@ -642,7 +650,7 @@ mod tests {
             Watch {
                 rto: Duration::from_millis(250),
                 floor,
-                evidence: 2,
+                evidence: super::probe::RttEstimate::default().evidence(),
                 gap: Some(Duration::from_millis(500)),
                 silent,
             },
@@ -750,7 +758,11 @@ mod tests {
                 v6: false,
             });
             e.receivers.push(tokio::spawn(receive_loop(e.shared.clone(), e.v4.clone())));
-            let (w, heard) = watch(floor);
+            let (mut w, heard) = watch(floor);
+            // Every other cut after a stall: the rto inflated to the timeout.
+            if offset_ms % 200 == 0 {
+                w.rto = Duration::from_secs(1);
+            }
             let round = e.round(GW, 5, Duration::from_secs(1), Duration::from_secs(1), Some(w));
             tokio::pin!(round);
             tokio::select! {
