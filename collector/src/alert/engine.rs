@@ -521,6 +521,30 @@ mod tests {
         store.ingest(&NodeId::new(node).unwrap(), batch, now);
     }
 
+    /// One point of a gauge `name{labels}` of `node` at `at`, ingested at `at`.
+    fn gauge(store: &Store, node: &str, name: &str, labels: &[(&str, &str)], value: f64, at: i64) {
+        let batch = Batch {
+            node_id: node.into(),
+            push_interval_ms: 1000,
+            series: vec![Series {
+                name: name.into(),
+                kind: MetricKind::Gauge as i32,
+                labels: labels.iter().map(|(k, v)| Label::new(*k, *v)).collect(),
+                points: vec![Point { timestamp_ms: at, value }],
+            }],
+            ..Default::default()
+        };
+        store.ingest(&NodeId::new(node).unwrap(), batch, at);
+    }
+
+    /// The test rules plus a service rule with `for_`.
+    fn with_service_rule(for_: &str) -> Rules {
+        let text = format!(
+            "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: {for_}\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
+        );
+        Rules::parse(Path::new("r.yaml"), &text).unwrap()
+    }
+
     fn kinds(c: &[Change]) -> Vec<String> {
         c.iter()
             .map(|c| match c {
@@ -653,23 +677,9 @@ mod tests {
     /// it: no resolve, no second page.
     #[test]
     fn a_restart_during_a_service_outage_neither_resolves_nor_pages_again() {
-        let rules = format!(
-            "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: 30s\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
-        );
-        let rules = Rules::parse(Path::new("r.yaml"), &rules).unwrap();
+        let rules = with_service_rule("30s");
         let portal = |store: &Store, at: i64| {
-            let batch = Batch {
-                node_id: "c1".into(),
-                push_interval_ms: 1000,
-                series: vec![Series {
-                    name: "tierwatch_probe_success".into(),
-                    kind: MetricKind::Gauge as i32,
-                    labels: vec![Label::new("probe", "tcp"), Label::new("target", "portal")],
-                    points: vec![Point { timestamp_ms: at, value: 0.0 }],
-                }],
-                ..Default::default()
-            };
-            store.ingest(&NodeId::new("c1").unwrap(), batch, at);
+            gauge(store, "c1", "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], 0.0, at)
         };
         let (e0, store) = setup();
         let mut e = Engine::new(rules.clone(), e0.topo.clone(), 0);
@@ -891,24 +901,11 @@ mod tests {
     #[test]
     fn what_was_measured_during_an_outage_belongs_to_it() {
         for (for_, real) in [("30s", "241000: open c1/service"), ("0s", "181000: open c1/service")] {
-            let rules = format!(
-                "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: {for_}\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
-            );
             let (e0, store) = setup();
-            let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
+            let mut e = Engine::new(with_service_rule(for_), e0.topo.clone(), 0);
             let portal = |store: &Store, at: i64, ok: bool| {
-                let batch = Batch {
-                    node_id: "c1".into(),
-                    push_interval_ms: 1000,
-                    series: vec![Series {
-                        name: "tierwatch_probe_success".into(),
-                        kind: MetricKind::Gauge as i32,
-                        labels: vec![Label::new("probe", "tcp"), Label::new("target", "portal")],
-                        points: vec![Point { timestamp_ms: at, value: if ok { 1.0 } else { 0.0 } }],
-                    }],
-                    ..Default::default()
-                };
-                store.ingest(&NodeId::new("c1").unwrap(), batch, at);
+                let v = if ok { 1.0 } else { 0.0 };
+                gauge(store, "c1", "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], v, at)
             };
             let mut pages = Vec::new();
             portal(&store, 1000, true);
