@@ -289,8 +289,21 @@ impl Engine {
             .filter(|(k, r)| r.reading == Reading::Breach && self.rules.rules[k.rule].problem == incident::UNREACHABLE)
             .map(|(_, r)| r.subject.clone())
             .collect();
+        // Links degraded now (firing, or pending: the loss is already past
+        // the threshold): a probe failing across one is its symptom.
+        let degraded: HashSet<NodeId> = self
+            .instances
+            .iter()
+            .filter(|(k, i)| i.phase != Phase::Inactive && self.rules.rules[k.rule].problem == incident::DEGRADED)
+            .map(|(_, i)| i.subject.clone())
+            .collect();
         let topo = &self.topo;
         let covered = |n: &NodeId| std::iter::once(n).chain(incident::ancestors(topo, n)).any(|a| breaking.contains(a));
+        let lossy = |n: &NodeId| std::iter::once(n).chain(incident::ancestors(topo, n)).any(|a| degraded.contains(a));
+        let probe_failure = |rule: usize| {
+            matches!(&self.rules.rules[rule].kind, RuleKind::Threshold { metric, .. }
+                if metric == tierwatch_protocol::catalogue::PROBE_SUCCESS.name)
+        };
         let mut outage: HashSet<AlertKey> = readings
             .iter()
             .filter(|(key, r)| {
@@ -299,7 +312,8 @@ impl Engine {
                     && (self.outages.overlaps(topo, &key.node, from, to)
                         || self.outages.overlaps(topo, &r.subject, from, to)
                         || covered(&key.node)
-                        || covered(&r.subject))
+                        || covered(&r.subject)
+                        || (probe_failure(key.rule) && (lossy(&key.node) || lossy(&r.subject))))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -941,7 +955,7 @@ mod tests {
     #[test]
     fn a_lossy_link_is_degraded_by_its_mean_and_a_cut_leaves_no_loss() {
         let rules = format!(
-            "{RULES}  - name: wan_link_loss_high\n    metric: tierwatch_icmp_loss_ratio\n    match: {{tier: province}}\n    subject: target\n    mean_over: 1m\n    above: 0.1\n    clear_below: 0.03\n    for: 1m\n    problem: degraded\n    severity: warning\n    summary: \"{{{{ target }}}} loses {{{{ value | percent }}}}\"\n"
+            "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    problem: service\n    severity: critical\n    summary: s\n  - name: wan_link_loss_high\n    metric: tierwatch_icmp_loss_ratio\n    match: {{tier: province}}\n    subject: target\n    mean_over: 1m\n    above: 0.1\n    clear_below: 0.03\n    for: 1m\n    problem: degraded\n    severity: warning\n    summary: \"{{{{ target }}}} loses {{{{ value | percent }}}}\"\n"
         );
         let (e0, store) = setup();
         let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
@@ -973,9 +987,18 @@ mod tests {
                     store.ingest(&NodeId::new(c).unwrap(), b, t);
                 }
             }
+            // Once c1's link is degraded, its own probes across it fail now and then.
+            if t >= 150_000 {
+                let v = if (t / 5000) % 2 == 0 { 0.0 } else { 1.0 };
+                gauge(&store, "c1", "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], v, t);
+            }
             pages.extend(kinds(&e.evaluate(&store, t)).into_iter().filter(|k| k.starts_with("open")));
         }
-        assert_eq!(pages, ["open c1/degraded", "open c2/unreachable"]);
+        assert_eq!(
+            pages,
+            ["open c1/degraded", "open c2/unreachable"],
+            "c1's failing probe is a symptom of its degraded link"
+        );
         let v = e.open_incidents().find(|v| v.key == "c1/degraded").unwrap();
         assert!(v.summary.starts_with("c1 loses 3") || v.summary.starts_with("c1 loses 4"), "{}", v.summary);
     }

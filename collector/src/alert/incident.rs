@@ -25,6 +25,11 @@ use crate::topology::Topology;
 /// The problem name of a node that cannot be reached.
 pub const UNREACHABLE: &str = "unreachable";
 
+/// The problem name of a link that loses, delays or jitters (the shipped
+/// loss, latency and jitter rules): a probe of a node failing while its
+/// link is degraded is a symptom of it, not a second cause.
+pub const DEGRADED: &str = "degraded";
+
 /// A firing alert, as grouping needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Active {
