@@ -228,7 +228,10 @@ pub(in crate::probe) async fn icmp_round(
             }
             out.success = round.reachable_at_end();
             if out.success {
-                rtt.add_loss(s.loss_ratio);
+                // Replies that came back late were held, not lost: a stall
+                // must not make the next cut slow to call.
+                let lost = (s.sent - s.received).saturating_sub(round.late);
+                rtt.add_loss(f64::from(lost) / f64::from(s.sent.max(1)));
             }
             if !out.success {
                 out.error = Some(format!(
