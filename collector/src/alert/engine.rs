@@ -65,8 +65,6 @@ pub struct Engine {
     /// its rule's threshold, never on hysteresis alone. Forgotten once
     /// nothing of theirs fires.
     dissolved: HashSet<(NodeId, String)>,
-    /// The alert instances whose reading breached at this evaluation.
-    breaching: HashSet<AlertKey>,
 }
 
 impl Engine {
@@ -94,7 +92,6 @@ impl Engine {
             outages: Outages::default(),
             means: Means::default(),
             dissolved: HashSet::new(),
-            breaching: HashSet::new(),
             rules,
         }
     }
@@ -194,7 +191,8 @@ impl Engine {
         let readings::Readings { by_key: mut readings, suspect, answering } =
             readings::read(&self.rules, &self.topo, store, &silences, now_ms);
         self.attribute_to_outages(&mut readings);
-        self.breaching =
+        // The alert instances whose reading breached at this evaluation.
+        let breaching: HashSet<AlertKey> =
             readings.iter().filter(|(_, r)| r.reading == Reading::Breach).map(|(k, _)| k.clone()).collect();
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
         keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
@@ -239,7 +237,7 @@ impl Engine {
         }
         self.instances.retain(|_, i| i.phase != Phase::Inactive);
         self.track_outages(&silences, &answering, now_ms);
-        self.changes(&suspect, now_ms)
+        self.changes(&suspect, &breaching, now_ms)
     }
 
     /// (parent, problem) of every group forming: at least `min_children`
@@ -348,7 +346,7 @@ impl Engine {
         self.outages.update(&out, now_ms);
     }
 
-    fn changes(&mut self, suspect: &HashSet<NodeId>, now_ms: i64) -> Vec<Change> {
+    fn changes(&mut self, suspect: &HashSet<NodeId>, breaching: &HashSet<AlertKey>, now_ms: i64) -> Vec<Change> {
         let firing: Vec<(&AlertKey, &Instance)> = {
             let mut v: Vec<_> = self.instances.iter().filter(|(_, i)| is_firing(i.phase)).collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
@@ -392,7 +390,7 @@ impl Engine {
             // A member of a group that dissolved pages only while it breaks its rule.
             let lingering = inc.scope == super::model::Scope::Node
                 && self.dissolved.contains(&(inc.node.clone(), inc.problem.clone()))
-                && !inc.alerts.iter().any(|&i| self.breaching.contains(firing[i].0));
+                && !inc.alerts.iter().any(|&i| breaching.contains(firing[i].0));
             if (inc.held || waiting || joining || lingering) && !self.open.contains_key(&inc.key()) {
                 continue;
             }
