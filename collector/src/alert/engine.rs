@@ -1014,18 +1014,7 @@ mod tests {
         let (e0, store) = setup();
         let mut e = Engine::new(Rules::parse(Path::new("r.yaml"), &rules).unwrap(), e0.topo.clone(), 0);
         let jitter = |c: &str, v: f64, t: i64| {
-            let batch = Batch {
-                node_id: c.into(),
-                push_interval_ms: 1000,
-                series: vec![Series {
-                    name: "tierwatch_icmp_jitter_seconds".into(),
-                    kind: MetricKind::Gauge as i32,
-                    labels: vec![Label::new("target", "provincial-gateway")],
-                    points: vec![Point { timestamp_ms: t, value: v }],
-                }],
-                ..Default::default()
-            };
-            store.ingest(&NodeId::new(c).unwrap(), batch, t);
+            gauge(&store, c, "tierwatch_icmp_jitter_seconds", &[("target", "provincial-gateway")], v, t)
         };
         let mut changes = Vec::new();
         for t in (1000..=40_000).step_by(1000) {
