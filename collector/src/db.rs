@@ -114,6 +114,13 @@ const MIGRATIONS: &[&str] = &[
         message BLOB NOT NULL,
         error TEXT NOT NULL
     );",
+    // 8: the alert engine's timers (pending `for`, firing since, flap
+    // openings and quiet periods), one JSON row, so a restart keeps them.
+    "CREATE TABLE alert_timers (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        saved_ms INTEGER NOT NULL,
+        state TEXT NOT NULL
+    );",
 ];
 
 /// Opens (creating) the database in `dir` and brings its schema up to date.

@@ -11,18 +11,28 @@ use std::time::Duration;
 
 use tierwatch_protocol::NodeId;
 
-use super::flap::Flaps;
+use super::flap::{FlapTimers, Flaps};
 use super::incident::{self, Active};
 use super::maintenance::{self, Window};
 use super::mean::Means;
 use super::model::{Ack, Change, IncidentView};
 use super::outage::Outages;
+use super::quorum::{Judged, Quorums, Verdict};
 use super::readings::{self, AlertKey, Silence};
 use super::rules::{RuleKind, Rules};
 use super::state::{is_firing, step, Instance, Phase, Reading, Transition};
 use super::view;
 use crate::store::Store;
 use crate::topology::Topology;
+
+/// Saved timers wait at least this long after a start for their first
+/// reading, and a restored service incident for its vantage points: two
+/// rounds of a probe run once a minute.
+const RESTORED_FOR_MS: i64 = 120_000;
+
+/// Timers saved longer ago than this before a start are not taken back:
+/// a `for` does not run on across hours of downtime.
+const TIMERS_VALID_FOR_MS: i64 = 600_000;
 
 /// Push interval assumed for a node that has not announced one.
 pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,6 +75,32 @@ pub struct Engine {
     /// its rule's threshold, never on hysteresis alone. Forgotten once
     /// nothing of theirs fires.
     dissolved: HashSet<(NodeId, String)>,
+    /// Shared services judged across their vantage points.
+    quorums: Quorums,
+    /// Alert instances saved at the last stop, taken up at their first
+    /// reading after the start (a pending `for` goes on, a firing alert
+    /// keeps its start), forgotten at `restored_until_ms`.
+    seeds: HashMap<AlertKey, Instance>,
+    /// Flap timers saved at the last stop, for the flapping incidents restored.
+    saved_flaps: Option<FlapTimers>,
+}
+
+/// The engine's timers as saved across a restart (JSON in the state database).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Timers {
+    pub instances: Vec<SavedInstance>,
+    pub flaps: FlapTimers,
+}
+
+/// An alert instance past inactive, by rule name (rules may be reordered).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedInstance {
+    pub rule: String,
+    pub node: String,
+    pub labels: Vec<(String, String)>,
+    pub subject: String,
+    #[serde(flatten)]
+    pub phase: Phase,
 }
 
 impl Engine {
@@ -92,6 +128,9 @@ impl Engine {
             outages: Outages::default(),
             means: Means::default(),
             dissolved: HashSet::new(),
+            quorums: Quorums::default(),
+            seeds: HashMap::new(),
+            saved_flaps: None,
             rules,
         }
     }
@@ -142,10 +181,52 @@ impl Engine {
             .unwrap_or(3);
         self.restored_until_ms = self.started_ms + (missed as i64 + 1) * DEFAULT_PUSH_INTERVAL.as_millis() as i64;
         for i in open {
-            self.flaps.restore(&i, self.started_ms);
+            if let (Some(service), Some(rule)) = (&i.service, i.alerts.first()) {
+                if let Some(r) = self.rules.rules.iter().position(|r| r.name == rule.rule) {
+                    let hold = self.restored_until_ms.max(self.started_ms + RESTORED_FOR_MS);
+                    self.quorums.restore(r, service.clone(), hold);
+                }
+            }
+            self.flaps.restore(&i, self.saved_flaps.as_ref(), self.started_ms);
             self.restored.insert(i.key.clone());
             self.open.insert(i.key.clone(), i);
         }
+    }
+
+    /// The timers a restart must keep: every alert instance past inactive
+    /// (pending with its samples, firing since, clearing since) and flap
+    /// detection's openings and quiet periods.
+    pub fn timers(&self) -> Timers {
+        let mut instances: Vec<SavedInstance> = self
+            .instances
+            .iter()
+            .map(|(k, i)| SavedInstance {
+                rule: self.rules.rules[k.rule].name.clone(),
+                node: k.node.to_string(),
+                labels: k.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                subject: i.subject.to_string(),
+                phase: i.phase,
+            })
+            .collect();
+        instances.sort_by(|a, b| (&a.rule, &a.node, &a.labels).cmp(&(&b.rule, &b.node, &b.labels)));
+        Timers { instances, flaps: self.flaps.timers() }
+    }
+
+    /// Takes back the timers saved at the last stop; call before [`Engine::restore`].
+    /// Instances of rules no longer configured are dropped.
+    pub fn restore_timers(&mut self, saved: Timers, saved_ms: i64) {
+        let fresh = self.started_ms - saved_ms <= TIMERS_VALID_FOR_MS;
+        for s in saved.instances.into_iter().filter(|_| fresh) {
+            let (Some(rule), Ok(node), Ok(subject)) =
+                (self.rules.rules.iter().position(|r| r.name == s.rule), NodeId::new(&s.node), NodeId::new(&s.subject))
+            else {
+                continue;
+            };
+            let labels = s.labels.into_iter().map(|(k, v)| tierwatch_protocol::Label::new(k, v)).collect();
+            self.seeds.insert(AlertKey { rule, node, labels }, Instance { phase: s.phase, subject, value: 0.0 });
+        }
+        self.flaps.restore_timers(&saved.flaps);
+        self.saved_flaps = Some(saved.flaps);
     }
 
     /// How long each node (known or heard from) has been silent, in ms,
@@ -210,11 +291,17 @@ impl Engine {
                     None => continue,
                 },
             };
-            let inst = self.instances.entry(key.clone()).or_insert(Instance {
+            // A timer saved at the last stop goes on at the first real reading.
+            let seed = if reading != Reading::Missing && !self.instances.contains_key(&key) {
+                self.seeds.remove(&key)
+            } else {
+                None
+            };
+            let inst = self.instances.entry(key.clone()).or_insert(seed.unwrap_or(Instance {
                 phase: Phase::Inactive,
                 subject: subject.clone(),
                 value,
-            });
+            }));
             let (phase, t) = step(inst.phase, reading, sample, now_ms, rule.for_, rule.clear_for);
             inst.phase = phase;
             inst.subject = subject;
@@ -236,14 +323,18 @@ impl Engine {
             }
         }
         self.instances.retain(|_, i| i.phase != Phase::Inactive);
+        if !self.seeds.is_empty() && now_ms >= self.restored_until_ms.max(self.started_ms + RESTORED_FOR_MS) {
+            self.seeds.clear();
+        }
         self.track_outages(&silences, &answering, now_ms);
-        self.changes(&suspect, &breaching, now_ms)
+        let judged = self.quorums.judge(&self.rules, &readings, &self.instances, now_ms);
+        self.changes(&suspect, &breaching, &judged, now_ms)
     }
 
     /// (parent, problem) of every group forming: at least `min_children`
     /// children of the parent with an alert of that problem pending or
     /// firing (reachability aside: it has its own hold).
-    fn forming(&self) -> HashSet<(NodeId, String)> {
+    fn forming(&self, judged: &Judged) -> HashSet<(NodeId, String)> {
         // As `incident::group` forms groups: none when the parent has the
         // problem itself, none of children behind an unreachable node.
         let firing: HashSet<(&NodeId, &str)> = self
@@ -257,7 +348,9 @@ impl Engine {
         let mut children: HashMap<(NodeId, String), HashSet<&NodeId>> = HashMap::new();
         for (key, i) in &self.instances {
             let problem = &self.rules.rules[key.rule].problem;
-            if problem == incident::UNREACHABLE || i.phase == Phase::Inactive || cut_off(&i.subject) {
+            // A service judged by quorum is not its nodes' problem.
+            let by_quorum = matches!(judged.verdict(key), Some(Verdict::Stands | Verdict::Forming));
+            if problem == incident::UNREACHABLE || i.phase == Phase::Inactive || cut_off(&i.subject) || by_quorum {
                 continue;
             }
             if let Some(parent) = self.topo.get(&i.subject).and_then(|n| n.parent.clone()) {
@@ -346,31 +439,33 @@ impl Engine {
         self.outages.update(&out, now_ms);
     }
 
-    fn changes(&mut self, suspect: &HashSet<NodeId>, breaching: &HashSet<AlertKey>, now_ms: i64) -> Vec<Change> {
+    fn changes(
+        &mut self,
+        suspect: &HashSet<NodeId>,
+        breaching: &HashSet<AlertKey>,
+        judged: &Judged,
+        now_ms: i64,
+    ) -> Vec<Change> {
+        // Alerts of a service standing by quorum are its incident's; those
+        // of a service whose quorum is forming wait (unless their node's
+        // incident is open already); the rest are their nodes'.
+        let mut by_service: BTreeMap<usize, Vec<(&AlertKey, &Instance)>> = BTreeMap::new();
         let firing: Vec<(&AlertKey, &Instance)> = {
-            let mut v: Vec<_> = self.instances.iter().filter(|(_, i)| is_firing(i.phase)).collect();
+            let mut v: Vec<_> = Vec::new();
+            for (k, i) in self.instances.iter().filter(|(_, i)| is_firing(i.phase)) {
+                match judged.of.get(k).map(|&s| (s, judged.services[s].verdict)) {
+                    Some((s, Verdict::Stands)) => by_service.entry(s).or_default().push((k, i)),
+                    Some((_, Verdict::Forming))
+                        if !self.open.contains_key(&format!("{}/{}", i.subject, self.rules.rules[k.rule].problem)) => {}
+                    _ => v.push((k, i)),
+                }
+            }
             v.sort_by(|a, b| a.0.cmp(b.0));
             v
         };
-        let active: Vec<Active> = firing
-            .iter()
-            .map(|(k, i)| {
-                let rule = &self.rules.rules[k.rule];
-                let since_ms = match i.phase {
-                    Phase::Firing { since_ms } | Phase::Clearing { since_ms, .. } => since_ms,
-                    _ => now_ms,
-                };
-                Active {
-                    rule: rule.name.clone(),
-                    subject: i.subject.clone(),
-                    problem: rule.problem.clone(),
-                    severity: rule.severity,
-                    since_ms,
-                }
-            })
-            .collect();
+        let active: Vec<Active> = firing.iter().map(|(k, i)| self.active(k, i, now_ms)).collect();
         let incidents = incident::group(&active, &self.topo, suspect, self.rules.min_children);
-        let forming = self.forming();
+        let forming = self.forming(judged);
         note_dissolved(&mut self.dissolved, &self.open, &self.rules.rules, &incidents, &firing);
         let mut present: BTreeMap<String, IncidentView> = BTreeMap::new();
         for inc in &incidents {
@@ -396,7 +491,82 @@ impl Engine {
             }
             present.insert(inc.key(), view::incident(&self.rules, &self.topo, inc, &firing, &active));
         }
-        let present = self.flaps.apply(present, now_ms);
+        // One incident per key: services of two quorum rules with the same
+        // problem and name are one.
+        let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for &s in by_service.keys() {
+            let service = &judged.services[s];
+            by_key
+                .entry(incident::service_key(&service.name, &self.rules.rules[service.rule].problem))
+                .or_default()
+                .push(s);
+        }
+        let mut stood = HashSet::new();
+        for (key, services) in by_key {
+            let mut members: Vec<(&AlertKey, &Instance)> =
+                services.iter().flat_map(|s| by_service[s].iter().copied()).collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            let first = &judged.services[services[0]];
+            let active: Vec<Active> = members.iter().map(|(k, i)| self.active(k, i, now_ms)).collect();
+            // Those failing now; those firing when nobody counts as failing
+            // (all cut off since), so the page names someone.
+            let mut failing: Vec<NodeId> = Vec::new();
+            for n in services.iter().flat_map(|&s| judged.services[s].failing.iter()) {
+                if !failing.contains(n) {
+                    failing.push(n.clone());
+                }
+            }
+            if failing.is_empty() {
+                failing = members.iter().map(|(_, i)| i.subject.clone()).collect();
+                failing.dedup();
+            }
+            let order: HashMap<&NodeId, usize> =
+                self.topo.nodes().iter().enumerate().map(|(i, n)| (&n.id, i)).collect();
+            failing.sort_by_key(|n| order.get(n).copied().unwrap_or(usize::MAX));
+            failing.dedup();
+            let rule = &self.rules.rules[first.rule];
+            // Its node is a label receivers key on: fixed once paged, though
+            // who fails changes (the last ones failing may be one commune);
+            // failing nodes with no common ancestor (provinces without a
+            // parent): the first of them.
+            let paged = self.open.get(&key).and_then(|v| NodeId::new(&v.node).ok());
+            let Some(node) =
+                paged.or_else(|| incident::common_ancestor(&self.topo, &failing)).or_else(|| failing.first().cloned())
+            else {
+                continue;
+            };
+            let seen_by = services.iter().map(|&s| judged.services[s].seen_by).max().unwrap_or(0);
+            let inc = incident::Incident {
+                node,
+                problem: rule.problem.clone(),
+                scope: super::model::Scope::Service,
+                severity: active.iter().map(|a| a.severity).max().unwrap_or(rule.severity),
+                since_ms: active.iter().map(|a| a.since_ms).min().unwrap_or(now_ms),
+                alerts: (0..members.len()).collect(),
+                affected: failing,
+                held: false,
+                service: Some((first.name.clone(), seen_by)),
+            };
+            debug_assert_eq!(inc.key(), key);
+            present.insert(key, view::incident(&self.rules, &self.topo, &inc, &members, &active));
+            stood.extend(services.iter().map(|&s| (judged.services[s].rule, judged.services[s].name.clone())));
+        }
+        // Restored incidents still held open are present for the quorum
+        // (they linger) and for flap detection (not gone, not a new opening).
+        for key in &self.restored {
+            if let Some(v) = self.open.get(key).filter(|v| v.scope == super::model::Scope::Service) {
+                if let Some(s) = judged.services.iter().find(|s| Some(&s.name) == v.service.as_ref()) {
+                    stood.insert((s.rule, s.name.clone()));
+                }
+            }
+        }
+        self.quorums.presented(&stood);
+        let held: HashSet<String> = self
+            .restored
+            .iter()
+            .map(|k| k.strip_suffix(&format!("/{}", super::flap::FLAPPING)).unwrap_or(k).to_string())
+            .collect();
+        let present = self.flaps.apply(present, &held, now_ms);
         let mut now_open: BTreeMap<String, IncidentView> = BTreeMap::new();
         let was_muted = std::mem::take(&mut self.muted);
         let mut changes = Vec::new();
@@ -448,6 +618,22 @@ impl Engine {
             self.decided.clear();
         }
         changes
+    }
+
+    /// A firing alert instance as grouping needs it.
+    fn active(&self, k: &AlertKey, i: &Instance, now_ms: i64) -> Active {
+        let rule = &self.rules.rules[k.rule];
+        let since_ms = match i.phase {
+            Phase::Firing { since_ms } | Phase::Clearing { since_ms, .. } => since_ms,
+            _ => now_ms,
+        };
+        Active {
+            rule: rule.name.clone(),
+            subject: i.subject.clone(),
+            problem: rule.problem.clone(),
+            severity: rule.severity,
+            since_ms,
+        }
     }
 
     /// Whether every alert of a restored incident has been decided since
@@ -1074,5 +1260,163 @@ mod tests {
         // The province's probe of its upstream gateway fails: no commune is cut.
         push(&store, "p", 1000, &[("provincial-gateway", 0.0), ("c1", 1.0)]);
         assert!(e.evaluate(&store, 1000).is_empty());
+    }
+
+    /// The test rules plus a shipped-like service rule judged by quorum.
+    fn with_quorum_rule() -> Rules {
+        let text = format!(
+            "{RULES}  - name: service_down\n    metric: tierwatch_probe_success\n    not_match: {{probe: icmp}}\n    below: 1\n    for: 30s\n    quorum: {{at_least: majority}}\n    problem: service\n    severity: critical\n    summary: \"{{{{ target }}}} down\"\n"
+        );
+        Rules::parse(Path::new("r.yaml"), &text).unwrap()
+    }
+
+    /// Runs 400 s: every node pushes each second, the province probes the
+    /// communes' WAN ends (up); `portal` is probed by the province every 10 s
+    /// and by each commune once a minute (staggered), failing for whoever
+    /// `fails(node, t)` says. Returns the changes, with the times.
+    fn run_portal(e: &mut Engine, store: &Store, fails: impl Fn(&str, i64) -> bool) -> Vec<(i64, Change)> {
+        run_portal_over(e, store, 1..=400, fails)
+    }
+
+    /// [`run_portal`] over the seconds `secs`.
+    fn run_portal_over(
+        e: &mut Engine,
+        store: &Store,
+        secs: std::ops::RangeInclusive<i64>,
+        fails: impl Fn(&str, i64) -> bool,
+    ) -> Vec<(i64, Change)> {
+        let mut out = Vec::new();
+        for t in secs.map(|s| s * 1000) {
+            push(store, "p", t, &[("c1", 1.0), ("c2", 1.0), ("c3", 1.0), ("c4", 1.0)]);
+            for (n, c) in ["c1", "c2", "c3", "c4"].iter().enumerate() {
+                push(store, c, t, &[]);
+                if (t / 1000) % 60 == n as i64 * 15 {
+                    let v = if fails(c, t) { 0.0 } else { 1.0 };
+                    gauge(store, c, "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], v, t);
+                }
+            }
+            if (t / 1000) % 10 == 5 {
+                let v = if fails("p", t) { 0.0 } else { 1.0 };
+                gauge(store, "p", "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], v, t);
+            }
+            out.extend(e.evaluate(store, t).into_iter().map(|c| (t, c)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_shared_service_down_from_every_vantage_point_is_one_page() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_quorum_rule(), e0.topo.clone(), 0);
+        // Down 100..250 s for everyone: the province's probe and the four communes'.
+        let changes = run_portal(&mut e, &store, |_, t| (100_000..250_000).contains(&t));
+        let k: Vec<String> = changes.iter().map(|(_, c)| kinds(std::slice::from_ref(c))[0].clone()).collect();
+        let pages: Vec<&String> = k.iter().filter(|k| !k.starts_with("update")).collect();
+        assert_eq!(pages, ["open service:portal/service", "resolve service:portal/service"], "{changes:#?}");
+        let (at, Change::Opened(v)) = &changes[0] else { panic!("{changes:#?}") };
+        assert_eq!(
+            (v.scope, v.node.as_str(), v.service.as_deref()),
+            (super::super::model::Scope::Service, "p", Some("portal"))
+        );
+        assert!(v.summary.starts_with("portal: service seen from "), "{}", v.summary);
+        assert!(v.summary.contains("of 5 nodes"), "{}", v.summary);
+        // Paged once a majority saw it, one past its `for` (2 samples, 30 s).
+        assert!((130_000..=200_000).contains(at), "paged at {at}");
+        // Its node (a label receivers key on) stays while those failing change.
+        assert!(changes.iter().all(|(_, c)| c.view().node == "p"), "{changes:#?}");
+        let Some((end, _)) = changes.last() else { panic!() };
+        assert!(*end >= 250_000 && *end <= 320_000, "resolved at {end}");
+    }
+
+    #[test]
+    fn a_restart_during_a_shared_outage_pages_nothing_again() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_quorum_rule(), e0.topo.clone(), 0);
+        let down = |_: &str, t: i64| (100_000..250_000).contains(&t);
+        let mut changes = run_portal_over(&mut e, &store, 1..=210, down);
+        assert!(changes.iter().any(|(_, c)| matches!(c, Change::Opened(_))), "paged before the restart: {changes:#?}");
+        let (mut e, store) = restarted(&e, with_quorum_rule(), 211_000);
+        changes.extend(run_portal_over(&mut e, &store, 211..=400, down));
+        let k: Vec<String> = changes.iter().map(|(_, c)| kinds(std::slice::from_ref(c))[0].clone()).collect();
+        let pages: Vec<&String> = k.iter().filter(|k| !k.starts_with("update")).collect();
+        assert_eq!(pages, ["open service:portal/service", "resolve service:portal/service"], "{changes:#?}");
+    }
+
+    #[test]
+    fn a_service_failing_from_one_node_only_is_that_nodes_page() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_quorum_rule(), e0.topo.clone(), 0);
+        // c2 alone fails it (its own firewall), from 100 s on.
+        let changes = run_portal(&mut e, &store, |n, t| n == "c2" && t >= 100_000);
+        let k: Vec<String> = changes.iter().map(|(_, c)| kinds(std::slice::from_ref(c))[0].clone()).collect();
+        assert_eq!(k, ["open c2/service"], "{changes:#?}");
+        let Change::Opened(v) = &changes[0].1 else { panic!() };
+        assert_eq!(v.summary, "portal down");
+    }
+
+    #[test]
+    fn a_province_failing_a_service_its_communes_reach_is_its_own_page() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_quorum_rule(), e0.topo.clone(), 0);
+        let changes = run_portal(&mut e, &store, |n, t| n == "p" && t >= 100_000);
+        let k: Vec<String> = changes.iter().map(|(_, c)| kinds(std::slice::from_ref(c))[0].clone()).collect();
+        assert_eq!(k, ["open p/service"], "{changes:#?}");
+    }
+
+    /// A restart as the collector does it: a new engine over an empty
+    /// store, given the timers (through their JSON) and the open incidents.
+    fn restarted(e: &Engine, rules: Rules, at: i64) -> (Engine, Store) {
+        let json = serde_json::to_string(&e.timers()).unwrap();
+        let open: Vec<IncidentView> = e.open_incidents().cloned().collect();
+        let (e0, store) = setup();
+        let mut e = Engine::new(rules, e0.topo.clone(), at);
+        e.restore_timers(serde_json::from_str(&json).unwrap(), at);
+        e.restore(open);
+        (e, store)
+    }
+
+    fn service(store: &Store, node: &str, v: f64, at: i64) {
+        gauge(store, node, "tierwatch_probe_success", &[("probe", "tcp"), ("target", "portal")], v, at);
+    }
+
+    #[test]
+    fn a_restart_keeps_a_pending_for() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_service_rule("30s"), e0.topo.clone(), 0);
+        for t in [1000, 11_000, 21_000] {
+            push(&store, "p", t, &[("c1", 1.0)]);
+            service(&store, "c1", 0.0, t);
+            assert!(e.evaluate(&store, t).is_empty());
+        }
+        // Restarted at 22 s; c1's next failed round at 31 s is 30 s after the first.
+        let (mut e, store) = restarted(&e, with_service_rule("30s"), 22_000);
+        push(&store, "p", 23_000, &[("c1", 1.0)]);
+        assert!(e.evaluate(&store, 23_000).is_empty(), "no reading of c1's service yet: the timer waits");
+        push(&store, "p", 31_000, &[("c1", 1.0)]);
+        service(&store, "c1", 0.0, 31_000);
+        assert_eq!(kinds(&e.evaluate(&store, 31_000)), ["open c1/service"], "the `for` went on across the restart");
+    }
+
+    #[test]
+    fn a_restart_keeps_flap_openings_and_quiet() {
+        let (e0, store) = setup();
+        let mut e = Engine::new(with_service_rule("0s"), e0.topo.clone(), 0);
+        let mut opened = Vec::new();
+        // c1's link bounces twice before the restart...
+        for (t, v) in [(1000, 0.0), (2000, 1.0), (3000, 0.0), (4000, 1.0)] {
+            push(&store, "p", t, &[("c1", v)]);
+            opened.extend(kinds(&e.evaluate(&store, t)));
+        }
+        assert_eq!(opened.iter().filter(|k| k.starts_with("open")).count(), 2, "{opened:?}");
+        // ...and once after: the third opening within the window is flapping.
+        let (mut e, store) = restarted(&e, with_service_rule("0s"), 5000);
+        push(&store, "p", 6000, &[("c1", 0.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 6000)), ["open c1/unreachable/flapping"]);
+        // The quiet period runs from the last change, across another restart.
+        push(&store, "p", 7000, &[("c1", 1.0)]);
+        e.evaluate(&store, 7000);
+        let (mut e, store) = restarted(&e, with_service_rule("0s"), 100_000);
+        push(&store, "p", 307_500, &[("c1", 1.0)]);
+        assert_eq!(kinds(&e.evaluate(&store, 307_500)), ["resolve c1/unreachable/flapping"]);
     }
 }

@@ -32,6 +32,17 @@ impl Default for FlapPolicy {
     }
 }
 
+/// Flap detection's timers as saved across a restart.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlapTimers {
+    /// Openings within the window, per incident key.
+    pub opens: BTreeMap<String, Vec<i64>>,
+    /// The incidents present at the last evaluation.
+    pub present: Vec<String>,
+    /// The last change of each flapping incident's problem (its quiet period runs from it).
+    pub quiet_since: BTreeMap<String, i64>,
+}
+
 #[derive(Debug, Clone)]
 struct Flapping {
     last_change_ms: i64,
@@ -61,12 +72,17 @@ impl Flaps {
 
     /// Feeds the incidents present at `now_ms` and returns them with every
     /// flapping one replaced by its flapping incident.
+    /// `held`: incidents kept open without being present (restored after
+    /// a restart, not yet judged): neither gone nor opened again.
     pub fn apply(
         &mut self,
         mut present: BTreeMap<String, IncidentView>,
+        held: &HashSet<String>,
         now_ms: i64,
     ) -> BTreeMap<String, IncidentView> {
-        for key in present.keys() {
+        let seen: HashSet<String> =
+            present.keys().chain(held.iter().filter(|k| self.present.contains(*k))).cloned().collect();
+        for key in &seen {
             if !self.present.contains(key) {
                 self.opens.entry(key.clone()).or_default().push_back(now_ms);
                 if let Some(f) = self.flapping.get_mut(key) {
@@ -75,13 +91,13 @@ impl Flaps {
             }
         }
         for key in &self.present {
-            if !present.contains_key(key) {
+            if !seen.contains(key) {
                 if let Some(f) = self.flapping.get_mut(key) {
                     f.last_change_ms = now_ms;
                 }
             }
         }
-        self.present = present.keys().cloned().collect();
+        self.present = seen;
         let window = self.policy.window.as_millis() as i64;
         self.opens.retain(|_, q| {
             while q.front().is_some_and(|&t| now_ms - t > window) {
@@ -118,10 +134,32 @@ impl Flaps {
     }
 
     /// Takes back a flapping incident that was open before a restart; its
-    /// quiet period starts again at `now_ms`.
-    pub fn restore(&mut self, view: &IncidentView, now_ms: i64) {
+    /// quiet period goes on from the last change saved (`saved`), else
+    /// starts again at `now_ms`.
+    pub fn restore(&mut self, view: &IncidentView, saved: Option<&FlapTimers>, now_ms: i64) {
         if let Some(base) = view.key.strip_suffix(&format!("/{FLAPPING}")) {
-            self.flapping.insert(base.to_string(), Flapping { last_change_ms: now_ms, view: view.clone() });
+            let last_change_ms = saved.and_then(|s| s.quiet_since.get(base).copied()).unwrap_or(now_ms);
+            self.flapping.insert(base.to_string(), Flapping { last_change_ms, view: view.clone() });
+        }
+    }
+
+    /// Takes back the openings and the incidents present before a restart,
+    /// so a restored incident seen again is no new opening.
+    pub fn restore_timers(&mut self, saved: &FlapTimers) {
+        self.opens = saved.opens.iter().map(|(k, v)| (k.clone(), v.iter().copied().collect())).collect();
+        self.present = saved.present.iter().cloned().collect();
+    }
+
+    /// What a restart must not forget.
+    pub fn timers(&self) -> FlapTimers {
+        FlapTimers {
+            opens: self.opens.iter().map(|(k, q)| (k.clone(), q.iter().copied().collect())).collect(),
+            present: {
+                let mut p: Vec<String> = self.present.iter().cloned().collect();
+                p.sort();
+                p
+            },
+            quiet_since: self.flapping.iter().map(|(k, f)| (k.clone(), f.last_change_ms)).collect(),
         }
     }
 
@@ -132,7 +170,12 @@ impl Flaps {
         let (opens, window) = (opens.to_string(), tierwatch_runtime::duration::format(self.policy.window));
         f.summary = t.fill(
             t.incident_flapping,
-            &[("node", &v.node_name), ("problem", t.problem(&v.problem)), ("count", &opens), ("window", &window)],
+            &[
+                ("node", v.service.as_deref().unwrap_or(&v.node_name)),
+                ("problem", t.problem(&v.problem)),
+                ("count", &opens),
+                ("window", &window),
+            ],
         );
         f.problem = FLAPPING.to_string();
         f.since_ms = since_ms;
@@ -157,6 +200,7 @@ mod tests {
             since_ms: 0,
             summary: "down".into(),
             affected: vec![],
+            service: None,
             alerts: vec![],
             muted: None,
             ack: None,
@@ -178,26 +222,26 @@ mod tests {
         let mut t = 0;
         let mut seen = Vec::new();
         for _ in 0..2 {
-            seen.push(keys(&f.apply(down(), t)).join(","));
+            seen.push(keys(&f.apply(down(), &HashSet::new(), t)).join(","));
             t += 5_000;
-            seen.push(keys(&f.apply(BTreeMap::new(), t)).join(","));
+            seen.push(keys(&f.apply(BTreeMap::new(), &HashSet::new(), t)).join(","));
             t += 5_000;
         }
         assert_eq!(seen, ["c1/unreachable", "", "c1/unreachable", ""]);
         // Third opening: flapping, and it stays through further bounces.
         for _ in 0..5 {
-            assert_eq!(keys(&f.apply(down(), t)), ["c1/unreachable/flapping"]);
+            assert_eq!(keys(&f.apply(down(), &HashSet::new(), t)), ["c1/unreachable/flapping"]);
             t += 5_000;
-            assert_eq!(keys(&f.apply(BTreeMap::new(), t)), ["c1/unreachable/flapping"]);
+            assert_eq!(keys(&f.apply(BTreeMap::new(), &HashSet::new(), t)), ["c1/unreachable/flapping"]);
             t += 5_000;
         }
         let last = t - 5_000;
-        let out = f.apply(BTreeMap::new(), last + 29_000);
+        let out = f.apply(BTreeMap::new(), &HashSet::new(), last + 29_000);
         assert_eq!(out["c1/unreachable/flapping"].summary, "Xã 1 is flapping: unreachable 3 times in 1m");
         // Down again, then steadily for 30 s: the flapping ends, the outage shows.
-        assert_eq!(keys(&f.apply(down(), last + 31_000)), ["c1/unreachable/flapping"]);
-        assert_eq!(keys(&f.apply(down(), last + 60_000)), ["c1/unreachable/flapping"]);
-        assert_eq!(keys(&f.apply(down(), last + 61_000)), ["c1/unreachable"]);
+        assert_eq!(keys(&f.apply(down(), &HashSet::new(), last + 31_000)), ["c1/unreachable/flapping"]);
+        assert_eq!(keys(&f.apply(down(), &HashSet::new(), last + 60_000)), ["c1/unreachable/flapping"]);
+        assert_eq!(keys(&f.apply(down(), &HashSet::new(), last + 61_000)), ["c1/unreachable"]);
     }
 
     #[test]
@@ -205,9 +249,9 @@ mod tests {
         let mut f = Flaps::new(policy(), Default::default());
         for i in 0..10 {
             let t = i * 40_000;
-            let out = f.apply(BTreeMap::from([("k".to_string(), view("k"))]), t);
+            let out = f.apply(BTreeMap::from([("k".to_string(), view("k"))]), &HashSet::new(), t);
             assert_eq!(keys(&out), ["k"]);
-            f.apply(BTreeMap::new(), t + 1_000);
+            f.apply(BTreeMap::new(), &HashSet::new(), t + 1_000);
         }
     }
 
@@ -216,7 +260,7 @@ mod tests {
         let mut f = Flaps::new(FlapPolicy { opens: 0, ..policy() }, Default::default());
         for t in 0..20 {
             let present = if t % 2 == 0 { BTreeMap::from([("k".to_string(), view("k"))]) } else { BTreeMap::new() };
-            assert!(f.apply(present, t * 1000).keys().all(|k| k == "k"));
+            assert!(f.apply(present, &HashSet::new(), t * 1000).keys().all(|k| k == "k"));
         }
     }
 }

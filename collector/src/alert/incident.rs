@@ -57,6 +57,8 @@ pub struct Incident {
     pub affected: Vec<NodeId>,
     /// Not to be paged yet (an ancestor is suspect).
     pub held: bool,
+    /// A service incident's service and how many vantage points see it.
+    pub service: Option<(String, usize)>,
 }
 
 impl Incident {
@@ -65,8 +67,14 @@ impl Incident {
         match self.scope {
             Scope::Node => format!("{}/{}", self.node, self.problem),
             Scope::Children => format!("{}/{}/children", self.node, self.problem),
+            Scope::Service => service_key(self.service.as_ref().map_or("", |(s, _)| s.as_str()), &self.problem),
         }
     }
+}
+
+/// The key of the incident of `service` down by quorum with `problem`.
+pub fn service_key(service: &str, problem: &str) -> String {
+    format!("service:{service}/{problem}")
 }
 
 /// The ancestors of `id`, nearest first.
@@ -77,6 +85,19 @@ pub(crate) fn ancestors<'a>(topo: &'a Topology, id: &NodeId) -> impl Iterator<It
         cur = topo.get(here).and_then(|n| n.parent.as_ref());
         Some(here)
     })
+}
+
+/// The nearest node that is `nodes` or an ancestor of each of them.
+pub(crate) fn common_ancestor(topo: &Topology, nodes: &[NodeId]) -> Option<NodeId> {
+    let mut common: Vec<NodeId> = {
+        let first = nodes.first()?;
+        std::iter::once(first).chain(ancestors(topo, first)).cloned().collect()
+    };
+    for n in &nodes[1..] {
+        let line: HashSet<&NodeId> = std::iter::once(n).chain(ancestors(topo, n)).collect();
+        common.retain(|c| line.contains(c));
+    }
+    common.into_iter().next()
 }
 
 /// Groups `active` alerts into incidents (see the module comment).
@@ -106,6 +127,7 @@ pub fn group(active: &[Active], topo: &Topology, suspect: &HashSet<NodeId>, min_
         alerts: idx.to_vec(),
         affected: Vec::new(),
         held: false,
+        service: None,
     };
     // 3. Children of a parent with the same problem, the parent fine.
     let mut siblings: BTreeMap<(NodeId, String), Vec<NodeId>> = BTreeMap::new();

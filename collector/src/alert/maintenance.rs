@@ -182,8 +182,7 @@ pub fn covering<'a>(windows: &'a [Window], topo: &Topology, v: &IncidentView, no
         })
     };
     let mut windows = windows.iter().filter(|w| w.active(now_ms));
-    let relevant: Vec<&AlertView> =
-        v.alerts.iter().filter(|a| v.scope == Scope::Children || a.subject == v.node).collect();
+    let relevant: Vec<&AlertView> = v.alerts.iter().filter(|a| v.scope != Scope::Node || a.subject == v.node).collect();
     if relevant.is_empty() {
         return windows.find(|w| covers(w, &v.node, &BTreeMap::new()));
     }

@@ -14,6 +14,7 @@ pub mod model;
 pub mod notify;
 pub mod outage;
 pub mod persist;
+pub mod quorum;
 pub mod readings;
 pub mod rules;
 pub mod state;
@@ -60,6 +61,17 @@ impl Alerting {
             tracing::info!(incidents = open.len(), "alert: incidents still open from before the restart");
         }
         engine.set_known(persist::known_nodes(&conn)?);
+        if let Some((json, saved_ms)) = persist::load_timers(&conn)? {
+            match serde_json::from_str::<engine::Timers>(&json) {
+                Ok(t) => {
+                    tracing::info!(alerts = t.instances.len(), "alert: timers from before the restart");
+                    engine.restore_timers(t, saved_ms);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "alert: the saved timers could not be read; pending alerts start over")
+                }
+            }
+        }
         engine.restore(open);
         let mut windows = configured.clone();
         windows.extend(maintenance::load(&conn, tierwatch_protocol::now_ms())?);
@@ -194,11 +206,15 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
     let mut next_repeat_check = 0;
     // When each Alertmanager receiver last had its open incidents queued again.
     let mut resent: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut timers = TimerSaver::default();
     loop {
         tokio::select! {
             _ = alerting.trigger.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => {
+                timers.save(&alerting, tierwatch_protocol::now_ms(), true).await;
+                return;
+            }
         }
         let now = tierwatch_protocol::now_ms();
         let (changes, open) = {
@@ -206,6 +222,7 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
             let changes = e.evaluate(&store, now);
             (changes, e.open_incidents().count())
         };
+        timers.save(&alerting, now, false).await;
         metrics.incidents_open.set(open as i64);
         if changes.is_empty() {
             if open > 0 && now >= next_repeat_check {
@@ -271,6 +288,38 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
             }
             Ok(Err(e)) => tracing::error!(error = %e, "alert: recording incidents failed"),
             Err(e) => tracing::error!(error = %e, "alert: recording task failed"),
+        }
+    }
+}
+
+/// Saves the engine's timers when they changed, at most once a second
+/// (and at the stop), so a restart keeps pending `for` and flap timers.
+#[derive(Default)]
+struct TimerSaver {
+    last: String,
+    saved_ms: i64,
+}
+
+impl TimerSaver {
+    async fn save(&mut self, alerting: &Alerting, now_ms: i64, stopping: bool) {
+        if !stopping && now_ms - self.saved_ms < 1000 {
+            return;
+        }
+        let json = match serde_json::to_string(&alerting.engine().timers()) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "alert: timers not saved");
+                return;
+            }
+        };
+        if json == self.last {
+            return;
+        }
+        self.saved_ms = now_ms;
+        let state = json.clone();
+        match alerting.db(move |c| persist::save_timers(c, &state, now_ms)).await {
+            Ok(()) => self.last = json,
+            Err(e) => tracing::error!(error = %e, "alert: saving timers failed"),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum Scope {
     Node,
     /// Several children of the node, the node itself fine.
     Children,
+    /// A service probed from several nodes, failing from enough of them
+    /// (the node is the nearest common ancestor of those failing).
+    Service,
 }
 
 impl Scope {
@@ -42,6 +45,7 @@ impl Scope {
         match self {
             Scope::Node => "node",
             Scope::Children => "children",
+            Scope::Service => "service",
         }
     }
 }
@@ -71,8 +75,12 @@ pub struct IncidentView {
     pub severity: Severity,
     pub since_ms: i64,
     pub summary: String,
-    /// Nodes behind the root cause or the children grouped, with their names.
+    /// Nodes behind the root cause, the children grouped or the vantage
+    /// points failing a service, with their names.
     pub affected: Vec<(String, String)>,
+    /// The service a service incident is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub alerts: Vec<AlertView>,
     /// Set while a maintenance window keeps it from paging: which and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]

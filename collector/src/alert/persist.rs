@@ -24,6 +24,23 @@ pub fn load_open(conn: &Connection) -> rusqlite::Result<Vec<IncidentView>> {
     Ok(out)
 }
 
+/// The engine's timers saved at the last stop (JSON) and when, if any.
+pub fn load_timers(conn: &Connection) -> rusqlite::Result<Option<(String, i64)>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT state, saved_ms FROM alert_timers WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// Saves the engine's timers (JSON), replacing the last.
+pub fn save_timers(conn: &Connection, state: &str, now_ms: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO alert_timers (id, saved_ms, state) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET saved_ms = excluded.saved_ms, state = excluded.state",
+        params![now_ms, state],
+    )?;
+    Ok(())
+}
+
 /// Records `changes` and queues their notifications, in one transaction.
 pub fn record(
     conn: &mut Connection,
@@ -92,4 +109,22 @@ pub fn known_nodes(conn: &Connection) -> rusqlite::Result<std::collections::Hash
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_are_saved_replaced_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(dir.path()).unwrap();
+        assert_eq!(load_timers(&conn).unwrap(), None, "nothing saved yet");
+        save_timers(&conn, r#"{"instances":[]}"#, 1000).unwrap();
+        save_timers(&conn, r#"{"instances":[1]}"#, 2000).unwrap();
+        drop(conn);
+        // Reopened, as after a restart: the last one saved.
+        let conn = crate::db::open(dir.path()).unwrap();
+        assert_eq!(load_timers(&conn).unwrap(), Some((r#"{"instances":[1]}"#.to_string(), 2000)));
+    }
 }

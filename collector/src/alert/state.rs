@@ -22,7 +22,8 @@ pub struct Instance {
 }
 
 /// Where an alert instance stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
 pub enum Phase {
     Inactive,
     /// Breaching since this time (ms), not yet for `for`; `samples`

@@ -49,10 +49,19 @@ pub fn incident(
     let names = affected.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
     let node_name = name(&inc.node);
     let count = affected.len().to_string();
-    let vars =
-        [("node", node_name.as_str()), ("problem", t.problem(&inc.problem)), ("count", &count), ("names", &names)];
+    let (service, total) =
+        inc.service.as_ref().map_or((String::new(), String::new()), |(s, n)| (s.clone(), n.to_string()));
+    let vars = [
+        ("node", node_name.as_str()),
+        ("problem", t.problem(&inc.problem)),
+        ("count", &count),
+        ("names", &names),
+        ("service", &service),
+        ("total", &total),
+    ];
     let summary = match (inc.scope, affected.is_empty()) {
         (Scope::Children, _) => t.fill(t.incident_children, &vars),
+        (Scope::Service, _) => t.fill(t.incident_service, &vars),
         (Scope::Node, false) => t.fill(t.incident_cut_off, &vars),
         (Scope::Node, true) => alerts
             .iter()
@@ -70,6 +79,7 @@ pub fn incident(
         since_ms: inc.since_ms,
         summary,
         affected,
+        service: inc.service.as_ref().map(|(s, _)| s.clone()),
         alerts,
         muted: None,
         ack: None,

@@ -329,6 +329,7 @@ mod tests {
             since_ms: 1_800_000_000_000,
             summary: "Xã <A> đã ngừng gửi số liệu".into(),
             affected: vec![],
+            service: None,
             alerts: vec![],
             muted: None,
             ack: None,

@@ -5,6 +5,7 @@ use super::Texts;
 pub(super) const TEXTS: Texts = Texts {
     incident_children: "{{ count }} nodes behind {{ node }} show {{ problem }}: {{ names }}",
     incident_cut_off: "{{ node }} is {{ problem }}; {{ count }} node(s) behind it are cut off: {{ names }}",
+    incident_service: "{{ service }}: {{ problem }} seen from {{ count }} of {{ total }} nodes probing it: {{ names }}",
     incident_plain: "{{ node }}: {{ problem }}",
     incident_flapping: "{{ node }} is flapping: {{ problem }} {{ count }} times in {{ window }}",
     problems: &[],

@@ -98,6 +98,8 @@ pub struct Texts {
     pub incident_children: &'static str,
     /// A node is cut off with everything behind it.
     pub incident_cut_off: &'static str,
+    /// A service failing from several of the nodes probing it (also: service, total).
+    pub incident_service: &'static str,
     /// A node's problem with no better summary.
     pub incident_plain: &'static str,
     /// A flapping incident.

@@ -5,6 +5,7 @@ use super::Texts;
 pub(super) const TEXTS: Texts = Texts {
     incident_children: "{{ count }} điểm phía sau {{ node }} cùng {{ problem }}: {{ names }}",
     incident_cut_off: "{{ node }} {{ problem }}; {{ count }} điểm phía sau bị mất kết nối theo: {{ names }}",
+    incident_service: "{{ service }}: {{ problem }}, thấy từ {{ count }}/{{ total }} điểm kiểm tra: {{ names }}",
     incident_plain: "{{ node }}: {{ problem }}",
     incident_flapping: "{{ node }} chập chờn: {{ problem }} {{ count }} lần trong {{ window }}",
     problems: &[

@@ -63,6 +63,22 @@ impl Default for SystemSpec {
     }
 }
 
+impl SystemSpec {
+    /// The province probing in the fast-detection shape of
+    /// `config/agent-province.yaml` (5 requests 1 s apart every 5 s, 1 s
+    /// timeout), pushing every `push_interval`.
+    pub fn fast_detection(push_interval: Duration) -> Self {
+        SystemSpec {
+            push_interval,
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(1),
+            icmp_count: 5,
+            icmp_spacing: Some(Duration::from_secs(1)),
+            ..SystemSpec::default()
+        }
+    }
+}
+
 /// A running tierwatch in the lab. Dropping it stops every process.
 pub struct Tierwatch {
     pub collector: Proc,

@@ -97,7 +97,7 @@ pub fn validate(raw: &RawAlertmanager, key: &str, p: &mut Problems) -> Option<Al
 /// The alert for `incident`: firing until `ends_ms`.
 pub fn alert(incident: &IncidentView, ends_ms: i64) -> serde_json::Value {
     let affected: Vec<&str> = incident.affected.iter().map(|(_, name)| name.as_str()).collect();
-    serde_json::json!({
+    let mut alert = serde_json::json!({
         "labels": {
             "alertname": format!("tierwatch_{}", incident.problem),
             "incident": incident.key,
@@ -116,7 +116,12 @@ pub fn alert(incident: &IncidentView, ends_ms: i64) -> serde_json::Value {
         "startsAt": crate::timestamp::rfc3339(incident.since_ms),
         "endsAt": crate::timestamp::rfc3339(ends_ms),
         "generatorURL": "http://tierwatch-collector/api/v1/alerts",
-    })
+    });
+    // A service incident's service, for routes by service.
+    if let Some(s) = &incident.service {
+        alert["labels"]["service"] = serde_json::Value::from(s.as_str());
+    }
+    alert
 }
 
 /// The silence standing for `incident`'s acknowledgement, from `now_ms`.

@@ -264,6 +264,7 @@ mod tests {
             since_ms: 1_000,
             summary: format!("{key} is unreachable"),
             affected: Vec::new(),
+            service: None,
             alerts: Vec::new(),
             muted: None,
             ack: None,

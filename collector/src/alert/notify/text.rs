@@ -70,6 +70,7 @@ mod tests {
             since_ms: 1_764_300_000_000,
             summary: "Tỉnh An Giang is unreachable; 2 node(s) behind it are cut off: Xã A, Xã B".into(),
             affected: vec![("a".into(), "Xã A".into()), ("b".into(), "Xã B".into())],
+            service: None,
             alerts: vec![AlertView {
                 rule: "node_down".into(),
                 node: "p".into(),

@@ -108,10 +108,51 @@ pub struct Rule {
     pub for_: Duration,
     pub clear_for: Duration,
     pub subject: Option<String>,
+    /// Judged across the nodes probing one service (threshold rules only).
+    pub quorum: Option<Quorum>,
     pub problem: String,
     pub severity: Severity,
     pub summary: String,
     pub description: Option<String>,
+}
+
+/// How many vantage points must fail a service for it to be down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AtLeast {
+    /// More than half.
+    Majority,
+    Count(usize),
+    /// This share (0 < s <= 1), rounded up.
+    Share(f64),
+}
+
+/// A rule judged across the nodes probing one service: down when at least
+/// `at_least` of those whose own path is up fail it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quorum {
+    pub at_least: AtLeast,
+    /// Target name to service name, for targets named differently on
+    /// different nodes.
+    pub services: BTreeMap<String, String>,
+}
+
+impl Quorum {
+    /// The service a series is about: its target's declared service, else
+    /// the target's name; `None` without a `target` label.
+    pub fn service_of(&self, labels: &[tierwatch_protocol::Label]) -> Option<String> {
+        let target = labels.iter().find(|l| l.name == "target")?;
+        Some(self.services.get(&target.value).cloned().unwrap_or_else(|| target.value.clone()))
+    }
+
+    /// How many of `n` vantage points must fail (at least 1).
+    pub fn needed(&self, n: usize) -> usize {
+        let k = match self.at_least {
+            AtLeast::Majority => n / 2 + 1,
+            AtLeast::Count(c) => c,
+            AtLeast::Share(s) => (s * n as f64 - 1e-9).ceil() as usize,
+        };
+        k.max(1)
+    }
 }
 
 impl Rule {
@@ -222,6 +263,26 @@ mod tests {
         );
         assert!(err.contains("rules[1].name: \"a\" is used by another rule"), "{err}");
         assert!(err.contains("rules[1].heartbeat.missed: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn a_quorum_is_checked_where_written() {
+        let text = "rules:\n  - name: svc\n    metric: tierwatch_probe_success\n    below: 1\n    quorum: {at_least: \"60%\", services: {portal: [a, b]}}\n    problem: service\n    severity: critical\n    summary: s\n";
+        let r = Rules::parse(Path::new("r.yaml"), text).unwrap();
+        let q = r.rules[0].quorum.as_ref().unwrap();
+        assert_eq!(q.at_least, AtLeast::Share(0.6));
+        assert_eq!(q.service_of(&[tierwatch_protocol::Label::new("target", "b")]).as_deref(), Some("portal"));
+        assert_eq!(q.service_of(&[tierwatch_protocol::Label::new("target", "c")]).as_deref(), Some("c"));
+        let bad = text.replace("\"60%\"", "most").replace("[a, b]}", "[a, b], web: [b]}");
+        let err = Rules::parse(Path::new("r.yaml"), &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("rules[0].quorum.at_least: \"most\": give majority, a count (2) or a share (\"60%\")"),
+            "{err}"
+        );
+        assert!(err.contains("rules[0].quorum.services.web: target \"b\" is already in \"portal\""), "{err}");
+        let hb = "rules:\n  - name: hb\n    heartbeat: {missed: 3}\n    quorum: {}\n    problem: unreachable\n    severity: critical\n    summary: s\n";
+        let err = Rules::parse(Path::new("r.yaml"), hb).unwrap_err().to_string();
+        assert!(err.contains("r.yaml:4:5: rules[0].quorum: only threshold rules"), "{err}");
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub(super) struct RawRule {
     /// Label naming the node the alert is about (default: the reporting node).
     #[serde(default)]
     pub subject: Option<String>,
+    /// Threshold rules: judge a target probed from several nodes across
+    /// them (a shared service), not node by node.
+    #[serde(default)]
+    pub quorum: Option<RawQuorum>,
     pub problem: String,
     pub severity: Severity,
     /// One line; `{{ label }}`, `{{ value }}`, `{{ node_name }}` are replaced.
@@ -217,4 +221,27 @@ pub(super) struct RawEventRule {
 
 pub(super) fn default_hold() -> Duration {
     Duration::from_secs(900)
+}
+
+/// How many of the nodes probing one service must fail it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuorum {
+    /// `majority` (default), a count (`2`) or a share (`"60%"`) of the
+    /// nodes whose own path is up and that probe it.
+    #[serde(default)]
+    pub at_least: Option<RawAtLeast>,
+    /// Targets named differently on different nodes that are one service:
+    /// `{portal: [dichvucong-angiang, dvc-web]}`. A target not listed is
+    /// the service of its own name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+/// `at_least` as written: a count or a word (`majority`, `60%`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawAtLeast {
+    Count(u64),
+    Text(String),
 }

@@ -3,14 +3,14 @@
 //! Every problem is collected, each with its key path, and reported at once
 //! with its line.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use tierwatch_yamlconf::{ConfigError, Problems};
 
-use super::raw::{RawEventRule, RawHeartbeat, RawRule, RawRules};
-use super::{name_ok, Condition, Rule, RuleKind, Rules, Values};
+use super::raw::{RawAtLeast, RawEventRule, RawHeartbeat, RawQuorum, RawRule, RawRules};
+use super::{name_ok, AtLeast, Condition, Quorum, Rule, RuleKind, Rules, Values};
 use crate::alert::flap::FlapPolicy;
 use crate::i18n::{Language, Locale};
 
@@ -51,8 +51,11 @@ pub(super) fn rules(
                 None
             }
         };
+        let quorum = r.quorum.as_ref().and_then(|q| quorum(r, q, &key, &mut p));
         if let Some(kind) = kind {
-            rules.push(rule(r, kind, locale.language));
+            let mut rule = rule(r, kind, locale.language);
+            rule.quorum = quorum;
+            rules.push(rule);
         }
     }
     p.into_result(file, text)?;
@@ -168,6 +171,50 @@ fn threshold(r: &RawRule, metric: &str, key: &dyn Fn(&str) -> String, p: &mut Pr
     Some(RuleKind::Threshold { metric: metric.to_string(), condition, until_now: r.until_now, mean_over: r.mean_over })
 }
 
+/// A quorum: on a threshold rule about the reporting node, a count or
+/// share that can be met, each target in at most one service.
+fn quorum(r: &RawRule, q: &RawQuorum, key: &dyn Fn(&str) -> String, p: &mut Problems) -> Option<Quorum> {
+    if r.metric.is_none() {
+        p.push(key("quorum"), "only threshold rules (metric: ...) are judged across vantage points");
+        return None;
+    }
+    if r.subject.is_some() {
+        p.push(key("quorum"), "a rule about the node a label names is judged per node, not by quorum");
+        return None;
+    }
+    let at_least = match &q.at_least {
+        None => Some(AtLeast::Majority),
+        Some(RawAtLeast::Count(0)) => {
+            p.push(key("quorum.at_least"), "must be at least 1");
+            None
+        }
+        Some(RawAtLeast::Count(n)) => Some(AtLeast::Count(usize::try_from(*n).unwrap_or(usize::MAX))),
+        Some(RawAtLeast::Text(t)) if t == "majority" => Some(AtLeast::Majority),
+        Some(RawAtLeast::Text(t)) => match t.strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok()) {
+            Some(pct) if pct > 0.0 && pct <= 100.0 => Some(AtLeast::Share(pct / 100.0)),
+            _ => {
+                p.push(key("quorum.at_least"), format!("{t:?}: give majority, a count (2) or a share (\"60%\")"));
+                None
+            }
+        },
+    };
+    let mut services = BTreeMap::new();
+    for (service, targets) in &q.services {
+        if !name_ok(service) {
+            p.push(key(&format!("quorum.services.{service}")), "use 1-64 of a-z, A-Z, 0-9, _ and -");
+        }
+        if targets.is_empty() {
+            p.push(key(&format!("quorum.services.{service}")), "give at least one target name");
+        }
+        for t in targets {
+            if let Some(other) = services.insert(t.clone(), service.clone()) {
+                p.push(key(&format!("quorum.services.{service}")), format!("target {t:?} is already in {other:?}"));
+            }
+        }
+    }
+    Some(Quorum { at_least: at_least?, services })
+}
+
 /// The validated rule of `r`, its texts in `language`.
 fn rule(r: &RawRule, kind: RuleKind, language: Language) -> Rule {
     // Event rules have no `for`, `clear_for` or subject (refused above).
@@ -180,6 +227,7 @@ fn rule(r: &RawRule, kind: RuleKind, language: Language) -> Rule {
         for_: if event { Duration::ZERO } else { r.for_.unwrap_or_default() },
         clear_for: if event { Duration::ZERO } else { r.clear_for.unwrap_or_default() },
         subject: if event { None } else { r.subject.clone() },
+        quorum: None,
         problem: r.problem.clone(),
         severity: r.severity,
         summary: r.summary.pick(language),
