@@ -116,7 +116,10 @@ impl Metrics {
                 "tierwatch_collector_ingest_duration_seconds",
                 "Time to decode, verify and store one push.",
             )
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
+            // Up to 10 s: a stall of seconds (a scrape, a slow disk) must show, not sit in +Inf.
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )?;
         let ingest_connections =
             IntGauge::new("tierwatch_collector_ingest_connections", "Open TLS connections on the ingest port.")?;

@@ -142,31 +142,39 @@ async fn metrics(State(s): State<Arc<Http>>, headers: axum::http::HeaderMap) -> 
             Err(e) => tracing::warn!(error = %e, "/metrics: outbox task failed"),
         }
     }
-    let body = exposition::render(&s.store, &s.metrics, &derived, now, s.node_down_after.as_millis() as i64);
     const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-    if accepts_gzip(&headers) {
-        // Province-wide exposition is megabytes of repetitive text: gzip
-        // takes it to about a tenth (Prometheus asks for it by default).
-        match tokio::task::spawn_blocking(move || (gzip(&body), body)).await {
-            Ok((Ok(zipped), _)) => {
-                let headers = [
-                    (header::CONTENT_TYPE, TEXT),
-                    (header::CONTENT_ENCODING, "gzip"),
-                    (header::VARY, "accept-encoding"),
-                ];
-                return (headers, zipped).into_response();
-            }
-            Ok((Err(e), body)) => {
-                tracing::warn!(error = %e, "/metrics: gzip failed; answering uncompressed");
-                return ([(header::CONTENT_TYPE, TEXT)], body).into_response();
-            }
+    let (store, metrics, down_after) = (s.store.clone(), s.metrics.clone(), s.node_down_after.as_millis() as i64);
+    let zip = accepts_gzip(&headers);
+    // Rendering walks every series (seconds at national scale) and gzip
+    // reads it all again: both on a blocking thread, so the runtime keeps
+    // serving pushes meanwhile. Province-wide exposition is megabytes of
+    // repetitive text: gzip takes it to about a tenth (Prometheus asks for it).
+    let rendered = tokio::task::spawn_blocking(move || {
+        let body = exposition::render(&store, &metrics, &derived, now, down_after);
+        if !zip {
+            return (body, false);
+        }
+        match gzip(&body) {
+            Ok(zipped) => (zipped, true),
             Err(e) => {
-                tracing::error!(error = %e, "/metrics: gzip task failed");
-                return (StatusCode::INTERNAL_SERVER_ERROR, "compressing /metrics failed\n").into_response();
+                tracing::warn!(error = %e, "/metrics: gzip failed; answering uncompressed");
+                (body, false)
             }
         }
+    })
+    .await;
+    match rendered {
+        Ok((zipped, true)) => {
+            let headers =
+                [(header::CONTENT_TYPE, TEXT), (header::CONTENT_ENCODING, "gzip"), (header::VARY, "accept-encoding")];
+            (headers, zipped).into_response()
+        }
+        Ok((body, false)) => ([(header::CONTENT_TYPE, TEXT)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "/metrics: rendering task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "rendering /metrics failed\n").into_response()
+        }
     }
-    ([(header::CONTENT_TYPE, TEXT)], body).into_response()
 }
 
 /// Whether `Accept-Encoding` allows gzip (not with `q=0`).
