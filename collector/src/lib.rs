@@ -25,6 +25,7 @@ pub mod server;
 pub mod status;
 pub(crate) mod store;
 pub(crate) mod template;
+pub(crate) mod textfmt;
 pub(crate) mod timestamp;
 pub(crate) mod tls;
 pub mod topology;

@@ -85,6 +85,7 @@ pub struct Metrics {
     rw_send_seconds: HistogramVec,
     incidents: IntCounterVec,
     pub incidents_open: IntGauge,
+    pub alert_evaluation_seconds: Histogram,
     notifications: IntCounterVec,
     notifications_queued: IntGaugeVec,
     node_refusals: IntCounterVec,
@@ -201,6 +202,13 @@ impl Metrics {
             &["event"],
         )?;
         let incidents_open = IntGauge::new("tierwatch_collector_incidents_open", "Alert incidents open now.")?;
+        let alert_evaluation_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tierwatch_collector_alert_evaluation_seconds",
+                "Time one evaluation of the alert rules took (the next waits at least nine times as long).",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
         let notifications = IntCounterVec::new(
             Opts::new(
                 "tierwatch_collector_notifications_total",
@@ -265,6 +273,7 @@ impl Metrics {
         }
         registry.register(Box::new(incidents.clone()))?;
         registry.register(Box::new(incidents_open.clone()))?;
+        registry.register(Box::new(alert_evaluation_seconds.clone()))?;
         for e in ["opened", "updated", "resolved"] {
             incidents.with_label_values(&[e]);
         }
@@ -299,6 +308,7 @@ impl Metrics {
             rw_send_seconds,
             incidents,
             incidents_open,
+            alert_evaluation_seconds,
             notifications,
             notifications_queued,
             node_refusals,

@@ -197,6 +197,7 @@ pub async fn start(config: Config, token: CancellationToken) -> Result<Running, 
         protect_security_events: config.protect_security_events,
         security_db: security_db.clone(),
         locale: config.locale,
+        request_timeout: config.http.request_timeout,
     });
 
     let tracker = TaskTracker::new();

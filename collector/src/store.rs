@@ -1,17 +1,18 @@
 //! What the collector knows now: per node, its last push and the latest
-//! value of each series. One mutex per node, so pushes from different
-//! nodes never wait on each other; the node set is fixed by the topology.
+//! value of each series, by metric name (rules and `/metrics` read one
+//! name at a time), each with its label set as `/metrics` writes it,
+//! rendered once when the series first arrives. One mutex per node, so
+//! pushes from different nodes never wait on each other, and a scrape holds
+//! one only while copying one family's lines of that node; the node set is
+//! fixed by the topology.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tierwatch_protocol::catalogue::event_kind_label;
 use tierwatch_protocol::{Batch, Label, MetricKind, NodeId};
 
 use crate::topology::{Node, Topology};
-
-/// Identity of a series within one node: metric name and sorted labels.
-pub(crate) type SeriesKey = (String, Vec<Label>);
 
 /// The latest value of a series.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +29,63 @@ pub struct SeriesValue {
     pub refreshed_ms: i64,
 }
 
+/// A series as stored: its latest value and its label set rendered for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub value: SeriesValue,
+    /// The node's identity labels and the series' own, sorted and escaped:
+    /// `{node="c1",parent="p",...}`.
+    pub text: Box<str>,
+}
+
+/// The series of one node by metric name, then labels.
+#[derive(Debug, Default)]
+pub struct Series {
+    families: BTreeMap<String, HashMap<Vec<Label>, Stored>>,
+    len: usize,
+}
+
+impl Series {
+    /// How many series (all, stale ones too).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, name: &str, labels: &[Label]) -> bool {
+        self.families.get(name).is_some_and(|f| f.contains_key(labels))
+    }
+
+    /// The series of metric `name`.
+    pub fn family(&self, name: &str) -> Option<&HashMap<Vec<Label>, Stored>> {
+        self.families.get(name)
+    }
+
+    /// The metric names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.families.keys().map(String::as_str)
+    }
+
+    /// Every series: name, labels, value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Label], &SeriesValue)> {
+        self.families.iter().flat_map(|(n, f)| f.iter().map(move |(l, s)| (n.as_str(), l.as_slice(), &s.value)))
+    }
+
+    /// Keeps the series `keep` says to; returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&SeriesValue) -> bool) -> usize {
+        let before = self.len;
+        for f in self.families.values_mut() {
+            f.retain(|_, s| keep(&s.value));
+        }
+        self.families.retain(|_, f| !f.is_empty());
+        self.len = self.families.values().map(HashMap::len).sum();
+        before - self.len
+    }
+}
+
 /// The push history and series of one node.
 #[derive(Debug, Default)]
 pub struct NodeState {
@@ -40,7 +98,7 @@ pub struct NodeState {
     pub batches: u64,
     /// The agent's push interval as announced in its batches (ms; 0: unknown).
     pub push_interval_ms: u32,
-    pub series: HashMap<SeriesKey, SeriesValue>,
+    pub series: Series,
     /// Security events stored per (kind, severity), since the state database began.
     pub security_counts: std::collections::BTreeMap<(String, String), u64>,
     /// The newest security events, for the alert engine's event rules.
@@ -48,9 +106,19 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// The series refreshed at or after `stale_before_ms`.
-    pub fn fresh_series(&self, stale_before_ms: i64) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
-        self.series.iter().filter(move |(_, v)| v.refreshed_ms >= stale_before_ms)
+    /// The series refreshed at or after `stale_before_ms`: name, labels, value.
+    pub fn fresh_series(&self, stale_before_ms: i64) -> impl Iterator<Item = (&str, &[Label], &SeriesValue)> {
+        self.series.iter().filter(move |(_, _, v)| v.refreshed_ms >= stale_before_ms)
+    }
+
+    /// The series of metric `name` refreshed at or after `stale_before_ms`.
+    pub fn fresh_family(&self, name: &str, stale_before_ms: i64) -> impl Iterator<Item = (&[Label], &Stored)> {
+        self.series
+            .family(name)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, s)| s.value.refreshed_ms >= stale_before_ms)
+            .map(|(l, s)| (l.as_slice(), s))
     }
 }
 
@@ -124,7 +192,7 @@ impl Store {
         let mut refused = Vec::new();
         for (i, s) in std::mem::take(&mut batch.series).into_iter().enumerate() {
             let key = (s.name.clone(), s.labels.clone());
-            if state.series.contains_key(&key) || new.contains(&key) {
+            if state.series.contains(&s.name, &s.labels) || new.contains(&key) {
                 batch.series.push(s);
             } else if room > 0 {
                 room -= 1;
@@ -141,6 +209,7 @@ impl Store {
     /// older than the stored one (a replayed backlog) does not replace it.
     /// Returns false when the node is not in the topology.
     pub fn ingest(&self, node: &NodeId, batch: Batch, now_ms: i64) -> bool {
+        let Some(identity) = self.topology.get(node).map(Node::identity_labels) else { return false };
         let Some(mut state) = self.lock(node) else { return false };
         state.last_push_ms = Some(now_ms);
         state.agent_version = batch.agent_version;
@@ -164,18 +233,29 @@ impl Store {
             };
             // The point before the newest: in this batch, or the one held.
             let before_in_batch = s.points.iter().map(|p| p.timestamp_ms).filter(|&t| t < newest.timestamp_ms).max();
-            match state.series.entry((s.name, s.labels)) {
+            let series = &mut state.series;
+            let family = if series.families.contains_key(s.name.as_str()) {
+                series.families.get_mut(s.name.as_str())
+            } else {
+                Some(series.families.entry(s.name).or_default())
+            };
+            let Some(family) = family else { continue };
+            match family.entry(s.labels) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let held = e.get().timestamp_ms;
-                    if held <= value.timestamp_ms {
-                        let held_before = (held < value.timestamp_ms).then_some(held);
-                        value.previous_ms = before_in_batch.max(held_before).unwrap_or(e.get().previous_ms);
-                        e.insert(value);
+                    let held = e.get().value;
+                    if held.timestamp_ms <= value.timestamp_ms {
+                        let held_before = (held.timestamp_ms < value.timestamp_ms).then_some(held.timestamp_ms);
+                        value.previous_ms = before_in_batch.max(held_before).unwrap_or(held.previous_ms);
+                        e.get_mut().value = value;
                     }
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
                     value.previous_ms = before_in_batch.unwrap_or(value.timestamp_ms);
-                    e.insert(value);
+                    let mut pairs: Vec<(&str, &str)> = identity.to_vec();
+                    pairs.extend(e.key().iter().map(|l| (l.name.as_str(), l.value.as_str())));
+                    let text = crate::textfmt::label_set(&mut pairs).into_boxed_str();
+                    e.insert(Stored { value, text });
+                    series.len += 1;
                 }
             }
         }
@@ -222,15 +302,18 @@ impl Store {
         }
     }
 
+    /// Calls `f` with node `id`'s state locked (none for a node not in the topology).
+    pub fn read<T>(&self, id: &NodeId, f: impl FnOnce(&NodeState) -> T) -> Option<T> {
+        self.lock(id).map(|state| f(&state))
+    }
+
     /// Removes the series stale at `now_ms`; returns how many.
     pub fn drop_stale(&self, now_ms: i64) -> usize {
         let cutoff = self.stale_before(now_ms);
         let mut dropped = 0;
         for node in self.topology.nodes() {
             if let Some(mut state) = self.lock(&node.id) {
-                let before = state.series.len();
-                state.series.retain(|_, v| v.refreshed_ms >= cutoff);
-                dropped += before - state.series.len();
+                dropped += state.series.retain(|v| v.refreshed_ms >= cutoff);
             }
         }
         dropped
@@ -285,7 +368,7 @@ mod tests {
         let mut out = None;
         s.for_each_node(|n, st| {
             if n.id.as_str() == "c" {
-                out = st.series.values().next().map(|v| v.value);
+                out = st.series.iter().next().map(|(_, _, v)| v.value);
             }
         });
         out

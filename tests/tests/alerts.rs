@@ -212,7 +212,7 @@ fn pages_name_the_root_cause_once_and_resolve_in_the_lab() -> anyhow::Result<()>
 /// Probing each WAN end with one echo a second in 5 s rounds: without fast
 /// failure detection a cut shows only when a whole round went unanswered
 /// (5 to 10 s after the cut); with it, within the alert latency goal (median
-/// of 5 cuts ≤ 1.5 s, max ≤ 3 s). A path that holds every frame for 0.6 or
+/// of 9 cuts ≤ 1.5 s, max ≤ 3 s). A path that holds every frame for 0.6 or
 /// 1.0 s (issue 18), or a jittery but healthy link, raises nothing.
 #[test]
 fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()> {
@@ -254,9 +254,12 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
     assert_eq!(early_reports(), reports_before, "a stall was reported silent:\n{}", province.log_text());
     assert_eq!(failed_runs(), failed_before, "a stall failed an ICMP run");
 
-    // Cuts still are: five, each at a random moment; the time to the agent's report.
+    // Cuts still are: nine, each at a random moment; the time to the
+    // agent's report. Nine, not five: the median of five random cuts sat
+    // above 1.5 s in a few percent of runs (one in seven cuts lands late
+    // in the request spacing), which says nothing about the goal.
     let (mut reported, mut at_collector) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
+    for _ in 0..9 {
         std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..5000)));
         let before = early_reports();
         let cut = Instant::now();
@@ -282,13 +285,13 @@ fn a_silent_wan_end_fails_its_probe_before_the_round_ends() -> anyhow::Result<()
     at_collector.sort();
     eprintln!("cut to the agent's report: {reported:?}; to the failed probe at the collector: {at_collector:?}");
     // The alert latency goal at a 5 s interval with 5 requests per round.
-    assert!(reported[2] <= Duration::from_millis(1500), "median {:?}\n{}", reported[2], province.log_text());
-    assert!(reported[4] <= Duration::from_secs(3), "max {:?}", reported[4]);
+    assert!(reported[4] <= Duration::from_millis(1500), "median {:?}\n{}", reported[4], province.log_text());
+    assert!(reported[8] <= Duration::from_secs(3), "max {:?}", reported[8]);
     let early = early_reports() - reports_before;
     // Without the early report, a cut shows only when a whole round (5 s)
     // went unanswered; a cut landing just before a round ends may still
     // be caught by that round's last request.
-    assert!(early >= 3, "{early} early reports in the province's log");
+    assert!(early >= 6, "{early} early reports in the province's log");
     let early = early_reports();
 
     // Healthy but jittery (40 ± 30 ms each way): the watch stays quiet.

@@ -11,7 +11,7 @@ use tierwatch_protocol::{Label, NodeId};
 use super::model::Severity;
 use super::rules::{LinkState, Rule, RuleKind, Rules};
 use super::state::Reading;
-use crate::store::{NodeState, SeriesKey, SeriesValue, Store};
+use crate::store::{NodeState, Store};
 use crate::topology::{Node, Topology};
 
 /// One alert instance: a rule on one node and series.
@@ -84,7 +84,7 @@ pub fn read(
                     }
                 }
                 (RuleKind::Threshold { .. }, Some(_)) => {
-                    threshold(&mut out, ri, rule, topo, node, state.fresh_series(stale_before), now_ms)
+                    threshold(&mut out, ri, rule, topo, node, state, stale_before, now_ms)
                 }
                 (RuleKind::Event { .. }, _) => events(&mut out, ri, rule, node, state, now_ms),
                 (RuleKind::Heartbeat { .. } | RuleKind::Threshold { .. }, None) => {}
@@ -154,21 +154,21 @@ fn heartbeat(
     out.by_key.insert(key, Read { reading, subject: node, value: age as f64 / 1000.0, sample: None });
 }
 
-/// Every series of the rule's metric that its matchers select, against its thresholds.
-fn threshold<'a>(
+/// Every fresh series of the rule's metric that its matchers select, against its thresholds.
+#[allow(clippy::too_many_arguments)]
+fn threshold(
     out: &mut Readings,
     ri: usize,
     rule: &Rule,
     topo: &Topology,
     node: &Labelled<'_>,
-    series: impl Iterator<Item = (&'a SeriesKey, &'a SeriesValue)>,
+    state: &NodeState,
+    stale_before: i64,
     now_ms: i64,
 ) {
     let RuleKind::Threshold { metric, condition, until_now, .. } = &rule.kind else { return };
-    for ((name, labels), v) in series {
-        if name != metric {
-            continue;
-        }
+    for (labels, stored) in state.fresh_family(metric, stale_before) {
+        let v = &stored.value;
         let lookup =
             |k: &str| node.identity(k).or_else(|| labels.iter().find(|l| l.name == k).map(|l| l.value.as_str()));
         if !rule.matches(lookup) {
@@ -192,7 +192,7 @@ fn threshold<'a>(
                 None => continue,
             },
         };
-        let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: labels.clone() };
+        let key = AlertKey { rule: ri, node: node.node.id.clone(), labels: labels.to_vec() };
         out.by_key.insert(key, Read { reading, subject, value, sample: Some((v.previous_ms, v.timestamp_ms)) });
     }
 }

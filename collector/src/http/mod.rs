@@ -51,6 +51,8 @@ pub(crate) struct Http {
     pub security_db: Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// Language and local time of the status page.
     pub locale: crate::i18n::Locale,
+    /// `http.request_timeout`: also how long a scrape waits for the scraper to take a chunk.
+    pub request_timeout: Duration,
 }
 
 /// Serves the router on `listener` until `token` is cancelled: each
@@ -143,37 +145,128 @@ async fn metrics(State(s): State<Arc<Http>>, headers: axum::http::HeaderMap) -> 
         }
     }
     const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-    let (store, metrics, down_after) = (s.store.clone(), s.metrics.clone(), s.node_down_after.as_millis() as i64);
     let zip = accepts_gzip(&headers);
-    // Rendering walks every series (seconds at national scale) and gzip
-    // reads it all again: both on a blocking thread, so the runtime keeps
-    // serving pushes meanwhile. Province-wide exposition is megabytes of
-    // repetitive text: gzip takes it to about a tenth (Prometheus asks for it).
-    let rendered = tokio::task::spawn_blocking(move || {
-        let body = exposition::render(&store, &metrics, &derived, now, down_after);
-        if !zip {
-            return (body, false);
-        }
-        match gzip(&body) {
-            Ok(zipped) => (zipped, true),
-            Err(e) => {
-                tracing::warn!(error = %e, "/metrics: gzip failed; answering uncompressed");
-                (body, false)
+    let body = stream(s.clone(), derived, now, zip);
+    if zip {
+        let headers =
+            [(header::CONTENT_TYPE, TEXT), (header::CONTENT_ENCODING, "gzip"), (header::VARY, "accept-encoding")];
+        (headers, body).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, TEXT)], body).into_response()
+    }
+}
+
+/// Bytes of exposition text (before gzip) handed to the scraper at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// Chunks of a scrape on their way to the scraper.
+type Chunk = std::io::Result<bytes::Bytes>;
+
+/// The exposition as a streamed body: written on a blocking thread (it
+/// walks every series: seconds at national scale) chunk by chunk, gzipped
+/// when asked (Prometheus asks; province-wide text is megabytes that gzip
+/// takes to about a tenth), each chunk waiting until the scraper took the
+/// ones before: memory stays a few chunks whatever the series count. A
+/// scraper that takes nothing for `http.request_timeout`, or a render that
+/// fails, ends the body with an error (the connection is cut, so no
+/// scraper mistakes a partial exposition for a whole one).
+fn stream(s: Arc<Http>, derived: exposition::Derived, now: i64, zip: bool) -> axum::body::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    let runtime = tokio::runtime::Handle::current();
+    let wait = s.request_timeout;
+    tokio::task::spawn_blocking(move || {
+        let sink = Sink { tx: tx.clone(), runtime: runtime.clone(), wait, buf: Vec::with_capacity(CHUNK) };
+        let scrape = exposition::Scrape {
+            store: &s.store,
+            metrics: &s.metrics,
+            derived: &derived,
+            now_ms: now,
+            down_after_ms: s.node_down_after.as_millis() as i64,
+        };
+        let run = || -> std::io::Result<()> {
+            if zip {
+                let z = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
+                let mut w = std::io::BufWriter::with_capacity(CHUNK, z);
+                scrape.write(&mut w)?;
+                w.into_inner().map_err(|e| e.into_error())?.finish()?.finish()
+            } else {
+                let mut w = sink;
+                scrape.write(&mut w)?;
+                w.finish()
             }
+        };
+        let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::debug!("/metrics: the scraper went away");
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::other("rendering /metrics panicked"),
+        };
+        tracing::error!(error = %failed, "/metrics: scrape cut short");
+        let _ = tx.try_send(Err(failed));
+    });
+    axum::body::Body::new(Chunks(rx))
+}
+
+/// The writing end of a streamed scrape.
+struct Sink {
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    runtime: tokio::runtime::Handle,
+    wait: Duration,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
-    })
-    .await;
-    match rendered {
-        Ok((zipped, true)) => {
-            let headers =
-                [(header::CONTENT_TYPE, TEXT), (header::CONTENT_ENCODING, "gzip"), (header::VARY, "accept-encoding")];
-            (headers, zipped).into_response()
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        // On a blocking thread: waiting here holds no lock and no runtime thread.
+        match self.runtime.block_on(tokio::time::timeout(self.wait, self.tx.send(Ok(chunk)))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the scraper took nothing for http.request_timeout ({} ms)", self.wait.as_millis()),
+            )),
         }
-        Ok((body, false)) => ([(header::CONTENT_TYPE, TEXT)], body).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "/metrics: rendering task failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "rendering /metrics failed\n").into_response()
+    }
+
+    /// Sends what is left.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
         }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end: a response body of the chunks as they come.
+struct Chunks(tokio::sync::mpsc::Receiver<Chunk>);
+
+impl hyper::body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|c| c.map(hyper::body::Frame::data)))
     }
 }
 
@@ -187,13 +280,6 @@ fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
             (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
         },
     )
-}
-
-fn gzip(text: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 8), flate2::Compression::fast());
-    z.write_all(text)?;
-    z.finish()
 }
 
 /// Runs `f` on the state database off the runtime.

@@ -81,8 +81,8 @@ fn probe_statuses(st: &crate::store::NodeState, stale_before: i64) -> Vec<ProbeS
     };
     // Per target: (median RTT, loss, jitter) of its last ICMP round.
     let mut link: std::collections::HashMap<String, [Option<f64>; 3]> = std::collections::HashMap::new();
-    for ((name, labels), v) in st.fresh_series(stale_before) {
-        let slot = match name.as_str() {
+    for (name, labels, v) in st.fresh_series(stale_before) {
+        let slot = match name {
             n if n == ICMP_RTT_MEDIAN.name => 0,
             n if n == ICMP_LOSS.name => 1,
             n if n == ICMP_JITTER.name => 2,
@@ -91,9 +91,9 @@ fn probe_statuses(st: &crate::store::NodeState, stale_before: i64) -> Vec<ProbeS
         link.entry(label(labels, "target")).or_default()[slot] = Some(v.value);
     }
     let mut probes: Vec<ProbeStatus> = st
-        .fresh_series(stale_before)
-        .filter(|((name, _), _)| name == PROBE_SUCCESS.name)
-        .map(|((_, labels), v)| {
+        .fresh_family(PROBE_SUCCESS.name, stale_before)
+        .map(|(labels, stored)| {
+            let v = &stored.value;
             let (probe, target) = (label(labels, "probe"), label(labels, "target"));
             let [rtt, loss, jitter] =
                 if probe == "icmp" { link.get(&target).copied().unwrap_or_default() } else { [None; 3] };
