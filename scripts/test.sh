@@ -73,7 +73,7 @@ cargo test --locked --workspace --no-run
 # its own), not after it. Nothing is built again: both runs find the tests built.
 long=backfill_after_a_ten_minute_outage_reaches_prometheus_once
 long_log=$(mktemp)
-cargo test --locked -p tierwatch-tests --test lab -- --exact "$long" >"$long_log" 2>&1 &
+cargo test --locked --workspace --test lab -- --exact "$long" >"$long_log" 2>&1 &
 long_pid=$!
 status=0
 cargo test --locked --workspace --no-fail-fast -- --skip "$long" || status=$?

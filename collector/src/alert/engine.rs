@@ -275,8 +275,19 @@ impl Engine {
         // The alert instances whose reading breached at this evaluation.
         let breaching: HashSet<AlertKey> =
             readings.iter().filter(|(_, r)| r.reading == Reading::Breach).map(|(k, _)| k.clone()).collect();
+        // Stepped: every instance, and the readings that can start one. An
+        // inactive instance stays inactive on anything but a breach, so the
+        // many series reading clear are no work (nor a key cloned) unless a
+        // timer saved at the last stop waits for them.
         let mut keys: Vec<AlertKey> = self.instances.keys().cloned().collect();
-        keys.extend(readings.keys().filter(|k| !self.instances.contains_key(*k)).cloned());
+        keys.extend(
+            readings
+                .iter()
+                .filter(|(k, r)| {
+                    !self.instances.contains_key(*k) && (r.reading == Reading::Breach || self.seeds.contains_key(*k))
+                })
+                .map(|(k, _)| k.clone()),
+        );
         for key in keys {
             let rule = &self.rules.rules[key.rule];
             let (reading, subject, value, sample) = match readings.get(&key) {
