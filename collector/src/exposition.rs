@@ -238,7 +238,7 @@ impl Scrape<'_> {
     }
 }
 
-/// Renders the whole text exposition into memory (tests, small setups).
+/// Renders the whole text exposition into memory (tests).
 #[cfg(test)]
 pub(crate) fn render(store: &Store, metrics: &Metrics, derived: &Derived, now_ms: i64, down_after_ms: i64) -> Vec<u8> {
     let mut buf = Vec::new();

@@ -234,13 +234,8 @@ impl Store {
             // The point before the newest: in this batch, or the one held.
             let before_in_batch = s.points.iter().map(|p| p.timestamp_ms).filter(|&t| t < newest.timestamp_ms).max();
             let series = &mut state.series;
-            let family = if series.families.contains_key(s.name.as_str()) {
-                series.families.get_mut(s.name.as_str())
-            } else {
-                Some(series.families.entry(s.name).or_default())
-            };
-            let Some(family) = family else { continue };
-            match family.entry(s.labels) {
+            // The name is the batch's own String: no allocation either way.
+            match series.families.entry(s.name).or_default().entry(s.labels) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     let held = e.get().value;
                     if held.timestamp_ms <= value.timestamp_ms {

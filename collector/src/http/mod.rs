@@ -159,23 +159,27 @@ async fn metrics(State(s): State<Arc<Http>>, headers: axum::http::HeaderMap) -> 
 /// Bytes of exposition text (before gzip) handed to the scraper at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// Chunks of a scrape on their way to the scraper.
-type Chunk = std::io::Result<bytes::Bytes>;
+/// A scrape on its way to the scraper: chunks, then the end.
+enum Chunk {
+    Data(bytes::Bytes),
+    End,
+}
 
 /// The exposition as a streamed body: written on a blocking thread (it
 /// walks every series: seconds at national scale) chunk by chunk, gzipped
 /// when asked (Prometheus asks; province-wide text is megabytes that gzip
 /// takes to about a tenth), each chunk waiting until the scraper took the
-/// ones before: memory stays a few chunks whatever the series count. A
-/// scraper that takes nothing for `http.request_timeout`, or a render that
-/// fails, ends the body with an error (the connection is cut, so no
-/// scraper mistakes a partial exposition for a whole one).
+/// ones before: memory stays a few chunks whatever the series count. The
+/// body is whole only once the render sent its end: a scraper that takes
+/// nothing for `http.request_timeout`, or a render that fails or panics,
+/// ends it with an error instead (the connection is cut, so no scraper
+/// mistakes a partial exposition for a whole one).
 fn stream(s: Arc<Http>, derived: exposition::Derived, now: i64, zip: bool) -> axum::body::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     let runtime = tokio::runtime::Handle::current();
     let wait = s.request_timeout;
     tokio::task::spawn_blocking(move || {
-        let sink = Sink { tx: tx.clone(), runtime: runtime.clone(), wait, buf: Vec::with_capacity(CHUNK) };
+        let sink = Sink { tx, runtime, wait, buf: Vec::with_capacity(CHUNK) };
         let scrape = exposition::Scrape {
             store: &s.store,
             metrics: &s.metrics,
@@ -195,6 +199,7 @@ fn stream(s: Arc<Http>, derived: exposition::Derived, now: i64, zip: bool) -> ax
                 w.finish()
             }
         };
+        // Dropping the sink without its end cuts the body.
         let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(Ok(())) => return,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -205,7 +210,6 @@ fn stream(s: Arc<Http>, derived: exposition::Derived, now: i64, zip: bool) -> ax
             Err(_) => std::io::Error::other("rendering /metrics panicked"),
         };
         tracing::error!(error = %failed, "/metrics: scrape cut short");
-        let _ = tx.try_send(Err(failed));
     });
     axum::body::Body::new(Chunks(rx))
 }
@@ -225,7 +229,7 @@ impl Sink {
         }
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         // On a blocking thread: waiting here holds no lock and no runtime thread.
-        match self.runtime.block_on(tokio::time::timeout(self.wait, self.tx.send(Ok(chunk)))) {
+        match self.runtime.block_on(tokio::time::timeout(self.wait, self.tx.send(Chunk::Data(chunk)))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
             Err(_) => Err(std::io::Error::new(
@@ -235,9 +239,10 @@ impl Sink {
         }
     }
 
-    /// Sends what is left.
+    /// Sends what is left, then the end.
     fn finish(mut self) -> std::io::Result<()> {
-        self.send()
+        self.send()?;
+        self.runtime.block_on(self.tx.send(Chunk::End)).map_err(|_| std::io::ErrorKind::BrokenPipe.into())
     }
 }
 
@@ -255,7 +260,8 @@ impl std::io::Write for Sink {
     }
 }
 
-/// The reading end: a response body of the chunks as they come.
+/// The reading end: a response body of the chunks as they come, an error
+/// if the writing end went without sending the end.
 struct Chunks(tokio::sync::mpsc::Receiver<Chunk>);
 
 impl hyper::body::Body for Chunks {
@@ -266,7 +272,11 @@ impl hyper::body::Body for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| c.map(hyper::body::Frame::data)))
+        self.0.poll_recv(cx).map(|c| match c {
+            Some(Chunk::Data(d)) => Some(Ok(hyper::body::Frame::data(d))),
+            Some(Chunk::End) => None,
+            None => Some(Err(std::io::Error::other("/metrics: the scrape was cut short"))),
+        })
     }
 }
 
@@ -306,5 +316,25 @@ async fn readyz(State(s): State<Arc<Http>>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_scrape_is_whole_only_with_its_end() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Chunk::Data(bytes::Bytes::from_static(b"a 1\n"))).await.unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        assert_eq!(Chunks(rx).collect().await.unwrap().to_bytes(), "a 1\n");
+
+        // The writer went (failed, timed out, panicked) without its end.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Chunk::Data(bytes::Bytes::from_static(b"a 1\n"))).await.unwrap();
+        drop(tx);
+        assert!(Chunks(rx).collect().await.is_err(), "a partial exposition must not look whole");
     }
 }
