@@ -103,6 +103,9 @@ pub struct NodeState {
     pub security_counts: std::collections::BTreeMap<(String, String), u64>,
     /// The newest security events, for the alert engine's event rules.
     pub recent_events: std::collections::VecDeque<tierwatch_protocol::Event>,
+    /// Moves with every change of the series or events: a reader that
+    /// read this version has nothing new to read.
+    pub version: u64,
 }
 
 impl NodeState {
@@ -217,6 +220,7 @@ impl Store {
         state.last_sequence = batch.sequence;
         state.config_hash = batch.config_hash;
         state.batches += 1;
+        state.version += 1;
         if batch.push_interval_ms > 0 {
             state.push_interval_ms = batch.push_interval_ms;
         }
@@ -316,6 +320,9 @@ impl Store {
 }
 
 fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {
+    if !events.is_empty() {
+        state.version += 1;
+    }
     for e in events {
         *state
             .security_counts

@@ -188,7 +188,7 @@ impl Topology {
 
     /// Looks a node up by its id string.
     pub fn get_str(&self, id: &str) -> Option<&Node> {
-        NodeId::new(id).ok().and_then(|id| self.get(&id))
+        self.index.get(id).map(|&i| &self.nodes[i])
     }
 
     /// Every node, in file order.

@@ -52,6 +52,14 @@ impl NodeId {
     }
 }
 
+/// Looked up by its string (maps keyed by node answer `&str` lookups
+/// without allocating): hashes and compares as the string it holds.
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

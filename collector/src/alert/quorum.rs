@@ -121,6 +121,11 @@ impl Quorums {
         self.standing.insert((rule, service), Standing { held_until_ms, present: true, ..Standing::default() });
     }
 
+    /// The services standing (rule, name).
+    pub fn standing(&self) -> impl Iterator<Item = &(usize, String)> {
+        self.standing.keys()
+    }
+
     /// Tells which standing services' incidents were present at this
     /// evaluation (one that resolved, or never paged, lingers no more).
     pub fn presented(&mut self, present: &std::collections::HashSet<(usize, String)>) {
