@@ -11,6 +11,13 @@ use tierwatch_collector::{pki, server};
 use tierwatch_protocol::NodeId;
 use tierwatch_runtime::logging::{self, RunArgs};
 
+/// 3,400 agents' pushes allocate and free a TLS record buffer, a batch's
+/// strings and its series map each: glibc's allocator spent a third of the
+/// collector's CPU on them (consolidating free lists); mimalloc's per-thread
+/// pages do the same work for a fraction (BENCHMARKS.md, national scale).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tierwatch-collector",

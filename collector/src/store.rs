@@ -145,7 +145,8 @@ pub(crate) const RECENT_EVENTS: usize = 1024;
 /// The collector's current state.
 pub struct Store {
     topology: Arc<Topology>,
-    nodes: HashMap<NodeId, Mutex<NodeState>>,
+    /// In topology order: a walk over every node looks nothing up.
+    nodes: Vec<Mutex<NodeState>>,
     /// A series not refreshed for this long is stale: no reader sees it,
     /// and [`Store::drop_stale`] (on the store's own timer) removes it.
     stale_after_ms: i64,
@@ -154,7 +155,7 @@ pub struct Store {
 impl Store {
     /// An empty store for every node of `topology`; series go stale after `stale_after`.
     pub fn new(topology: Arc<Topology>, stale_after: std::time::Duration) -> Self {
-        let nodes = topology.nodes().iter().map(|n| (n.id.clone(), Mutex::new(NodeState::default()))).collect();
+        let nodes = topology.nodes().iter().map(|_| Mutex::new(NodeState::default())).collect();
         Store { topology, nodes, stale_after_ms: stale_after.as_millis() as i64 }
     }
 
@@ -170,8 +171,7 @@ impl Store {
     }
 
     fn lock(&self, id: &NodeId) -> Option<MutexGuard<'_, NodeState>> {
-        // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.nodes.get(id).map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+        self.topology.position(id).map(|i| lock(&self.nodes[i]))
     }
 
     /// Takes out of `batch` the series new to `node` beyond `cap` live
@@ -294,10 +294,8 @@ impl Store {
     /// Reads only: a reader takes the series it wants with
     /// [`NodeState::fresh_series`] and [`Store::stale_before`].
     pub fn for_each_node(&self, mut f: impl FnMut(&Node, &NodeState)) {
-        for node in self.topology.nodes() {
-            if let Some(state) = self.lock(&node.id) {
-                f(node, &state);
-            }
+        for (node, state) in self.topology.nodes().iter().zip(&self.nodes) {
+            f(node, &lock(state));
         }
     }
 
@@ -310,13 +308,17 @@ impl Store {
     pub fn drop_stale(&self, now_ms: i64) -> usize {
         let cutoff = self.stale_before(now_ms);
         let mut dropped = 0;
-        for node in self.topology.nodes() {
-            if let Some(mut state) = self.lock(&node.id) {
-                dropped += state.series.retain(|v| v.refreshed_ms >= cutoff);
-            }
+        for state in &self.nodes {
+            dropped += lock(state).series.retain(|v| v.refreshed_ms >= cutoff);
         }
         dropped
     }
+}
+
+/// A node's state locked. A panic while holding the lock leaves plain data
+/// behind; keep serving it.
+fn lock(m: &Mutex<NodeState>) -> MutexGuard<'_, NodeState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn record(state: &mut NodeState, events: Vec<tierwatch_protocol::Event>) {

@@ -186,6 +186,11 @@ impl Topology {
         self.index.get(id).map(|&i| &self.nodes[i])
     }
 
+    /// Where node `id` is in [`Topology::nodes`].
+    pub fn position(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
     /// Looks a node up by its id string.
     pub fn get_str(&self, id: &str) -> Option<&Node> {
         self.index.get(id).map(|&i| &self.nodes[i])

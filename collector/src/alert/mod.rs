@@ -213,6 +213,12 @@ impl Alerting {
 /// The pause after an evaluation, in multiples of its duration.
 const EVALUATION_PACE: u32 = 9;
 
+/// The shortest pause after an evaluation. What an evaluation costs beyond
+/// the nodes that pushed (every node's heartbeat and silence, a look at
+/// each node's store version) then runs at most ten times a second however
+/// many batches arrive, for at most a tenth of a second more before a page.
+const EVALUATION_GAP: Duration = Duration::from_millis(100);
+
 /// Evaluates until `token` is cancelled.
 pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, token: CancellationToken) {
     let mut next_repeat_check = 0;
@@ -255,7 +261,7 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
         .await;
         let took = started.elapsed();
         metrics.alert_evaluation_seconds.observe(took.as_secs_f64());
-        pause = took.saturating_mul(EVALUATION_PACE);
+        pause = took.saturating_mul(EVALUATION_PACE).max(EVALUATION_GAP);
         let (changes, open) = match evaluated {
             Ok(r) => r,
             Err(e) => {
