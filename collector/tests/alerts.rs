@@ -136,6 +136,8 @@ async fn a_failed_probe_opens_one_incident_that_survives_a_restart_and_resolves(
 
     lab.push(client.clone(), probe(2, 2, "nui-cam", true)).await.unwrap();
     until("the resolve", || async { incidents(&lab).await.is_empty() }).await;
+    // The history is written just after the engine changed (one write later).
+    until("the resolve in the history", || async { history(&lab).await.len() > 1 }).await;
     assert_eq!(history(&lab).await, ["opened nui-cam/unreachable", "resolved nui-cam/unreachable"]);
     until("the resolve notification", || async { events(&got).len() == 2 }).await;
     assert_eq!(events(&got), ["opened nui-cam/unreachable", "resolved nui-cam/unreachable"]);

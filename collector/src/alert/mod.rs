@@ -269,9 +269,9 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
                 continue;
             }
         };
-        timers.save(&alerting, now, false).await;
         metrics.incidents_open.set(open as i64);
         if changes.is_empty() {
+            timers.save(&alerting, now, false).await;
             if open > 0 && now >= next_repeat_check {
                 next_repeat_check = now + 1000;
                 let views = alerting.open();
@@ -336,6 +336,9 @@ pub async fn run(alerting: Arc<Alerting>, store: Arc<Store>, metrics: Metrics, t
             Ok(Err(e)) => tracing::error!(error = %e, "alert: recording incidents failed"),
             Err(e) => tracing::error!(error = %e, "alert: recording task failed"),
         }
+        // After the changes: the history and outbox follow the engine's
+        // open incidents by one write, not two.
+        timers.save(&alerting, now, false).await;
     }
 }
 
